@@ -1,0 +1,196 @@
+"""The pipeline: validate every input, build the shared data once, then search each stage and save its best.
+
+Nothing is written under the results folder until every input has been read and checked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict
+from importlib import metadata
+from pathlib import Path
+
+import torch
+import yaml
+
+from tuner import export
+from tuner.config import METRIC, RunSettings, TrainSettings, default_threads
+from tuner.data import TaskData, encode, label_list, load_corpus, split_sentences, subsample
+from tuner.errors import TunerError
+from tuner.models import (count_parameters, initial_token_classifier, load_model, load_tokenizer, ModelState,
+                          save_model, student_shape)
+from tuner.spaces import load_space
+from tuner.stages import factorized, student
+from tuner.training import evaluate, select_device
+
+log = logging.getLogger(__name__)
+
+BEST = "best"
+RESULT_FILE = "result.json"
+VERSIONED = ("tuner", "torch", "transformers", "datasets", "seqeval", "ray", "optuna")
+
+
+def teacher_folder(settings: RunSettings) -> Path:
+    return Path(settings.teacher) if settings.teacher else settings.stage_dir("teacher") / BEST
+
+
+def check_inputs(settings: RunSettings) -> dict:
+    """Everything that can be refused before any work: search spaces, prior stages, existing searches."""
+    spaces = {stage: load_space(stage, settings.space_file(stage)) for stage in settings.stages}
+    if "teacher" not in settings.stages:
+        folder = teacher_folder(settings)
+        if not (folder / "config.json").is_file():
+            stage = settings.stages[0]
+            raise TunerError(f"no teacher result at {folder}: run `python -m tuner.run --stage teacher` "
+                             f"before --stage {stage} (or pass --teacher PATH)")
+    for stage in settings.stages:
+        experiment = settings.stage_dir(stage) / "search"
+        if settings.resume and not experiment.is_dir():
+            raise TunerError(f"--resume: no search of stage {stage} at {experiment} to resume")
+        if experiment.exists() and not (settings.resume or settings.overwrite):
+            raise TunerError(f"{experiment} holds an earlier search of stage {stage}: "
+                             "pass --resume to continue it or --overwrite to start again")
+    return spaces
+
+
+def build_task(settings: RunSettings, tokenizer, labels: list | None) -> TaskData:
+    corpus = load_corpus(settings.data)
+    splits = split_sentences(corpus, settings.split, settings.seed)
+    profile = settings.profile
+    chosen = {"train": subsample(splits["train"], profile.train_sentences, settings.seed),
+              "validation": subsample(splits["validation"], profile.eval_sentences, settings.seed),
+              "test": subsample(splits["test"], profile.test_sentences, settings.seed)}
+    labels = labels or label_list(corpus.splits["train"])
+    encoded = {name: encode(sentences, tokenizer, labels, profile.max_length, profile.label_all_subtokens)
+               for name, sentences in chosen.items()}
+    return TaskData(labels, encoded["train"], encoded["validation"], encoded["test"], tokenizer.pad_token_id,
+                    corpus.source)
+
+
+def versions() -> dict:
+    found = {}
+    for name in VERSIONED:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def stage_inputs(stage: str, settings: RunSettings, task: TaskData, teacher, vocab_size: int):
+    """What every trial of ``stage`` starts from, computed once on the driver."""
+    profile = settings.profile
+    if stage == "teacher":
+        return ModelState.of(initial_token_classifier(profile.model, task.labels, settings.seed, vocab_size))
+    if stage == "factorized":
+        return factorized.prepare(teacher)
+    num_layers, factor_dim = student_shape(teacher, profile.max_params)
+    return student.prepare(teacher, task, num_layers, factor_dim, profile.max_params, profile.eval_batch_size,
+                           select_device())
+
+
+def save_best(stage: str, settings: RunSettings, outcome, task: TaskData, tokenizer, space) -> dict:
+    """Write ``results/<stage>/best`` (model, tokenizer, resolved config, search space, metrics) and the trials
+    table; returns the stage's result record."""
+    model = load_model(outcome.best_checkpoint)
+    device = select_device()
+    test = evaluate(model.to(device), task.test, task.labels, settings.profile.eval_batch_size, task.pad_token_id,
+                    device)
+    stage_dir = settings.stage_dir(stage)
+    best = stage_dir / BEST
+    staging = stage_dir / (BEST + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    save_model(model.cpu(), staging, tokenizer)
+    shutil.copyfile(space.path, staging / "search_space.yaml")
+    resolved = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()
+                             if k != "profile"},
+                "profile": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings.profile).items()}}
+    (staging / "run_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    record = {
+        "stage": stage,
+        "hyperparameters": outcome.best_config,
+        "val_f1": outcome.best_metrics[METRIC],
+        "test_f1": test["f1"],
+        "test_precision": test["precision"],
+        "test_recall": test["recall"],
+        "epoch": outcome.best_metrics.get("epoch"),
+        "parameters": count_parameters(model),
+        "num_layers": model.config.num_hidden_layers,
+        "factor_dim": getattr(model.config, "factor_dim", None),
+        "checkpoint": str(best),
+        "search_space": str(space.path),
+        "search_space_sha256": space.sha256,
+        "seed": settings.seed,
+        "data": task.source,
+        "split": settings.split,
+        "profile": settings.profile.name,
+        "trials": len(outcome.trials),
+        "errored_trials": [{"trial": t, "config": c, "error": e} for t, c, e in outcome.errored],
+        "search_wall_seconds": outcome.wall_seconds,
+        "versions": versions(),
+    }
+    (staging / RESULT_FILE).write_text(json.dumps(record, indent=2, default=str))
+    shutil.rmtree(best, ignore_errors=True)
+    staging.rename(best)
+    outcome.trials.to_csv(stage_dir / "trials.csv", index=False)
+    return record
+
+
+def run(settings: RunSettings, echo=print) -> dict:
+    """Run the requested stages in order; returns stage -> result record."""
+    from tuner import search  # Ray starts only once the inputs are known to be good
+
+    spaces = check_inputs(settings)
+    if "teacher" in settings.stages:
+        tokenizer, labels = load_tokenizer(settings.profile.model), None
+    else:
+        tokenizer = load_tokenizer(str(teacher_folder(settings)))
+        config = load_model(teacher_folder(settings)).config
+        labels = [config.id2label[i] for i in range(config.num_labels)]
+    task = build_task(settings, tokenizer, labels)
+    echo(f"data: {task.source} ({settings.split} split): {len(task.train)} train, {len(task.validation)} "
+         f"validation, {len(task.test)} test sentences; labels {' '.join(task.labels)}")
+    cluster = search.start_ray(settings.address, settings.dashboard_host, settings.quiet)
+    echo(f"Ray dashboard: {cluster.dashboard_url}" + (f" (log in with the token in {cluster.token_file})"
+                                                      if cluster.token_file else ""))
+    cpus = settings.cpus_per_trial or cluster.cpus_per_node
+    train_settings = TrainSettings(epochs=settings.profile.epochs, batch_size=settings.profile.batch_size,
+                                   eval_batch_size=settings.profile.eval_batch_size, seed=settings.seed,
+                                   threads=default_threads(cpus))
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    records = {}
+    try:
+        for stage in settings.stages:
+            teacher_model = None if stage == "teacher" else load_model(teacher_folder(settings))
+            inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer))
+            if settings.overwrite:
+                shutil.rmtree(settings.stage_dir(stage) / "search", ignore_errors=True)
+            if not settings.resume:
+                search.reset_study(Path(settings.results_dir), stage)
+            echo(f"stage {stage}: {settings.trials} trials over {spaces[stage].path}")
+            started = time.perf_counter()
+            outcome = search.search(stage, spaces[stage], task, inputs, train_settings, trials=settings.trials,
+                                    seed=settings.seed, results_dir=Path(settings.results_dir), cpus_per_trial=cpus,
+                                    gpus_per_trial=settings.gpus_per_trial, max_failures=settings.max_failures,
+                                    resume=settings.resume, quiet=settings.quiet)
+            records[stage] = save_best(stage, settings, outcome, task, tokenizer, spaces[stage])
+            records[stage]["stage_wall_seconds"] = time.perf_counter() - started
+            export.write_exports(Path(settings.results_dir))
+    finally:
+        if not settings.keep_dashboard:
+            search.stop_ray()
+    return records
+
+
+def summary_line(record: dict) -> str:
+    hparams = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in record["hyperparameters"].items())
+    line = (f"best {record['stage']}: validation F1 {record['val_f1']:.4f}, test F1 {record['test_f1']:.4f}, "
+            f"{record['parameters']:,} parameters; config {hparams}; saved to {record['checkpoint']}")
+    for errored in record["errored_trials"]:
+        line += f"\n  errored trial {errored['trial']} {errored['config']}: {errored['error']}"
+    return line

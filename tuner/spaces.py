@@ -1,0 +1,148 @@
+"""Search spaces as data: ``search_spaces/<stage>.yaml`` read safely and validated into plain ``Param`` records.
+
+search.py maps the records to Optuna distributions; nothing here imports Ray or Optuna.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from tuner.errors import TunerError
+
+PARAM_TYPES = ("loguniform", "uniform", "int", "choice")
+KEYS_BY_TYPE = {
+    "loguniform": {"type", "low", "high"},
+    "uniform": {"type", "low", "high"},
+    "int": {"type", "low", "high"},
+    "choice": {"type", "values"},
+}
+# The hyperparameters each stage's code reads; the required ones must be in its space.
+REQUIRED = ("learning_rate", "weight_decay", "warmup_ratio")
+STAGE_PARAMS = {
+    "teacher": REQUIRED,
+    "factorized": REQUIRED + ("factor_dim",),
+    "student": REQUIRED + ("temperature", "alpha", "factor_dim", "num_layers"),
+}
+STAGE_REQUIRED = {
+    "teacher": REQUIRED,
+    "factorized": REQUIRED + ("factor_dim",),
+    "student": REQUIRED + ("temperature", "alpha"),
+}
+# Hard limits a value must respect whatever the YAML says.
+BOUNDS = {"weight_decay": (0.0, 1.0), "warmup_ratio": (0.0, 1.0), "alpha": (0.0, 1.0),
+          "temperature": (1e-6, math.inf), "learning_rate": (1e-12, 1.0), "factor_dim": (1, math.inf),
+          "num_layers": (1, math.inf)}
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    values: tuple | None = None
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    stage: str
+    path: Path
+    params: tuple[Param, ...]
+    sha256: str
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.params)
+
+
+def _number(value, where: str, integer: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TunerError(f"{where}: expected a number, got {value!r}")
+    if integer and int(value) != value:
+        raise TunerError(f"{where}: expected an integer, got {value!r}")
+    return int(value) if integer else float(value)
+
+
+def _check_bounds(name: str, values, where: str) -> None:
+    low, high = BOUNDS.get(name, (-math.inf, math.inf))
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TunerError(f"{where}: expected numbers, got {value!r}")
+        if not low <= value <= high:
+            raise TunerError(f"{where}: {value!r} outside the allowed range [{low}, {high}] for {name}")
+
+
+def _parse_param(name: str, spec, where: str) -> Param:
+    if not isinstance(spec, dict):
+        raise TunerError(f"{where}: expected a mapping with 'type', got {spec!r}")
+    kind = spec.get("type")
+    if kind not in PARAM_TYPES:
+        raise TunerError(f"{where}.type: {kind!r} is not one of {', '.join(PARAM_TYPES)}")
+    unknown = sorted(set(spec) - KEYS_BY_TYPE[kind])
+    if unknown:
+        raise TunerError(f"{where}: unknown key {unknown[0]!r} for type {kind}")
+    missing = sorted(KEYS_BY_TYPE[kind] - set(spec))
+    if missing:
+        raise TunerError(f"{where}: missing key {missing[0]!r}")
+    if kind == "choice":
+        values = spec["values"]
+        if not isinstance(values, list) or not values:
+            raise TunerError(f"{where}.values: expected a non-empty list, got {values!r}")
+        _check_bounds(name, values, f"{where}.values")
+        return Param(name, kind, values=tuple(values))
+    integer = kind == "int"
+    low = _number(spec["low"], f"{where}.low", integer)
+    high = _number(spec["high"], f"{where}.high", integer)
+    if low > high:
+        raise TunerError(f"{where}: low ({low}) > high ({high})")
+    if kind == "loguniform" and low <= 0:
+        raise TunerError(f"{where}.low: a log scale needs low > 0 (got {low})")
+    _check_bounds(name, (low, high), where)
+    return Param(name, kind, low=low, high=high)
+
+
+def parse_space(stage: str, document, path: Path) -> SearchSpace:
+    """Validate a loaded YAML document for ``stage``; every problem names the file and key."""
+    if not isinstance(document, dict) or set(document) != {"params"} or not isinstance(document["params"], dict):
+        keys = sorted(document) if isinstance(document, dict) else type(document).__name__
+        raise TunerError(f"{path}: expected one top-level key 'params' mapping names to ranges (got {keys})")
+    params = []
+    for name, spec in document["params"].items():
+        where = f"{path}: params.{name}"
+        if name not in STAGE_PARAMS[stage]:
+            raise TunerError(f"{where}: unknown key for stage {stage} (known: {', '.join(STAGE_PARAMS[stage])})")
+        params.append(_parse_param(name, spec, where))
+    missing = [name for name in STAGE_REQUIRED[stage] if name not in document["params"]]
+    if missing:
+        raise TunerError(f"{path}: params.{missing[0]} is required for stage {stage}")
+    digest = hashlib.sha256(yaml.safe_dump(document, sort_keys=True).encode()).hexdigest()
+    return SearchSpace(stage, Path(path), tuple(params), digest)
+
+
+def read_yaml(path: Path):
+    """Load YAML with the safe loader; syntax errors and tags such as !!python/object become a TunerError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise TunerError(f"{path}: no such file") from None
+    except UnicodeDecodeError as exc:
+        raise TunerError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise TunerError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = f":{mark.line + 1}" if mark else ""
+        raise TunerError(f"{path}{line}: invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise TunerError(f"{path}: invalid YAML: {exc}") from None
+
+
+def load_space(stage: str, path: Path) -> SearchSpace:
+    return parse_space(stage, read_yaml(path), Path(path))

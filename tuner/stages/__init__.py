@@ -1,0 +1,1 @@
+"""One module per stage of the compression pipeline; each is plain PyTorch and yields metrics per epoch."""

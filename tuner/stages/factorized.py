@@ -1,0 +1,32 @@
+"""Factorized stage: the teacher with its V x H word embedding replaced by V x E and E x H matrices
+(ALBERT-style), initialised from the truncated SVD of the teacher's embedding, then fine-tuned."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from tuner.config import TrainSettings
+from tuner.data import TaskData
+from tuner.models import ModelState, embedding_svd, factorize, model_from_state
+from tuner.training import EpochResult, fit, set_seed
+
+
+@dataclass
+class FactorizedInputs:
+    """The teacher and the SVD of its embedding, computed once per search and truncated per trial."""
+
+    teacher: ModelState
+    svd: tuple
+
+
+def prepare(teacher) -> FactorizedInputs:
+    return FactorizedInputs(ModelState.of(teacher), embedding_svd(teacher.get_input_embeddings().weight))
+
+
+def train(hparams: dict, task: TaskData, inputs: FactorizedInputs, settings: TrainSettings,
+          resume: Path | None = None) -> Iterator[EpochResult]:
+    set_seed(settings.seed)
+    model = factorize(model_from_state(inputs.teacher), int(hparams["factor_dim"]), inputs.svd)
+    yield from fit(model, hparams, task, settings, resume=resume)

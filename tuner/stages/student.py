@@ -1,0 +1,93 @@
+"""Student stage: distil the teacher into a model under a parameter budget (SVD-factorized embeddings and every
+k-th teacher layer). The teacher's logits are computed once per search; trials never run the teacher."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from tuner.config import IGNORE_INDEX, TrainSettings
+from tuner.data import Encoded, TaskData, sorted_batches
+from tuner.models import ModelState, cut_student, embedding_svd, model_from_state, student_parameters
+from tuner.training import EpochResult, autocast, collate, fit, set_seed
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
+                      temperature: float, alpha: float) -> torch.Tensor:
+    """``alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y)``.
+
+    student_logits, teacher_logits: [batch, seq, labels]; labels: [batch, seq], IGNORE_INDEX where unlabelled.
+    Both terms average over labelled tokens only; the KL takes student log-probabilities and teacher
+    probabilities (``F.kl_div(input=log q, target=p)`` computes KL(p || q)).
+    """
+    labelled = labels != IGNORE_INDEX
+    student = student_logits[labelled].float()
+    teacher = teacher_logits[labelled].float()
+    ce_loss = F.cross_entropy(student, labels[labelled])
+    kd_loss = F.kl_div(F.log_softmax(student / temperature, dim=-1), F.softmax(teacher / temperature, dim=-1),
+                       reduction="batchmean")
+    return alpha * temperature**2 * kd_loss + (1 - alpha) * ce_loss
+
+
+@torch.no_grad()
+def compute_teacher_logits(teacher, data: Encoded, batch_size: int, pad_token_id: int, device: str) -> list:
+    """Raw (untempered) teacher logits per sentence, [tokens, labels] each, so every trial can pick its T."""
+    teacher.eval().to(device)
+    logits = [None] * len(data)
+    for indices in sorted_batches(data.lengths(), batch_size):
+        batch = collate(data, indices, pad_token_id, device)
+        with autocast(device):
+            out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
+        for row, i in enumerate(indices):
+            logits[i] = out[row, : len(data.input_ids[i])].clone()
+    return logits
+
+
+@dataclass
+class StudentInputs:
+    teacher: ModelState
+    svd: tuple
+    teacher_logits: list  # per training sentence, raw
+    num_layers: int  # defaults when the search space does not search them
+    factor_dim: int
+    max_params: int
+
+
+def prepare(teacher, task: TaskData, num_layers: int, factor_dim: int, max_params: int, batch_size: int,
+            device: str) -> StudentInputs:
+    logits = compute_teacher_logits(teacher, task.train, batch_size, task.pad_token_id, device)
+    teacher.cpu()
+    return StudentInputs(ModelState.of(teacher), embedding_svd(teacher.get_input_embeddings().weight), logits,
+                         num_layers, factor_dim, max_params)
+
+
+def padded_teacher_logits(teacher_logits: list, indices: list, width: int) -> torch.Tensor:
+    rows = [F.pad(teacher_logits[i], (0, 0, 0, width - teacher_logits[i].shape[0])) for i in indices]
+    return torch.stack(rows)
+
+
+def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainSettings,
+          resume: Path | None = None) -> Iterator[EpochResult]:
+    set_seed(settings.seed)
+    num_layers = int(hparams.get("num_layers", inputs.num_layers))
+    factor_dim = int(hparams.get("factor_dim", inputs.factor_dim))
+    teacher = model_from_state(inputs.teacher)
+    size = student_parameters(teacher, num_layers, factor_dim)
+    if size > inputs.max_params:
+        raise ValueError(f"student with {num_layers} layers and E={factor_dim} has {size} parameters, "
+                         f"over the budget of {inputs.max_params}")
+    student = cut_student(teacher, num_layers, factor_dim, inputs.svd)
+    del teacher
+    temperature, alpha = float(hparams["temperature"]), float(hparams["alpha"])
+
+    def loss_fn(model, batch, indices):
+        student_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        teacher_logits = padded_teacher_logits(inputs.teacher_logits, indices, student_logits.shape[1])
+        return distillation_loss(student_logits, teacher_logits.to(student_logits.device), batch["labels"],
+                                 temperature, alpha)
+
+    yield from fit(student, hparams, task, settings, loss_fn, resume=resume)

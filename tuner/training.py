@@ -1,0 +1,188 @@
+"""The training loop the stages share, as plain functions: batches, optimizer, schedule, evaluation, checkpoints.
+
+No Ray here: ``fit`` yields one ``EpochResult`` per epoch and the caller decides what to do with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import get_linear_schedule_with_warmup
+
+from tuner.config import IGNORE_INDEX, TrainSettings
+from tuner.data import Encoded, length_grouped_batches, sorted_batches
+from tuner.metrics import entity_scores
+from tuner.models import WEIGHTS_FILE
+
+log = logging.getLogger(__name__)
+
+MAX_GRAD_NORM = 1.0
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "training_state.json"
+
+
+def select_device(use_gpu: bool = True) -> str:
+    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+
+
+def autocast(device: str):
+    """bf16 autocast on GPUs that support it; full precision elsewhere."""
+    if device == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def collate(data: Encoded, indices: list[int], pad_token_id: int, device: str = "cpu") -> dict:
+    """Pad one batch to its own longest sentence (dynamic padding)."""
+    width = max(len(data.input_ids[i]) for i in indices)
+    input_ids = torch.full((len(indices), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(indices), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(indices), width), dtype=torch.long)
+    for row, i in enumerate(indices):
+        n = len(data.input_ids[i])
+        input_ids[row, :n] = torch.tensor(data.input_ids[i])
+        labels[row, :n] = torch.tensor(data.labels[i])
+        attention_mask[row, :n] = 1
+    return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device), "labels": labels.to(device)}
+
+
+def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW with decay on weight matrices only (not biases, LayerNorm or embeddings' norms)."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=learning_rate)
+
+
+def build_scheduler(optimizer, warmup_ratio: float, total_steps: int):
+    return get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+
+
+@torch.no_grad()
+def predict_tags(model: nn.Module, data: Encoded, labels: list[str], batch_size: int, pad_token_id: int,
+                 device: str) -> list[list[str]]:
+    """Word-level predictions: the first sub-token's label per word; words cut by truncation are ``O``."""
+    model.eval()
+    predicted = [None] * len(data)
+    for indices in sorted_batches(data.lengths(), batch_size):
+        batch = collate(data, indices, pad_token_id, device)
+        with autocast(device):
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        best = logits.argmax(-1).cpu()
+        for row, i in enumerate(indices):
+            tags = [labels[j] for j in best[row, data.word_starts[i]].tolist()]
+            predicted[i] = tags + ["O"] * (len(data.word_tags[i]) - len(tags))
+    return predicted
+
+
+def evaluate(model: nn.Module, data: Encoded, labels: list[str], batch_size: int, pad_token_id: int,
+             device: str) -> dict:
+    predicted = predict_tags(model, data, labels, batch_size, pad_token_id, device)
+    return entity_scores(data.word_tags, predicted)
+
+
+@dataclass
+class EpochResult:
+    epoch: int  # 0-based
+    metrics: dict
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+
+
+LossFn = Callable[[nn.Module, dict, list], torch.Tensor]  # (model, batch, sentence indices) -> scalar loss
+
+
+def token_classification_loss(model: nn.Module, batch: dict, indices: list) -> torch.Tensor:
+    """Cross-entropy over labelled tokens (the model's own loss ignores IGNORE_INDEX)."""
+    return model(**batch).loss
+
+
+def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn: LossFn = token_classification_loss,
+        resume: Path | None = None) -> Iterator[EpochResult]:
+    """Train ``model`` on ``data.train`` for ``settings.epochs``, evaluating on ``data.validation`` each epoch.
+
+    ``resume`` is a checkpoint folder written by ``save_checkpoint``: training continues after its epoch.
+    """
+    torch.set_num_threads(settings.threads)
+    device = settings.device
+    model.to(device)
+    optimizer = build_optimizer(model, hparams["learning_rate"], hparams["weight_decay"])
+    steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
+    scheduler = build_scheduler(optimizer, hparams["warmup_ratio"], steps_per_epoch * settings.epochs)
+    first_epoch = 0 if resume is None else load_checkpoint(resume, model, optimizer, scheduler) + 1
+    lengths = data.train.lengths()
+    for epoch in range(first_epoch, settings.epochs):
+        model.train()
+        started, losses, tokens = time.perf_counter(), [], 0
+        for step, indices in enumerate(length_grouped_batches(lengths, settings.batch_size, settings.seed + epoch)):
+            batch = collate(data.train, indices, data.pad_token_id, device)
+            with autocast(device):
+                loss = loss_fn(model, batch, indices)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}: "
+                                         f"learning rate {hparams['learning_rate']:.3g} is likely too high")
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            tokens += int(batch["attention_mask"].sum())
+        train_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        scores = evaluate(model, data.validation, data.labels, settings.eval_batch_size, data.pad_token_id, device)
+        metrics = {"val_f1": scores["f1"], "val_precision": scores["precision"], "val_recall": scores["recall"],
+                   "train_loss": sum(losses) / len(losses), "epoch": epoch + 1, "train_seconds": train_seconds,
+                   "eval_seconds": time.perf_counter() - started, "train_tokens_per_second": tokens / train_seconds}
+        log.info("epoch %d: %s", epoch + 1, metrics)
+        yield EpochResult(epoch, metrics, model, optimizer, scheduler)
+
+
+def save_checkpoint(folder: Path, result: EpochResult) -> None:
+    """Model and optimizer tensors as safetensors, the rest as JSON: resumable without pickle."""
+    folder = Path(folder)
+    save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()},
+              str(folder / WEIGHTS_FILE))
+    result.model.config.save_pretrained(folder)
+    optimizer_state = result.optimizer.state_dict()
+    tensors = {f"{index}.{name}": value.detach().cpu().contiguous()
+               for index, state in optimizer_state["state"].items() for name, value in state.items()}
+    save_file(tensors, str(folder / OPTIMIZER_FILE))
+    scheduler_state = {k: v for k, v in result.scheduler.state_dict().items() if k != "lr_lambdas"}
+    state = {"epoch": result.epoch, "metrics": result.metrics, "param_groups": optimizer_state["param_groups"],
+             "scheduler": scheduler_state}
+    (folder / STATE_FILE).write_text(json.dumps(state))
+
+
+def load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler) -> int:
+    """Restore what ``save_checkpoint`` wrote into live objects; returns the checkpoint's epoch (0-based)."""
+    folder = Path(folder)
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    state = json.loads((folder / STATE_FILE).read_text())
+    per_param: dict = {}
+    for key, value in load_file(str(folder / OPTIMIZER_FILE)).items():
+        index, name = key.split(".", 1)
+        per_param.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": per_param, "param_groups": state["param_groups"]})
+    scheduler_state = scheduler.state_dict()
+    scheduler_state.update(state["scheduler"])
+    scheduler.load_state_dict(scheduler_state)
+    return state["epoch"]
