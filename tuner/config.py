@@ -58,7 +58,7 @@ PROFILE_DEFAULTS = {
     "gpu": Profile("gpu", model="bert-base-cased", epochs=3, batch_size=32, max_length=192, train_sentences=None,
                    eval_sentences=None, test_sentences=None, max_params=20_000_000, eval_batch_size=128),
     # The packaged MiniLM and a subset sized so that a 4-trial teacher search takes about 15 minutes on 2 cores.
-    "cpu": Profile("cpu", model="minilm", epochs=3, batch_size=16, max_length=128, train_sentences=1500,
+    "cpu": Profile("cpu", model="minilm", epochs=3, batch_size=16, max_length=128, train_sentences=3000,
                    eval_sentences=500, test_sentences=None, max_params=6_800_000),
     # A tiny random BERT and a few dozen sentences: seconds. The tests use it.
     "smoke": Profile("smoke", model="tiny", epochs=2, batch_size=8, max_length=48, train_sentences=48,

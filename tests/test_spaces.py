@@ -1,0 +1,59 @@
+"""Every search space in the repo validates; malformed ones are refused with the file and key named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, write
+from tuner.errors import TunerError
+from tuner.spaces import STAGE_PARAMS, load_space
+
+SPACES = sorted((ROOT / "search_spaces").rglob("*.yaml"))
+
+GOOD = """params:
+  learning_rate: {type: loguniform, low: 1.0e-5, high: 1.0e-4}
+  weight_decay: {type: uniform, low: 0.0, high: 0.1}
+  warmup_ratio: {type: uniform, low: 0.0, high: 0.2}
+"""
+
+
+@pytest.mark.parametrize("path", SPACES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_repo_spaces_validate(path: Path):
+    assert len(SPACES) >= 6
+    space = load_space(path.stem, path)
+    assert set(space.names()) <= set(STAGE_PARAMS[path.stem])
+    assert len(space.sha256) == 64
+
+
+def test_good_space(tmp_path):
+    space = load_space("teacher", write(tmp_path / "t.yaml", GOOD))
+    assert space.names() == ("learning_rate", "weight_decay", "warmup_ratio")
+
+
+@pytest.mark.parametrize("text, message", [
+    (GOOD.replace("type: uniform, low: 0.0, high: 0.1", "type: uniform, low: 0.0, high: 0.1, step: 2"),
+     "params.weight_decay: unknown key 'step'"),
+    (GOOD + "  dropout: {type: uniform, low: 0.0, high: 0.1}\n", "params.dropout: unknown key for stage teacher"),
+    (GOOD.replace("low: 0.0, high: 0.1", "low: 0.2, high: 0.1"), r"params.weight_decay: low \(0.2\) > high \(0.1\)"),
+    (GOOD.replace("low: 1.0e-5", "low: 0.0"), "params.learning_rate.low: a log scale needs low > 0"),
+    (GOOD.replace("low: 0.0, high: 0.1", "low: zero, high: 0.1"), "params.weight_decay.low: expected a number"),
+    (GOOD.replace("{type: uniform, low: 0.0, high: 0.1}", "{type: choice, values: []}"),
+     "params.weight_decay.values: expected a non-empty list"),
+    (GOOD.replace("type: loguniform", "type: normal"), "params.learning_rate.type: 'normal' is not one of"),
+    (GOOD.replace("  warmup_ratio: {type: uniform, low: 0.0, high: 0.2}\n", ""), "params.warmup_ratio is required"),
+    (GOOD.replace("params:", "parameters:"), "expected one top-level key 'params'"),
+    (GOOD.replace("high: 0.2}", "high: 0.2"), r"t\.yaml:\d+: invalid YAML"),
+    ("!!python/object/apply:os.system ['echo pwned']\n", r"t\.yaml:1: invalid YAML"),
+])
+def test_bad_space_refused(tmp_path, text, message):
+    with pytest.raises(TunerError, match=message):
+        load_space("teacher", write(tmp_path / "t.yaml", text))
+
+
+def test_missing_and_non_utf8_space(tmp_path):
+    with pytest.raises(TunerError, match="no such file"):
+        load_space("teacher", tmp_path / "nope.yaml")
+    with pytest.raises(TunerError, match="not UTF-8"):
+        load_space("teacher", write(tmp_path / "t.yaml", GOOD + "# é\n", encoding="utf-16"))
