@@ -62,5 +62,5 @@ def test_student_size_and_layers(tiny_model):
     assert len(student.base_model.encoder.layer) == 1 and student.config.num_hidden_layers == 1
     top = tiny_model.base_model.encoder.layer[1].output.dense.weight
     assert torch.equal(student.base_model.encoder.layer[0].output.dense.weight, top)
-    layers, dim = student_shape(tiny_model, max_params=600_000)
-    assert student_parameters(tiny_model, layers, dim) <= 600_000
+    layers, dim = student_shape(tiny_model, max_params=300_000)
+    assert student_parameters(tiny_model, layers, dim) <= 300_000

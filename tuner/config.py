@@ -62,7 +62,7 @@ PROFILE_DEFAULTS = {
                    eval_sentences=500, test_sentences=None, max_params=6_800_000),
     # A tiny random BERT and a few dozen sentences: seconds. The tests use it.
     "smoke": Profile("smoke", model="tiny", epochs=2, batch_size=8, max_length=48, train_sentences=48,
-                     eval_sentences=24, test_sentences=24, max_params=600_000, eval_batch_size=32,
+                     eval_sentences=24, test_sentences=24, max_params=300_000, eval_batch_size=32,
                      space_dir=SEARCH_SPACE_DIR / "smoke"),  # E choices sized for the 32-wide tiny model
 }
 

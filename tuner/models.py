@@ -147,7 +147,7 @@ def student_shape(teacher: nn.Module, max_params: int, factor_dim: int | None = 
     depth = len(teacher.base_model.encoder.layer)
     hidden_size = teacher.config.hidden_size
     depths = [num_layers] if num_layers else range(depth, 0, -1)
-    dims = [factor_dim] if factor_dim else [d for d in (256, 192, 128, 96, 64, 48, 32, 16) if d < hidden_size]
+    dims = [factor_dim] if factor_dim else [d for d in (256, 192, 128, 96, 64, 48, 32, 16, 8) if d < hidden_size]
     for layers in depths:
         for dim in dims:
             if student_parameters(teacher, layers, dim) <= max_params:
