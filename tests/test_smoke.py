@@ -3,36 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, write
-
-STAGES = ("teacher", "factorized", "student")
-
-
-def run_cli(*args, module="tuner.run", timeout=600):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
-
-
-def snapshot(folder: Path) -> dict:
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))} if folder.exists() else {}
-
-
-@pytest.fixture(scope="module")
-def pipeline_run(tmp_path_factory, conll_dir):
-    results = tmp_path_factory.mktemp("results")
-    proc = run_cli("--stage", "all", "--trials", 2, "--profile", "smoke", "--data", conll_dir,
-                   "--results-dir", results)
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    return results, proc
+from tests.conftest import ROOT, STAGES, run_cli, snapshot, write
 
 
 def test_pipeline_writes_three_best_models(pipeline_run):

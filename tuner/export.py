@@ -21,7 +21,7 @@ DESCRIPTIONS = {
     "student": "{num_layers}-layer student (E={factor_dim}) distilled from the teacher",
 }
 EXPORTED_KEYS = ("hyperparameters", "val_f1", "test_f1", "parameters", "num_layers", "factor_dim", "checkpoint",
-                 "search_space", "search_space_sha256", "seed", "data", "split", "profile", "trials",
+                 "search_space", "search_space_sha256", "seed", "data", "split", "profile", "training", "trials",
                  "search_wall_seconds", "versions")
 
 

@@ -128,6 +128,7 @@ def save_best(stage: str, settings: RunSettings, outcome, task: TaskData, tokeni
         "data": task.source,
         "split": settings.split,
         "profile": settings.profile.name,
+        "training": training_record(settings.profile, outcome.threads),
         "trials": len(outcome.trials),
         "errored_trials": [{"trial": t, "config": c, "error": e} for t, c, e in outcome.errored],
         "search_wall_seconds": outcome.wall_seconds,
@@ -137,6 +138,13 @@ def save_best(stage: str, settings: RunSettings, outcome, task: TaskData, tokeni
     shutil.rmtree(best, ignore_errors=True)
     staging.rename(best)
     outcome.trials.to_csv(stage_dir / "trials.csv", index=False)
+    return record
+
+
+def training_record(profile, threads: int) -> dict:
+    """The non-searched settings a retrain needs to reproduce a trial (``python -m tuner.train``)."""
+    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(profile).items() if k != "space_dir"}
+    record["threads"] = threads
     return record
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import math
 import os
 import tempfile
 import time
@@ -16,9 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's working directory
+# Read by Ray at import: with it, a local Ray binds every port (GCS, raylet, workers, agents, metrics) to
+# 127.0.0.1; without it, ray.init(_node_ip_address="127.0.0.1") still listens on all interfaces.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler  # noqa: E402
@@ -27,12 +32,11 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 from tuner.config import METRIC, MODE, TrainSettings  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.spaces import SearchSpace  # noqa: E402
-from tuner.stages import factorized, student, teacher  # noqa: E402
+from tuner.stages import TRAIN  # noqa: E402
 from tuner.training import save_checkpoint, select_device  # noqa: E402
 
 log = logging.getLogger(__name__)
 
-STAGE_TRAIN = {"teacher": teacher.train, "factorized": factorized.train, "student": student.train}
 EXPERIMENT = "search"  # results/<stage>/search holds Ray's experiment folder
 AUTH_TOKEN = Path.home() / ".ray" / "auth_token"
 
@@ -78,14 +82,43 @@ def stop_ray() -> None:
 
 
 def _trial(config: dict, stage: str, task, inputs, settings: TrainSettings, use_gpu: bool) -> None:
-    """The Tune trainable: run one stage config, report each epoch with a checkpoint, resume from the last."""
+    """The Tune trainable: run one stage config and report each epoch; checkpoint only an epoch that beats the
+    trial's best so far, so the one checkpoint kept per trial is both its best model and where it resumes."""
     settings = dataclasses.replace(settings, device=select_device(use_gpu))
     checkpoint = tune.get_checkpoint()
+    best = checkpoint.get_metadata().get(METRIC, -math.inf) if checkpoint else -math.inf
+    node_id = ray.get_runtime_context().get_node_id()
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume:
-        for result in STAGE_TRAIN[stage](config, task, inputs, settings, Path(resume) if resume else None):
+        for result in TRAIN[stage](config, task, inputs, settings, Path(resume) if resume else None):
+            metrics = dict(result.metrics, node_id=node_id)
+            if metrics[METRIC] <= best:
+                tune.report(metrics)
+                continue
+            best = metrics[METRIC]
             with tempfile.TemporaryDirectory() as folder:
                 save_checkpoint(Path(folder), result)
-                tune.report(result.metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+                saved = tune.Checkpoint.from_directory(folder)
+                saved.set_metadata({METRIC: best})
+                tune.report(metrics, checkpoint=saved)
+
+
+def trial_id(result) -> str:
+    return Path(result.path).name.split("_")[2]  # Tune names trial folders <trainable>_<id>_<n>_<params>_<date>
+
+
+def trials_table(grid) -> pd.DataFrame:
+    """One row per trial, errored ones included: its status, config, and metrics at its best epoch."""
+    rows = []
+    for result in grid:
+        row = {"trial_id": trial_id(result), "status": "ERROR" if result.error else "OK"}
+        row.update({f"config/{k}": v for k, v in result.config.items()})
+        history = result.metrics_dataframe
+        if history is not None and METRIC in history:
+            row.update(history.loc[history[METRIC].idxmax()].to_dict())
+        if result.error:
+            row["error"] = str(result.error).strip().splitlines()[-1][:300]
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)
@@ -97,6 +130,7 @@ class SearchOutcome:
     errored: list  # (trial id, config, first line of the error)
     wall_seconds: float
     experiment_dir: Path
+    threads: int  # torch threads each trial ran with
 
 
 def _storage(results_dir: Path) -> optuna.storages.RDBStorage:
@@ -141,8 +175,7 @@ def search(stage: str, space: SearchSpace, task, inputs, settings: TrainSettings
                                                        scheduler=scheduler, num_samples=trials))
     grid = tuner.fit()
     wall_seconds = time.perf_counter() - started
-    errored = [(r.metrics.get("trial_id", Path(r.path).name), r.config, str(r.error).strip().splitlines()[-1][:300])
-               for r in grid if r.error]
+    errored = [(trial_id(r), r.config, str(r.error).strip().splitlines()[-1][:300]) for r in grid if r.error]
     finished = [r for r in grid if not r.error and r.metrics and METRIC in r.metrics]
     if not finished:
         first = errored[0][2] if errored else "no trial reported a metric"
@@ -150,9 +183,9 @@ def search(stage: str, space: SearchSpace, task, inputs, settings: TrainSettings
     best = grid.get_best_result(METRIC, MODE, scope="all", filter_nan_and_inf=True)
     checkpoint = best.get_best_checkpoint(METRIC, MODE)
     best_metrics = next(m for c, m in best.best_checkpoints if c.path == checkpoint.path)
-    table = grid.get_dataframe(filter_metric=METRIC, filter_mode=MODE)
+    table = trials_table(grid)
     return SearchOutcome(dict(best.config), dict(best_metrics), Path(checkpoint.path), table, errored,
-                         wall_seconds, experiment_dir)
+                         wall_seconds, experiment_dir, settings.threads)
 
 
 def wait_for_interrupt(echo) -> None:
@@ -165,3 +198,20 @@ def wait_for_interrupt(echo) -> None:
         pass
     finally:
         ray.shutdown()
+
+
+def study_trials(results_dir: Path, stage: str) -> tuple[list, dict]:
+    """A stage's Optuna study from ``optuna.db``: finished trials (number, value, params) and the
+    hyperparameter importances (fANOVA; empty with fewer than two finished trials)."""
+    try:
+        study = optuna.load_study(study_name=stage, storage=_storage(results_dir))
+    except KeyError:
+        return [], {}
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    trials = [{"number": t.number, "value": t.value, "params": dict(t.params)} for t in finished]
+    importances = {}
+    if len(finished) >= 2:
+        with contextlib.suppress(RuntimeError, ValueError):
+            importances = dict(optuna.importance.get_param_importances(
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)))
+    return trials, importances

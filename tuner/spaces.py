@@ -35,7 +35,7 @@ STAGE_REQUIRED = {
 }
 # Hard limits a value must respect whatever the YAML says.
 BOUNDS = {"weight_decay": (0.0, 1.0), "warmup_ratio": (0.0, 1.0), "alpha": (0.0, 1.0),
-          "temperature": (1e-6, math.inf), "learning_rate": (1e-12, 1.0), "factor_dim": (1, math.inf),
+          "temperature": (1e-6, math.inf), "learning_rate": (1e-300, math.inf), "factor_dim": (1, math.inf),
           "num_layers": (1, math.inf)}
 
 

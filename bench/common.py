@@ -1,0 +1,76 @@
+"""What every benchmark process shares: the benchmark's sizes as tuner settings, the selected sentences, JSON out.
+
+Each measurement runs in its own process (``python bench/<module>.py <command> --out FILE ...``) so that no
+process's threads, caches or Ray instance leak into another's timing; the orchestrator reads FILE back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tuner` and `bench` import from the checkout
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from tuner.config import RunSettings, resolve_profile  # noqa: E402
+from tuner.data import load_corpus, split_sentences, subsample  # noqa: E402
+from tuner.run import OneLineParser, positive_int  # noqa: E402
+
+BATCH_SIZE = 16
+SEED = 0
+SPLIT = "report"
+
+
+def size_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every measurement process takes: data, sizes, and the JSON file to write."""
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--train-sentences", type=positive_int, required=True)
+    parser.add_argument("--eval-sentences", type=positive_int, required=True)
+    parser.add_argument("--epochs", type=positive_int, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="JSON file the measurement is written to")
+
+
+def command_parser(prog: str, doc: str, commands: dict) -> argparse.ArgumentParser:
+    """A parser with one sub-command per measurement, each taking the shared size flags plus its own."""
+    parser = OneLineParser(prog=prog, description=doc.strip().splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
+    for name, extra in commands.items():
+        command = sub.add_parser(name)
+        size_arguments(command)
+        for flag, kwargs in extra.items():
+            command.add_argument(flag, **kwargs)
+    return parser
+
+
+def run_settings(args: argparse.Namespace, stage: str = "teacher", teacher: Path | None = None) -> RunSettings:
+    """The tuner settings a `python -m tuner.run --profile cpu --model minilm ...` call with these sizes has."""
+    profile = resolve_profile("cpu", False, model="minilm", epochs=args.epochs, batch_size=BATCH_SIZE,
+                              train_sentences=args.train_sentences, eval_sentences=args.eval_sentences)
+    return RunSettings(stages=(stage,), trials=1, profile=profile, data=str(args.data), split=SPLIT, seed=SEED,
+                       teacher=teacher)
+
+
+def selected_sentences(settings: RunSettings) -> dict:
+    """The train and validation sentences ``tuner.pipeline.build_task`` encodes for ``settings``, as words and
+    tags (the same three calls: load, split, seeded subsample)."""
+    splits = split_sentences(load_corpus(settings.data), settings.split, settings.seed)
+    profile = settings.profile
+    return {"train": subsample(splits["train"], profile.train_sentences, settings.seed),
+            "validation": subsample(splits["validation"], profile.eval_sentences, settings.seed)}
+
+
+def non_embedding_parameters(model) -> int:
+    """Parameters outside the word, position and token-type embedding tables (the 6ND FLOP count's N)."""
+    from torch import nn
+
+    tables = {id(p) for m in model.modules() if isinstance(m, nn.Embedding) for p in m.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in tables)
+
+
+def write_result(path: Path, record: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2))

@@ -1,0 +1,248 @@
+"""The standard Hugging Face peers of tuner's measurements, one sub-command each, one JSON result per process.
+
+    search      Trainer.hyperparameter_search(backend="ray") over the teacher search space (the HF NER recipe)
+    distill     online distillation: a Trainer whose compute_loss runs the teacher on every step
+    throughput  one epoch of a default Trainer on the teacher stage's model and sentences
+
+Run by bench/run_benchmarks.py; every sub-command takes --data, the sizes and --out (see bench/common.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (BATCH_SIZE, SEED, command_parser, non_embedding_parameters, run_settings,  # noqa: E402
+                          selected_sentences, write_result)
+
+import datasets  # noqa: E402
+import torch  # noqa: E402
+from seqeval.metrics import f1_score  # noqa: E402
+from transformers import (AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer,  # noqa: E402
+                          TrainerCallback, TrainingArguments)
+
+from tuner.config import IGNORE_INDEX  # noqa: E402
+from tuner.data import CONLL_LABELS  # noqa: E402
+from tuner.models import cut_student, load_model, load_tokenizer, packaged_minilm_path  # noqa: E402
+from tuner.pipeline import build_task  # noqa: E402
+from tuner.spaces import load_space  # noqa: E402
+from tuner.stages.student import distillation_loss  # noqa: E402
+from tuner.training import evaluate  # noqa: E402
+
+LABELS = list(CONLL_LABELS)
+# transformers 5 has no warmup_ratio argument: a float below 1 in warmup_steps is the warmup ratio.
+HF_NAMES = {"warmup_ratio": "warmup_steps"}
+
+
+# --- the standard HF token-classification recipe ------------------------------------------------------------
+
+def hf_dataset(sentences, tokenizer, max_length: int) -> datasets.Dataset:
+    """Words tokenized with is_split_into_words; each word's label on its first sub-token, -100 elsewhere."""
+    label_to_id = {label: i for i, label in enumerate(LABELS)}
+    raw = datasets.Dataset.from_dict({"tokens": [list(s.words) for s in sentences],
+                                      "ner_tags": [[label_to_id[t] for t in s.tags] for s in sentences]})
+
+    def tokenize_and_align_labels(batch):
+        encoded = tokenizer(batch["tokens"], is_split_into_words=True, truncation=True, max_length=max_length)
+        encoded["labels"] = []
+        for i, tags in enumerate(batch["ner_tags"]):
+            previous, row = None, []
+            for word in encoded.word_ids(i):
+                row.append(IGNORE_INDEX if word is None or word == previous else tags[word])
+                previous = word
+            encoded["labels"].append(row)
+        return encoded
+
+    return raw.map(tokenize_and_align_labels, batched=True, remove_columns=raw.column_names)
+
+
+def compute_metrics(eval_pred) -> dict:
+    """Entity-level F1 (seqeval) over the positions that carry a label (first sub-tokens)."""
+    logits, labels = eval_pred
+    predictions = logits.argmax(-1)
+    gold = [[LABELS[y] for y in row if y != IGNORE_INDEX] for row in labels]
+    predicted = [[LABELS[p] for p, y in zip(prow, row) if y != IGNORE_INDEX] for prow, row in zip(predictions, labels)]
+    return {"f1": f1_score(gold, predicted, zero_division=0)}
+
+
+def model_init():
+    return AutoModelForTokenClassification.from_pretrained(
+        packaged_minilm_path(), num_labels=len(LABELS), id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)})
+
+
+def ray_space(space) -> dict:
+    """The YAML search space as ray.tune domains, under TrainingArguments' names."""
+    from ray import tune
+
+    domains = {}
+    for p in space.params:
+        if p.type == "choice":
+            domain = tune.choice(list(p.values))
+        elif p.type == "int":
+            domain = tune.randint(int(p.low), int(p.high) + 1)
+        else:
+            domain = (tune.loguniform if p.type == "loguniform" else tune.uniform)(p.low, p.high)
+        domains[HF_NAMES.get(p.name, p.name)] = domain
+    return domains
+
+
+# --- sub-commands ---------------------------------------------------------------------------------------------
+
+def search(args) -> dict:
+    """Trainer.hyperparameter_search with Ray: random search, FIFO, one trial at a time on 2 CPUs."""
+    import ray
+
+    settings = run_settings(args)
+    tokenizer = load_tokenizer("minilm")
+    sentences = selected_sentences(settings)
+    max_length = settings.profile.max_length
+    domains = ray_space(load_space("teacher", settings.space_file("teacher")))
+    with tempfile.TemporaryDirectory(prefix="hf-search-") as work:
+        training_args = TrainingArguments(
+            output_dir=work, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=args.epochs,
+            eval_strategy="epoch", warmup_steps=0.0,  # a float, or the trial's ratio is cast to int 0
+            disable_tqdm=True)
+        trainer = Trainer(model_init=model_init, args=training_args,
+                          train_dataset=hf_dataset(sentences["train"], tokenizer, max_length),
+                          eval_dataset=hf_dataset(sentences["validation"], tokenizer, max_length),
+                          data_collator=DataCollatorForTokenClassification(tokenizer),
+                          processing_class=tokenizer, compute_metrics=compute_metrics)
+        ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
+                 log_to_driver=False)
+        try:
+            started = time.perf_counter()
+            best = trainer.hyperparameter_search(
+                hp_space=lambda _: domains, compute_objective=lambda metrics: metrics["eval_f1"],
+                n_trials=args.trials, direction="maximize", backend="ray",
+                resources_per_trial={"cpu": os.cpu_count()}, storage_path=work, name="hf_search", verbose=0)
+            wall = time.perf_counter() - started
+            trials = best.run_summary.trial_dataframes
+        finally:
+            ray.shutdown()
+    best_f1 = max(float(frame["objective"].max()) for frame in trials.values() if "objective" in frame)
+    return {"search_wall_seconds": wall, "best_val_f1": best_f1, "best_config": best.hyperparameters,
+            "trials": len(trials), "epochs_run": sum(len(frame) for frame in trials.values())}
+
+
+class EpochTimer(TrainerCallback):
+    """Wall time of each training epoch, and optionally tuner's word-level validation F1 after each."""
+
+    def __init__(self, scorer=None):
+        self.scorer, self.seconds, self.scores, self.started = scorer, [], [], None
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        self.seconds.append(time.perf_counter() - self.started)
+        if self.scorer is not None:
+            self.scores.append(self.scorer(model))
+            model.train()
+
+
+class DistillationTrainer(Trainer):
+    """The usual online distillation: the teacher runs on every training batch (eval mode, no grad)."""
+
+    def __init__(self, *args, teacher, temperature: float, alpha: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher, self.temperature, self.alpha = teacher.eval(), temperature, alpha
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        features = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        outputs = model(**features)
+        with torch.no_grad():
+            teacher_logits = self.teacher(**features).logits
+        loss = distillation_loss(outputs.logits, teacher_logits, inputs["labels"], self.temperature, self.alpha)
+        return (loss, outputs) if return_outputs else loss
+
+
+def token_features(encoded) -> list:
+    """tuner's encoded sentences as Trainer features (the collator pads them per batch)."""
+    return [{"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+            for ids, labels in zip(encoded.input_ids, encoded.labels)]
+
+
+def distill(args) -> dict:
+    """One trial of tuner's best student config, trained by a Trainer that runs the teacher every step."""
+    student_result = json.loads((args.student / "result.json").read_text())
+    hparams = student_result["hyperparameters"]
+    settings = run_settings(args, stage="student", teacher=args.teacher)
+    tokenizer = load_tokenizer(str(args.teacher))
+    teacher = load_model(args.teacher)
+    task = build_task(settings, tokenizer, [teacher.config.id2label[i] for i in range(teacher.config.num_labels)])
+    torch.manual_seed(SEED)
+    started = time.perf_counter()
+    student = cut_student(teacher, student_result["num_layers"], student_result["factor_dim"])
+    timer = EpochTimer(lambda model: evaluate(model, task.validation, task.labels, settings.profile.eval_batch_size,
+                                              task.pad_token_id, "cpu")["f1"])
+    with tempfile.TemporaryDirectory(prefix="hf-distill-") as work:
+        training_args = TrainingArguments(
+            output_dir=work, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=args.epochs,
+            learning_rate=hparams["learning_rate"], weight_decay=hparams["weight_decay"],
+            warmup_steps=float(hparams["warmup_ratio"]), disable_tqdm=True, save_strategy="no")
+        trainer = DistillationTrainer(model=student, args=training_args, train_dataset=token_features(task.train),
+                                      data_collator=DataCollatorForTokenClassification(tokenizer), callbacks=[timer],
+                                      teacher=teacher, temperature=hparams["temperature"], alpha=hparams["alpha"])
+        trainer.train()
+    wall = time.perf_counter() - started
+    return {"trial_wall_seconds": wall, "epoch_seconds": timer.seconds, "val_f1_per_epoch": timer.scores,
+            "best_val_f1": max(timer.scores), "hyperparameters": hparams,
+            "num_layers": student_result["num_layers"], "factor_dim": student_result["factor_dim"]}
+
+
+class CountingCollator:
+    """DataCollatorForTokenClassification, counting the real and the padded tokens it hands out."""
+
+    def __init__(self, tokenizer):
+        self.inner, self.real, self.padded = DataCollatorForTokenClassification(tokenizer), 0, 0
+
+    def __call__(self, features):
+        batch = self.inner(features)
+        self.real += int(batch["attention_mask"].sum())
+        self.padded += batch["input_ids"].numel()
+        return batch
+
+
+def throughput(args) -> dict:
+    """One epoch of a default Trainer (batch size 16, random batches padded per batch) on the teacher's data."""
+    settings = run_settings(args)
+    tokenizer = load_tokenizer("minilm")
+    train = hf_dataset(selected_sentences(settings)["train"], tokenizer, settings.profile.max_length)
+    collator, timer = CountingCollator(tokenizer), EpochTimer()
+    model = model_init()
+    with tempfile.TemporaryDirectory(prefix="hf-throughput-") as work:
+        training_args = TrainingArguments(output_dir=work, per_device_train_batch_size=BATCH_SIZE,
+                                          num_train_epochs=1, disable_tqdm=True, save_strategy="no")
+        Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
+                callbacks=[timer]).train()
+    seconds = timer.seconds[0]
+    return {"train_seconds": seconds, "sentences": len(train), "real_tokens": collator.real,
+            "padded_tokens": collator.padded, "tokens_per_second": collator.real / seconds,
+            "sentences_per_second": len(train) / seconds, "non_embedding_parameters": non_embedding_parameters(model),
+            "threads": torch.get_num_threads()}
+
+
+COMMANDS = {
+    "search": {"--trials": {"type": int, "required": True}},
+    "distill": {"--teacher": {"type": Path, "required": True}, "--student": {"type": Path, "required": True,
+                                                                            "help": "tuner's student/best folder"}},
+    "throughput": {},
+}
+
+
+def main(argv=None) -> int:
+    args = command_parser("python bench/hf_peer.py", __doc__, COMMANDS).parse_args(argv)
+    record = {"search": search, "distill": distill, "throughput": throughput}[args.command](args)
+    write_result(args.out, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""tuner's side of the in-process measurements, and the machine's matmul ceiling; one JSON result per process.
+
+    throughput      one epoch of tuner.training.fit on the teacher stage (length-grouped, dynamically padded)
+    teacher-logits  the student stage's once-per-search teacher pass over the training sentences
+    matmul          float32 2048 x 2048 @ 2048 x 2048 FLOP/s with torch.set_num_threads(THREADS), after warmup
+
+Run by bench/run_benchmarks.py; every sub-command takes --data, the sizes and --out (see bench/common.py).
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import BATCH_SIZE, SEED, command_parser, non_embedding_parameters, run_settings, write_result  # noqa: E402
+
+import torch  # noqa: E402
+
+from tuner.config import TrainSettings, default_threads  # noqa: E402
+from tuner.data import length_grouped_batches  # noqa: E402
+from tuner.models import initial_token_classifier, load_model, load_tokenizer  # noqa: E402
+from tuner.pipeline import build_task  # noqa: E402
+from tuner.stages.student import compute_teacher_logits  # noqa: E402
+from tuner.training import fit  # noqa: E402
+
+THREADS = default_threads(0)  # what a tuner trial gets with --cpus-per-trial 0 (all of the node)
+# Throughput does not depend on these; they are the middle of search_spaces/teacher.yaml.
+THROUGHPUT_HPARAMS = {"learning_rate": 5e-5, "weight_decay": 0.05, "warmup_ratio": 0.1}
+MATMUL_SIZE, MATMUL_WARMUP, MATMUL_REPEATS = 2048, 3, 10
+
+
+def padded_tokens(lengths: list[int], seed: int) -> int:
+    """Tokens fit's batches hold once padded: the same length-grouped batches its first epoch draws."""
+    return sum(len(batch) * max(lengths[i] for i in batch)
+               for batch in length_grouped_batches(lengths, BATCH_SIZE, seed))
+
+
+def throughput(args) -> dict:
+    settings = run_settings(args)
+    tokenizer = load_tokenizer("minilm")
+    task = build_task(settings, tokenizer, None)
+    model = initial_token_classifier("minilm", task.labels, SEED, len(tokenizer))
+    train_settings = TrainSettings(epochs=1, batch_size=BATCH_SIZE, eval_batch_size=settings.profile.eval_batch_size,
+                                   seed=SEED, threads=THREADS)
+    metrics = next(iter(fit(model, THROUGHPUT_HPARAMS, task, train_settings))).metrics
+    seconds = metrics["train_seconds"]
+    return {"train_seconds": seconds, "sentences": len(task.train), "real_tokens": task.train.token_count(),
+            "padded_tokens": padded_tokens(task.train.lengths(), SEED), "tokens_per_second":
+            metrics["train_tokens_per_second"], "sentences_per_second": len(task.train) / seconds,
+            "non_embedding_parameters": non_embedding_parameters(model), "threads": THREADS}
+
+
+def teacher_logits(args) -> dict:
+    settings = run_settings(args, stage="student", teacher=args.teacher)
+    tokenizer = load_tokenizer(str(args.teacher))
+    teacher = load_model(args.teacher)
+    task = build_task(settings, tokenizer, [teacher.config.id2label[i] for i in range(teacher.config.num_labels)])
+    torch.set_num_threads(THREADS)
+    started = time.perf_counter()
+    compute_teacher_logits(teacher, task.train, settings.profile.eval_batch_size, task.pad_token_id, "cpu")
+    return {"seconds": time.perf_counter() - started, "sentences": len(task.train)}
+
+
+def matmul(args) -> dict:
+    torch.set_num_threads(THREADS)
+    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
+    for _ in range(MATMUL_WARMUP):
+        a @ b
+    seconds = []
+    for _ in range(MATMUL_REPEATS):
+        started = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - started)
+    flops = 2 * MATMUL_SIZE**3
+    return {"flops_per_second": flops / statistics.median(seconds), "best_flops_per_second": flops / min(seconds),
+            "size": MATMUL_SIZE, "threads": THREADS}
+
+
+COMMANDS = {"throughput": {}, "teacher-logits": {"--teacher": {"type": Path, "required": True}}, "matmul": {}}
+
+
+def main(argv=None) -> int:
+    args = command_parser("python bench/probes.py", __doc__, COMMANDS).parse_args(argv)
+    record = {"throughput": throughput, "teacher-logits": teacher_logits, "matmul": matmul}[args.command](args)
+    write_result(args.out, record)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,383 @@
+"""Benchmark tuner against the standard Hugging Face way of doing the same work, side by side, in one run.
+
+    python bench/run_benchmarks.py [--repeats 3] [--quick]
+
+Every repeat runs, on the same sentences (report split, seed 0, seeded subsample), model (packaged MiniLM),
+trial count, epochs, batch size (16) and search space:
+
+1. teacher search: `python -m tuner.run --stage teacher` vs Trainer.hyperparameter_search(backend="ray");
+2. student search (teacher logits computed once per search) vs online distillation (teacher run every step);
+3. one epoch of tuner.training.fit vs a default Trainer: real tokens/s and sentences/s;
+4. the share of tuner's search time spent outside training and evaluation;
+5. training FLOP/s (6 x non-embedding parameters x tokens/s) against a float32 matmul's FLOP/s.
+
+Each measurement is its own process (bench/probes.py, bench/hf_peer.py, tuner.run). The report is written to
+results/benchmarks.md (results/benchmarks-quick.md with --quick) and printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import BATCH_SIZE, ROOT, OneLineParser, positive_int  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"
+# Sized so that --repeats 3 takes about 30 minutes on an idle 2-core machine (see bench/README.md).
+FULL = {"train_sentences": 400, "eval_sentences": 150, "epochs": 2, "trials": 4, "repeats": 3}
+QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1}
+BENCH = Path(__file__).resolve().parent
+
+
+class BenchError(Exception):
+    """A step that failed; its message is the one line the run ends with."""
+
+
+# --- running the steps ------------------------------------------------------------------------------------------
+
+def run_step(name: str, argv: list, logs: Path) -> float:
+    """Run one measurement process with its output in ``logs/<name>.log``; returns its wall seconds."""
+    log = logs / f"{name}.log"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    started = time.perf_counter()
+    with log.open("w") as out:
+        code = subprocess.call([str(a) for a in argv], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if code != 0:
+        lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        raise BenchError(f"step {name} exited with {code}: {lines[-1] if lines else 'no output'} (log: {log})")
+    return time.perf_counter() - started
+
+
+def sizes(args) -> list:
+    return ["--data", args.data, "--train-sentences", args.train_sentences, "--eval-sentences",
+            args.eval_sentences, "--epochs", args.epochs]
+
+
+def tuner_search(stage: str, args, results: Path, logs: Path, teacher: Path | None = None) -> float:
+    argv = [sys.executable, "-m", "tuner.run", "--stage", stage, "--profile", "cpu", "--model", "minilm",
+            "--batch-size", BATCH_SIZE, "--trials", args.trials, "--results-dir", results, "--quiet", *sizes(args)]
+    if teacher is not None:
+        argv += ["--teacher", teacher]
+    return run_step(f"tuner-{stage}", argv, logs)
+
+
+def measure(script: str, command: str, args, work: Path, *extra) -> dict:
+    """Run ``bench/<script>.py <command>`` and return its JSON record plus the process's wall time."""
+    out = work / f"{script}-{command}.json"
+    wall = run_step(f"{script}-{command}", [sys.executable, BENCH / f"{script}.py", command, *sizes(args),
+                                           "--out", out, *extra], work / "logs")
+    return dict(json.loads(out.read_text()), process_wall_seconds=wall)
+
+
+def trial_epochs(search_dir: Path) -> list:
+    """Per trial, its per-epoch result lines from Ray's result.json."""
+    trials = []
+    for path in sorted(search_dir.glob("*/result.json")):
+        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        trials.append([line for line in lines if "train_seconds" in line])
+    return [t for t in trials if t]
+
+
+def one_repeat(index: int, args, work: Path) -> dict:
+    """Every measurement once; returns the numbers the tables are built from."""
+    work.mkdir(parents=True)
+    logs = work / "logs"
+    logs.mkdir()
+    results = work / "tuner"
+    peer_first = index % 2 == 1  # alternate which side goes first, so slow drift of the machine evens out
+    steps = [lambda: tuner_search("teacher", args, results, logs),
+             lambda: measure("hf_peer", "search", args, work, "--trials", args.trials)]
+    teacher_wall, hf_search = run_pair(steps, peer_first)
+    teacher = results / "teacher" / "best"
+    student_wall = tuner_search("student", args, results, logs, teacher)
+    student = results / "student" / "best"
+    logits = measure("probes", "teacher-logits", args, work, "--teacher", teacher)
+    online = measure("hf_peer", "distill", args, work, "--teacher", teacher, "--student", student)
+    tuner_fit, hf_fit = run_pair([lambda: measure("probes", "throughput", args, work),
+                                  lambda: measure("hf_peer", "throughput", args, work)], peer_first)
+    matmul = measure("probes", "matmul", args, work)
+    steps = {"tuner teacher search": teacher_wall, "HF search": hf_search["process_wall_seconds"],
+             "tuner student search": student_wall, "teacher logits": logits["process_wall_seconds"],
+             "online distillation": online["process_wall_seconds"], "tuner fit epoch": tuner_fit["process_wall_seconds"],
+             "HF Trainer epoch": hf_fit["process_wall_seconds"], "matmul": matmul["process_wall_seconds"]}
+    return {"steps": steps, "teacher": search_record(results / "teacher", teacher_wall), "hf_search": hf_search,
+            "student": search_record(results / "student", student_wall), "teacher_logits": logits,
+            "online": online, "tuner_fit": tuner_fit, "hf_fit": hf_fit, "matmul": matmul}
+
+
+def run_pair(steps: list, reverse: bool) -> list:
+    order = [1, 0] if reverse else [0, 1]
+    done = {i: steps[i]() for i in order}
+    return [done[0], done[1]]
+
+
+def search_record(stage_dir: Path, process_wall: float) -> dict:
+    result = json.loads((stage_dir / "best" / "result.json").read_text())
+    return {"process_wall_seconds": process_wall, "search_wall_seconds": result["search_wall_seconds"],
+            "best_val_f1": result["val_f1"], "trials": trial_epochs(stage_dir / "search")}
+
+
+# --- the numbers per repeat -------------------------------------------------------------------------------------
+
+def teacher_numbers(r: dict, epochs: int) -> dict:
+    tuner, hf = r["teacher"], r["hf_search"]
+    return {"tuner_search": tuner["search_wall_seconds"], "hf_search": hf["search_wall_seconds"],
+            "tuner_process": tuner["process_wall_seconds"], "hf_process": hf["process_wall_seconds"],
+            "tuner_epochs": sum(len(t) for t in tuner["trials"]), "hf_epochs": hf["epochs_run"],
+            "tuner_f1": tuner["best_val_f1"], "hf_f1": hf["best_val_f1"]}
+
+
+def student_numbers(r: dict, epochs: int) -> dict:
+    trials, online = r["student"]["trials"], r["online"]
+    full = [t[-1]["time_total_s"] for t in trials if len(t) == epochs]
+    epoch_walls = [line["time_this_iter_s"] for t in trials for line in t]
+    return {"tuner_trial": statistics.mean(full) if full else float("nan"),
+            "online_trial": online["trial_wall_seconds"],
+            "tuner_epoch": statistics.mean(epoch_walls), "online_epoch": online["trial_wall_seconds"] / epochs,
+            "tuner_train": statistics.mean(line["train_seconds"] for t in trials for line in t),
+            "online_train": statistics.mean(online["epoch_seconds"]),
+            "logits": r["teacher_logits"]["seconds"],
+            "tuner_amortized": r["student"]["search_wall_seconds"] / len(trials),
+            "tuner_f1": r["student"]["best_val_f1"], "online_f1": online["best_val_f1"]}
+
+
+def throughput_numbers(r: dict, epochs: int) -> dict:
+    numbers = {}
+    for side in ("tuner", "hf"):
+        fit = r[f"{side}_fit"]
+        numbers.update({f"{side}_tokens": fit["tokens_per_second"], f"{side}_sentences": fit["sentences_per_second"],
+                        f"{side}_seconds": fit["train_seconds"],
+                        f"{side}_padding": 1 - fit["real_tokens"] / fit["padded_tokens"]})
+    return numbers
+
+
+def overhead_numbers(r: dict, epochs: int) -> dict:
+    tuner = r["teacher"]
+    per_trial = [(t[-1]["time_total_s"], sum(line["train_seconds"] + line["eval_seconds"] for line in t))
+                 for t in tuner["trials"]]
+    work = sum(inner for _, inner in per_trial)
+    return {"trial_wall": statistics.median(total for total, _ in per_trial),
+            "trial_share": statistics.median(1 - inner / total for total, inner in per_trial),
+            "work": work, "search_wall": tuner["search_wall_seconds"],
+            "search_share": 1 - work / tuner["search_wall_seconds"],
+            "process_wall": tuner["process_wall_seconds"], "process_share": 1 - work / tuner["process_wall_seconds"]}
+
+
+def machine_numbers(r: dict, epochs: int) -> dict:
+    peak = r["matmul"]["flops_per_second"]
+    numbers = {"matmul": peak / 1e9}
+    for side in ("tuner", "hf"):
+        fit = r[f"{side}_fit"]
+        flops = 6 * fit["non_embedding_parameters"] * fit["tokens_per_second"]
+        numbers.update({f"{side}_gflops": flops / 1e9, f"{side}_fraction": flops / peak})
+    return numbers
+
+
+# --- tables -----------------------------------------------------------------------------------------------------
+
+def stats(values: list) -> tuple:
+    return statistics.median(values), min(values), max(values)
+
+
+def cell(values: list, spec: str) -> str:
+    median, low, high = stats(values)
+    text = format(median, spec)
+    return text if len(values) == 1 else f"{text} ({format(low, spec)} to {format(high, spec)})"
+
+
+def ratio(a: list, b: list) -> str:
+    return f"{statistics.median(a) / statistics.median(b):.2f}x"
+
+
+def points(a: list, b: list) -> str:
+    return f"{100 * (statistics.median(a) - statistics.median(b)):+.1f} points"
+
+
+def table(header: list, rows: list) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def column(per_repeat: list, key: str) -> list:
+    return [numbers[key] for numbers in per_repeat]
+
+
+def pair_rows(n: list, rows: list) -> list:
+    """Rows comparing two keys: (label, key a, key b, format, how the two compare)."""
+    return [[label, cell(column(n, a), spec), cell(column(n, b), spec), how(column(n, b), column(n, a))]
+            for label, a, b, spec, how in rows]
+
+
+def sections(repeats: list, epochs: int) -> list:
+    """(title, intro, markdown table) per comparison."""
+    n = [teacher_numbers(r, epochs) for r in repeats]
+    teacher = table(["", "tuner", "HF Trainer + Ray", "HF vs tuner"], pair_rows(n, [
+        ["search wall time, s (Tune run only)", "tuner_search", "hf_search", ".1f", ratio],
+        ["whole command wall time, s", "tuner_process", "hf_process", ".1f", ratio],
+        ["trial-epochs trained", "tuner_epochs", "hf_epochs", ".0f", ratio],
+        ["best validation F1", "tuner_f1", "hf_f1", ".4f", points]]))
+    n = [student_numbers(r, epochs) for r in repeats]
+    student = table(["", "tuner (teacher logits once)", "online distillation (Trainer)", "online vs tuner"],
+                    pair_rows(n, [["wall time of a full-length trial, s", "tuner_trial", "online_trial", ".1f", ratio],
+                                  ["wall time per trial-epoch, s", "tuner_epoch", "online_epoch", ".1f", ratio],
+                                  ["training time per epoch, s", "tuner_train", "online_train", ".1f", ratio],
+                                  ["best validation F1", "tuner_f1", "online_f1", ".4f", points]])
+                    + [["teacher logits, once per search, s", cell(column(n, "logits"), ".1f"), "", ""],
+                       ["search wall time / trials, s", cell(column(n, "tuner_amortized"), ".1f"), "", ""]])
+    n = [throughput_numbers(r, epochs) for r in repeats]
+    throughput = table(["", "tuner fit", "HF Trainer default", "tuner vs HF"], [
+        [label, cell(column(n, f"tuner_{key}"), spec), cell(column(n, f"hf_{key}"), spec),
+         ratio(column(n, f"tuner_{key}"), column(n, f"hf_{key}")) if key != "padding" else ""]
+        for label, key, spec in [("real tokens / s", "tokens", ".0f"), ("sentences / s", "sentences", ".2f"),
+                                 ("epoch training time, s", "seconds", ".1f"),
+                                 ("padding share of batch tokens", "padding", ".1%")]])
+    n = [overhead_numbers(r, epochs) for r in repeats]
+    overhead = table(["", "seconds", "outside training and evaluation"], [
+        ["a trial (median trial)", cell(column(n, "trial_wall"), ".1f"), cell(column(n, "trial_share"), ".1%")],
+        ["the search (Tune run)", cell(column(n, "search_wall"), ".1f"), cell(column(n, "search_share"), ".1%")],
+        ["the whole command", cell(column(n, "process_wall"), ".1f"), cell(column(n, "process_share"), ".1%")],
+        ["sum of the trials' train + eval", cell(column(n, "work"), ".1f"), ""]])
+    n = [machine_numbers(r, epochs) for r in repeats]
+    machine = table(["", "GFLOP/s", "fraction of the matmul's"], [
+        ["float32 2048^3 matmul", cell(column(n, "matmul"), ".1f"), "100%"],
+        ["tuner fit training step", cell(column(n, "tuner_gflops"), ".2f"), cell(column(n, "tuner_fraction"), ".1%")],
+        ["HF Trainer training step", cell(column(n, "hf_gflops"), ".2f"), cell(column(n, "hf_fraction"), ".1%")]])
+    steps = table(["process", "wall time, s"], [[name, cell([r["steps"][name] for r in repeats], ".1f")]
+                                                 for name in repeats[0]["steps"]])
+    return [
+        ("1. Teacher search", "`python -m tuner.run --stage teacher` (Optuna TPE + ASHA, a checkpoint per epoch) "
+         "vs `Trainer.hyperparameter_search(backend=\"ray\")` (Ray's default random search, FIFO, the HF NER "
+         "recipe: first-sub-token labels, DataCollatorForTokenClassification, seqeval F1, evaluation each epoch). "
+         "F1: best over all trials and epochs; ratio: HF / tuner; difference: HF minus tuner.", teacher),
+        ("2. Student search vs online distillation", "tuner's student trials read teacher logits computed once "
+         "per search; the online run is a Trainer whose compute_loss runs the teacher on every step, with "
+         "tuner's best student config, initialisation (cut_student) and distillation_loss, scored by tuner's "
+         "evaluate each epoch. Ratio: online / tuner.", student),
+        ("3. Training throughput (one epoch, teacher model)", "tuner.training.fit (length-grouped batches, "
+         "dynamic padding) vs a default Trainer (random batches, DataCollatorForTokenClassification), batch size "
+         f"{BATCH_SIZE}, real (non-pad) tokens counted on both sides. Ratio: tuner / HF.", throughput),
+        ("4. tuner's overhead (teacher search)", "Time outside the trials' `train_seconds + eval_seconds`: per "
+         "trial against Ray's `time_total_s`, for the search against its wall time, for the command against "
+         "the process's wall time (imports, data, Ray start, test evaluation, saving the best model).", overhead),
+        ("5. Against the machine", "Training FLOP/s = 6 x non-embedding parameters x real tokens/s (from 3.), "
+         "against a float32 matmul timed in the same run with the same thread count.", machine),
+        ("Where the run's time went", "Wall time of each measurement process, per repeat; sizes scale the "
+         "search, distillation and epoch rows roughly linearly.", steps),
+    ]
+
+
+# --- the report -------------------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def machine_lines() -> list:
+    from importlib import metadata
+
+    versions = ", ".join(f"{name} {metadata.version(name)}" for name in ("torch", "transformers", "ray", "optuna"))
+    return [f"- machine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}",
+            f"- versions: {versions}"]
+
+
+def report(args, repeats: list, started: str, load_before: str, seconds: float) -> str:
+    lines = ["# Benchmarks: tuner vs the standard Hugging Face way", "",
+             f"- command: `{shlex.join(['python', 'bench/run_benchmarks.py', *args.argv])}`",
+             f"- run: {started}, {seconds / 60:.1f} minutes, {len(repeats)} repeat(s); cells are the median "
+             "(min to max) over repeats, ratios are ratios of medians",
+             *machine_lines(),
+             f"- load average (1, 5, 15 min) before: {load_before}; after: {load_average()} "
+             "(a loaded machine slows every number)",
+             f"- data: {args.data}, report split, seed 0: {args.train_sentences} train and {args.eval_sentences} "
+             f"validation sentences; packaged MiniLM-L6-H384; {args.epochs} epoch(s), {args.trials} trials, "
+             f"batch size {BATCH_SIZE}, search space search_spaces/teacher.yaml (student.yaml for tuner's student)",
+             ""]
+    for title, intro, body in sections(repeats, args.epochs):
+        lines += [f"## {title}", "", intro, "", body, ""]
+    return "\n".join(lines)
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+
+def parse_args(argv: list) -> argparse.Namespace:
+    parser = OneLineParser(prog="python bench/run_benchmarks.py", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a tiny run to check the plumbing (about 3 minutes)")
+    parser.add_argument("--repeats", type=positive_int, help=f"repeats (default {FULL['repeats']}, quick 1)")
+    parser.add_argument("--trials", type=positive_int, help=f"trials per search (default {FULL['trials']})")
+    parser.add_argument("--epochs", type=positive_int, help=f"epochs per trial (default {FULL['epochs']})")
+    parser.add_argument("--train-sentences", type=positive_int, help=f"default {FULL['train_sentences']}")
+    parser.add_argument("--eval-sentences", type=positive_int, help=f"default {FULL['eval_sentences']}")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")
+    parser.add_argument("--output", type=Path, help="report file (default results/benchmarks.md, "
+                                                    "results/benchmarks-quick.md with --quick)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (searches, logs, JSON)")
+    args = parser.parse_args(argv)
+    for key, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.output is None:
+        args.output = ROOT / "results" / ("benchmarks-quick.md" if args.quick else "benchmarks.md")
+    if not (args.data / "train.txt").is_file():
+        parser.error(f"--data {args.data}: no train.txt there")
+    args.data = args.data.resolve()
+    args.argv = argv
+    return args
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="tuner-bench-"))
+    started, load_before, clock = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), load_average(), time.time()
+    repeats = []
+    try:
+        for index in range(args.repeats):
+            print(f"repeat {index + 1}/{args.repeats} ...", flush=True)
+            repeats.append(one_repeat(index, args, work / f"repeat-{index + 1}"))
+            if not args.keep:
+                shutil.rmtree(work / f"repeat-{index + 1}" / "tuner", ignore_errors=True)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"interrupted; partial work in {work}", file=sys.stderr)
+        return 130
+    text = report(args, repeats, started, load_before, time.time() - clock)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    print(text)
+    print(f"written to {args.output}" + (f"; work folder {work}" if args.keep else ""))
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

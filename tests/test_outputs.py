@@ -1,0 +1,95 @@
+"""What a user takes away from a search: the Optuna study, retraining from the exported YAML, the report and
+its plots, predictions, TensorBoard files."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+import yaml
+
+from tests.conftest import STAGES, run_cli
+
+
+def test_optuna_study_persists_in_sqlite(pipeline_run):
+    results, _ = pipeline_run
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    assert sorted(s.study_name for s in optuna.get_all_study_summaries(storage)) == sorted(STAGES)
+    study = optuna.load_study(study_name="teacher", storage=storage)
+    assert len(study.trials) == 2
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    exported = yaml.safe_load((results / "best_configs.yaml").read_text())["teacher"]
+    values = [t.value for t in study.trials]
+    assert all(0.0 <= v <= 1.0 for v in values)
+    assert exported["val_f1"] >= max(values)  # the best epoch is at least the last epoch's score
+
+
+def test_tensorboard_events_per_trial(pipeline_run):
+    results, _ = pipeline_run
+    trial_dirs = [p for p in (results / "teacher" / "search").iterdir() if p.is_dir()]
+    assert len(trial_dirs) == 2
+    for trial in trial_dirs:
+        assert list(trial.glob("events.out.tfevents.*")), f"no TensorBoard events in {trial}"
+        assert len(list(trial.glob("checkpoint_*"))) == 1  # only the best checkpoint of each trial is kept
+
+
+@pytest.mark.parametrize("stage", ["teacher", "student"])
+def test_retrain_from_exported_config_reproduces_f1(pipeline_run, stage, tmp_path):
+    results, _ = pipeline_run
+    output = tmp_path / "retrained"
+    proc = run_cli("--stage", stage, "--config", results / "best_configs.yaml", "--results-dir", results,
+                   "--output", output, module="tuner.train")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    searched = json.loads((results / stage / "best" / "result.json").read_text())
+    retrained_f1 = float(proc.stdout.split("validation F1 ")[-1].split()[0])
+    assert retrained_f1 == pytest.approx(searched["val_f1"], abs=1e-4), proc.stdout
+    assert (output / "model.safetensors").is_file()
+
+
+def test_retrain_refuses_missing_entry(tmp_path):
+    (tmp_path / "best_configs.yaml").write_text("teacher: {seed: 0}\n")
+    proc = run_cli("--stage", "student", "--config", tmp_path / "best_configs.yaml", module="tuner.train")
+    assert proc.returncode == 2 and "no entry for stage 'student'" in proc.stderr
+    proc = run_cli("--stage", "teacher", "--config", tmp_path / "best_configs.yaml", module="tuner.train")
+    assert proc.returncode == 2 and "teacher.hyperparameters is missing" in proc.stderr
+
+
+def test_report_writes_markdown_and_plots(pipeline_run):
+    results, _ = pipeline_run
+    proc = run_cli("--results-dir", results, module="tuner.report")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (results / "report.md").read_text()
+    for stage in STAGES:
+        for kind in ("history", "parallel", "importances"):
+            png = results / "plots" / f"{stage}_{kind}.png"
+            if kind == "importances" and not png.exists():  # undefined when the trials tie
+                section = report.split(f"## {stage}")[1].split("## ")[0]
+                assert "every finished trial scored the same" in section
+                continue
+            assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+            assert f"plots/{stage}_{kind}.png" in report
+    assert (results / "plots" / "teacher_importances.png").is_file()  # the smoke teacher's trials differ
+    assert (results / "plots" / "tradeoff.png").is_file()
+    assert report.count("\n| ") >= 4  # header, rule and three stage rows
+
+
+def test_predict_prints_entities_with_spans(pipeline_run, tmp_path):
+    from tuner.predict import tag_lines, word_offsets
+
+    results, _ = pipeline_run
+    line = "EU rejects German call to boycott British lamb ."
+    assert word_offsets(line)[1] == ("rejects", 3, 10)
+    for stage in STAGES:
+        (entities,) = tag_lines(results / stage / "best", [line])
+        for entity in entities:
+            assert entity["type"] in {"PER", "ORG", "LOC", "MISC"}
+            start, end = entity["chars"]
+            assert line[start:end] == entity["text"]
+    sentences = tmp_path / "in.txt"
+    sentences.write_text(line + "\nPeter Blackburn\n")
+    proc = run_cli("--model", results / "student" / "best", "--file", sentences, module="tuner.predict")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0] == line and "Peter Blackburn" in proc.stdout
+    proc = run_cli("--model", results / "nothing", line, module="tuner.predict")
+    assert proc.returncode == 2 and "not a saved model" in proc.stderr

@@ -1,0 +1,112 @@
+"""Searches survive a killed driver, failing trials are recorded and skipped, and the same seed repeats a search."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run_cli, write
+
+
+def trial_results(experiment: Path) -> dict:
+    """trial id -> list of reported results (result.json holds one JSON object per line)."""
+    found = {}
+    for folder in experiment.iterdir():
+        path = folder / "result.json"
+        if folder.is_dir() and path.is_file():
+            lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            found[folder.name] = lines
+    return found
+
+
+def test_resume_after_sigkill(tmp_path, conll_dir):
+    results = tmp_path / "results"
+    args = ["--stage", "teacher", "--trials", 3, "--profile", "smoke", "--epochs", 4, "--train-sentences", 200,
+            "--data", conll_dir, "--results-dir", results, "--seed", 1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    driver = subprocess.Popen([sys.executable, "-m", "tuner.run", *map(str, args)], cwd=ROOT, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    experiment = results / "teacher" / "search"
+    deadline = time.time() + 300
+    # kill once a trial has finished and the next has reported an epoch (and so checkpointed) but not finished
+    while time.time() < deadline:
+        reports = trial_results(experiment) if experiment.is_dir() else {}
+        done = [t for t, r in reports.items() if r and r[-1].get("done")]
+        partial = [t for t, r in reports.items() if r and not r[-1].get("done") and len(r) < 4]
+        if done and partial:
+            break
+        time.sleep(0.2)
+    else:
+        driver.kill()
+        pytest.fail("the search never reached a finished trial and a running one")
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    time.sleep(2)
+    before = trial_results(experiment)
+    finished_before = {t: r for t, r in before.items() if r and r[-1].get("done")}
+
+    proc = run_cli(*args[:-2], "--seed", 1, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    after = trial_results(experiment)
+    assert len(after) == 3  # the requested trial count, no more
+    for trial, reports in finished_before.items():
+        assert after[trial] == reports  # completed trials kept as they were
+    resumed = [r for t, r in after.items() if t not in finished_before and t in before and before[t]]
+    assert resumed and any(r[-1]["iterations_since_restore"] < r[-1]["training_iteration"] for r in resumed)
+    study = optuna.load_study(study_name="teacher", storage=f"sqlite:///{results / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states, states
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3
+    assert (results / "teacher" / "best" / "model.safetensors").is_file()
+
+
+def test_failing_trials_are_recorded_and_skipped(tmp_path, conll_dir):
+    spaces = tmp_path / "spaces"
+    for stage in ("teacher", "factorized", "student"):
+        write(spaces / f"{stage}.yaml", (ROOT / "search_spaces" / "smoke" / f"{stage}.yaml").read_text())
+    # learning rates above ~1e20 overflow the weights after one AdamW step: the loss turns NaN
+    write(spaces / "teacher.yaml", """params:
+  learning_rate: {type: choice, values: [1.0e-3, 1.0e+30]}
+  weight_decay: {type: uniform, low: 0.0, high: 0.1}
+  warmup_ratio: {type: uniform, low: 0.0, high: 0.0}
+""")
+    results = tmp_path / "results"
+    proc = run_cli("--stage", "teacher", "--trials", 4, "--profile", "smoke", "--data", conll_dir,
+                   "--results-dir", results, "--space-dir", spaces, "--seed", 3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((results / "teacher" / "best" / "result.json").read_text())
+    errored = record["errored_trials"]
+    assert errored and all(e["config"]["learning_rate"] == 1e30 for e in errored)
+    assert all("non-finite loss" in e["error"] for e in errored)
+    assert record["hyperparameters"]["learning_rate"] == 1e-3
+    assert "errored trial" in proc.stdout
+    with open(results / "teacher" / "trials.csv") as handle:
+        assert len(list(csv.DictReader(handle))) == 4
+
+
+def test_same_seed_same_configs_and_scores(pipeline_run, tmp_path, conll_dir):
+    first, _ = pipeline_run  # seed 0, 2 trials: its teacher search is what this run repeats
+    results = tmp_path / "results"
+    proc = run_cli("--stage", "teacher", "--trials", 2, "--profile", "smoke", "--data", conll_dir,
+                   "--results-dir", results)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    def trials(folder):
+        with open(folder / "teacher" / "trials.csv") as handle:
+            rows = list(csv.DictReader(handle))
+        keys = [k for k in rows[0] if k.startswith("config/")] + ["val_f1"]
+        return sorted(tuple(row[k] for k in keys) for row in rows)
+
+    assert trials(results) == trials(first)
+    assert yaml.safe_load((results / "best_configs.yaml").read_text())["teacher"]["val_f1"] == \
+        yaml.safe_load((first / "best_configs.yaml").read_text())["teacher"]["val_f1"]

@@ -1,0 +1,85 @@
+"""Tag sentences with a saved model (teacher, factorized or student) and print the entities found:
+
+    python -m tuner.predict --model results/student/best "EU rejects German call to boycott British lamb ."
+
+Sentences come from the arguments, else from ``--file``, else from standard input, one per line, words
+separated by spaces (as in CoNLL).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tuner.errors import TunerError
+from tuner.run import OneLineParser
+
+
+def word_offsets(line: str) -> list[tuple[str, int, int]]:
+    """Each whitespace-separated word with its character start and end in the line."""
+    offsets, position = [], 0
+    for word in line.split():
+        start = line.index(word, position)
+        position = start + len(word)
+        offsets.append((word, start, position))
+    return offsets
+
+
+def tag_lines(model_folder: Path, lines: list[str], batch_size: int = 32) -> list[list[dict]]:
+    """Per line, its entities: type, text, word span [start, end) and character span [start, end)."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    from tuner.data import Sentence, encode
+    from tuner.models import load_model, load_tokenizer
+    from tuner.training import predict_tags, select_device
+
+    model = load_model(model_folder)
+    tokenizer = load_tokenizer(str(model_folder))
+    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    offsets = [word_offsets(line) for line in lines]
+    sentences = [Sentence(tuple(w for w, _, _ in words), ("O",) * len(words)) for words in offsets if words]
+    max_length = getattr(model.config, "max_position_embeddings", 512)
+    data = encode(sentences, tokenizer, labels, max_length, label_all_subtokens=True)
+    device = select_device()
+    tags = iter(predict_tags(model.to(device), data, labels, batch_size, tokenizer.pad_token_id, device))
+    found = []
+    for words in offsets:
+        entities = []
+        if words:
+            for kind, first, last in get_entities(next(tags)):
+                entities.append({"type": kind, "text": " ".join(w for w, _, _ in words[first:last + 1]),
+                                 "words": (first, last + 1), "chars": (words[first][1], words[last][2])})
+        found.append(entities)
+    return found
+
+
+def main(argv=None) -> int:
+    parser = OneLineParser(prog="python -m tuner.predict", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("sentences", nargs="*", help="sentences to tag (default: --file or standard input)")
+    parser.add_argument("--model", type=Path, required=True, help="a saved model folder, e.g. results/student/best")
+    parser.add_argument("--file", type=Path, help="a text file, one sentence per line")
+    args = parser.parse_args(argv)
+    try:
+        if args.sentences:
+            lines = args.sentences
+        elif args.file:
+            try:
+                lines = args.file.read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as exc:
+                raise TunerError(f"{args.file}: cannot read ({exc})") from None
+        else:
+            lines = sys.stdin.read().splitlines()
+        results = tag_lines(args.model, lines)
+    except TunerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line, entities in zip(lines, results):
+        print(line)
+        for e in entities:
+            print(f"  {e['type']:<5} {e['text']!r:<30} words {e['words'][0]}-{e['words'][1]}  "
+                  f"chars {e['chars'][0]}-{e['chars'][1]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Write ``results/report.md`` with PNG plots: per stage the optimization history, the hyperparameter
+importances and the parallel coordinates of the trials; across stages F1 against parameter count.
+
+    python -m tuner.report [--results-dir results]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt  # noqa: E402
+
+from tuner.errors import TunerError  # noqa: E402
+from tuner.export import read_results, summary_table  # noqa: E402
+from tuner.run import OneLineParser  # noqa: E402
+
+
+def plot_history(trials: list, stage: str, path: Path) -> None:
+    numbers = [t["number"] for t in trials]
+    values = [t["value"] for t in trials]
+    best = [max(values[: i + 1]) for i in range(len(values))]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(numbers, values, "o", label="trial F1")
+    ax.step(numbers, best, where="post", label="best so far")
+    ax.set(xlabel="trial", ylabel="validation F1", title=f"{stage}: optimization history")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_importances(importances: dict, stage: str, path: Path) -> None:
+    names = list(importances)[::-1]
+    fig, ax = plt.subplots(figsize=(6, 3))
+    ax.barh(names, [importances[n] for n in names])
+    ax.set(xlabel="importance (fANOVA)", title=f"{stage}: hyperparameter importances")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_parallel(trials: list, stage: str, path: Path) -> None:
+    """One line per trial across its hyperparameters (each scaled to [0, 1]) and its F1, coloured by F1."""
+    names = sorted({name for t in trials for name in t["params"]})
+    columns = names + ["val_f1"]
+    rows = [[float(t["params"].get(n, float("nan"))) for n in names] + [t["value"]] for t in trials]
+    lows = [min(r[i] for r in rows) for i in range(len(columns))]
+    highs = [max(r[i] for r in rows) for i in range(len(columns))]
+    scaled = [[(v - lo) / (hi - lo) if hi > lo else 0.5 for v, lo, hi in zip(r, lows, highs)] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    colours = plt.cm.viridis([s[-1] for s in scaled])
+    for row, colour in zip(scaled, colours):
+        ax.plot(range(len(columns)), row, color=colour, alpha=0.8)
+    ax.set_xticks(range(len(columns)), columns, rotation=15)
+    ax.set(ylabel="scaled value", title=f"{stage}: parallel coordinates (colour: F1)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_tradeoff(records: dict, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for stage, record in records.items():
+        ax.scatter(record["parameters"] / 1e6, record["test_f1"], s=60)
+        ax.annotate(stage, (record["parameters"] / 1e6, record["test_f1"]), textcoords="offset points", xytext=(5, 5))
+    ax.set(xlabel="parameters (millions)", ylabel="test F1", title="compression trade-off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_report(results_dir: Path) -> Path:
+    from tuner.search import study_trials
+
+    records = read_results(results_dir)
+    if not records:
+        raise TunerError(f"{results_dir}: no stage results to report on (run python -m tuner.run first)")
+    plots = Path(results_dir) / "plots"
+    plots.mkdir(exist_ok=True)
+    lines = [summary_table(records), "![F1 against parameters](plots/tradeoff.png)", ""]
+    plot_tradeoff(records, plots / "tradeoff.png")
+    for stage, record in records.items():
+        trials, importances = study_trials(Path(results_dir), stage)
+        lines += [f"## {stage}", "", f"Best validation F1 {record['val_f1']:.4f}, test F1 {record['test_f1']:.4f}, "
+                  f"{len(trials)} finished trials in the Optuna study (value: the trial's last reported F1).", ""]
+        if trials:
+            plot_history(trials, stage, plots / f"{stage}_history.png")
+            plot_parallel(trials, stage, plots / f"{stage}_parallel.png")
+            lines += [f"![history](plots/{stage}_history.png)", f"![parallel coordinates](plots/{stage}_parallel.png)"]
+        if importances:
+            plot_importances(importances, stage, plots / f"{stage}_importances.png")
+            lines.append(f"![importances](plots/{stage}_importances.png)")
+        elif len({t["value"] for t in trials}) <= 1:
+            lines.append("No importances: every finished trial scored the same.")
+        lines.append("")
+    report = Path(results_dir) / "report.md"
+    report.write_text("\n".join(lines))
+    return report
+
+
+def main(argv=None) -> int:
+    parser = OneLineParser(prog="python -m tuner.report", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    args = parser.parse_args(argv)
+    try:
+        report = write_report(args.results_dir)
+    except TunerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {report} and its plots under {report.parent / 'plots'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
