@@ -16,7 +16,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BATCH_SIZE, SEED, command_parser, non_embedding_parameters, run_settings, write_result  # noqa: E402
+from bench.common import (BATCH_SIZE, SEED, command_parser, non_embedding_parameters, run_settings,  # noqa: E402
+                          write_result)
 
 import torch  # noqa: E402
 

@@ -37,7 +37,7 @@ from bench.common import BATCH_SIZE, ROOT, OneLineParser, positive_int  # noqa: 
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"
 # Sized so that --repeats 3 takes about 30 minutes on an idle 2-core machine (see bench/README.md).
-FULL = {"train_sentences": 400, "eval_sentences": 150, "epochs": 2, "trials": 4, "repeats": 3}
+FULL = {"train_sentences": 250, "eval_sentences": 100, "epochs": 2, "trials": 4, "repeats": 3}
 QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1}
 BENCH = Path(__file__).resolve().parent
 
@@ -98,9 +98,9 @@ def one_repeat(index: int, args, work: Path) -> dict:
     logs.mkdir()
     results = work / "tuner"
     peer_first = index % 2 == 1  # alternate which side goes first, so slow drift of the machine evens out
-    steps = [lambda: tuner_search("teacher", args, results, logs),
-             lambda: measure("hf_peer", "search", args, work, "--trials", args.trials)]
-    teacher_wall, hf_search = run_pair(steps, peer_first)
+    teacher_wall, hf_search = run_pair([lambda: tuner_search("teacher", args, results, logs),
+                                        lambda: measure("hf_peer", "search", args, work, "--trials", args.trials)],
+                                       peer_first)
     teacher = results / "teacher" / "best"
     student_wall = tuner_search("student", args, results, logs, teacher)
     student = results / "student" / "best"
@@ -111,8 +111,9 @@ def one_repeat(index: int, args, work: Path) -> dict:
     matmul = measure("probes", "matmul", args, work)
     steps = {"tuner teacher search": teacher_wall, "HF search": hf_search["process_wall_seconds"],
              "tuner student search": student_wall, "teacher logits": logits["process_wall_seconds"],
-             "online distillation": online["process_wall_seconds"], "tuner fit epoch": tuner_fit["process_wall_seconds"],
-             "HF Trainer epoch": hf_fit["process_wall_seconds"], "matmul": matmul["process_wall_seconds"]}
+             "online distillation": online["process_wall_seconds"],
+             "tuner fit epoch": tuner_fit["process_wall_seconds"], "HF Trainer epoch": hf_fit["process_wall_seconds"],
+             "matmul": matmul["process_wall_seconds"]}
     return {"steps": steps, "teacher": search_record(results / "teacher", teacher_wall), "hf_search": hf_search,
             "student": search_record(results / "student", student_wall), "teacher_logits": logits,
             "online": online, "tuner_fit": tuner_fit, "hf_fit": hf_fit, "matmul": matmul}
@@ -328,7 +329,7 @@ def report(args, repeats: list, started: str, load_before: str, seconds: float) 
 
 def parse_args(argv: list) -> argparse.Namespace:
     parser = OneLineParser(prog="python bench/run_benchmarks.py", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a tiny run to check the plumbing (about 3 minutes)")
+    parser.add_argument("--quick", action="store_true", help="a tiny run to check the plumbing (about 4 minutes)")
     parser.add_argument("--repeats", type=positive_int, help=f"repeats (default {FULL['repeats']}, quick 1)")
     parser.add_argument("--trials", type=positive_int, help=f"trials per search (default {FULL['trials']})")
     parser.add_argument("--epochs", type=positive_int, help=f"epochs per trial (default {FULL['epochs']})")

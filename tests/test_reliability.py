@@ -110,3 +110,12 @@ def test_same_seed_same_configs_and_scores(pipeline_run, tmp_path, conll_dir):
     assert trials(results) == trials(first)
     assert yaml.safe_load((results / "best_configs.yaml").read_text())["teacher"]["val_f1"] == \
         yaml.safe_load((first / "best_configs.yaml").read_text())["teacher"]["val_f1"]
+
+
+def test_search_over_two_node_loopback_cluster(tmp_path, conll_dir):
+    proc = subprocess.run([sys.executable, "scripts/two_node_cluster.py", "--results-dir", str(tmp_path / "results"),
+                           "--trials", "3", "--data", str(conll_dir)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "3 trials on 2 nodes" in proc.stdout
+    assert (tmp_path / "results" / "teacher" / "best" / "model.safetensors").is_file()

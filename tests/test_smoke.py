@@ -119,3 +119,12 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert snapshot(results) == before
     assert not (ROOT / "pwned").exists()
+
+
+def test_quiet_prints_only_the_summary(tmp_path, conll_dir):
+    proc = run_cli("--stage", "teacher", "--trials", 1, "--profile", "smoke", "--data", conll_dir,
+                   "--results-dir", tmp_path / "results", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("best teacher: validation F1") and lines[-1].startswith("best configs:"), lines
+    assert len(lines) == 2, lines

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import math
 import os
@@ -173,7 +174,10 @@ def search(stage: str, space: SearchSpace, task, inputs, settings: TrainSettings
         tuner = tune.Tuner(trainable, run_config=run_config,
                            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
                                                        scheduler=scheduler, num_samples=trials))
-    grid = tuner.fit()
+    if quiet:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
+        grid = tuner.fit()  # Tune prints its progress tables to stdout whatever its verbosity
     wall_seconds = time.perf_counter() - started
     errored = [(trial_id(r), r.config, str(r.error).strip().splitlines()[-1][:300]) for r in grid if r.error]
     finished = [r for r in grid if not r.error and r.metrics and METRIC in r.metrics]
