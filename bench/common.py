@@ -17,7 +17,6 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tuner` and `ben
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tuner.config import RunSettings, resolve_profile  # noqa: E402
-from tuner.data import load_corpus, split_sentences, subsample  # noqa: E402
 from tuner.run import OneLineParser, positive_int  # noqa: E402
 
 BATCH_SIZE = 16
@@ -55,12 +54,11 @@ def run_settings(args: argparse.Namespace, stage: str = "teacher", teacher: Path
 
 
 def selected_sentences(settings: RunSettings) -> dict:
-    """The train and validation sentences ``tuner.pipeline.build_task`` encodes for ``settings``, as words and
-    tags (the same three calls: load, split, seeded subsample)."""
-    splits = split_sentences(load_corpus(settings.data), settings.split, settings.seed)
-    profile = settings.profile
-    return {"train": subsample(splits["train"], profile.train_sentences, settings.seed),
-            "validation": subsample(splits["validation"], profile.eval_sentences, settings.seed)}
+    """The train and validation sentences ``tuner.pipeline.build_task`` encodes for ``settings``, as words and tags."""
+    from tuner.pipeline import select_sentences
+
+    _, chosen = select_sentences(settings)
+    return {"train": chosen["train"], "validation": chosen["validation"]}
 
 
 def non_embedding_parameters(model) -> int:

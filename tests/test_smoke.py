@@ -72,41 +72,61 @@ def test_existing_search_is_not_overwritten(pipeline_run, conll_dir):
     assert snapshot(results) == before
 
 
-@pytest.mark.parametrize("case", ["trials0", "unknown_stage", "no_teacher", "missing_data", "bad_line", "bad_space",
-                                  "python_tag", "bad_tag", "not_utf8", "unknown_model", "corrupt_teacher"])
+BAD_SPACES = {
+    "space_syntax": "params: {learning_rate: {type: loguniform, low: 1.0e-4\n",
+    "space_unknown_key": "params: {learning_rate: {type: uniform, low: 0.1, high: 0.2, step: 1}}\n",
+    "space_wrong_type": "params: {learning_rate: {type: uniform, low: small, high: 0.2}}\n",
+    "space_low_gt_high": "params: {learning_rate: {type: loguniform, low: 0.1, high: 0.01}}\n",
+    "space_log_low_zero": "params: {learning_rate: {type: loguniform, low: 0.0, high: 0.01}}\n",
+    "space_empty_choice": "params: {learning_rate: {type: choice, values: []}}\n",
+    "space_python_tag": "!!python/object/apply:os.system ['touch pwned']\n",
+}
+CASES = {  # case -> what the one-line error must name
+    "trials0": "--trials", "trials_negative": "--trials", "unknown_stage": "--stage", "no_teacher": "--stage teacher",
+    "missing_data": "nowhere", "empty_data": "train.txt is missing", "bad_line": "train.txt:3",
+    "bad_tag": "train.txt:3", "not_utf8": "train.txt:1", "hub_offline": "--data", "unknown_model": "no-such-model",
+    "missing_teacher": "no teacher result at", "corrupt_teacher": "corrupt", "space_syntax": "teacher.yaml:",
+    "space_unknown_key": "step", "space_wrong_type": "learning_rate.low", "space_low_gt_high": "low (0.1) > high",
+    "space_log_low_zero": "low > 0", "space_empty_choice": "values", "space_python_tag": "teacher.yaml:1",
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir):
     results = tmp_path / "results"
     write(results / "README.md", "kept\n")
-    data = conll_dir
-    extra = []
-    stage = "teacher"
+    data, stage, extra = conll_dir, "teacher", []
     if case == "trials0":
         extra = ["--trials", "0"]
+    elif case == "trials_negative":
+        extra = ["--trials", "-3"]
     elif case == "unknown_stage":
         stage = "distil"
     elif case == "no_teacher":
         stage = "student"
     elif case == "missing_data":
         data = tmp_path / "nowhere"
-    elif case == "bad_line":
+    elif case == "empty_data":
         data = tmp_path / "d"
-        write(data / "train.txt", "EU B-ORG\n\nrejects\n")
-    elif case == "bad_tag":
+        data.mkdir()
+    elif case in ("bad_line", "bad_tag", "not_utf8"):
         data = tmp_path / "d"
-        write(data / "train.txt", "EU B-ORG\n\nParis LOC\n")
-    elif case == "not_utf8":
-        data = tmp_path / "d"
-        write(data / "train.txt", "M\xfcller B-PER\n", encoding="latin-1")
-    elif case in ("bad_space", "python_tag"):
+        text = {"bad_line": "EU B-ORG\n\nrejects\n", "bad_tag": "EU B-ORG\n\nParis LOC\n",
+                "not_utf8": "M\xfcller B-PER\n"}[case]
+        write(data / "train.txt", text, encoding="latin-1" if case == "not_utf8" else "utf-8")
+    elif case == "hub_offline":
+        data = "conll2003"
+    elif case.startswith("space_"):
         spaces = tmp_path / "spaces"
         for name in STAGES:
             write(spaces / f"{name}.yaml", (ROOT / "search_spaces" / "smoke" / f"{name}.yaml").read_text())
-        text = "params: {learning_rate: {type: loguniform, low: 0.1, high: 0.01}}\n" if case == "bad_space" else \
-            "!!python/object/apply:os.system ['touch pwned']\n"
-        write(spaces / "teacher.yaml", text)
+        write(spaces / "teacher.yaml", BAD_SPACES[case])
         extra = ["--space-dir", spaces]
     elif case == "unknown_model":
         extra = ["--model", "no-such-org/no-such-model"]
+    elif case == "missing_teacher":
+        stage = "factorized"
+        extra = ["--teacher", tmp_path / "gone"]
     elif case == "corrupt_teacher":
         stage = "factorized"
         write(tmp_path / "teacher" / "config.json", "{}")
@@ -117,14 +137,6 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert CASES[case] in lines[0], lines[0]
     assert snapshot(results) == before
     assert not (ROOT / "pwned").exists()
-
-
-def test_quiet_prints_only_the_summary(tmp_path, conll_dir):
-    proc = run_cli("--stage", "teacher", "--trials", 1, "--profile", "smoke", "--data", conll_dir,
-                   "--results-dir", tmp_path / "results", "--quiet")
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    lines = proc.stdout.strip().splitlines()
-    assert lines[0].startswith("best teacher: validation F1") and lines[-1].startswith("best configs:"), lines
-    assert len(lines) == 2, lines

@@ -16,8 +16,10 @@ from tuner.errors import TunerError
 log = logging.getLogger(__name__)
 
 CONLL_LABELS = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC", "B-MISC", "I-MISC")
-HUB_DATASET = "eriktks/conll2003"  # the canonical CoNLL-2003 repo; its script needs the parquet conversion
-HUB_REVISION = "refs/convert/parquet"  # datasets >= 4 runs no loading scripts, so read the converted parquet
+# datasets >= 4 runs no loading scripts, so the script-based "conll2003"/"eriktks/conll2003" repos no longer load;
+# lhoestq/conll2003 (by a datasets maintainer) holds the same splits as plain data files.
+HUB_DATASET = "lhoestq/conll2003"
+HUB_REVISION = "main"
 SPLIT_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "test.txt"}
 
 
@@ -103,7 +105,8 @@ def load_hub(dataset_id: str = HUB_DATASET, revision: str = HUB_REVISION) -> Cor
         reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
         raise TunerError(f"cannot load {dataset_id} from the Hugging Face Hub ({reason}); "
                          "offline? point --data at a folder of CoNLL files, e.g. --data ../shared/data/conll2003") from None
-    names = loaded["train"].features["ner_tags"].feature.names
+    feature = loaded["train"].features["ner_tags"].feature
+    names = getattr(feature, "names", None) or list(CONLL_LABELS)  # ClassLabel names, else the HF order
     splits = {
         split: [Sentence(tuple(row["tokens"]), tuple(names[i] for i in row["ner_tags"])) for row in loaded[split]]
         for split in ("train", "validation", "test") if split in loaded

@@ -43,7 +43,7 @@ def load_tokenizer(name: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        raise TunerError(f"--model {name}: cannot load a tokenizer ({str(exc).splitlines()[0][:160]}); "
+        raise TunerError(f"{name}: cannot load a tokenizer ({str(exc).splitlines()[0][:160]}); "
                          "offline, give a local folder, 'minilm' or 'tiny'") from None
     if not tokenizer.is_fast:
         raise TunerError(f"--model {name}: needs a fast tokenizer (word_ids aligns labels)")

@@ -57,14 +57,19 @@ def check_inputs(settings: RunSettings) -> dict:
     return spaces
 
 
-def build_task(settings: RunSettings, tokenizer, labels: list | None) -> TaskData:
+def select_sentences(settings: RunSettings):
+    """The corpus and the sentences a search uses: the split protocol, then the profile's seeded subsets."""
     corpus = load_corpus(settings.data)
     splits = split_sentences(corpus, settings.split, settings.seed)
     profile = settings.profile
-    chosen = {"train": subsample(splits["train"], profile.train_sentences, settings.seed),
-              "validation": subsample(splits["validation"], profile.eval_sentences, settings.seed),
-              "test": subsample(splits["test"], profile.test_sentences, settings.seed)}
+    limits = {"train": profile.train_sentences, "validation": profile.eval_sentences, "test": profile.test_sentences}
+    return corpus, {name: subsample(splits[name], limit, settings.seed) for name, limit in limits.items()}
+
+
+def build_task(settings: RunSettings, tokenizer, labels: list | None) -> TaskData:
+    corpus, chosen = select_sentences(settings)
     labels = labels or label_list(corpus.splits["train"])
+    profile = settings.profile
     encoded = {name: encode(sentences, tokenizer, labels, profile.max_length, profile.label_all_subtokens)
                for name, sentences in chosen.items()}
     return TaskData(labels, encoded["train"], encoded["validation"], encoded["test"], tokenizer.pad_token_id,
@@ -156,8 +161,8 @@ def run(settings: RunSettings, echo=print) -> dict:
     if "teacher" in settings.stages:
         tokenizer, labels = load_tokenizer(settings.profile.model), None
     else:
+        config = load_model(teacher_folder(settings)).config  # refuses a missing or corrupt teacher first
         tokenizer = load_tokenizer(str(teacher_folder(settings)))
-        config = load_model(teacher_folder(settings)).config
         labels = [config.id2label[i] for i in range(config.num_labels)]
     task = build_task(settings, tokenizer, labels)
     echo(f"data: {task.source} ({settings.split} split): {len(task.train)} train, {len(task.validation)} "

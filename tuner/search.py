@@ -71,7 +71,8 @@ def start_ray(address: str | None, dashboard_host: str, quiet: bool) -> ClusterI
     if address:
         context = ray.init(address=address, **kwargs)
     else:
-        context = ray.init(num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
+        # "local": a new Ray of our own, even when a cluster started by `ray start` is running here
+        context = ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
     cpus = max(int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"])
     url = context.dashboard_url or ""
     return ClusterInfo(f"http://{url}" if url and "://" not in url else url, cpus,

@@ -8,7 +8,6 @@ deterministic, so it reaches the trial's validation F1 (the best epoch is kept, 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path

@@ -68,7 +68,8 @@ def build_optimizer(model: nn.Module, learning_rate: float, weight_decay: float)
     for name, parameter in model.named_parameters():
         (no_decay if parameter.ndim < 2 else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=learning_rate)
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())  # one kernel per step, not per tensor
+    return torch.optim.AdamW(groups, lr=learning_rate, fused=fused)
 
 
 def build_scheduler(optimizer, warmup_ratio: float, total_steps: int):
@@ -123,7 +124,7 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
     """
     torch.set_num_threads(settings.threads)
     device = settings.device
-    model.to(device)
+    model.to(device)  # before the optimizer: a fused AdamW lives on its parameters' device
     optimizer = build_optimizer(model, hparams["learning_rate"], hparams["weight_decay"])
     steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
     scheduler = build_scheduler(optimizer, hparams["warmup_ratio"], steps_per_epoch * settings.epochs)
