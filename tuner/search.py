@@ -12,6 +12,7 @@ import io
 import logging
 import math
 import os
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -62,6 +63,19 @@ class ClusterInfo:
     token_file: Path | None
 
 
+def dashboard_port(host: str, preferred: int = 8265) -> int:
+    """Ray's usual dashboard port when free, else one the OS picks: a second search on the same machine still
+    gets a dashboard instead of none."""
+    for port in (preferred, 0):
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as probe:
+            try:
+                probe.bind((host if host not in ("", "0.0.0.0") else "127.0.0.1", port))
+            except OSError:
+                continue
+            return probe.getsockname()[1]
+    return preferred
+
+
 def start_ray(address: str | None, dashboard_host: str, quiet: bool) -> ClusterInfo:
     """Start a local Ray (every port on ``dashboard_host``'s side bound to loopback) or join ``address``."""
     if ray.is_initialized():
@@ -72,7 +86,8 @@ def start_ray(address: str | None, dashboard_host: str, quiet: bool) -> ClusterI
         context = ray.init(address=address, **kwargs)
     else:
         # "local": a new Ray of our own, even when a cluster started by `ray start` is running here
-        context = ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", **kwargs)
+        context = ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1",
+                           dashboard_port=dashboard_port(dashboard_host), **kwargs)
     cpus = max(int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"])
     url = context.dashboard_url or ""
     return ClusterInfo(f"http://{url}" if url and "://" not in url else url, cpus,
