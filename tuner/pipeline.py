@@ -9,7 +9,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -111,9 +110,7 @@ def save_best(stage: str, settings: RunSettings, outcome, task: TaskData, tokeni
     shutil.rmtree(staging, ignore_errors=True)
     save_model(model.cpu(), staging, tokenizer)
     shutil.copyfile(space.path, staging / "search_space.yaml")
-    resolved = {"settings": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()
-                             if k != "profile"},
-                "profile": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings.profile).items()}}
+    resolved = {"settings": plain(asdict(settings), drop="profile"), "profile": plain(asdict(settings.profile))}
     (staging / "run_config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
     record = {
         "stage": stage,
@@ -146,11 +143,14 @@ def save_best(stage: str, settings: RunSettings, outcome, task: TaskData, tokeni
     return record
 
 
+def plain(fields: dict, drop: str | None = None) -> dict:
+    """Dataclass fields as YAML/JSON-ready values (paths as strings), less ``drop``."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in fields.items() if k != drop}
+
+
 def training_record(profile, threads: int) -> dict:
     """The non-searched settings a retrain needs to reproduce a trial (``python -m tuner.train``)."""
-    record = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(profile).items() if k != "space_dir"}
-    record["threads"] = threads
-    return record
+    return dict(plain(asdict(profile), drop="space_dir"), threads=threads)
 
 
 def run(settings: RunSettings, echo=print) -> dict:
@@ -185,13 +185,11 @@ def run(settings: RunSettings, echo=print) -> dict:
             if not settings.resume:
                 search.reset_study(Path(settings.results_dir), stage)
             echo(f"stage {stage}: {settings.trials} trials over {spaces[stage].path}")
-            started = time.perf_counter()
             outcome = search.search(stage, spaces[stage], task, inputs, train_settings, trials=settings.trials,
                                     seed=settings.seed, results_dir=Path(settings.results_dir), cpus_per_trial=cpus,
                                     gpus_per_trial=settings.gpus_per_trial, max_failures=settings.max_failures,
                                     resume=settings.resume, quiet=settings.quiet)
             records[stage] = save_best(stage, settings, outcome, task, tokenizer, spaces[stage])
-            records[stage]["stage_wall_seconds"] = time.perf_counter() - started
             export.write_exports(Path(settings.results_dir))
     finally:
         if not settings.keep_dashboard:
