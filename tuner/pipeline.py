@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from tuner import export
-from tuner.config import METRIC, RunSettings, TrainSettings, default_threads
+from tuner.config import METRIC, RunSettings, default_threads, train_settings
 from tuner.data import TaskData, encode, label_list, load_corpus, split_sentences, subsample
 from tuner.errors import TunerError
 from tuner.models import (count_parameters, initial_token_classifier, load_model, load_tokenizer, ModelState,
@@ -171,9 +171,7 @@ def run(settings: RunSettings, echo=print) -> dict:
     echo(f"Ray dashboard: {cluster.dashboard_url}" + (f" (log in with the token in {cluster.token_file})"
                                                       if cluster.token_file else ""))
     cpus = settings.cpus_per_trial or cluster.cpus_per_node
-    train_settings = TrainSettings(epochs=settings.profile.epochs, batch_size=settings.profile.batch_size,
-                                   eval_batch_size=settings.profile.eval_batch_size, seed=settings.seed,
-                                   threads=default_threads(cpus))
+    threads = default_threads(cpus)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     records = {}
     try:
@@ -185,7 +183,8 @@ def run(settings: RunSettings, echo=print) -> dict:
             if not settings.resume:
                 search.reset_study(Path(settings.results_dir), stage)
             echo(f"stage {stage}: {settings.trials} trials over {spaces[stage].path}")
-            outcome = search.search(stage, spaces[stage], task, inputs, train_settings, trials=settings.trials,
+            trial_settings = train_settings(settings.profile, stage, settings.seed, threads)
+            outcome = search.search(stage, spaces[stage], task, inputs, trial_settings, trials=settings.trials,
                                     seed=settings.seed, results_dir=Path(settings.results_dir), cpus_per_trial=cpus,
                                     gpus_per_trial=settings.gpus_per_trial, max_failures=settings.max_failures,
                                     resume=settings.resume, quiet=settings.quiet)

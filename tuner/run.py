@@ -58,6 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
     overrides = p.add_argument_group("profile overrides")
     overrides.add_argument("--epochs", type=positive_int)
+    overrides.add_argument("--student-epochs", type=positive_int, help="epochs of the student stage (default: --epochs)")
     overrides.add_argument("--batch-size", type=positive_int)
     overrides.add_argument("--max-length", type=positive_int)
     overrides.add_argument("--train-sentences", type=positive_int)
@@ -69,6 +70,7 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings:
     profile = resolve_profile(args.profile, cuda_available, model=args.model, epochs=args.epochs,
+                              student_epochs=args.student_epochs,
                               batch_size=args.batch_size, max_length=args.max_length,
                               train_sentences=args.train_sentences, eval_sentences=args.eval_sentences,
                               max_params=args.max_params, space_dir=args.space_dir)

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tuner.config import METRIC, Profile, RunSettings, TrainSettings
+from tuner.config import METRIC, Profile, RunSettings, train_settings
 from tuner.errors import TunerError
 from tuner.run import OneLineParser
 
@@ -59,11 +59,9 @@ def retrain(stage: str, entry: dict, results_dir: Path, output: Path, data: str 
         labels = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
     task = pipeline.build_task(settings, tokenizer, labels)
     inputs = pipeline.stage_inputs(stage, settings, task, teacher_model, len(tokenizer))
-    train_settings = TrainSettings(epochs=profile.epochs, batch_size=profile.batch_size,
-                                   eval_batch_size=profile.eval_batch_size, seed=entry["seed"], threads=threads,
-                                   device=select_device())
+    settings_for_trial = train_settings(profile, stage, entry["seed"], threads, device=select_device())
     best = None
-    for result in TRAIN[stage](entry["hyperparameters"], task, inputs, train_settings):
+    for result in TRAIN[stage](entry["hyperparameters"], task, inputs, settings_for_trial):
         echo(f"epoch {result.metrics['epoch']}: validation F1 {result.metrics[METRIC]:.4f}")
         if best is None or result.metrics[METRIC] > best[METRIC]:
             best = dict(result.metrics)
