@@ -37,7 +37,7 @@ from bench.common import BATCH_SIZE, ROOT, OneLineParser, positive_int  # noqa: 
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"
 # Sized so that --repeats 3 takes about 30 minutes on an idle 2-core machine (see bench/README.md).
-FULL = {"train_sentences": 250, "eval_sentences": 100, "epochs": 2, "trials": 4, "repeats": 3}
+FULL = {"train_sentences": 600, "eval_sentences": 200, "epochs": 2, "trials": 4, "repeats": 3}
 QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1}
 BENCH = Path(__file__).resolve().parent
 
@@ -68,7 +68,8 @@ def sizes(args) -> list:
 
 def tuner_search(stage: str, args, results: Path, logs: Path, teacher: Path | None = None) -> float:
     argv = [sys.executable, "-m", "tuner.run", "--stage", stage, "--profile", "cpu", "--model", "minilm",
-            "--batch-size", BATCH_SIZE, "--trials", args.trials, "--results-dir", results, "--quiet", *sizes(args)]
+            "--batch-size", BATCH_SIZE, "--trials", args.trials, "--results-dir", results, "--quiet", *sizes(args),
+            "--student-epochs", args.epochs]  # the cpu profile's student runs longer; here both sides run --epochs
     if teacher is not None:
         argv += ["--teacher", teacher]
     return run_step(f"tuner-{stage}", argv, logs)
