@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import write
 from tuner.config import IGNORE_INDEX
-from tuner.data import (CONLL_LABELS, Corpus, Sentence, align_labels, encode, label_list, length_grouped_batches,
+from tuner.data import (CONLL_LABELS, NO_TOKEN, Corpus, Sentence, align_labels, encode, label_list, length_grouped_batches,
                         load_folder, read_conll, split_sentences, word_starts)
 from tuner.errors import TunerError
 
@@ -83,6 +83,8 @@ def test_alignment_by_hand_three_subtokens(tokenizer):
     assert align_labels(ids, tags, L, False) == [IGNORE_INDEX, L["B-ORG"], L["O"], L["B-PER"], IGNORE_INDEX,
                                                  IGNORE_INDEX, IGNORE_INDEX]
     assert word_starts(ids) == [1, 2, 3]
+    # a word that yields no sub-token (word 2 here) keeps its slot, so later words keep their index
+    assert word_starts([None, 0, 1, 1, 3, None]) == [1, 2, NO_TOKEN, 4]
 
 
 def test_alignment_with_truncation(tokenizer):

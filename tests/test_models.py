@@ -64,3 +64,36 @@ def test_student_size_and_layers(tiny_model):
     assert torch.equal(student.base_model.encoder.layer[0].output.dense.weight, top)
     layers, dim = student_shape(tiny_model, max_params=300_000)
     assert student_parameters(tiny_model, layers, dim) <= 300_000
+
+
+def test_checkpoint_resume_repeats_an_uninterrupted_run(tokenizer, tmp_path):
+    """Two epochs straight equal one epoch, a checkpoint through safetensors, and a resumed second epoch."""
+    from tuner.config import TrainSettings
+    from tuner.data import CONLL_LABELS, Sentence, TaskData, encode
+    from tuner.models import ModelState, initial_token_classifier, model_from_state
+    from tuner.training import fit, save_checkpoint
+
+    labels = list(CONLL_LABELS)
+    sentences = [Sentence(("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O")),
+                 Sentence(("Peter", "Blackburn", "said"), ("B-PER", "I-PER", "O"))] * 6
+    data = encode(sentences, tokenizer, labels, 16, True)
+    task = TaskData(labels, data, data, data, tokenizer.pad_token_id, "mem")
+    state = ModelState.of(initial_token_classifier("tiny", labels, seed=0, vocab_size=len(tokenizer)))
+    settings = TrainSettings(epochs=2, batch_size=4, eval_batch_size=8, seed=0, threads=1)
+    hparams = {"learning_rate": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.2}
+
+    straight = [r.metrics["train_loss"] for r in fit(model_from_state(state), hparams, task, settings)]
+    straight_weights = {k: v.clone() for k, v in r_model(fit(model_from_state(state), hparams, task, settings))}
+    first = next(fit(model_from_state(state), hparams, task, settings))
+    save_checkpoint(tmp_path, first)
+    (resumed,) = list(fit(model_from_state(state), hparams, task, settings, resume=tmp_path))
+    assert resumed.epoch == 1
+    assert resumed.metrics["train_loss"] == straight[1]
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, straight_weights[name]), name
+
+
+def r_model(results):
+    """The state dict after the last epoch of a ``fit`` run."""
+    *_, last = results
+    return last.model.state_dict().items()

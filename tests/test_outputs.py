@@ -75,11 +75,17 @@ def test_report_writes_markdown_and_plots(pipeline_run):
 
 
 def test_predict_prints_entities_with_spans(pipeline_run, tmp_path):
-    from tuner.predict import tag_lines, word_offsets
+    from tuner.predict import entities_of, tag_lines, word_offsets
 
     results, _ = pipeline_run
     line = "EU rejects German call to boycott British lamb ."
-    assert word_offsets(line)[1] == ("rejects", 3, 10)
+    words = word_offsets(line)
+    assert words[1] == ("rejects", 3, 10)
+    by_hand = ["B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "I-MISC", "O"]
+    assert entities_of(by_hand, words) == [
+        {"type": "ORG", "text": "EU", "words": (0, 1), "chars": (0, 2)},
+        {"type": "MISC", "text": "German", "words": (2, 3), "chars": (11, 17)},
+        {"type": "MISC", "text": "British lamb", "words": (6, 8), "chars": (34, 46)}]
     for stage in STAGES:
         (entities,) = tag_lines(results / stage / "best", [line])
         for entity in entities:

@@ -88,6 +88,8 @@ CASES = {  # case -> what the one-line error must name
     "missing_teacher": "no teacher result at", "corrupt_teacher": "corrupt", "space_syntax": "teacher.yaml:",
     "space_unknown_key": "step", "space_wrong_type": "learning_rate.low", "space_low_gt_high": "low (0.1) > high",
     "space_log_low_zero": "low > 0", "space_empty_choice": "values", "space_python_tag": "teacher.yaml:1",
+    "factorized_teacher": "not a teacher", "teacher_with_all": "--teacher", "seed_mismatch": "--seed 0",
+    "too_many_cpus": "--cpus-per-trial 64",
 }
 
 
@@ -127,6 +129,21 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir):
     elif case == "missing_teacher":
         stage = "factorized"
         extra = ["--teacher", tmp_path / "gone"]
+    elif case in ("factorized_teacher", "seed_mismatch"):
+        stage = "student"
+        from tuner.models import factorize, initial_token_classifier, load_tokenizer, save_model
+
+        model = initial_token_classifier("tiny", ["O", "B-PER", "I-PER"], 0, len(load_tokenizer("minilm")))
+        if case == "factorized_teacher":
+            factorize(model, 8)
+        save_model(model, tmp_path / "teacher", load_tokenizer("minilm"))
+        write(tmp_path / "teacher" / "result.json", '{"seed": 0, "split": "report"}')
+        extra = ["--teacher", tmp_path / "teacher", "--seed", "1"]
+    elif case == "teacher_with_all":
+        stage = "all"
+        extra = ["--teacher", tmp_path / "teacher"]
+    elif case == "too_many_cpus":
+        extra = ["--cpus-per-trial", "64"]
     elif case == "corrupt_teacher":
         stage = "factorized"
         write(tmp_path / "teacher" / "config.json", "{}")

@@ -21,10 +21,14 @@ GOOD = """params:
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_repo_spaces_validate(path: Path):
-    assert len(SPACES) >= 6
     space = load_space(path.stem, path)
     assert set(space.names()) <= set(STAGE_PARAMS[path.stem])
     assert len(space.sha256) == 64
+
+
+def test_every_stage_has_a_space_in_each_profile_folder():
+    names = {str(p.relative_to(ROOT / "search_spaces")) for p in SPACES}
+    assert {f"{prefix}{stage}.yaml" for prefix in ("", "smoke/") for stage in STAGE_PARAMS} <= names
 
 
 def test_good_space(tmp_path):

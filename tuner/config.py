@@ -61,7 +61,7 @@ PROFILE_DEFAULTS = {
     # The report's setting: bert-base-cased from the Hub, all the data, 3 epochs.
     "gpu": Profile("gpu", model="bert-base-cased", epochs=3, batch_size=32, max_length=192, train_sentences=None,
                    eval_sentences=None, test_sentences=None, max_params=20_000_000, eval_batch_size=128),
-    # The packaged MiniLM and a subset sized so that a 4-trial teacher search takes about 15 minutes on 2 cores.
+    # The packaged MiniLM and a subset sized so that a 4-trial teacher search takes 10-15 minutes on 2 cores.
     "cpu": Profile("cpu", model="minilm", epochs=3, batch_size=16, max_length=128, train_sentences=3000,
                    eval_sentences=500, test_sentences=None, max_params=6_800_000,
                    student_epochs=6),  # the 3-layer student trains 2.5x faster and was still improving at 3
@@ -149,6 +149,6 @@ def train_settings(profile: Profile, stage: str, seed: int, threads: int, device
 
 def default_threads(cpus_per_trial: float) -> int:
     """Torch threads for one trial: its CPU share, at least one."""
-    if cpus_per_trial >= 1:
-        return int(cpus_per_trial)
+    if cpus_per_trial > 0:
+        return max(1, int(cpus_per_trial))  # a fractional share packs trials: one thread each
     return max(1, os.cpu_count() or 1)

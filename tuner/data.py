@@ -118,7 +118,7 @@ def load_corpus(data: str) -> Corpus:
     """``conll2003``: the Hub; anything else: a local folder of CoNLL files."""
     if data == "conll2003" and not Path(data).is_dir():
         return load_hub()
-    return load_folder(Path(data))
+    return load_folder(Path(data).resolve())
 
 
 def split_sentences(corpus: Corpus, protocol: str, seed: int) -> dict:
@@ -173,11 +173,16 @@ def align_labels(word_ids, word_labels, label_to_id: dict, label_all_subtokens: 
     return aligned
 
 
+NO_TOKEN = -1  # a word the tokenizer turned into no sub-token (a zero-width character, say)
+
+
 def word_starts(word_ids) -> list[int]:
-    """Position of each kept word's first sub-token; the prediction there is the word's prediction."""
+    """Per word up to the last one kept, the position of its first sub-token (its prediction is the word's), or
+    NO_TOKEN for a word without sub-tokens, so later words keep their index."""
     starts, previous = [], None
     for position, word in enumerate(word_ids):
         if word is not None and word != previous:
+            starts.extend([NO_TOKEN] * (word - len(starts)))
             starts.append(position)
         previous = word
     return starts

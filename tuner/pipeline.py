@@ -40,20 +40,54 @@ def teacher_folder(settings: RunSettings) -> Path:
 def check_inputs(settings: RunSettings) -> dict:
     """Everything that can be refused before any work: search spaces, prior stages, existing searches."""
     spaces = {stage: load_space(stage, settings.space_file(stage)) for stage in settings.stages}
+    if "teacher" in settings.stages and settings.teacher:
+        raise TunerError("--teacher names the teacher of a factorized or student search; "
+                         "with --stage teacher or all the teacher is the one this run trains")
     if "teacher" not in settings.stages:
-        folder = teacher_folder(settings)
-        if not (folder / "config.json").is_file():
-            stage = settings.stages[0]
-            raise TunerError(f"no teacher result at {folder}: run `python -m tuner.run --stage teacher` "
-                             f"before --stage {stage} (or pass --teacher PATH)")
-    for stage in settings.stages:
-        experiment = settings.stage_dir(stage) / "search"
-        if settings.resume and not experiment.is_dir():
-            raise TunerError(f"--resume: no search of stage {stage} at {experiment} to resume")
+        check_teacher(settings)
+    if settings.address is None:  # a local Ray gets this machine's CPUs and GPUs
+        check_resources(settings, os.cpu_count() or 1, torch.cuda.device_count())
+    experiments = {stage: settings.stage_dir(stage) / "search" for stage in settings.stages}
+    if settings.resume and not any(e.is_dir() for e in experiments.values()):
+        raise TunerError(f"--resume: no search to resume at {experiments[settings.stages[0]]}")
+    for stage, experiment in experiments.items():
         if experiment.exists() and not (settings.resume or settings.overwrite):
             raise TunerError(f"{experiment} holds an earlier search of stage {stage}: "
                              "pass --resume to continue it or --overwrite to start again")
     return spaces
+
+
+def check_resources(settings: RunSettings, cpus_per_node: int, gpus_per_node: float) -> None:
+    """A trial asking for more than any node has would wait forever: refuse it."""
+    if settings.cpus_per_trial > cpus_per_node or settings.gpus_per_trial > gpus_per_node:
+        raise TunerError(f"--cpus-per-trial {settings.cpus_per_trial:g} / --gpus-per-trial "
+                         f"{settings.gpus_per_trial:g}: no Ray node has that many ({cpus_per_node} CPUs, "
+                         f"{gpus_per_node:g} GPUs at most); trials would wait forever")
+
+
+def check_teacher(settings: RunSettings) -> None:
+    """The teacher folder exists, is a plain (unfactorized) model, and was trained on the same data split: a
+    different seed or split would put the teacher's training sentences into the student's test split."""
+    folder = teacher_folder(settings)
+    stage = settings.stages[0]
+    if not (folder / "config.json").is_file():
+        raise TunerError(f"no teacher result at {folder}: run `python -m tuner.run --stage teacher` "
+                         f"before --stage {stage} (or pass --teacher PATH)")
+    config = load_model(folder).config
+    if getattr(config, "factor_dim", None):
+        raise TunerError(f"--teacher {folder}: a factorized or student model, not a teacher")
+    record_file = folder / RESULT_FILE
+    if not record_file.is_file():
+        return  # a teacher trained elsewhere: nothing to compare
+    record = json.loads(record_file.read_text())
+    data = str(Path(settings.data).resolve()) if settings.data != "conll2003" else None
+    ours = {"seed": settings.seed, "split": settings.split}
+    for key, value in ours.items():
+        if record.get(key) != value:
+            raise TunerError(f"{record_file}: the teacher used {key} {record.get(key)!r}, this run {value!r}; "
+                             f"use --{key} {record.get(key)} so the test split stays unseen")
+    if data and record.get("data") not in (data, settings.data):
+        raise TunerError(f"{record_file}: the teacher used data {record.get('data')!r}, this run {data!r}")
 
 
 def select_sentences(settings: RunSettings):
@@ -170,6 +204,11 @@ def run(settings: RunSettings, echo=print) -> dict:
     cluster = search.start_ray(settings.address, settings.dashboard_host, settings.quiet)
     echo(f"Ray dashboard: {cluster.dashboard_url}" + (f" (log in with the token in {cluster.token_file})"
                                                       if cluster.token_file else ""))
+    try:
+        check_resources(settings, cluster.cpus_per_node, cluster.gpus_per_node)  # what a joined cluster has
+    except TunerError:
+        search.stop_ray()
+        raise
     cpus = settings.cpus_per_trial or cluster.cpus_per_node
     threads = default_threads(cpus)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -180,14 +219,15 @@ def run(settings: RunSettings, echo=print) -> dict:
             inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer))
             if settings.overwrite:
                 shutil.rmtree(settings.stage_dir(stage) / "search", ignore_errors=True)
-            if not settings.resume:
+            resume = settings.resume and (settings.stage_dir(stage) / "search").is_dir()  # else: start it
+            if not resume:
                 search.reset_study(Path(settings.results_dir), stage)
             echo(f"stage {stage}: {settings.trials} trials over {spaces[stage].path}")
             trial_settings = train_settings(settings.profile, stage, settings.seed, threads)
             outcome = search.search(stage, spaces[stage], task, inputs, trial_settings, trials=settings.trials,
                                     seed=settings.seed, results_dir=Path(settings.results_dir), cpus_per_trial=cpus,
                                     gpus_per_trial=settings.gpus_per_trial, max_failures=settings.max_failures,
-                                    resume=settings.resume, quiet=settings.quiet)
+                                    resume=resume, quiet=settings.quiet)
             records[stage] = save_best(stage, settings, outcome, task, tokenizer, spaces[stage])
             export.write_exports(Path(settings.results_dir))
     finally:

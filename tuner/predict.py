@@ -27,8 +27,6 @@ def word_offsets(line: str) -> list[tuple[str, int, int]]:
 
 def tag_lines(model_folder: Path, lines: list[str], batch_size: int = 32) -> list[list[dict]]:
     """Per line, its entities: type, text, word span [start, end) and character span [start, end)."""
-    from seqeval.metrics.sequence_labeling import get_entities
-
     from tuner.data import Sentence, encode
     from tuner.models import load_model, load_tokenizer
     from tuner.training import predict_tags, select_device
@@ -42,15 +40,15 @@ def tag_lines(model_folder: Path, lines: list[str], batch_size: int = 32) -> lis
     data = encode(sentences, tokenizer, labels, max_length, label_all_subtokens=True)
     device = select_device()
     tags = iter(predict_tags(model.to(device), data, labels, batch_size, tokenizer.pad_token_id, device))
-    found = []
-    for words in offsets:
-        entities = []
-        if words:
-            for kind, first, last in get_entities(next(tags)):
-                entities.append({"type": kind, "text": " ".join(w for w, _, _ in words[first:last + 1]),
-                                 "words": (first, last + 1), "chars": (words[first][1], words[last][2])})
-        found.append(entities)
-    return found
+    return [entities_of(next(tags), words) if words else [] for words in offsets]
+
+
+def entities_of(tags: list[str], words: list[tuple[str, int, int]]) -> list[dict]:
+    """IOB2 word tags to entities: type, text, word span [start, end) and character span [start, end)."""
+    from seqeval.metrics.sequence_labeling import get_entities
+
+    return [{"type": kind, "text": " ".join(w for w, _, _ in words[first:last + 1]), "words": (first, last + 1),
+             "chars": (words[first][1], words[last][2])} for kind, first, last in get_entities(tags)]
 
 
 def main(argv=None) -> int:

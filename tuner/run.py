@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
     overrides = p.add_argument_group("profile overrides")
     overrides.add_argument("--epochs", type=positive_int)
-    overrides.add_argument("--student-epochs", type=positive_int, help="epochs of the student stage (default: --epochs)")
+    overrides.add_argument("--student-epochs", type=positive_int, help="epochs of the student stage (default: the profile's)")
     overrides.add_argument("--batch-size", type=positive_int)
     overrides.add_argument("--max-length", type=positive_int)
     overrides.add_argument("--train-sentences", type=positive_int)

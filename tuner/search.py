@@ -60,6 +60,7 @@ def optuna_distributions(space: SearchSpace) -> dict:
 class ClusterInfo:
     dashboard_url: str
     cpus_per_node: int
+    gpus_per_node: float
     token_file: Path | None
 
 
@@ -83,15 +84,24 @@ def start_ray(address: str | None, dashboard_host: str, quiet: bool) -> ClusterI
     kwargs = dict(include_dashboard=True, dashboard_host=dashboard_host, log_to_driver=not quiet,
                   logging_level=logging.WARNING, configure_logging=True)
     if address:
-        context = ray.init(address=address, **kwargs)
+        try:
+            context = ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise TunerError(f"--address {address}: cannot join a Ray cluster ({first_line(exc)})") from None
     else:
         # "local": a new Ray of our own, even when a cluster started by `ray start` is running here
         context = ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1",
                            dashboard_port=dashboard_port(dashboard_host), **kwargs)
-    cpus = max(int(node["Resources"].get("CPU", 0)) for node in ray.nodes() if node["Alive"])
+    nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     url = context.dashboard_url or ""
-    return ClusterInfo(f"http://{url}" if url and "://" not in url else url, cpus,
+    return ClusterInfo(f"http://{url}" if url and "://" not in url else url,
+                       max(int(n.get("CPU", 0)) for n in nodes), max(n.get("GPU", 0.0) for n in nodes),
                        AUTH_TOKEN if AUTH_TOKEN.is_file() else None)
+
+
+def first_line(error) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[-1][:300] if lines else type(error).__name__
 
 
 def stop_ray() -> None:
@@ -120,7 +130,7 @@ def _trial(config: dict, stage: str, task, inputs, settings: TrainSettings, use_
 
 
 def trial_id(result) -> str:
-    return Path(result.path).name.split("_")[2]  # Tune names trial folders <trainable>_<id>_<n>_<params>_<date>
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name
 
 
 def trials_table(grid) -> pd.DataFrame:
@@ -133,7 +143,7 @@ def trials_table(grid) -> pd.DataFrame:
         if history is not None and METRIC in history:
             row.update(history.loc[history[METRIC].idxmax()].to_dict())
         if result.error:
-            row["error"] = str(result.error).strip().splitlines()[-1][:300]
+            row["error"] = first_line(result.error)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -175,7 +185,8 @@ def search(stage: str, space: SearchSpace, task, inputs, settings: TrainSettings
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     started = time.perf_counter()
     if resume:
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
+                                   resume_errored=False)  # errored trials stay errored: --max-failures retries
     else:
         searcher = OptunaSearch(optuna_distributions(space), metric=METRIC, mode=MODE,
                                 sampler=optuna.samplers.TPESampler(seed=seed), study_name=stage,
@@ -195,7 +206,7 @@ def search(stage: str, space: SearchSpace, task, inputs, settings: TrainSettings
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         grid = tuner.fit()  # Tune prints its progress tables to stdout whatever its verbosity
     wall_seconds = time.perf_counter() - started
-    errored = [(trial_id(r), r.config, str(r.error).strip().splitlines()[-1][:300]) for r in grid if r.error]
+    errored = [(trial_id(r), r.config, first_line(r.error)) for r in grid if r.error]
     finished = [r for r in grid if not r.error and r.metrics and METRIC in r.metrics]
     if not finished:
         first = errored[0][2] if errored else "no trial reported a metric"

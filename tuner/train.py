@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tuner.config import METRIC, Profile, RunSettings, train_settings
+from tuner.config import METRIC, Profile, RunSettings, default_threads, train_settings
 from tuner.errors import TunerError
 from tuner.run import OneLineParser
 
@@ -25,8 +25,10 @@ def entry_from(config_file: Path, stage: str) -> dict:
         raise TunerError(f"{config_file}: no entry for stage {stage!r}")
     entry = document[stage]
     for key in ("hyperparameters", "seed", "data", "split", "training"):
-        if not isinstance(entry, dict) or key not in entry:
+        if not isinstance(entry, dict) or entry.get(key) is None:
             raise TunerError(f"{config_file}: {stage}.{key} is missing")
+    if not isinstance(entry["training"], dict) or not isinstance(entry["hyperparameters"], dict):
+        raise TunerError(f"{config_file}: {stage}.training and {stage}.hyperparameters must be mappings")
     return entry
 
 
@@ -43,7 +45,7 @@ def retrain(stage: str, entry: dict, results_dir: Path, output: Path, data: str 
     from tuner.training import evaluate, select_device
 
     training = dict(entry["training"])
-    threads = training.pop("threads")
+    threads = training.pop("threads", None) or default_threads(0)
     try:
         profile = Profile(**training)
     except TypeError as exc:

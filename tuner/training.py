@@ -21,7 +21,7 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from tuner.config import IGNORE_INDEX, TrainSettings
-from tuner.data import Encoded, length_grouped_batches, sorted_batches
+from tuner.data import NO_TOKEN, Encoded, length_grouped_batches, sorted_batches
 from tuner.metrics import entity_scores
 from tuner.models import WEIGHTS_FILE
 
@@ -88,7 +88,9 @@ def predict_tags(model: nn.Module, data: Encoded, labels: list[str], batch_size:
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         best = logits.argmax(-1).cpu()
         for row, i in enumerate(indices):
-            tags = [labels[j] for j in best[row, data.word_starts[i]].tolist()]
+            starts = data.word_starts[i]
+            chosen = best[row, [max(p, 0) for p in starts]].tolist()
+            tags = [labels[j] if p != NO_TOKEN else "O" for j, p in zip(chosen, starts)]
             predicted[i] = tags + ["O"] * (len(data.word_tags[i]) - len(tags))
     return predicted
 
@@ -131,6 +133,7 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
     first_epoch = 0 if resume is None else load_checkpoint(resume, model, optimizer, scheduler) + 1
     lengths = data.train.lengths()
     for epoch in range(first_epoch, settings.epochs):
+        set_seed(settings.seed + epoch)  # dropout draws per epoch: a resumed trial repeats an uninterrupted one
         model.train()
         started, losses, tokens = time.perf_counter(), [], 0
         for step, indices in enumerate(length_grouped_batches(lengths, settings.batch_size, settings.seed + epoch)):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tuner.config import IGNORE_INDEX, TrainSettings
 from tuner.data import Encoded, TaskData, sorted_batches
 from tuner.models import ModelState, cut_student, embedding_svd, model_from_state, student_parameters
-from tuner.training import EpochResult, autocast, collate, fit, set_seed
+from tuner.training import EpochResult, collate, fit, set_seed
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -40,8 +40,8 @@ def compute_teacher_logits(teacher, data: Encoded, batch_size: int, pad_token_id
     logits = [None] * len(data)
     for indices in sorted_batches(data.lengths(), batch_size):
         batch = collate(data, indices, pad_token_id, device)
-        with autocast(device):
-            out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
+        # full precision even on GPUs: computed once per search, these are every trial's targets
+        out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
         for row, i in enumerate(indices):
             logits[i] = out[row, : len(data.input_ids[i])].clone()
     return logits
