@@ -23,7 +23,7 @@ from transformers import get_linear_schedule_with_warmup
 from tuner.config import IGNORE_INDEX, TrainSettings
 from tuner.data import NO_TOKEN, Encoded, length_grouped_batches, sorted_batches
 from tuner.metrics import entity_scores
-from tuner.models import WEIGHTS_FILE
+from tuner.models import WEIGHTS_FILE, save_model
 
 log = logging.getLogger(__name__)
 
@@ -163,9 +163,7 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
 def save_checkpoint(folder: Path, result: EpochResult) -> None:
     """Model and optimizer tensors as safetensors, the rest as JSON: resumable without pickle."""
     folder = Path(folder)
-    save_file({k: v.detach().cpu().contiguous() for k, v in result.model.state_dict().items()},
-              str(folder / WEIGHTS_FILE))
-    result.model.config.save_pretrained(folder)
+    save_model(result.model, folder)  # the same weights + config.json a best/ folder holds
     optimizer_state = result.optimizer.state_dict()
     tensors = {f"{index}.{name}": value.detach().cpu().contiguous()
                for index, state in optimizer_state["state"].items() for name, value in state.items()}
