@@ -96,14 +96,17 @@ def ray_space(space) -> dict:
 # --- sub-commands ---------------------------------------------------------------------------------------------
 
 def search(args) -> dict:
-    """Trainer.hyperparameter_search with Ray: random search, FIFO, one trial at a time on 2 CPUs."""
+    """Trainer.hyperparameter_search with Ray: FIFO, one trial at a time on 2 CPUs, over the given configs (Ray's
+    BasicVariantGenerator with them as points_to_evaluate, instead of its random draws)."""
     import ray
+    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     settings = run_settings(args)
     tokenizer = load_tokenizer("minilm")
     sentences = selected_sentences(settings)
     max_length = settings.profile.max_length
     domains = ray_space(load_space("teacher", settings.space_file("teacher")))
+    configs = [{HF_NAMES.get(k, k): v for k, v in c.items()} for c in json.loads(args.configs.read_text())]
     with tempfile.TemporaryDirectory(prefix="hf-search-") as work:
         training_args = TrainingArguments(
             output_dir=work, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=args.epochs,
@@ -120,7 +123,8 @@ def search(args) -> dict:
             started = time.perf_counter()
             best = trainer.hyperparameter_search(
                 hp_space=lambda _: domains, compute_objective=lambda metrics: metrics["eval_f1"],
-                n_trials=args.trials, direction="maximize", backend="ray",
+                n_trials=len(configs), direction="maximize", backend="ray",
+                search_alg=BasicVariantGenerator(points_to_evaluate=configs),
                 resources_per_trial={"cpu": os.cpu_count()}, storage_path=work, name="hf_search", verbose=0)
             wall = time.perf_counter() - started
             trials = best.run_summary.trial_dataframes
@@ -128,7 +132,8 @@ def search(args) -> dict:
             ray.shutdown()
     best_f1 = max(float(frame["objective"].max()) for frame in trials.values() if "objective" in frame)
     return {"search_wall_seconds": wall, "best_val_f1": best_f1, "best_config": best.hyperparameters,
-            "trials": len(trials), "epochs_run": sum(len(frame) for frame in trials.values())}
+            "trials": len(trials), "epochs_run": sum(len(frame) for frame in trials.values()),
+            "configs": [dict(t.config) for t in best.run_summary.trials]}
 
 
 class EpochTimer(TrainerCallback):
@@ -230,7 +235,8 @@ def throughput(args) -> dict:
 
 
 COMMANDS = {
-    "search": {"--trials": {"type": int, "required": True}},
+    "search": {"--configs": {"type": Path, "required": True,
+                             "help": "JSON list of the configs to train (those tuner's search sampled)"}},
     "distill": {"--teacher": {"type": Path, "required": True}, "--student": {"type": Path, "required": True,
                                                                             "help": "tuner's student/best folder"}},
     "throughput": {},

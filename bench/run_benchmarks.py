@@ -18,6 +18,7 @@ results/benchmarks.md (results/benchmarks-quick.md with --quick) and printed.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import platform
@@ -36,8 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import BATCH_SIZE, ROOT, OneLineParser, positive_int  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"
-# Sized so that --repeats 3 takes about 30 minutes on an idle 2-core machine (see bench/README.md).
-FULL = {"train_sentences": 600, "eval_sentences": 200, "epochs": 2, "trials": 4, "repeats": 3}
+# The cpu profile's sizes (3,000 train and 500 validation sentences, 3 epochs, 4 trials): at these the F1s mean
+# something and ASHA has rungs to stop trials at. A repeat takes about 40 minutes on an idle 2-core machine.
+FULL = {"train_sentences": 3000, "eval_sentences": 500, "epochs": 3, "trials": 4, "repeats": 3}
 QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1}
 BENCH = Path(__file__).resolve().parent
 
@@ -99,9 +101,15 @@ def one_repeat(index: int, args, work: Path) -> dict:
     logs.mkdir()
     results = work / "tuner"
     peer_first = index % 2 == 1  # alternate which side goes first, so slow drift of the machine evens out
-    teacher_wall, hf_search = run_pair([lambda: tuner_search("teacher", args, results, logs),
-                                        lambda: measure("hf_peer", "search", args, work, "--trials", args.trials)],
-                                       peer_first)
+    # The peer trains the very configs tuner's Optuna sampled so the F1 gap measures the
+    # engines (training loop, ASHA's stops), not two draws of 4 random configs.
+    teacher_wall = tuner_search("teacher", args, results, logs)
+    configs = work / "teacher-configs.json"
+    configs.write_text(json.dumps(sampled_configs(results / "teacher" / "trials.csv")))
+    hf_search = measure("hf_peer", "search", args, work, "--configs", configs)
+    wanted = sorted(c["learning_rate"] for c in json.loads(configs.read_text()))
+    if sorted(c["learning_rate"] for c in hf_search["configs"]) != wanted:
+        raise BenchError(f"the peer's search trained other configs than {configs}")
     teacher = results / "teacher" / "best"
     student_wall = tuner_search("student", args, results, logs, teacher)
     student = results / "student" / "best"
@@ -118,6 +126,14 @@ def one_repeat(index: int, args, work: Path) -> dict:
     return {"steps": steps, "teacher": search_record(results / "teacher", teacher_wall), "hf_search": hf_search,
             "student": search_record(results / "student", student_wall), "teacher_logits": logits,
             "online": online, "tuner_fit": tuner_fit, "hf_fit": hf_fit, "matmul": matmul}
+
+
+def sampled_configs(trials_csv: Path) -> list:
+    """The hyperparameters of every trial of a tuner search, from its trials.csv."""
+    with trials_csv.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [{key.split("/", 1)[1]: float(value) for key, value in row.items() if key.startswith("config/")}
+            for row in rows]
 
 
 def run_pair(steps: list, reverse: bool) -> list:
@@ -262,8 +278,10 @@ def sections(repeats: list, epochs: int) -> list:
                                                  for name in repeats[0]["steps"]])
     return [
         ("1. Teacher search", "`python -m tuner.run --stage teacher` (Optuna TPE + ASHA, a checkpoint per epoch) "
-         "vs `Trainer.hyperparameter_search(backend=\"ray\")` (Ray's default random search, FIFO, the HF NER "
-         "recipe: first-sub-token labels, DataCollatorForTokenClassification, seqeval F1, evaluation each epoch). "
+         "vs `Trainer.hyperparameter_search(backend=\"ray\")` (FIFO, the HF NER recipe: first-sub-token labels, "
+         "DataCollatorForTokenClassification, seqeval F1, evaluation each epoch). The peer trains the configs "
+         "tuner's TPE sampled (Ray's BasicVariantGenerator with them as points_to_evaluate), so both sides train "
+         "the same configs and differ only in the engine: training loop, and ASHA stopping trials early. "
          "F1: best over all trials and epochs; ratio: HF / tuner; difference: HF minus tuner.", teacher),
         ("2. Student search vs online distillation", "tuner's student trials read teacher logits computed once "
          "per search; the online run is a Trainer whose compute_loss runs the teacher on every step, with "

@@ -164,6 +164,12 @@ def _storage(results_dir: Path) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{(results_dir / 'optuna.db').resolve()}")
 
 
+def grace_period(epochs: int) -> int:
+    """ASHA's first rung: a quarter of the epoch budget, rounded up (3 of 10, 2 of 6, 1 of 3), so a trial with a
+    high learning rate or temperature, slow in its first epoch, is not judged on it alone."""
+    return max(1, math.ceil(epochs / 4))
+
+
 def reset_study(results_dir: Path, stage: str) -> None:
     """Drop a stage's previous Optuna study so a fresh search starts a fresh study."""
     if not (results_dir / "optuna.db").exists():
@@ -192,7 +198,7 @@ def search(stage: str, space: SearchSpace, task, inputs, settings: TrainSettings
                                 sampler=optuna.samplers.TPESampler(seed=seed), study_name=stage,
                                 storage=_storage(results_dir))
         scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.epochs,
-                                  grace_period=max(1, settings.epochs // 4), reduction_factor=2)
+                                  grace_period=grace_period(settings.epochs), reduction_factor=2)
         run_config = tune.RunConfig(
             name=EXPERIMENT, storage_path=str(stage_dir), verbose=0 if quiet else 1,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,

@@ -1,0 +1,40 @@
+"""The benchmark's smoke mode: every side-by-side measurement runs end to end and the report has its tables."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT, snapshot
+
+
+def run_bench(*args, timeout=900):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([sys.executable, "bench/run_benchmarks.py", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
+    report = tmp_path / "bench.md"
+    before = snapshot(ROOT / "results")
+    proc = run_bench("--quick", "--data", conll_dir, "--output", report)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = report.read_text()
+    for title in ("1. Teacher search", "2. Student search vs online distillation", "3. Training throughput",
+                  "4. tuner's overhead", "5. Against the machine"):
+        assert f"## {title}" in text
+    # each side-by-side row ends in a measured ratio; each F1 row in a signed difference
+    for row in ("search wall time, s (Tune run only)", "wall time of a full-length trial, s", "real tokens / s"):
+        assert re.search(rf"\| {re.escape(row)} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|", text), row
+    assert re.search(r"\| best validation F1 \| [0-9.]+ \| [0-9.]+ \| [+-][0-9.]+ points \|", text)
+    assert "python bench/run_benchmarks.py --quick" in text
+    assert snapshot(ROOT / "results") == before  # --output elsewhere: the committed report is untouched
+
+
+def test_bad_flag_is_one_line_error():
+    proc = run_bench("--repeats", "0", timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "--repeats" in proc.stderr
