@@ -3,6 +3,8 @@
     throughput      one epoch of tuner.training.fit on the teacher stage (length-grouped, dynamically padded)
     teacher-logits  the student stage's once-per-search teacher pass over the training sentences
     matmul          float32 2048 x 2048 @ 2048 x 2048 FLOP/s with torch.set_num_threads(THREADS), after warmup
+    steps           the levers of issue 6 on fit's own training step: --variant fp32, bf16 (CPU autocast) or
+                    compile (torch.compile, dynamic shapes), --threads N, over the same first --steps batches
 
 Run by bench/run_benchmarks.py; every sub-command takes --data, the sizes and --out (see bench/common.py).
 """
@@ -26,7 +28,7 @@ from tuner.data import length_grouped_batches  # noqa: E402
 from tuner.models import initial_token_classifier, load_model, load_tokenizer  # noqa: E402
 from tuner.pipeline import build_task  # noqa: E402
 from tuner.stages.student import compute_teacher_logits  # noqa: E402
-from tuner.training import fit  # noqa: E402
+from tuner.training import MAX_GRAD_NORM, build_optimizer, collate, fit  # noqa: E402
 
 THREADS = default_threads(0)  # what a tuner trial gets with --cpus-per-trial 0 (all of the node)
 # Throughput does not depend on these; they are the middle of search_spaces/teacher.yaml.
@@ -81,12 +83,50 @@ def matmul(args) -> dict:
             "size": MATMUL_SIZE, "threads": THREADS}
 
 
-COMMANDS = {"throughput": {}, "teacher-logits": {"--teacher": {"type": Path, "required": True}}, "matmul": {}}
+def steps(args) -> dict:
+    """Real tokens/s of fit's training step (forward, backward, clipping, fused AdamW) under one lever. The
+    first WARMUP_STEPS batches (and torch.compile's compilation) are timed apart; the rest is the steady rate."""
+    settings = run_settings(args)
+    tokenizer = load_tokenizer("minilm")
+    task = build_task(settings, tokenizer, None)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(SEED)
+    model = initial_token_classifier("minilm", task.labels, SEED, len(tokenizer)).train()
+    optimizer = build_optimizer(model, THROUGHPUT_HPARAMS["learning_rate"], THROUGHPUT_HPARAMS["weight_decay"])
+    forward = torch.compile(model, dynamic=True) if args.variant == "compile" else model
+    precision = (torch.autocast("cpu", dtype=torch.bfloat16) if args.variant == "bf16"
+                 else torch.autocast("cpu", enabled=False))
+    batches = length_grouped_batches(task.train.lengths(), BATCH_SIZE, SEED)[:WARMUP_STEPS + args.steps]
+    timed_tokens, losses, started = 0, [], time.perf_counter()
+    for step, indices in enumerate(batches):
+        if step == WARMUP_STEPS:
+            warmup_seconds, started = time.perf_counter() - started, time.perf_counter()
+        batch = collate(task.train, indices, task.pad_token_id)
+        with precision:
+            loss = forward(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if step >= WARMUP_STEPS:
+            timed_tokens += int(batch["attention_mask"].sum())
+    seconds = time.perf_counter() - started
+    return {"variant": args.variant, "threads": args.threads, "steps": len(batches) - WARMUP_STEPS,
+            "tokens_per_second": timed_tokens / seconds, "seconds": seconds, "warmup_seconds": warmup_seconds,
+            "first_loss": losses[0], "last_loss": losses[-1], "finished": time.time(), "started": time.time() - seconds}
+
+
+WARMUP_STEPS = 5
+COMMANDS = {"throughput": {}, "teacher-logits": {"--teacher": {"type": Path, "required": True}}, "matmul": {},
+            "steps": {"--variant": {"choices": ["fp32", "bf16", "compile"], "required": True},
+                      "--threads": {"type": int, "default": THREADS}, "--steps": {"type": int, "default": 60}}}
 
 
 def main(argv=None) -> int:
     args = command_parser("python bench/probes.py", __doc__, COMMANDS).parse_args(argv)
-    record = {"throughput": throughput, "teacher-logits": teacher_logits, "matmul": matmul}[args.command](args)
+    record = {"throughput": throughput, "teacher-logits": teacher_logits, "matmul": matmul,
+              "steps": steps}[args.command](args)
     write_result(args.out, record)
     return 0
 

@@ -18,6 +18,7 @@ results/benchmarks.md (results/benchmarks-quick.md with --quick) and printed.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import json
 import os
@@ -39,8 +40,8 @@ from bench.common import BATCH_SIZE, ROOT, OneLineParser, positive_int  # noqa: 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"
 # The cpu profile's sizes (3,000 train and 500 validation sentences, 3 epochs, 4 trials): at these the F1s mean
 # something and ASHA has rungs to stop trials at. A repeat takes about 40 minutes on an idle 2-core machine.
-FULL = {"train_sentences": 3000, "eval_sentences": 500, "epochs": 3, "trials": 4, "repeats": 3}
-QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1}
+FULL = {"train_sentences": 3000, "eval_sentences": 500, "epochs": 3, "trials": 4, "repeats": 3, "lever_steps": 60}
+QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1, "lever_steps": 2}
 BENCH = Path(__file__).resolve().parent
 
 
@@ -77,12 +78,37 @@ def tuner_search(stage: str, args, results: Path, logs: Path, teacher: Path | No
     return run_step(f"tuner-{stage}", argv, logs)
 
 
-def measure(script: str, command: str, args, work: Path, *extra) -> dict:
+def measure(script: str, command: str, args, work: Path, *extra, name: str | None = None) -> dict:
     """Run ``bench/<script>.py <command>`` and return its JSON record plus the process's wall time."""
-    out = work / f"{script}-{command}.json"
-    wall = run_step(f"{script}-{command}", [sys.executable, BENCH / f"{script}.py", command, *sizes(args),
-                                           "--out", out, *extra], work / "logs")
+    name = name or f"{script}-{command}"
+    out = work / f"{name}.json"
+    wall = run_step(name, [sys.executable, BENCH / f"{script}.py", command, *sizes(args), "--out", out, *extra],
+                    work / "logs")
     return dict(json.loads(out.read_text()), process_wall_seconds=wall)
+
+
+def measure_together(script: str, command: str, args, work: Path, copies: int, *extra) -> dict:
+    """``copies`` processes of the same measurement at once (say two 1-thread trials sharing 2 cores): their
+    summed rate, and how much of the longest timed window all of them overlapped."""
+    outs = [work / f"{script}-{command}-together-{i}.json" for i in range(copies)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        logs = [stack.enter_context((work / "logs" / f"{out.stem}.log").open("w")) for out in outs]
+        procs = [subprocess.Popen([str(a) for a in [sys.executable, BENCH / f"{script}.py", command, *sizes(args),
+                                                    "--out", out, *extra]], cwd=ROOT, env=env, stdout=log,
+                                  stderr=subprocess.STDOUT) for out, log in zip(outs, logs)]
+        codes = [proc.wait() for proc in procs]
+    if any(codes):
+        raise BenchError(f"{script} {command} x{copies} exited with {codes} (logs: {work / 'logs'})")
+    records = [json.loads(out.read_text()) for out in outs]
+    overlap = min(r["finished"] for r in records) - max(r["started"] for r in records)
+    return {"tokens_per_second": sum(r["tokens_per_second"] for r in records), "copies": copies,
+            "threads": records[0]["threads"], "steps": records[0]["steps"],
+            "overlap": max(0.0, overlap) / max(r["seconds"] for r in records),
+            "warmup_seconds": max(r["warmup_seconds"] for r in records),
+            "first_loss": records[0]["first_loss"], "last_loss": records[0]["last_loss"],
+            "process_wall_seconds": time.perf_counter() - started}
 
 
 def trial_epochs(search_dir: Path) -> list:
@@ -95,10 +121,30 @@ def trial_epochs(search_dir: Path) -> list:
 
 
 def one_repeat(index: int, args, work: Path) -> dict:
-    """Every measurement once; returns the numbers the tables are built from."""
+    """Every measurement once (with --levers-only, section 6's); returns the numbers the tables are built from."""
     work.mkdir(parents=True)
+    (work / "logs").mkdir()
+    levers = lever_measurements(args, work)
+    if args.levers_only:
+        return {"steps": {"training-step levers": sum(r["process_wall_seconds"] for r in levers.values())},
+                "levers": levers}
+    record = comparisons(index, args, work)
+    record["steps"]["training-step levers"] = sum(r["process_wall_seconds"] for r in levers.values())
+    return dict(record, levers=levers)
+
+
+def lever_measurements(args, work: Path) -> dict:
+    levers = {variant: measure("probes", "steps", args, work, "--variant", variant, "--steps", args.lever_steps,
+                               name=f"steps-{variant}")
+              for variant in ("fp32", "bf16", "compile")}
+    levers["fp32, 2 processes"] = measure_together("probes", "steps", args, work, 2, "--variant", "fp32",
+                                                   "--threads", 1, "--steps", args.lever_steps)
+    return levers
+
+
+def comparisons(index: int, args, work: Path) -> dict:
+    """Sections 1 to 5: the searches, distillation, throughput, overhead and the matmul."""
     logs = work / "logs"
-    logs.mkdir()
     results = work / "tuner"
     peer_first = index % 2 == 1  # alternate which side goes first, so slow drift of the machine evens out
     # The peer trains the very configs tuner's Optuna sampled so the F1 gap measures the
@@ -204,16 +250,29 @@ def machine_numbers(r: dict, epochs: int) -> dict:
     return numbers
 
 
+def lever_numbers(r: dict) -> dict:
+    levers = r["levers"]
+    base = levers["fp32"]["tokens_per_second"]
+    numbers = {}
+    for name, lever in levers.items():
+        numbers.update({f"{name}|tokens": lever["tokens_per_second"], f"{name}|ratio": lever["tokens_per_second"] / base,
+                        f"{name}|warmup": lever["warmup_seconds"], f"{name}|first_loss": lever["first_loss"],
+                        f"{name}|last_loss": lever["last_loss"]})
+        if "overlap" in lever:
+            numbers[f"{name}|overlap"] = lever["overlap"]
+    return numbers
+
+
 # --- tables -----------------------------------------------------------------------------------------------------
 
 def stats(values: list) -> tuple:
     return statistics.median(values), min(values), max(values)
 
 
-def cell(values: list, spec: str) -> str:
+def cell(values: list, spec: str, unit: str = "") -> str:
     median, low, high = stats(values)
-    text = format(median, spec)
-    return text if len(values) == 1 else f"{text} ({format(low, spec)} to {format(high, spec)})"
+    text = format(median, spec) + unit
+    return text if len(values) == 1 else f"{text} ({format(low, spec)}{unit} to {format(high, spec)}{unit})"
 
 
 def ratio(a: list, b: list) -> str:
@@ -240,8 +299,8 @@ def pair_rows(n: list, rows: list) -> list:
             for label, a, b, spec, how in rows]
 
 
-def sections(repeats: list, epochs: int) -> list:
-    """(title, intro, markdown table) per comparison."""
+def comparison_sections(repeats: list, epochs: int) -> list:
+    """Sections 1 to 5: (title, intro, markdown table) per comparison."""
     n = [teacher_numbers(r, epochs) for r in repeats]
     teacher = table(["", "tuner", "HF Trainer + Ray", "HF vs tuner"], pair_rows(n, [
         ["search wall time, s (Tune run only)", "tuner_search", "hf_search", ".1f", ratio],
@@ -274,8 +333,6 @@ def sections(repeats: list, epochs: int) -> list:
         ["float32 2048^3 matmul", cell(column(n, "matmul"), ".1f"), "100%"],
         ["tuner fit training step", cell(column(n, "tuner_gflops"), ".2f"), cell(column(n, "tuner_fraction"), ".1%")],
         ["HF Trainer training step", cell(column(n, "hf_gflops"), ".2f"), cell(column(n, "hf_fraction"), ".1%")]])
-    steps = table(["process", "wall time, s"], [[name, cell([r["steps"][name] for r in repeats], ".1f")]
-                                                 for name in repeats[0]["steps"]])
     return [
         ("1. Teacher search", "`python -m tuner.run --stage teacher` (Optuna TPE + ASHA, a checkpoint per epoch) "
          "vs `Trainer.hyperparameter_search(backend=\"ray\")` (FIFO, the HF NER recipe: first-sub-token labels, "
@@ -295,9 +352,36 @@ def sections(repeats: list, epochs: int) -> list:
          "the process's wall time (imports, data, Ray start, test evaluation, saving the best model).", overhead),
         ("5. Against the machine", "Training FLOP/s = 6 x non-embedding parameters x real tokens/s (from 3.), "
          "against a float32 matmul timed in the same run with the same thread count.", machine),
-        ("Where the run's time went", "Wall time of each measurement process, per repeat; sizes scale the "
-         "search, distillation and epoch rows roughly linearly.", steps),
     ]
+
+
+def lever_section(repeats: list) -> tuple:
+    """Section 6: fit's training step under each lever."""
+    n = [lever_numbers(r) for r in repeats]
+    rows = []
+    for name, label in [("fp32", f"fp32, one process, {repeats[0]['levers']['fp32']['threads']} threads (fit today)"),
+                        ("fp32, 2 processes", "fp32, two processes of 1 thread at once (two trials per node), summed"),
+                        ("bf16", "bf16 autocast on the CPU"), ("compile", "torch.compile (inductor, dynamic shapes)")]:
+        losses = f"{cell(column(n, f'{name}|first_loss'), '.4f')} to {cell(column(n, f'{name}|last_loss'), '.4f')}"
+        rows.append([label, cell(column(n, f"{name}|tokens"), ".0f"), cell(column(n, f"{name}|ratio"), ".2f", "x"),
+                     cell(column(n, f"{name}|warmup"), ".1f"), losses])
+    levers = table(["training step", "real tokens / s", "vs fit today", "first 5 steps (compilation), s",
+                    "loss, first to last step"], rows)
+    overlap = cell([numbers["fp32, 2 processes|overlap"] for numbers in n], ".0%")
+    return ("6. Levers on the training step", "The same first batches of fit's length-grouped epoch (teacher model, "
+            f"batch size {BATCH_SIZE}), timed after 5 warm-up steps, one process per lever; the two-process row runs "
+            "two 1-thread processes at once, as two trials per node would, and sums their rates (their timed "
+            f"windows overlapped {overlap}).", levers)
+
+
+def sections(repeats: list, epochs: int) -> list:
+    """(title, intro, markdown table) per section the run measured, then each process's wall time."""
+    steps = table(["process", "wall time, s"], [[name, cell([r["steps"][name] for r in repeats], ".1f")]
+                                                 for name in repeats[0]["steps"]])
+    found = comparison_sections(repeats, epochs) if "teacher" in repeats[0] else []
+    return found + [lever_section(repeats), ("Where the run's time went", "Wall time of each measurement process, per "
+                                             "repeat; sizes scale the search, distillation and epoch rows roughly "
+                                             "linearly.", steps)]
 
 
 # --- the report -------------------------------------------------------------------------------------------------
@@ -354,6 +438,9 @@ def parse_args(argv: list) -> argparse.Namespace:
     parser.add_argument("--epochs", type=positive_int, help=f"epochs per trial (default {FULL['epochs']})")
     parser.add_argument("--train-sentences", type=positive_int, help=f"default {FULL['train_sentences']}")
     parser.add_argument("--eval-sentences", type=positive_int, help=f"default {FULL['eval_sentences']}")
+    parser.add_argument("--lever-steps", type=positive_int,
+                        help=f"timed training steps per lever of section 6 (default {FULL['lever_steps']})")
+    parser.add_argument("--levers-only", action="store_true", help="measure section 6 only (minutes, no searches)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")
     parser.add_argument("--output", type=Path, help="report file (default results/benchmarks.md, "
                                                     "results/benchmarks-quick.md with --quick)")

@@ -23,12 +23,14 @@ def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = report.read_text()
     for title in ("1. Teacher search", "2. Student search vs online distillation", "3. Training throughput",
-                  "4. tuner's overhead", "5. Against the machine"):
+                  "4. tuner's overhead", "5. Against the machine", "6. Levers on the training step"):
         assert f"## {title}" in text
     # each side-by-side row ends in a measured ratio; each F1 row in a signed difference
     for row in ("search wall time, s (Tune run only)", "wall time of a full-length trial, s", "real tokens / s"):
         assert re.search(rf"\| {re.escape(row)} \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|", text), row
     assert re.search(r"\| best validation F1 \| [0-9.]+ \| [0-9.]+ \| [+-][0-9.]+ points \|", text)
+    for lever in ("bf16 autocast on the CPU", "torch.compile (inductor, dynamic shapes)", "two processes of 1 thread"):
+        assert re.search(rf"\| [^|]*{re.escape(lever)}[^|]* \| [0-9]+[^|]* \| [0-9.]+x[^|]* \|", text), lever
     assert "python bench/run_benchmarks.py --quick" in text
     assert snapshot(ROOT / "results") == before  # --output elsewhere: the committed report is untouched
 

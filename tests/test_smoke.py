@@ -72,6 +72,20 @@ def test_existing_search_is_not_overwritten(pipeline_run, conll_dir):
     assert snapshot(results) == before
 
 
+@pytest.mark.parametrize("flag, value, key", [("--trials", 3, "trials"), ("--epochs", 3, "profile.epochs"),
+                                             ("--seed", 1, "seed")])
+def test_resume_with_other_flags_is_refused(pipeline_run, conll_dir, flag, value, key):
+    results, _ = pipeline_run
+    before = snapshot(results)
+    flags = {"--trials": 2, "--seed": 0, flag: value}  # the fixture's search: 2 trials, seed 0, 2 epochs
+    proc = run_cli("--stage", "teacher", "--profile", "smoke", "--data", conll_dir, "--results-dir", results,
+                   "--resume", *[item for pair in flags.items() for item in pair])
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert f"search_settings.yaml has {key} " in proc.stderr
+    assert snapshot(results) == before
+
+
 BAD_SPACES = {
     "space_syntax": "params: {learning_rate: {type: loguniform, low: 1.0e-4\n",
     "space_unknown_key": "params: {learning_rate: {type: uniform, low: 0.1, high: 0.2, step: 1}}\n",

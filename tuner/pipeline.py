@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 BEST = "best"
 RESULT_FILE = "result.json"
+SEARCH_SETTINGS = "search_settings.yaml"  # beside search/: what its trials depend on, checked by --resume
 VERSIONED = ("tuner", "torch", "transformers", "datasets", "seqeval", "ray", "optuna")
 
 
@@ -37,14 +38,14 @@ def teacher_folder(settings: RunSettings) -> Path:
     return Path(settings.teacher) if settings.teacher else settings.stage_dir("teacher") / BEST
 
 
-def check_inputs(settings: RunSettings) -> dict:
-    """Everything that can be refused before any work: search spaces, prior stages, existing searches."""
+def check_inputs(settings: RunSettings):
+    """Everything that can be refused before any work: search spaces, prior stages, existing searches. Returns
+    the search spaces and the loaded teacher (None when this run trains it)."""
     spaces = {stage: load_space(stage, settings.space_file(stage)) for stage in settings.stages}
     if "teacher" in settings.stages and settings.teacher:
         raise TunerError("--teacher names the teacher of a factorized or student search; "
                          "with --stage teacher or all the teacher is the one this run trains")
-    if "teacher" not in settings.stages:
-        check_teacher(settings)
+    teacher = None if "teacher" in settings.stages else check_teacher(settings)
     if settings.address is None:  # a local Ray gets this machine's CPUs and GPUs
         check_resources(settings, os.cpu_count() or 1, torch.cuda.device_count())
     experiments = {stage: settings.stage_dir(stage) / "search" for stage in settings.stages}
@@ -54,7 +55,47 @@ def check_inputs(settings: RunSettings) -> dict:
         if experiment.exists() and not (settings.resume or settings.overwrite):
             raise TunerError(f"{experiment} holds an earlier search of stage {stage}: "
                              "pass --resume to continue it or --overwrite to start again")
-    return spaces
+        if experiment.is_dir() and settings.resume:
+            check_resumable(stage, settings, spaces[stage])
+    return spaces, teacher
+
+
+def search_settings(stage: str, settings: RunSettings, space) -> dict:
+    """What a search's trials depend on; resuming with any of it changed would mix two different searches."""
+    data = settings.data if settings.data == "conll2003" else str(Path(settings.data).resolve())
+    record = {"trials": settings.trials, "seed": settings.seed, "split": settings.split, "data": data,
+              "search_space_sha256": space.sha256, "profile": plain(asdict(settings.profile))}
+    if stage != "teacher":
+        record["teacher"] = str(teacher_folder(settings).resolve())
+    return record
+
+
+def check_resumable(stage: str, settings: RunSettings, space) -> None:
+    """--resume continues a search only under the settings it started with (Tune keeps its first trial count
+    and would silently ignore a new one; other changes would train half the trials one way, half another)."""
+    record_file = settings.stage_dir(stage) / SEARCH_SETTINGS
+    if not record_file.is_file():
+        return  # a search started before this record existed
+    try:
+        first = yaml.safe_load(record_file.read_text())
+    except yaml.YAMLError as error:
+        raise TunerError(f"{record_file}: not readable YAML ({str(error).splitlines()[0]})") from None
+    now = search_settings(stage, settings, space)
+    for key, value in flatten(now).items():
+        before = flatten(first if isinstance(first, dict) else {}).get(key)
+        if before != value:
+            raise TunerError(f"--resume: {record_file} has {key} {before!r}, this run {value!r}: resume with the "
+                             f"flags the search started with, or pass --overwrite to start again")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def check_resources(settings: RunSettings, cpus_per_node: int, gpus_per_node: float) -> None:
@@ -65,20 +106,20 @@ def check_resources(settings: RunSettings, cpus_per_node: int, gpus_per_node: fl
                          f"{gpus_per_node:g} GPUs at most); trials would wait forever")
 
 
-def check_teacher(settings: RunSettings) -> None:
-    """The teacher folder exists, is a plain (unfactorized) model, and was trained on the same data split: a
-    different seed or split would put the teacher's training sentences into the student's test split."""
+def check_teacher(settings: RunSettings):
+    """The loaded teacher, once its folder is known to hold a plain (unfactorized) model trained on the same data
+    split: a different seed or split would put the teacher's training sentences into the student's test split."""
     folder = teacher_folder(settings)
     stage = settings.stages[0]
     if not (folder / "config.json").is_file():
         raise TunerError(f"no teacher result at {folder}: run `python -m tuner.run --stage teacher` "
                          f"before --stage {stage} (or pass --teacher PATH)")
-    config = load_model(folder).config
-    if getattr(config, "factor_dim", None):
+    teacher = load_model(folder)
+    if getattr(teacher.config, "factor_dim", None):
         raise TunerError(f"--teacher {folder}: a factorized or student model, not a teacher")
     record_file = folder / RESULT_FILE
     if not record_file.is_file():
-        return  # a teacher trained elsewhere: nothing to compare
+        return teacher  # a teacher trained elsewhere: nothing to compare
     record = json.loads(record_file.read_text())
     data = str(Path(settings.data).resolve()) if settings.data != "conll2003" else None
     ours = {"seed": settings.seed, "split": settings.split}
@@ -88,6 +129,7 @@ def check_teacher(settings: RunSettings) -> None:
                              f"use --{key} {record.get(key)} so the test split stays unseen")
     if data and record.get("data") not in (data, settings.data):
         raise TunerError(f"{record_file}: the teacher used data {record.get('data')!r}, this run {data!r}")
+    return teacher
 
 
 def select_sentences(settings: RunSettings):
@@ -191,13 +233,12 @@ def run(settings: RunSettings, echo=print) -> dict:
     """Run the requested stages in order; returns stage -> result record."""
     from tuner import search  # Ray starts only once the inputs are known to be good
 
-    spaces = check_inputs(settings)
-    if "teacher" in settings.stages:
+    spaces, teacher_model = check_inputs(settings)  # the teacher is loaded once; no stage changes it
+    if teacher_model is None:
         tokenizer, labels = load_tokenizer(settings.profile.model), None
     else:
-        config = load_model(teacher_folder(settings)).config  # refuses a missing or corrupt teacher first
         tokenizer = load_tokenizer(str(teacher_folder(settings)))
-        labels = [config.id2label[i] for i in range(config.num_labels)]
+        labels = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
     task = build_task(settings, tokenizer, labels)
     echo(f"data: {task.source} ({settings.split} split): {len(task.train)} train, {len(task.validation)} "
          f"validation, {len(task.test)} test sentences; labels {' '.join(task.labels)}")
@@ -215,13 +256,17 @@ def run(settings: RunSettings, echo=print) -> dict:
     records = {}
     try:
         for stage in settings.stages:
-            teacher_model = None if stage == "teacher" else load_model(teacher_folder(settings))
+            if stage != "teacher" and teacher_model is None:  # --stage all: the teacher this run just saved
+                teacher_model = load_model(teacher_folder(settings))
             inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer))
             if settings.overwrite:
                 shutil.rmtree(settings.stage_dir(stage) / "search", ignore_errors=True)
             resume = settings.resume and (settings.stage_dir(stage) / "search").is_dir()  # else: start it
             if not resume:
                 search.reset_study(Path(settings.results_dir), stage)
+                settings.stage_dir(stage).mkdir(parents=True, exist_ok=True)
+                (settings.stage_dir(stage) / SEARCH_SETTINGS).write_text(
+                    yaml.safe_dump(search_settings(stage, settings, spaces[stage]), sort_keys=False))
             echo(f"stage {stage}: {settings.trials} trials over {spaces[stage].path}")
             trial_settings = train_settings(settings.profile, stage, settings.seed, threads)
             outcome = search.search(stage, spaces[stage], task, inputs, trial_settings, trials=settings.trials,
