@@ -96,7 +96,8 @@ def steps(args) -> dict:
     forward = torch.compile(model, dynamic=True) if args.variant == "compile" else model
     precision = (torch.autocast("cpu", dtype=torch.bfloat16) if args.variant == "bf16"
                  else torch.autocast("cpu", enabled=False))
-    batches = length_grouped_batches(task.train.lengths(), BATCH_SIZE, SEED)[:WARMUP_STEPS + args.steps]
+    epoch = length_grouped_batches(task.train.lengths(), BATCH_SIZE, SEED)
+    batches = [epoch[i % len(epoch)] for i in range(WARMUP_STEPS + args.steps)]  # a small --train-sentences wraps
     timed_tokens, losses, started = 0, [], time.perf_counter()
     for step, indices in enumerate(batches):
         if step == WARMUP_STEPS:
