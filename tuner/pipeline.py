@@ -80,9 +80,9 @@ def check_resumable(stage: str, settings: RunSettings, space) -> None:
         first = yaml.safe_load(record_file.read_text())
     except yaml.YAMLError as error:
         raise TunerError(f"{record_file}: not readable YAML ({str(error).splitlines()[0]})") from None
-    now = search_settings(stage, settings, space)
-    for key, value in flatten(now).items():
-        before = flatten(first if isinstance(first, dict) else {}).get(key)
+    first = flatten(first if isinstance(first, dict) else {})
+    for key, value in flatten(search_settings(stage, settings, space)).items():
+        before = first.get(key)
         if before != value:
             raise TunerError(f"--resume: {record_file} has {key} {before!r}, this run {value!r}: resume with the "
                              f"flags the search started with, or pass --overwrite to start again")
