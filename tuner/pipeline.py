@@ -60,10 +60,14 @@ def check_inputs(settings: RunSettings):
     return spaces, teacher
 
 
+def data_source(settings: RunSettings) -> str:
+    """``--data`` as compared between runs: ``conll2003`` (the Hub) or the folder's absolute path."""
+    return settings.data if settings.data == "conll2003" else str(Path(settings.data).resolve())
+
+
 def search_settings(stage: str, settings: RunSettings, space) -> dict:
     """What a search's trials depend on; resuming with any of it changed would mix two different searches."""
-    data = settings.data if settings.data == "conll2003" else str(Path(settings.data).resolve())
-    record = {"trials": settings.trials, "seed": settings.seed, "split": settings.split, "data": data,
+    record = {"trials": settings.trials, "seed": settings.seed, "split": settings.split, "data": data_source(settings),
               "search_space_sha256": space.sha256, "profile": plain(asdict(settings.profile))}
     if stage != "teacher":
         record["teacher"] = str(teacher_folder(settings).resolve())
@@ -121,13 +125,13 @@ def check_teacher(settings: RunSettings):
     if not record_file.is_file():
         return teacher  # a teacher trained elsewhere: nothing to compare
     record = json.loads(record_file.read_text())
-    data = str(Path(settings.data).resolve()) if settings.data != "conll2003" else None
     ours = {"seed": settings.seed, "split": settings.split}
     for key, value in ours.items():
         if record.get(key) != value:
             raise TunerError(f"{record_file}: the teacher used {key} {record.get(key)!r}, this run {value!r}; "
                              f"use --{key} {record.get(key)} so the test split stays unseen")
-    if data and record.get("data") not in (data, settings.data):
+    data = data_source(settings)
+    if settings.data != "conll2003" and record.get("data") not in (data, settings.data):
         raise TunerError(f"{record_file}: the teacher used data {record.get('data')!r}, this run {data!r}")
     return teacher
 
