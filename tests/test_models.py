@@ -82,8 +82,9 @@ def test_checkpoint_resume_repeats_an_uninterrupted_run(tokenizer, tmp_path):
     settings = TrainSettings(epochs=2, batch_size=4, eval_batch_size=8, seed=0, threads=1)
     hparams = {"learning_rate": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.2}
 
-    straight = [r.metrics["train_loss"] for r in fit(model_from_state(state), hparams, task, settings)]
-    straight_weights = {k: v.clone() for k, v in r_model(fit(model_from_state(state), hparams, task, settings))}
+    results = list(fit(model_from_state(state), hparams, task, settings))  # every result holds the one model
+    straight = [r.metrics["train_loss"] for r in results]
+    straight_weights = results[-1].model.state_dict()
     first = next(fit(model_from_state(state), hparams, task, settings))
     save_checkpoint(tmp_path, first)
     (resumed,) = list(fit(model_from_state(state), hparams, task, settings, resume=tmp_path))
@@ -91,9 +92,3 @@ def test_checkpoint_resume_repeats_an_uninterrupted_run(tokenizer, tmp_path):
     assert resumed.metrics["train_loss"] == straight[1]
     for name, value in resumed.model.state_dict().items():
         assert torch.equal(value, straight_weights[name]), name
-
-
-def r_model(results):
-    """The state dict after the last epoch of a ``fit`` run."""
-    *_, last = results
-    return last.model.state_dict().items()
