@@ -51,13 +51,15 @@ class BenchError(Exception):
 
 # --- running the steps ------------------------------------------------------------------------------------------
 
+STEP_ENV = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+
+
 def run_step(name: str, argv: list, logs: Path) -> float:
     """Run one measurement process with its output in ``logs/<name>.log``; returns its wall seconds."""
     log = logs / f"{name}.log"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     started = time.perf_counter()
     with log.open("w") as out:
-        code = subprocess.call([str(a) for a in argv], cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+        code = subprocess.call([str(a) for a in argv], cwd=ROOT, env=STEP_ENV, stdout=out, stderr=subprocess.STDOUT)
     if code != 0:
         lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
         raise BenchError(f"step {name} exited with {code}: {lines[-1] if lines else 'no output'} (log: {log})")
@@ -82,22 +84,23 @@ def measure(script: str, command: str, args, work: Path, *extra, name: str | Non
     """Run ``bench/<script>.py <command>`` and return its JSON record plus the process's wall time."""
     name = name or f"{script}-{command}"
     out = work / f"{name}.json"
-    wall = run_step(name, [sys.executable, BENCH / f"{script}.py", command, *sizes(args), "--out", out, *extra],
-                    work / "logs")
+    wall = run_step(name, measurement_argv(script, command, args, out, extra), work / "logs")
     return dict(json.loads(out.read_text()), process_wall_seconds=wall)
+
+
+def measurement_argv(script: str, command: str, args, out: Path, extra) -> list:
+    return [str(a) for a in [sys.executable, BENCH / f"{script}.py", command, *sizes(args), "--out", out, *extra]]
 
 
 def measure_together(script: str, command: str, args, work: Path, copies: int, *extra) -> dict:
     """``copies`` processes of the same measurement at once (say two 1-thread trials sharing 2 cores): their
     summed rate, and how much of the longest timed window all of them overlapped."""
     outs = [work / f"{script}-{command}-together-{i}.json" for i in range(copies)]
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         logs = [stack.enter_context((work / "logs" / f"{out.stem}.log").open("w")) for out in outs]
-        procs = [subprocess.Popen([str(a) for a in [sys.executable, BENCH / f"{script}.py", command, *sizes(args),
-                                                    "--out", out, *extra]], cwd=ROOT, env=env, stdout=log,
-                                  stderr=subprocess.STDOUT) for out, log in zip(outs, logs)]
+        procs = [subprocess.Popen(measurement_argv(script, command, args, out, extra), cwd=ROOT, env=STEP_ENV,
+                                  stdout=log, stderr=subprocess.STDOUT) for out, log in zip(outs, logs)]
         codes = [proc.wait() for proc in procs]
     if any(codes):
         raise BenchError(f"{script} {command} x{copies} exited with {codes} (logs: {work / 'logs'})")
@@ -125,10 +128,7 @@ def one_repeat(index: int, args, work: Path) -> dict:
     work.mkdir(parents=True)
     (work / "logs").mkdir()
     levers = lever_measurements(args, work)
-    if args.levers_only:
-        return {"steps": {"training-step levers": sum(r["process_wall_seconds"] for r in levers.values())},
-                "levers": levers}
-    record = comparisons(index, args, work)
+    record = {"steps": {}} if args.levers_only else comparisons(index, args, work)
     record["steps"]["training-step levers"] = sum(r["process_wall_seconds"] for r in levers.values())
     return dict(record, levers=levers)
 
@@ -150,10 +150,11 @@ def comparisons(index: int, args, work: Path) -> dict:
     # The peer trains the very configs tuner's Optuna sampled so the F1 gap measures the
     # engines (training loop, ASHA's stops), not two draws of 4 random configs.
     teacher_wall = tuner_search("teacher", args, results, logs)
+    sampled = sampled_configs(results / "teacher" / "trials.csv")
     configs = work / "teacher-configs.json"
-    configs.write_text(json.dumps(sampled_configs(results / "teacher" / "trials.csv")))
+    configs.write_text(json.dumps(sampled))
     hf_search = measure("hf_peer", "search", args, work, "--configs", configs)
-    wanted = sorted(c["learning_rate"] for c in json.loads(configs.read_text()))
+    wanted = sorted(c["learning_rate"] for c in sampled)
     if sorted(c["learning_rate"] for c in hf_search["configs"]) != wanted:
         raise BenchError(f"the peer's search trained other configs than {configs}")
     teacher = results / "teacher" / "best"
