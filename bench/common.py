@@ -20,7 +20,7 @@ from tuner.config import RunSettings, resolve_profile  # noqa: E402
 from tuner.run import OneLineParser, positive_int  # noqa: E402
 
 BATCH_SIZE = 16
-SEED = 0
+SEED = 0  # of the first repeat; repeat r runs with seed r on both sides (split, head, data order, dropout)
 SPLIT = "report"
 
 
@@ -30,6 +30,7 @@ def size_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-sentences", type=positive_int, required=True)
     parser.add_argument("--eval-sentences", type=positive_int, required=True)
     parser.add_argument("--epochs", type=positive_int, required=True)
+    parser.add_argument("--seed", type=int, default=SEED, help="the split, the head, the data order and dropout")
     parser.add_argument("--out", type=Path, required=True, help="JSON file the measurement is written to")
 
 
@@ -49,7 +50,7 @@ def run_settings(args: argparse.Namespace, stage: str = "teacher", teacher: Path
     """The tuner settings a `python -m tuner.run --profile cpu --model minilm ...` call with these sizes has."""
     profile = resolve_profile("cpu", False, model="minilm", epochs=args.epochs, batch_size=BATCH_SIZE,
                               train_sentences=args.train_sentences, eval_sentences=args.eval_sentences)
-    return RunSettings(stages=(stage,), trials=1, profile=profile, data=str(args.data), split=SPLIT, seed=SEED,
+    return RunSettings(stages=(stage,), trials=1, profile=profile, data=str(args.data), split=SPLIT, seed=args.seed,
                        teacher=teacher)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, SEED, command_parser, non_embedding_parameters, run_settings,  # noqa: E402
+from bench.common import (BATCH_SIZE, command_parser, non_embedding_parameters, run_settings,  # noqa: E402
                           selected_sentences, write_result)
 
 import datasets  # noqa: E402
@@ -111,7 +111,7 @@ def search(args) -> dict:
         training_args = TrainingArguments(
             output_dir=work, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=args.epochs,
             eval_strategy="epoch", warmup_steps=0.0,  # a float, or the trial's ratio is cast to int 0
-            disable_tqdm=True)
+            disable_tqdm=True, seed=args.seed)
         trainer = Trainer(model_init=model_init, args=training_args,
                           train_dataset=hf_dataset(sentences["train"], tokenizer, max_length),
                           eval_dataset=hf_dataset(sentences["validation"], tokenizer, max_length),
@@ -182,16 +182,16 @@ def distill(args) -> dict:
     tokenizer = load_tokenizer(str(args.teacher))
     teacher = load_model(args.teacher)
     task = build_task(settings, tokenizer, [teacher.config.id2label[i] for i in range(teacher.config.num_labels)])
-    torch.manual_seed(SEED)
+    torch.manual_seed(args.seed)
     started = time.perf_counter()
     student = cut_student(teacher, student_result["num_layers"], student_result["factor_dim"])
     timer = EpochTimer(lambda model: evaluate(model, task.validation, task.labels, settings.profile.eval_batch_size,
-                                              task.pad_token_id, "cpu")["f1"])
+                                              task.pad_token_id, "cpu", "fp32")["f1"])  # as it trains: fp32
     with tempfile.TemporaryDirectory(prefix="hf-distill-") as work:
         training_args = TrainingArguments(
             output_dir=work, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=args.epochs,
             learning_rate=hparams["learning_rate"], weight_decay=hparams["weight_decay"],
-            warmup_steps=float(hparams["warmup_ratio"]), disable_tqdm=True, save_strategy="no")
+            warmup_steps=float(hparams["warmup_ratio"]), disable_tqdm=True, save_strategy="no", seed=args.seed)
         trainer = DistillationTrainer(model=student, args=training_args, train_dataset=token_features(task.train),
                                       data_collator=DataCollatorForTokenClassification(tokenizer), callbacks=[timer],
                                       teacher=teacher, temperature=hparams["temperature"], alpha=hparams["alpha"])
@@ -224,7 +224,7 @@ def throughput(args) -> dict:
     model = model_init()
     with tempfile.TemporaryDirectory(prefix="hf-throughput-") as work:
         training_args = TrainingArguments(output_dir=work, per_device_train_batch_size=BATCH_SIZE,
-                                          num_train_epochs=1, disable_tqdm=True, save_strategy="no")
+                                          num_train_epochs=1, disable_tqdm=True, save_strategy="no", seed=args.seed)
         Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
                 callbacks=[timer]).train()
     seconds = timer.seconds[0]

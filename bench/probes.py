@@ -1,8 +1,9 @@
 """tuner's side of the in-process measurements, and the machine's matmul ceiling; one JSON result per process.
 
-    throughput      one epoch of tuner.training.fit on the teacher stage (length-grouped, dynamically padded)
+    throughput      one epoch of tuner.training.fit on the teacher stage (length-grouped, dynamically padded) at
+                    --precision auto (tuner's default) or fp32
     teacher-logits  the student stage's once-per-search teacher pass over the training sentences
-    matmul          float32 2048 x 2048 @ 2048 x 2048 FLOP/s with torch.set_num_threads(THREADS), after warmup
+    matmul          2048 x 2048 @ 2048 x 2048 FLOP/s in float32 and bf16, torch.set_num_threads(THREADS), after warmup
     steps           the levers of issue 6 on fit's own training step: --variant fp32, bf16 (CPU autocast) or
                     compile (torch.compile, dynamic shapes), --threads N, over the same first --steps batches
 
@@ -18,17 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, SEED, command_parser, non_embedding_parameters, run_settings,  # noqa: E402
+from bench.common import (BATCH_SIZE, command_parser, non_embedding_parameters, run_settings,  # noqa: E402
                           write_result)
 
 import torch  # noqa: E402
 
-from tuner.config import TrainSettings, default_threads  # noqa: E402
+from tuner.config import PRECISIONS, TrainSettings, default_threads  # noqa: E402
 from tuner.data import length_grouped_batches  # noqa: E402
 from tuner.models import initial_token_classifier, load_model, load_tokenizer  # noqa: E402
 from tuner.pipeline import build_task  # noqa: E402
 from tuner.stages.student import compute_teacher_logits  # noqa: E402
-from tuner.training import MAX_GRAD_NORM, build_optimizer, collate, fit  # noqa: E402
+from tuner.training import MAX_GRAD_NORM, autocast, build_optimizer, collate, fit  # noqa: E402
 
 THREADS = default_threads(0)  # what a tuner trial gets with --cpus-per-trial 0 (all of the node)
 # Throughput does not depend on these; they are the middle of search_spaces/teacher.yaml.
@@ -43,18 +44,20 @@ def padded_tokens(lengths: list[int], seed: int) -> int:
 
 
 def throughput(args) -> dict:
+    """One epoch of fit at ``--precision`` (auto: tuner's default, bf16 where the CPU has it natively)."""
     settings = run_settings(args)
     tokenizer = load_tokenizer("minilm")
     task = build_task(settings, tokenizer, None)
-    model = initial_token_classifier("minilm", task.labels, SEED, len(tokenizer))
+    model = initial_token_classifier("minilm", task.labels, args.seed, len(tokenizer))
     train_settings = TrainSettings(epochs=1, batch_size=BATCH_SIZE, eval_batch_size=settings.profile.eval_batch_size,
-                                   seed=SEED, threads=THREADS)
+                                   seed=args.seed, threads=THREADS, precision=args.precision)
     metrics = next(iter(fit(model, THROUGHPUT_HPARAMS, task, train_settings))).metrics
     seconds = metrics["train_seconds"]
     return {"train_seconds": seconds, "sentences": len(task.train), "real_tokens": task.train.token_count(),
-            "padded_tokens": padded_tokens(task.train.lengths(), SEED), "tokens_per_second":
+            "padded_tokens": padded_tokens(task.train.lengths(), args.seed), "tokens_per_second":
             metrics["train_tokens_per_second"], "sentences_per_second": len(task.train) / seconds,
-            "non_embedding_parameters": non_embedding_parameters(model), "threads": THREADS}
+            "non_embedding_parameters": non_embedding_parameters(model), "threads": THREADS,
+            "bf16": metrics["bf16"]}
 
 
 def teacher_logits(args) -> dict:
@@ -69,18 +72,20 @@ def teacher_logits(args) -> dict:
 
 
 def matmul(args) -> dict:
+    """FLOP/s of a 2048^3 matmul in float32 and in bf16 (the ceilings of fit's fp32 and bf16 training steps)."""
     torch.set_num_threads(THREADS)
-    a, b = torch.randn(MATMUL_SIZE, MATMUL_SIZE), torch.randn(MATMUL_SIZE, MATMUL_SIZE)
-    for _ in range(MATMUL_WARMUP):
-        a @ b
-    seconds = []
-    for _ in range(MATMUL_REPEATS):
-        started = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - started)
-    flops = 2 * MATMUL_SIZE**3
-    return {"flops_per_second": flops / statistics.median(seconds), "best_flops_per_second": flops / min(seconds),
-            "size": MATMUL_SIZE, "threads": THREADS}
+    record = {"size": MATMUL_SIZE, "threads": THREADS}
+    for key, dtype in (("flops_per_second", torch.float32), ("bf16_flops_per_second", torch.bfloat16)):
+        a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype) for _ in range(2))
+        for _ in range(MATMUL_WARMUP):
+            a @ b
+        seconds = []
+        for _ in range(MATMUL_REPEATS):
+            started = time.perf_counter()
+            a @ b
+            seconds.append(time.perf_counter() - started)
+        record[key] = 2 * MATMUL_SIZE**3 / statistics.median(seconds)
+    return record
 
 
 def steps(args) -> dict:
@@ -90,13 +95,12 @@ def steps(args) -> dict:
     tokenizer = load_tokenizer("minilm")
     task = build_task(settings, tokenizer, None)
     torch.set_num_threads(args.threads)
-    torch.manual_seed(SEED)
-    model = initial_token_classifier("minilm", task.labels, SEED, len(tokenizer)).train()
+    torch.manual_seed(args.seed)
+    model = initial_token_classifier("minilm", task.labels, args.seed, len(tokenizer)).train()
     optimizer = build_optimizer(model, THROUGHPUT_HPARAMS["learning_rate"], THROUGHPUT_HPARAMS["weight_decay"])
     forward = torch.compile(model, dynamic=True) if args.variant == "compile" else model
-    precision = (torch.autocast("cpu", dtype=torch.bfloat16) if args.variant == "bf16"
-                 else torch.autocast("cpu", enabled=False))
-    epoch = length_grouped_batches(task.train.lengths(), BATCH_SIZE, SEED)
+    precision = autocast("cpu", "bf16" if args.variant == "bf16" else "fp32")
+    epoch = length_grouped_batches(task.train.lengths(), BATCH_SIZE, args.seed)
     batches = [epoch[i % len(epoch)] for i in range(WARMUP_STEPS + args.steps)]  # a small --train-sentences wraps
     timed_tokens, losses, started = 0, [], time.perf_counter()
     for step, indices in enumerate(batches):
@@ -119,7 +123,7 @@ def steps(args) -> dict:
 
 
 WARMUP_STEPS = 5
-COMMANDS = {"throughput": {}, "teacher-logits": {"--teacher": {"type": Path, "required": True}}, "matmul": {},
+COMMANDS = {"throughput": {"--precision": {"choices": PRECISIONS, "default": "auto"}}, "teacher-logits": {"--teacher": {"type": Path, "required": True}}, "matmul": {},
             "steps": {"--variant": {"choices": ["fp32", "bf16", "compile"], "required": True},
                       "--threads": {"type": int, "default": THREADS}, "--steps": {"type": int, "default": 60}}}
 

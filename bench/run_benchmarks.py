@@ -2,14 +2,15 @@
 
     python bench/run_benchmarks.py [--repeats 3] [--quick]
 
-Every repeat runs, on the same sentences (report split, seed 0, seeded subsample), model (packaged MiniLM),
+Every repeat runs, on the same sentences (report split, seeded subsample), model (packaged MiniLM),
 trial count, epochs, batch size (16) and search space:
 
 1. teacher search: `python -m tuner.run --stage teacher` vs Trainer.hyperparameter_search(backend="ray");
 2. student search (teacher logits computed once per search) vs online distillation (teacher run every step);
 3. one epoch of tuner.training.fit vs a default Trainer: real tokens/s and sentences/s;
 4. the share of tuner's search time spent outside training and evaluation;
-5. training FLOP/s (6 x non-embedding parameters x tokens/s) against a float32 matmul's FLOP/s.
+5. training FLOP/s (6 x non-embedding parameters x tokens/s) against a matmul's FLOP/s (float32, bf16);
+6. levers on fit's training step: bf16 autocast, torch.compile, two 1-thread processes.
 
 Each measurement is its own process (bench/probes.py, bench/hf_peer.py, tuner.run). The report is written to
 results/benchmarks.md (results/benchmarks-quick.md with --quick) and printed.
@@ -68,7 +69,7 @@ def run_step(name: str, argv: list, logs: Path) -> float:
 
 def sizes(args) -> list:
     return ["--data", args.data, "--train-sentences", args.train_sentences, "--eval-sentences",
-            args.eval_sentences, "--epochs", args.epochs]
+            args.eval_sentences, "--epochs", args.epochs, "--seed", args.seed]
 
 
 def tuner_search(stage: str, args, results: Path, logs: Path, teacher: Path | None = None) -> float:
@@ -127,6 +128,7 @@ def one_repeat(index: int, args, work: Path) -> dict:
     """Every measurement once (with --levers-only, section 6's); returns the numbers the tables are built from."""
     work.mkdir(parents=True)
     (work / "logs").mkdir()
+    args = argparse.Namespace(**dict(vars(args), seed=index))  # both sides of a repeat share its seed
     levers = lever_measurements(args, work)
     record = {"steps": {}} if args.levers_only else comparisons(index, args, work)
     record["steps"]["training-step levers"] = sum(r["process_wall_seconds"] for r in levers.values())
@@ -164,15 +166,18 @@ def comparisons(index: int, args, work: Path) -> dict:
     online = measure("hf_peer", "distill", args, work, "--teacher", teacher, "--student", student)
     tuner_fit, hf_fit = run_pair([lambda: measure("probes", "throughput", args, work),
                                   lambda: measure("hf_peer", "throughput", args, work)], peer_first)
+    tuner_fp32 = measure("probes", "throughput", args, work, "--precision", "fp32", name="probes-throughput-fp32")
     matmul = measure("probes", "matmul", args, work)
     steps = {"tuner teacher search": teacher_wall, "HF search": hf_search["process_wall_seconds"],
              "tuner student search": student_wall, "teacher logits": logits["process_wall_seconds"],
              "online distillation": online["process_wall_seconds"],
              "tuner fit epoch": tuner_fit["process_wall_seconds"], "HF Trainer epoch": hf_fit["process_wall_seconds"],
+             "tuner fit epoch, fp32": tuner_fp32["process_wall_seconds"],
              "matmul": matmul["process_wall_seconds"]}
     return {"steps": steps, "teacher": search_record(results / "teacher", teacher_wall), "hf_search": hf_search,
             "student": search_record(results / "student", student_wall), "teacher_logits": logits,
-            "online": online, "tuner_fit": tuner_fit, "hf_fit": hf_fit, "matmul": matmul}
+            "online": online, "tuner_fit": tuner_fit, "tuner_fp32_fit": tuner_fp32, "hf_fit": hf_fit,
+            "matmul": matmul, "seed": args.seed}
 
 
 def sampled_configs(trials_csv: Path) -> list:
@@ -221,7 +226,7 @@ def student_numbers(r: dict, epochs: int) -> dict:
 
 def throughput_numbers(r: dict, epochs: int) -> dict:
     numbers = {}
-    for side in ("tuner", "hf"):
+    for side in ("tuner", "tuner_fp32", "hf"):
         fit = r[f"{side}_fit"]
         numbers.update({f"{side}_tokens": fit["tokens_per_second"], f"{side}_sentences": fit["sentences_per_second"],
                         f"{side}_seconds": fit["train_seconds"],
@@ -229,25 +234,40 @@ def throughput_numbers(r: dict, epochs: int) -> dict:
     return numbers
 
 
+OVERHEAD_PARTS = [("setup_seconds", "model and optimizer built (first epoch)"),
+                  ("checkpoint_seconds", "checkpoints written"), ("report_seconds", "tune.report (Tune copies the checkpoint)")]
+
+
 def overhead_numbers(r: dict, epochs: int) -> dict:
+    """Per trial (median over trials): its wall time, the share outside train + eval, and where that share went."""
+    trials = r["teacher"]["trials"]
+    shares = {"trial": [], "rest": [], **{key: [] for key, _ in OVERHEAD_PARTS}}
+    walls, work = [], 0.0
+    for lines in trials:
+        total = lines[-1]["time_total_s"]
+        inner = sum(line["train_seconds"] + line["eval_seconds"] for line in lines)
+        parts = {key: sum(line.get(key, 0.0) for line in lines) for key, _ in OVERHEAD_PARTS}
+        walls.append(total)
+        work += inner
+        shares["trial"].append(1 - inner / total)
+        for key, seconds in parts.items():
+            shares[key].append(seconds / total)
+        shares["rest"].append((total - inner - sum(parts.values())) / total)
     tuner = r["teacher"]
-    per_trial = [(t[-1]["time_total_s"], sum(line["train_seconds"] + line["eval_seconds"] for line in t))
-                 for t in tuner["trials"]]
-    work = sum(inner for _, inner in per_trial)
-    return {"trial_wall": statistics.median(total for total, _ in per_trial),
-            "trial_share": statistics.median(1 - inner / total for total, inner in per_trial),
-            "work": work, "search_wall": tuner["search_wall_seconds"],
-            "search_share": 1 - work / tuner["search_wall_seconds"],
-            "process_wall": tuner["process_wall_seconds"], "process_share": 1 - work / tuner["process_wall_seconds"]}
+    numbers = {"trial_wall": statistics.median(walls), "work": work, "search_wall": tuner["search_wall_seconds"],
+               "search_share": 1 - work / tuner["search_wall_seconds"],
+               "process_wall": tuner["process_wall_seconds"], "process_share": 1 - work / tuner["process_wall_seconds"]}
+    numbers.update({f"{key}_share": statistics.median(values) for key, values in shares.items()})
+    return numbers
 
 
 def machine_numbers(r: dict, epochs: int) -> dict:
-    peak = r["matmul"]["flops_per_second"]
-    numbers = {"matmul": peak / 1e9}
-    for side in ("tuner", "hf"):
+    peaks = {False: r["matmul"]["flops_per_second"], True: r["matmul"]["bf16_flops_per_second"]}
+    numbers = {"matmul": peaks[False] / 1e9, "bf16_matmul": peaks[True] / 1e9}
+    for side in ("tuner", "tuner_fp32", "hf"):
         fit = r[f"{side}_fit"]
         flops = 6 * fit["non_embedding_parameters"] * fit["tokens_per_second"]
-        numbers.update({f"{side}_gflops": flops / 1e9, f"{side}_fraction": flops / peak})
+        numbers.update({f"{side}_gflops": flops / 1e9, f"{side}_fraction": flops / peaks[bool(fit.get("bf16"))]})
     return numbers
 
 
@@ -317,23 +337,33 @@ def comparison_sections(repeats: list, epochs: int) -> list:
                     + [["teacher logits, once per search, s", cell(column(n, "logits"), ".1f"), "", ""],
                        ["search wall time / trials, s", cell(column(n, "tuner_amortized"), ".1f"), "", ""]])
     n = [throughput_numbers(r, epochs) for r in repeats]
-    throughput = table(["", "tuner fit", "HF Trainer default", "tuner vs HF"], [
-        [label, cell(column(n, f"tuner_{key}"), spec), cell(column(n, f"hf_{key}"), spec),
-         ratio(column(n, f"tuner_{key}"), column(n, f"hf_{key}")) if key != "padding" else ""]
+    throughput = table(["", "tuner fit (default precision)", "tuner fit, fp32", "HF Trainer default",
+                        "tuner vs HF", "tuner fp32 vs HF"], [
+        [label, *(cell(column(n, f"{side}_{key}"), spec) for side in ("tuner", "tuner_fp32", "hf")),
+         *((ratio(column(n, f"{side}_{key}"), column(n, f"hf_{key}")) if key != "padding" else "")
+           for side in ("tuner", "tuner_fp32"))]
         for label, key, spec in [("real tokens / s", "tokens", ".0f"), ("sentences / s", "sentences", ".2f"),
                                  ("epoch training time, s", "seconds", ".1f"),
                                  ("padding share of batch tokens", "padding", ".1%")]])
     n = [overhead_numbers(r, epochs) for r in repeats]
     overhead = table(["", "seconds", "outside training and evaluation"], [
         ["a trial (median trial)", cell(column(n, "trial_wall"), ".1f"), cell(column(n, "trial_share"), ".1%")],
+        *[[f"- of which {label}", "", cell(column(n, f"{key}_share"), ".1%")] for key, label in OVERHEAD_PARTS],
+        ["- of which the rest (Ray: the trial's start, its inputs from the object store, results)", "",
+         cell(column(n, "rest_share"), ".1%")],
         ["the search (Tune run)", cell(column(n, "search_wall"), ".1f"), cell(column(n, "search_share"), ".1%")],
         ["the whole command", cell(column(n, "process_wall"), ".1f"), cell(column(n, "process_share"), ".1%")],
         ["sum of the trials' train + eval", cell(column(n, "work"), ".1f"), ""]])
     n = [machine_numbers(r, epochs) for r in repeats]
-    machine = table(["", "GFLOP/s", "fraction of the matmul's"], [
+    bf16 = "bf16" if repeats[0]["tuner_fit"].get("bf16") else "float32"
+    machine = table(["", "GFLOP/s", "fraction of its precision's matmul"], [
         ["float32 2048^3 matmul", cell(column(n, "matmul"), ".1f"), "100%"],
-        ["tuner fit training step", cell(column(n, "tuner_gflops"), ".2f"), cell(column(n, "tuner_fraction"), ".1%")],
-        ["HF Trainer training step", cell(column(n, "hf_gflops"), ".2f"), cell(column(n, "hf_fraction"), ".1%")]])
+        ["bf16 2048^3 matmul", cell(column(n, "bf16_matmul"), ".1f"), "100%"],
+        [f"tuner fit training step, default precision ({bf16} here)", cell(column(n, "tuner_gflops"), ".2f"),
+         cell(column(n, "tuner_fraction"), ".1%")],
+        ["tuner fit training step, fp32", cell(column(n, "tuner_fp32_gflops"), ".2f"),
+         cell(column(n, "tuner_fp32_fraction"), ".1%")],
+        ["HF Trainer training step (float32)", cell(column(n, "hf_gflops"), ".2f"), cell(column(n, "hf_fraction"), ".1%")]])
     return [
         ("1. Teacher search", "`python -m tuner.run --stage teacher` (Optuna TPE + ASHA, a checkpoint per epoch) "
          "vs `Trainer.hyperparameter_search(backend=\"ray\")` (FIFO, the HF NER recipe: first-sub-token labels, "
@@ -346,13 +376,16 @@ def comparison_sections(repeats: list, epochs: int) -> list:
          "tuner's best student config, initialisation (cut_student) and distillation_loss, scored by tuner's "
          "evaluate each epoch. Ratio: online / tuner.", student),
         ("3. Training throughput (one epoch, teacher model)", "tuner.training.fit (length-grouped batches, "
-         "dynamic padding) vs a default Trainer (random batches, DataCollatorForTokenClassification), batch size "
-         f"{BATCH_SIZE}, real (non-pad) tokens counted on both sides. Ratio: tuner / HF.", throughput),
+         "dynamic padding) at its default precision (auto: bf16 autocast where the CPU or GPU has native bf16) and "
+         "forced to fp32, vs a default Trainer (float32, random batches, DataCollatorForTokenClassification), "
+         f"batch size {BATCH_SIZE}, real (non-pad) tokens counted on both sides. Ratio: tuner / HF.", throughput),
         ("4. tuner's overhead (teacher search)", "Time outside the trials' `train_seconds + eval_seconds`: per "
-         "trial against Ray's `time_total_s`, for the search against its wall time, for the command against "
-         "the process's wall time (imports, data, Ray start, test evaluation, saving the best model).", overhead),
+         "trial against Ray's `time_total_s`, split by the timings each trial reports (`setup_seconds`, "
+         "`checkpoint_seconds`, `report_seconds`), each share the median over trials; for the search against its "
+         "wall time, for the command against the process's wall time (imports, data, Ray start, test evaluation, "
+         "saving the best model).", overhead),
         ("5. Against the machine", "Training FLOP/s = 6 x non-embedding parameters x real tokens/s (from 3.), "
-         "against a float32 matmul timed in the same run with the same thread count.", machine),
+         "against a matmul of the step's precision timed in the same run with the same thread count.", machine),
     ]
 
 
@@ -360,13 +393,14 @@ def lever_section(repeats: list) -> tuple:
     """Section 6: fit's training step under each lever."""
     n = [lever_numbers(r) for r in repeats]
     rows = []
-    for name, label in [("fp32", f"fp32, one process, {repeats[0]['levers']['fp32']['threads']} threads (fit today)"),
+    for name, label in [("fp32", f"fp32, one process, {repeats[0]['levers']['fp32']['threads']} threads"),
                         ("fp32, 2 processes", "fp32, two processes of 1 thread at once (two trials per node), summed"),
-                        ("bf16", "bf16 autocast on the CPU"), ("compile", "torch.compile (inductor, dynamic shapes)")]:
+                        ("bf16", "bf16 autocast on the CPU (fit's default where the CPU has native bf16)"),
+                        ("compile", "torch.compile (inductor, dynamic shapes)")]:
         losses = f"{cell(column(n, f'{name}|first_loss'), '.4f')} to {cell(column(n, f'{name}|last_loss'), '.4f')}"
         rows.append([label, cell(column(n, f"{name}|tokens"), ".0f"), cell(column(n, f"{name}|ratio"), ".2f", "x"),
                      cell(column(n, f"{name}|warmup"), ".1f"), losses])
-    levers = table(["training step", "real tokens / s", "vs fit today", "first 5 steps (compilation), s",
+    levers = table(["training step", "real tokens / s", "vs fp32", "first 5 steps (compilation), s",
                     "loss, first to last step"], rows)
     overlap = cell([numbers["fp32, 2 processes|overlap"] for numbers in n], ".0%")
     return ("6. Levers on the training step", "The same first batches of fit's length-grouped epoch (teacher model, "
@@ -420,7 +454,9 @@ def report(args, repeats: list, started: str, load_before: str, seconds: float) 
              *machine_lines(),
              f"- load average (1, 5, 15 min) before: {load_before}; after: {load_average()} "
              "(a loaded machine slows every number)",
-             f"- data: {args.data}, report split, seed 0: {args.train_sentences} train and {args.eval_sentences} "
+             f"- seeds: repeat r runs with seed r - 1 on both sides (the seeded subsample, the classifier head, "
+             "the data order, dropout), so an F1 median is a median over seeds",
+             f"- data: {args.data}, report split: {args.train_sentences} train and {args.eval_sentences} "
              f"validation sentences; packaged MiniLM-L6-H384; {args.epochs} epoch(s), {args.trials} trials, "
              f"batch size {BATCH_SIZE}, search space search_spaces/teacher.yaml (student.yaml for tuner's student)",
              ""]

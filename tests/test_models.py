@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
 from tuner.models import (FactorizedEmbedding, count_parameters, cut_student, embedding_svd, factorize, keep_layers,
@@ -92,3 +95,38 @@ def test_checkpoint_resume_repeats_an_uninterrupted_run(tokenizer, tmp_path):
     assert resumed.metrics["train_loss"] == straight[1]
     for name, value in resumed.model.state_dict().items():
         assert torch.equal(value, straight_weights[name]), name
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_setting_trains_with_float32_weights(tokenizer, tmp_path, precision):
+    """bf16 autocast runs the matmuls in bf16 yet keeps weights, optimizer state and checkpoints float32."""
+    from safetensors.torch import load_file
+
+    from tuner.config import TrainSettings
+    from tuner.data import CONLL_LABELS, Sentence, TaskData, encode
+    from tuner.models import initial_token_classifier
+    from tuner.training import OPTIMIZER_FILE, autocast, fit, save_checkpoint, uses_bf16
+
+    labels = list(CONLL_LABELS)
+    data = encode([Sentence(("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O"))] * 8, tokenizer,
+                  labels, 16, True)
+    task = TaskData(labels, data, data, data, tokenizer.pad_token_id, "mem")
+    model = initial_token_classifier("tiny", labels, seed=0, vocab_size=len(tokenizer))
+    settings = TrainSettings(epochs=1, batch_size=4, eval_batch_size=8, seed=0, threads=1, precision=precision)
+    (result,) = list(fit(model, {"learning_rate": 1e-3, "weight_decay": 0.01, "warmup_ratio": 0.0}, task, settings))
+    assert result.metrics["bf16"] is (precision == "bf16") and math.isfinite(result.metrics["train_loss"])
+    with autocast("cpu", precision):
+        logits = model(input_ids=torch.tensor([data.input_ids[0]])).logits
+    assert logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    save_checkpoint(tmp_path, result)
+    assert {t.dtype for t in load_file(str(tmp_path / OPTIMIZER_FILE)).values()} <= {torch.float32}
+    assert uses_bf16("cpu", "fp32") is False and uses_bf16("cpu", "bf16") is True
+
+
+def test_unknown_precision_is_refused():
+    from tuner.config import resolve_profile
+    from tuner.errors import TunerError
+
+    with pytest.raises(TunerError, match="precision must be one of auto, fp32, bf16"):
+        resolve_profile("smoke", False, precision="fp16")

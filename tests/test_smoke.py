@@ -103,7 +103,7 @@ CASES = {  # case -> what the one-line error must name
     "space_unknown_key": "step", "space_wrong_type": "learning_rate.low", "space_low_gt_high": "low (0.1) > high",
     "space_log_low_zero": "low > 0", "space_empty_choice": "values", "space_python_tag": "teacher.yaml:1",
     "factorized_teacher": "not a teacher", "teacher_with_all": "--teacher", "seed_mismatch": "--seed 0",
-    "too_many_cpus": "--cpus-per-trial 64",
+    "too_many_cpus": "--cpus-per-trial 64", "bad_precision": "--precision",
 }
 
 
@@ -158,6 +158,8 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir):
         extra = ["--teacher", tmp_path / "teacher"]
     elif case == "too_many_cpus":
         extra = ["--cpus-per-trial", "64"]
+    elif case == "bad_precision":
+        extra = ["--precision", "fp16"]
     elif case == "corrupt_teacher":
         stage = "factorized"
         write(tmp_path / "teacher" / "config.json", "{}")

@@ -15,6 +15,9 @@ from tuner.errors import TunerError
 STAGES = ("teacher", "factorized", "student")
 SPLITS = ("report", "official")
 PROFILES = ("auto", "gpu", "cpu", "smoke")
+# auto: bf16 autocast where the device computes bf16 natively (CUDA with bf16, CPUs with AVX512-BF16 or AMX),
+# float32 elsewhere; fp32 and bf16 force one. Weights, optimizer state and checkpoints stay float32.
+PRECISIONS = ("auto", "fp32", "bf16")
 IGNORE_INDEX = -100
 METRIC = "val_f1"  # the metric every search maximises, declared once
 MODE = "max"
@@ -38,6 +41,7 @@ class Profile:
     label_all_subtokens: bool = True  # the report's alignment: continuation sub-tokens get the word's I- label
     space_dir: Path = SEARCH_SPACE_DIR  # holds <stage>.yaml for each stage
     student_epochs: int | None = None  # None: ``epochs``; a student epoch costs a fraction of a teacher's
+    precision: str = "auto"  # one of PRECISIONS: the trials' forward passes (training and validation)
 
     def epochs_for(self, stage: str) -> int:
         return self.student_epochs if stage == "student" and self.student_epochs else self.epochs
@@ -53,6 +57,8 @@ class Profile:
                 problems.append(f"{name} must be >= 1 (got {value})")
         if self.max_length < 8:
             problems.append(f"max_length must be >= 8 (got {self.max_length})")
+        if self.precision not in PRECISIONS:
+            problems.append(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
         if problems:
             raise TunerError(f"profile {self.name}: " + "; ".join(problems))
 
@@ -139,12 +145,14 @@ class TrainSettings:
     seed: int
     threads: int
     device: str = "cpu"  # trials pick their own device where they run
+    precision: str = "auto"  # resolved against ``device`` by tuner.training.autocast
 
 
 def train_settings(profile: Profile, stage: str, seed: int, threads: int, device: str = "cpu") -> TrainSettings:
     """The fixed settings of every trial of ``stage`` (and of a retrain of its best config)."""
     return TrainSettings(epochs=profile.epochs_for(stage), batch_size=profile.batch_size,
-                         eval_batch_size=profile.eval_batch_size, seed=seed, threads=threads, device=device)
+                         eval_batch_size=profile.eval_batch_size, seed=seed, threads=threads, device=device,
+                         precision=profile.precision)
 
 
 def default_threads(cpus_per_trial: float) -> int:

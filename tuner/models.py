@@ -15,6 +15,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, BertConfig
 
+try:
+    from transformers.initialization import no_init_weights  # transformers 5
+except ImportError:
+    from transformers.modeling_utils import no_init_weights  # transformers 4
+
 from tuner.errors import TunerError
 
 log = logging.getLogger(__name__)
@@ -169,8 +174,11 @@ class ModelState:
 
 
 def build_from_config(config) -> nn.Module:
-    """An empty model of ``config``, factorized when the config records ``factor_dim``."""
-    model = AutoModelForTokenClassification.from_config(config)
+    """An empty model of ``config``, factorized when the config records ``factor_dim``. Random initialisation is
+    skipped (0.3 to 0.6 s per trial for MiniLM on a 2-core CPU): every caller loads a full state dict into it,
+    strictly."""
+    with no_init_weights():
+        model = AutoModelForTokenClassification.from_config(config)
     factor_dim = getattr(config, "factor_dim", None)
     if factor_dim:
         hidden_size = config.hidden_size

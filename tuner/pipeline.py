@@ -183,7 +183,7 @@ def save_best(stage: str, settings: RunSettings, outcome, task: TaskData, tokeni
     model = load_model(outcome.best_checkpoint)
     device = select_device()
     test = evaluate(model.to(device), task.test, task.labels, settings.profile.eval_batch_size, task.pad_token_id,
-                    device)
+                    device, settings.profile.precision)
     stage_dir = settings.stage_dir(stage)
     best = stage_dir / BEST
     staging = stage_dir / (BEST + ".partial")

@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from tuner.config import PROFILES, SPLITS, STAGES, RunSettings, resolve_profile
+from tuner.config import PRECISIONS, PROFILES, SPLITS, STAGES, RunSettings, resolve_profile
 from tuner.errors import TunerError
 
 
@@ -65,6 +65,9 @@ def parser() -> argparse.ArgumentParser:
     overrides.add_argument("--eval-sentences", type=positive_int)
     overrides.add_argument("--max-params", type=positive_int, help="the student's parameter budget")
     overrides.add_argument("--space-dir", type=Path, help="folder with <stage>.yaml search spaces")
+    overrides.add_argument("--precision", choices=PRECISIONS,
+                           help="auto (the default): bf16 autocast where the device has native bf16 (CUDA with bf16, "
+                                "CPUs with AVX512-BF16 or AMX), else fp32")
     return p
 
 
@@ -73,7 +76,7 @@ def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings
                               student_epochs=args.student_epochs,
                               batch_size=args.batch_size, max_length=args.max_length,
                               train_sentences=args.train_sentences, eval_sentences=args.eval_sentences,
-                              max_params=args.max_params, space_dir=args.space_dir)
+                              max_params=args.max_params, space_dir=args.space_dir, precision=args.precision)
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if cuda_available else 0.0)
     stages = STAGES if args.stage == "all" else (args.stage,)
     return RunSettings(stages=stages, trials=args.trials, profile=profile, data=args.data, split=args.split,

@@ -110,23 +110,43 @@ def stop_ray() -> None:
 
 def _trial(config: dict, stage: str, task, inputs, settings: TrainSettings, use_gpu: bool) -> None:
     """The Tune trainable: run one stage config and report each epoch; checkpoint only an epoch that beats the
-    trial's best so far, so the one checkpoint kept per trial is both its best model and where it resumes."""
+    trial's best so far, so the one checkpoint kept per trial is both its best model and where it resumes.
+
+    Besides the stage's metrics, each report carries where the trial's time outside training and evaluation
+    went: ``setup_seconds`` (first epoch: building the model and optimizer, restoring a checkpoint),
+    ``checkpoint_seconds`` (writing this epoch's checkpoint) and ``report_seconds`` (the previous report, which
+    hands the checkpoint to Tune's storage)."""
+    entered = time.perf_counter()
     settings = dataclasses.replace(settings, device=select_device(use_gpu))
     checkpoint = tune.get_checkpoint()
     best = checkpoint.get_metadata().get(METRIC, -math.inf) if checkpoint else -math.inf
     node_id = ray.get_runtime_context().get_node_id()
+    timings = {"report_seconds": 0.0}
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume:
         for result in TRAIN[stage](config, task, inputs, settings, Path(resume) if resume else None):
-            metrics = dict(result.metrics, node_id=node_id)
+            metrics = dict(result.metrics, node_id=node_id, checkpoint_seconds=0.0, **timings)
+            if entered is not None:  # the first epoch this process ran, fresh or resumed
+                metrics["setup_seconds"] = (time.perf_counter() - entered - metrics["train_seconds"]
+                                            - metrics["eval_seconds"])
+                entered = None
             if metrics[METRIC] <= best:
-                tune.report(metrics)
+                _report(metrics, None, timings)
                 continue
             best = metrics[METRIC]
             with tempfile.TemporaryDirectory() as folder:
+                started = time.perf_counter()
                 save_checkpoint(Path(folder), result)
                 saved = tune.Checkpoint.from_directory(folder)
                 saved.set_metadata({METRIC: best})
-                tune.report(metrics, checkpoint=saved)
+                metrics["checkpoint_seconds"] = time.perf_counter() - started
+                _report(metrics, saved, timings)
+
+
+def _report(metrics: dict, checkpoint, timings: dict) -> None:
+    """``tune.report``, timed: Tune copies the checkpoint into the trial's folder before it returns."""
+    started = time.perf_counter()
+    tune.report(metrics, checkpoint=checkpoint)
+    timings["report_seconds"] = time.perf_counter() - started
 
 
 def trial_id(result) -> str:

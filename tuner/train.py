@@ -70,7 +70,8 @@ def retrain(stage: str, entry: dict, results_dir: Path, output: Path, data: str 
             save_model(result.model, output, tokenizer)
     model = load_model(output)
     device = select_device()
-    test = evaluate(model.to(device), task.test, task.labels, profile.eval_batch_size, task.pad_token_id, device)
+    test = evaluate(model.to(device), task.test, task.labels, profile.eval_batch_size, task.pad_token_id, device,
+                    profile.precision)
     return {"val_f1": best[METRIC], "epoch": best["epoch"], "test_f1": test["f1"], "output": str(output)}
 
 

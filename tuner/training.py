@@ -36,10 +36,23 @@ def select_device(use_gpu: bool = True) -> str:
     return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
 
 
-def autocast(device: str):
-    """bf16 autocast on GPUs that support it; full precision elsewhere."""
-    if device == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def native_bf16(device: str) -> bool:
+    """Whether ``device`` multiplies bf16 in hardware: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX
+    (elsewhere bf16 is emulated and slower than float32)."""
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+def uses_bf16(device: str, precision: str = "auto") -> bool:
+    return precision == "bf16" or (precision == "auto" and native_bf16(device))
+
+
+def autocast(device: str, precision: str = "auto"):
+    """bf16 autocast (matmuls in bf16, weights and reductions in float32) per ``precision``: auto picks it where
+    the device has native bf16; fp32 never."""
+    if uses_bf16(device, precision):
+        return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
@@ -78,13 +91,13 @@ def build_scheduler(optimizer, warmup_ratio: float, total_steps: int):
 
 @torch.no_grad()
 def predict_tags(model: nn.Module, data: Encoded, labels: list[str], batch_size: int, pad_token_id: int,
-                 device: str) -> list[list[str]]:
+                 device: str, precision: str = "auto") -> list[list[str]]:
     """Word-level predictions: the first sub-token's label per word; words cut by truncation are ``O``."""
     model.eval()
     predicted = [None] * len(data)
     for indices in sorted_batches(data.lengths(), batch_size):
         batch = collate(data, indices, pad_token_id, device)
-        with autocast(device):
+        with autocast(device, precision):
             logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         best = logits.argmax(-1).cpu()
         for row, i in enumerate(indices):
@@ -96,8 +109,8 @@ def predict_tags(model: nn.Module, data: Encoded, labels: list[str], batch_size:
 
 
 def evaluate(model: nn.Module, data: Encoded, labels: list[str], batch_size: int, pad_token_id: int,
-             device: str) -> dict:
-    predicted = predict_tags(model, data, labels, batch_size, pad_token_id, device)
+             device: str, precision: str = "auto") -> dict:
+    predicted = predict_tags(model, data, labels, batch_size, pad_token_id, device, precision)
     return entity_scores(data.word_tags, predicted)
 
 
@@ -138,7 +151,7 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
         started, losses, tokens = time.perf_counter(), [], 0
         for step, indices in enumerate(length_grouped_batches(lengths, settings.batch_size, settings.seed + epoch)):
             batch = collate(data.train, indices, data.pad_token_id, device)
-            with autocast(device):
+            with autocast(device, settings.precision):
                 loss = loss_fn(model, batch, indices)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}: "
@@ -152,10 +165,12 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
             tokens += int(batch["attention_mask"].sum())
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        scores = evaluate(model, data.validation, data.labels, settings.eval_batch_size, data.pad_token_id, device)
+        scores = evaluate(model, data.validation, data.labels, settings.eval_batch_size, data.pad_token_id, device,
+                          settings.precision)
         metrics = {"val_f1": scores["f1"], "val_precision": scores["precision"], "val_recall": scores["recall"],
                    "train_loss": sum(losses) / len(losses), "epoch": epoch + 1, "train_seconds": train_seconds,
-                   "eval_seconds": time.perf_counter() - started, "train_tokens_per_second": tokens / train_seconds}
+                   "eval_seconds": time.perf_counter() - started, "train_tokens_per_second": tokens / train_seconds,
+                   "bf16": uses_bf16(device, settings.precision)}
         log.info("epoch %d: %s", epoch + 1, metrics)
         yield EpochResult(epoch, metrics, model, optimizer, scheduler)
 
