@@ -454,7 +454,7 @@ def report(args, repeats: list, started: str, load_before: str, seconds: float) 
              *machine_lines(),
              f"- load average (1, 5, 15 min) before: {load_before}; after: {load_average()} "
              "(a loaded machine slows every number)",
-             f"- seeds: repeat r runs with seed r - 1 on both sides (the seeded subsample, the classifier head, "
+             "- seeds: repeat r runs with seed r - 1 on both sides (the seeded subsample, the classifier head, "
              "the data order, dropout), so an F1 median is a median over seeds",
              f"- data: {args.data}, report split: {args.train_sentences} train and {args.eval_sentences} "
              f"validation sentences; packaged MiniLM-L6-H384; {args.epochs} epoch(s), {args.trials} trials, "

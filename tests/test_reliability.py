@@ -110,10 +110,11 @@ def test_same_seed_same_configs_and_scores(pipeline_run, tmp_path, conll_dir):
     assert trials(results) == trials(first)
     # every report says where the trial's time outside training and evaluation went (bench section 4 reads these)
     for reports in trial_results(results / "teacher" / "search").values():
-        first = reports[0]
-        assert first["setup_seconds"] > 0 and all("setup_seconds" not in r for r in reports[1:])
-        assert first["checkpoint_seconds"] > 0  # the first epoch is always the trial's best so far
-        assert first["train_seconds"] + first["eval_seconds"] + first["setup_seconds"] <= first["time_this_iter_s"]
+        opening = reports[0]
+        assert opening["setup_seconds"] > 0 and all("setup_seconds" not in r for r in reports[1:])
+        assert opening["checkpoint_seconds"] > 0  # the first epoch is always the trial's best so far
+        assert opening["train_seconds"] + opening["eval_seconds"] + opening["setup_seconds"] <= \
+            opening["time_this_iter_s"]
         assert all(r["report_seconds"] >= 0 and r["checkpoint_seconds"] >= 0 for r in reports)
     assert yaml.safe_load((results / "best_configs.yaml").read_text())["teacher"]["val_f1"] == \
         yaml.safe_load((first / "best_configs.yaml").read_text())["teacher"]["val_f1"]
