@@ -49,7 +49,8 @@ def main(argv=None) -> int:
     try:
         command = [sys.executable, "-m", "tuner.run", "--stage", "teacher", "--trials", str(args.trials),
                    "--profile", args.profile, "--data", args.data, "--results-dir", str(args.results_dir.resolve()),
-                   "--address", cluster.address, "--cpus-per-trial", "1", "--overwrite", "--quiet"]
+                   "--address", cluster.address, "--cpus-per-trial", "1", "--overwrite", "--quiet",
+                   "--process-per-trial"]  # reused processes would run these seconds-long trials all in the first
         print("running:", " ".join(command), flush=True)
         proc = subprocess.run(command, cwd=ROOT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     finally:

@@ -109,6 +109,7 @@ class RunSettings:
     dashboard_host: str = "127.0.0.1"
     keep_dashboard: bool = False
     max_failures: int = 0
+    process_per_trial: bool = False  # True: Ray's default, a fresh worker process per trial
 
     def __post_init__(self):
         problems = []

@@ -276,6 +276,7 @@ def run(settings: RunSettings, echo=print) -> dict:
             outcome = search.search(stage, spaces[stage], task, inputs, trial_settings, trials=settings.trials,
                                     seed=settings.seed, results_dir=Path(settings.results_dir), cpus_per_trial=cpus,
                                     gpus_per_trial=settings.gpus_per_trial, max_failures=settings.max_failures,
+                                    reuse_actors=not settings.process_per_trial,
                                     resume=resume, quiet=settings.quiet)
             records[stage] = save_best(stage, settings, outcome, task, tokenizer, spaces[stage])
             export.write_exports(Path(settings.results_dir))

@@ -55,6 +55,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the stage")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier search of the stage and start again")
     p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial")
+    p.add_argument("--process-per-trial", action="store_true",
+                   help="start every trial in a fresh worker process instead of reusing a finished trial's "
+                        "(isolates trials; costs the process start and model-code import per trial)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
     overrides = p.add_argument_group("profile overrides")
     overrides.add_argument("--epochs", type=positive_int)
@@ -83,7 +86,8 @@ def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings
                        seed=args.seed, results_dir=args.results_dir, cpus_per_trial=args.cpus_per_trial,
                        gpus_per_trial=gpus, address=args.address, teacher=args.teacher, resume=args.resume,
                        overwrite=args.overwrite, quiet=args.quiet, dashboard_host=args.dashboard_host,
-                       keep_dashboard=args.keep_dashboard, max_failures=args.max_failures)
+                       keep_dashboard=args.keep_dashboard, max_failures=args.max_failures,
+                       process_per_trial=args.process_per_trial)
 
 
 def main(argv=None) -> int:
