@@ -40,7 +40,7 @@ from bench.common import BATCH_SIZE, ROOT, OneLineParser, positive_int  # noqa: 
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"
 # The cpu profile's sizes (3,000 train and 500 validation sentences, 3 epochs, 4 trials): at these the F1s mean
-# something and ASHA has rungs to stop trials at. A repeat takes about 40 minutes on an idle 2-core machine.
+# something and ASHA has rungs to stop trials at. A repeat takes about 35 minutes on an idle 2-core machine.
 FULL = {"train_sentences": 3000, "eval_sentences": 500, "epochs": 3, "trials": 4, "repeats": 3, "lever_steps": 60}
 QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1, "lever_steps": 2}
 BENCH = Path(__file__).resolve().parent
@@ -177,7 +177,7 @@ def comparisons(index: int, args, work: Path) -> dict:
     return {"steps": steps, "teacher": search_record(results / "teacher", teacher_wall), "hf_search": hf_search,
             "student": search_record(results / "student", student_wall), "teacher_logits": logits,
             "online": online, "tuner_fit": tuner_fit, "tuner_fp32_fit": tuner_fp32, "hf_fit": hf_fit,
-            "matmul": matmul, "seed": args.seed}
+            "matmul": matmul}
 
 
 def sampled_configs(trials_csv: Path) -> list:

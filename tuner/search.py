@@ -121,16 +121,16 @@ def _trial(config: dict, stage: str, task, inputs, settings: TrainSettings, use_
     checkpoint = tune.get_checkpoint()
     best = checkpoint.get_metadata().get(METRIC, -math.inf) if checkpoint else -math.inf
     node_id = ray.get_runtime_context().get_node_id()
-    timings = {"report_seconds": 0.0}
+    report_seconds = 0.0  # the previous report's
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume:
         for result in TRAIN[stage](config, task, inputs, settings, Path(resume) if resume else None):
-            metrics = dict(result.metrics, node_id=node_id, checkpoint_seconds=0.0, **timings)
+            metrics = dict(result.metrics, node_id=node_id, checkpoint_seconds=0.0, report_seconds=report_seconds)
             if entered is not None:  # the first epoch this process ran, fresh or resumed
                 metrics["setup_seconds"] = (time.perf_counter() - entered - metrics["train_seconds"]
                                             - metrics["eval_seconds"])
                 entered = None
             if metrics[METRIC] <= best:
-                _report(metrics, None, timings)
+                report_seconds = _report(metrics, None)
                 continue
             best = metrics[METRIC]
             with tempfile.TemporaryDirectory() as folder:
@@ -139,14 +139,14 @@ def _trial(config: dict, stage: str, task, inputs, settings: TrainSettings, use_
                 saved = tune.Checkpoint.from_directory(folder)
                 saved.set_metadata({METRIC: best})
                 metrics["checkpoint_seconds"] = time.perf_counter() - started
-                _report(metrics, saved, timings)
+                report_seconds = _report(metrics, saved)
 
 
-def _report(metrics: dict, checkpoint, timings: dict) -> None:
-    """``tune.report``, timed: Tune copies the checkpoint into the trial's folder before it returns."""
+def _report(metrics: dict, checkpoint) -> float:
+    """``tune.report``, timed (Tune copies the checkpoint into the trial's folder before it returns)."""
     started = time.perf_counter()
     tune.report(metrics, checkpoint=checkpoint)
-    timings["report_seconds"] = time.perf_counter() - started
+    return time.perf_counter() - started
 
 
 def trial_id(result) -> str:

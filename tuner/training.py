@@ -48,6 +48,11 @@ def uses_bf16(device: str, precision: str = "auto") -> bool:
     return precision == "bf16" or (precision == "auto" and native_bf16(device))
 
 
+def resolved_precision(device: str, precision: str = "auto") -> str:
+    """``bf16`` or ``fp32`` for ``device``: resolve ``auto`` once per loop, not on every batch."""
+    return "bf16" if uses_bf16(device, precision) else "fp32"
+
+
 def autocast(device: str, precision: str = "auto"):
     """bf16 autocast (matmuls in bf16, weights and reductions in float32) per ``precision``: auto picks it where
     the device has native bf16; fp32 never."""
@@ -95,6 +100,7 @@ def predict_tags(model: nn.Module, data: Encoded, labels: list[str], batch_size:
     """Word-level predictions: the first sub-token's label per word; words cut by truncation are ``O``."""
     model.eval()
     predicted = [None] * len(data)
+    precision = resolved_precision(device, precision)
     for indices in sorted_batches(data.lengths(), batch_size):
         batch = collate(data, indices, pad_token_id, device)
         with autocast(device, precision):
@@ -144,6 +150,7 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
     steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
     scheduler = build_scheduler(optimizer, hparams["warmup_ratio"], steps_per_epoch * settings.epochs)
     first_epoch = 0 if resume is None else load_checkpoint(resume, model, optimizer, scheduler) + 1
+    precision = resolved_precision(device, settings.precision)
     lengths = data.train.lengths()
     for epoch in range(first_epoch, settings.epochs):
         set_seed(settings.seed + epoch)  # dropout draws per epoch: a resumed trial repeats an uninterrupted one
@@ -151,7 +158,7 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
         started, losses, tokens = time.perf_counter(), [], 0
         for step, indices in enumerate(length_grouped_batches(lengths, settings.batch_size, settings.seed + epoch)):
             batch = collate(data.train, indices, data.pad_token_id, device)
-            with autocast(device, settings.precision):
+            with autocast(device, precision):
                 loss = loss_fn(model, batch, indices)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}: "
@@ -166,11 +173,11 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
         scores = evaluate(model, data.validation, data.labels, settings.eval_batch_size, data.pad_token_id, device,
-                          settings.precision)
+                          precision)
         metrics = {"val_f1": scores["f1"], "val_precision": scores["precision"], "val_recall": scores["recall"],
                    "train_loss": sum(losses) / len(losses), "epoch": epoch + 1, "train_seconds": train_seconds,
                    "eval_seconds": time.perf_counter() - started, "train_tokens_per_second": tokens / train_seconds,
-                   "bf16": uses_bf16(device, settings.precision)}
+                   "bf16": precision == "bf16"}
         log.info("epoch %d: %s", epoch + 1, metrics)
         yield EpochResult(epoch, metrics, model, optimizer, scheduler)
 
