@@ -366,8 +366,9 @@ def comparison_sections(repeats: list, epochs: int) -> list:
         ["HF Trainer training step (float32)", cell(column(n, "hf_gflops"), ".2f"), cell(column(n, "hf_fraction"), ".1%")]])
     return [
         ("1. Teacher search", "`python -m tuner.run --stage teacher` (Optuna TPE + ASHA, a checkpoint per epoch) "
-         "vs `Trainer.hyperparameter_search(backend=\"ray\")` (FIFO, the HF NER recipe: first-sub-token labels, "
-         "DataCollatorForTokenClassification, seqeval F1, evaluation each epoch). The peer trains the configs "
+         "vs `Trainer.hyperparameter_search(backend=\"ray\")` (FIFO, the HF NER recipe: first-sub-token labels "
+         "as tuner's default, random batches, DataCollatorForTokenClassification, seqeval F1, evaluation each "
+         "epoch). The peer trains the configs "
          "tuner's TPE sampled (Ray's BasicVariantGenerator with them as points_to_evaluate), so both sides train "
          "the same configs and differ only in the engine: training loop, and ASHA stopping trials early. "
          "F1: best over all trials and epochs; ratio: HF / tuner; difference: HF minus tuner.", teacher),

@@ -87,6 +87,15 @@ def test_alignment_by_hand_three_subtokens(tokenizer):
     assert word_starts([None, 0, 1, 1, 3, None]) == [1, 2, NO_TOKEN, 4]
 
 
+def test_label_subtokens_flag_picks_the_alignment():
+    from tuner.run import parser, settings_from
+
+    default = settings_from(parser().parse_args(["--stage", "teacher"]), cuda_available=False)
+    assert default.profile.label_all_subtokens is False  # first sub-token only, the HF recipe
+    report = settings_from(parser().parse_args(["--stage", "teacher", "--label-subtokens", "all"]), cuda_available=False)
+    assert report.profile.label_all_subtokens is True
+
+
 def test_alignment_with_truncation(tokenizer):
     sentence = Sentence(("EU", "rejects", "Schwarzenegger", "Kirchhoff"), ("B-ORG", "O", "B-PER", "I-PER"))
     encoded = encode([sentence], tokenizer, list(CONLL_LABELS), max_length=5, label_all_subtokens=True)

@@ -71,6 +71,9 @@ def parser() -> argparse.ArgumentParser:
     overrides.add_argument("--precision", choices=PRECISIONS,
                            help="auto (the default): bf16 autocast where the device has native bf16 (CUDA with bf16, "
                                 "CPUs with AVX512-BF16 or AMX), else fp32")
+    overrides.add_argument("--label-subtokens", choices=("first", "all"),
+                           help="which sub-tokens of a word carry its label in training: first (the default, the "
+                                "HF recipe) or all (continuations get the word's I- label, the report's alignment)")
     return p
 
 
@@ -79,7 +82,8 @@ def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings
                               student_epochs=args.student_epochs,
                               batch_size=args.batch_size, max_length=args.max_length,
                               train_sentences=args.train_sentences, eval_sentences=args.eval_sentences,
-                              max_params=args.max_params, space_dir=args.space_dir, precision=args.precision)
+                              max_params=args.max_params, space_dir=args.space_dir, precision=args.precision,
+                              label_all_subtokens=None if args.label_subtokens is None else args.label_subtokens == "all")
     gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if cuda_available else 0.0)
     stages = STAGES if args.stage == "all" else (args.stage,)
     return RunSettings(stages=stages, trials=args.trials, profile=profile, data=args.data, split=args.split,
