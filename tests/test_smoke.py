@@ -73,7 +73,8 @@ def test_existing_search_is_not_overwritten(pipeline_run, conll_dir):
 
 
 @pytest.mark.parametrize("flag, value, key", [("--trials", 3, "trials"), ("--epochs", 3, "profile.epochs"),
-                                             ("--seed", 1, "seed")])
+                                             ("--seed", 1, "seed"),
+                                             ("--label-subtokens", "all", "profile.label_all_subtokens")])
 def test_resume_with_other_flags_is_refused(pipeline_run, conll_dir, flag, value, key):
     results, _ = pipeline_run
     before = snapshot(results)
@@ -83,6 +84,7 @@ def test_resume_with_other_flags_is_refused(pipeline_run, conll_dir, flag, value
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
     assert f"search_settings.yaml has {key} " in proc.stderr
+    assert f"(set by {flag})" in proc.stderr  # the flag to fix, not only the recorded key
     assert snapshot(results) == before
 
 

@@ -88,8 +88,21 @@ def check_resumable(stage: str, settings: RunSettings, space) -> None:
     for key, value in flatten(search_settings(stage, settings, space)).items():
         before = first.get(key)
         if before != value:
-            raise TunerError(f"--resume: {record_file} has {key} {before!r}, this run {value!r}: resume with the "
-                             f"flags the search started with, or pass --overwrite to start again")
+            raise TunerError(f"--resume: {record_file} has {key} {before!r}, this run {value!r}{flag_hint(key)}: "
+                             f"resume with the flags the search started with, or pass --overwrite to start again")
+
+
+FLAGS_BY_KEY = {"profile.name": "--profile", "profile.label_all_subtokens": "--label-subtokens",
+                "search_space_sha256": "the search space file", "split": "--split", "data": "--data"}
+
+
+def flag_hint(key: str) -> str:
+    """`` (set by --flag)`` for a search_settings key that a CLI flag sets, else nothing."""
+    from tuner.run import parser
+
+    flag = FLAGS_BY_KEY.get(key) or "--" + key.removeprefix("profile.").replace("_", "-")
+    known = flag.startswith("the ") or flag in parser()._option_string_actions
+    return f" (set by {flag})" if known else ""
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
