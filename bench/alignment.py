@@ -17,6 +17,7 @@ The table is written to results/alignment.md (results/alignment-quick.md with --
 from __future__ import annotations
 
 import contextlib
+import functools
 import random
 import statistics
 import sys
@@ -26,9 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, OneLineParser, positive_int  # noqa: E402
+from bench.common import DEFAULT_DATA, ROOT, OneLineParser, positive_int, require_conll  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"
 HPARAMS = {"learning_rate": 5.1e-5, "weight_decay": 0.07, "warmup_ratio": 0.12}  # near the searches' best teacher
 VARIANTS = [("first", "grouped"), ("all", "grouped"), ("first", "random"), ("all", "random")]  # tuner's default first
 LABELS = {"first": "first sub-token only (HF recipe)", "all": "every sub-token (the report's)"}
@@ -56,16 +56,26 @@ def batch_order(name: str):
         training.length_grouped_batches = grouped
 
 
-def train_variant(args, seed: int, labels: str, batches: str) -> dict:
-    from tuner.config import RunSettings, resolve_profile, train_settings
-    from tuner.models import initial_token_classifier, load_tokenizer
+@functools.cache
+def encoded_task(profile_name: str, data: Path, seed: int, labels: str) -> tuple:
+    """The profile, its tokenizer and the seeded sentences encoded with ``labels``: once per (seed, labels), as
+    both batch orders train on the same task."""
+    from tuner.config import RunSettings, resolve_profile
+    from tuner.models import load_tokenizer
     from tuner.pipeline import build_task
+
+    profile = resolve_profile(profile_name, False, label_all_subtokens=labels == "all")
+    settings = RunSettings(stages=("teacher",), trials=1, profile=profile, data=str(data), seed=seed)
+    tokenizer = load_tokenizer(profile.model)
+    return profile, tokenizer, build_task(settings, tokenizer, None)
+
+
+def train_variant(args, seed: int, labels: str, batches: str) -> dict:
+    from tuner.config import train_settings
+    from tuner.models import initial_token_classifier
     from tuner.training import fit
 
-    profile = resolve_profile(args.profile, False, label_all_subtokens=labels == "all")
-    settings = RunSettings(stages=("teacher",), trials=1, profile=profile, data=str(args.data), seed=seed)
-    tokenizer = load_tokenizer(profile.model)
-    task = build_task(settings, tokenizer, None)
+    profile, tokenizer, task = encoded_task(args.profile, args.data, seed, labels)
     model = initial_token_classifier(profile.model, task.labels, seed, len(tokenizer))
     started, scores = time.perf_counter(), []
     with batch_order(batches):
@@ -106,8 +116,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, help="report file (default results/alignment.md, "
                                                     "results/alignment-quick.md with --quick)")
     args = parser.parse_args(argv)
-    if not (args.data / "train.txt").is_file():
-        parser.error(f"--data {args.data}: no train.txt there")
+    require_conll(parser, args.data)
     if len(set(args.seeds)) != len(args.seeds):
         parser.error(f"--seeds {' '.join(map(str, args.seeds))}: a seed given twice")
     args.profile = "smoke" if args.quick else "cpu"

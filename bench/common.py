@@ -22,6 +22,7 @@ from tuner.run import OneLineParser, positive_int  # noqa: E402
 BATCH_SIZE = 16
 SEED = 0  # of the first repeat; repeat r runs with seed r on both sides (split, head, data order, dropout)
 SPLIT = "report"
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"  # the shared CoNLL-2003 folder beside the checkout
 
 
 def size_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +33,12 @@ def size_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=positive_int, required=True)
     parser.add_argument("--seed", type=int, default=SEED, help="the split, the head, the data order and dropout")
     parser.add_argument("--out", type=Path, required=True, help="JSON file the measurement is written to")
+
+
+def require_conll(parser: argparse.ArgumentParser, folder: Path) -> None:
+    """Refuse a --data folder without train.txt with the parser's one-line error, before any work starts."""
+    if not (folder / "train.txt").is_file():
+        parser.error(f"--data {folder}: no train.txt there")
 
 
 def command_parser(prog: str, doc: str, commands: dict) -> argparse.ArgumentParser:

@@ -36,9 +36,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BATCH_SIZE, ROOT, OneLineParser, positive_int  # noqa: E402
+from bench.common import BATCH_SIZE, DEFAULT_DATA, ROOT, OneLineParser, positive_int, require_conll  # noqa: E402
 
-DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"
 # The cpu profile's sizes (3,000 train and 500 validation sentences, 3 epochs, 4 trials): at these the F1s mean
 # something and ASHA has rungs to stop trials at. A repeat takes about 35 minutes on an idle 2-core machine.
 FULL = {"train_sentences": 3000, "eval_sentences": 500, "epochs": 3, "trials": 4, "repeats": 3, "lever_steps": 60}
@@ -489,8 +488,7 @@ def parse_args(argv: list) -> argparse.Namespace:
             setattr(args, key, value)
     if args.output is None:
         args.output = ROOT / "results" / ("benchmarks-quick.md" if args.quick else "benchmarks.md")
-    if not (args.data / "train.txt").is_file():
-        parser.error(f"--data {args.data}: no train.txt there")
+    require_conll(parser, args.data)
     args.data = args.data.resolve()
     args.argv = argv
     return args

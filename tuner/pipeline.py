@@ -93,16 +93,18 @@ def check_resumable(stage: str, settings: RunSettings, space) -> None:
 
 
 FLAGS_BY_KEY = {"profile.name": "--profile", "profile.label_all_subtokens": "--label-subtokens",
-                "search_space_sha256": "the search space file", "split": "--split", "data": "--data"}
+                "search_space_sha256": "the search space file"}  # the rest: --<key, dashed> where that flag exists
 
 
 def flag_hint(key: str) -> str:
     """`` (set by --flag)`` for a search_settings key that a CLI flag sets, else nothing."""
     from tuner.run import parser
 
-    flag = FLAGS_BY_KEY.get(key) or "--" + key.removeprefix("profile.").replace("_", "-")
-    known = flag.startswith("the ") or flag in parser()._option_string_actions
-    return f" (set by {flag})" if known else ""
+    flag = FLAGS_BY_KEY.get(key)
+    if flag is None:
+        dashed = "--" + key.removeprefix("profile.").replace("_", "-")
+        flag = dashed if dashed in parser()._option_string_actions else None
+    return f" (set by {flag})" if flag else ""
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
