@@ -114,12 +114,22 @@ def measure_together(script: str, command: str, args, work: Path, copies: int, *
             "process_wall_seconds": time.perf_counter() - started}
 
 
+SUMMED = ("time_this_iter_s", "train_seconds", "eval_seconds", "checkpoint_seconds", "report_seconds")
+
+
 def trial_epochs(search_dir: Path) -> list:
-    """Per trial, its per-epoch result lines from Ray's result.json."""
+    """Per trial, one result line per epoch from Ray's result.json: a rung epoch's second report (``rereport``,
+    which carries its checkpoint) is folded into the first, its seconds added."""
     trials = []
     for path in sorted(search_dir.glob("*/result.json")):
-        lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        trials.append([line for line in lines if "train_seconds" in line])
+        epochs = []
+        for line in (json.loads(text) for text in path.read_text().splitlines() if text.strip()):
+            if line.get("rereport") and epochs:
+                first = epochs.pop()
+                line = {**first, **line, **{key: first.get(key, 0.0) + line.get(key, 0.0) for key in SUMMED}}
+            if "train_seconds" in line:
+                epochs.append(line)
+        trials.append(epochs)
     return [t for t in trials if t]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -74,7 +75,9 @@ def test_checkpoint_resume_repeats_an_uninterrupted_run(tokenizer, tmp_path):
     from tuner.config import TrainSettings
     from tuner.data import CONLL_LABELS, Sentence, TaskData, encode
     from tuner.models import ModelState, initial_token_classifier, model_from_state
-    from tuner.training import fit, save_checkpoint
+    from tuner.errors import TunerError
+    from tuner.models import WEIGHTS_FILE
+    from tuner.training import OPTIMIZER_FILE, fit, save_checkpoint
 
     labels = list(CONLL_LABELS)
     sentences = [Sentence(("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O")),
@@ -95,6 +98,14 @@ def test_checkpoint_resume_repeats_an_uninterrupted_run(tokenizer, tmp_path):
     assert resumed.metrics["train_loss"] == straight[1]
     for name, value in resumed.model.state_dict().items():
         assert torch.equal(value, straight_weights[name]), name
+
+    # a last epoch's checkpoint leaves AdamW's moments out: it ends a trial, and cannot continue one
+    final = tmp_path / "final"
+    save_checkpoint(final, results[-1], optimizer=False)
+    assert not (final / OPTIMIZER_FILE).exists() and (final / WEIGHTS_FILE).is_file()
+    assert list(fit(model_from_state(state), hparams, task, settings, resume=final)) == []
+    with pytest.raises(TunerError, match="no optimizer state"):
+        next(fit(model_from_state(state), hparams, task, dataclasses.replace(settings, epochs=3), resume=final))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])

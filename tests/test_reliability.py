@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import ROOT, run_cli, write
+from tuner.search import rung_epochs
 
 
 def trial_results(experiment: Path) -> dict:
@@ -38,11 +39,12 @@ def test_resume_after_sigkill(tmp_path, conll_dir):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     experiment = results / "teacher" / "search"
     deadline = time.time() + 300
-    # kill once a trial has finished and the next has reported an epoch (and so checkpointed) but not finished
+    # kill once a trial has finished and the next has checkpointed an epoch but not finished
     while time.time() < deadline:
         reports = trial_results(experiment) if experiment.is_dir() else {}
         done = [t for t, r in reports.items() if r and r[-1].get("done")]
-        partial = [t for t, r in reports.items() if r and not r[-1].get("done") and len(r) < 4]
+        partial = [t for t, r in reports.items()
+                   if r and not r[-1].get("done") and r[-1]["epoch"] < 4 and any(x["checkpointed"] for x in r)]
         if done and partial:
             break
         time.sleep(0.2)
@@ -112,12 +114,50 @@ def test_same_seed_same_configs_and_scores(pipeline_run, tmp_path, conll_dir):
     for reports in trial_results(results / "teacher" / "search").values():
         opening = reports[0]
         assert opening["setup_seconds"] > 0 and all("setup_seconds" not in r for r in reports[1:])
-        assert opening["checkpoint_seconds"] > 0  # the first epoch is always the trial's best so far
+        assert reports[0]["checkpointed"] or reports[0]["epoch"] in rung_epochs(2)  # else the best so far
+        assert all(r["checkpoint_seconds"] > 0 for r in reports if r["checkpointed"])
         assert opening["train_seconds"] + opening["eval_seconds"] + opening["setup_seconds"] <= \
             opening["time_this_iter_s"]
         assert all(r["report_seconds"] >= 0 and r["checkpoint_seconds"] >= 0 for r in reports)
     assert yaml.safe_load((results / "best_configs.yaml").read_text())["teacher"]["val_f1"] == \
         yaml.safe_load((first / "best_configs.yaml").read_text())["teacher"]["val_f1"]
+
+
+def test_checkpoints_only_where_a_trial_goes_on(tmp_path, conll_dir):
+    """A rung's epoch is checkpointed only once ASHA keeps the trial (a second report of that epoch), and a last
+    epoch's checkpoint leaves out the optimizer: what survives is what the best model and a resume need."""
+    from safetensors.torch import load_file
+
+    from tuner.training import OPTIMIZER_FILE, STATE_FILE
+
+    results = tmp_path / "results"
+    proc = run_cli("--stage", "teacher", "--trials", 4, "--profile", "smoke", "--epochs", 3, "--data", conll_dir,
+                   "--results-dir", results)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rungs = rung_epochs(3)
+    assert rungs == {1, 2}
+    stopped = 0
+    for trial, reports in trial_results(results / "teacher" / "search").items():
+        folder = results / "teacher" / "search" / trial
+        for before, report in zip(reports, reports[1:]):
+            if report["rereport"]:  # the checkpoint of the epoch just reported, with its scores again
+                assert before["epoch"] == report["epoch"] in rungs and not before["checkpointed"]
+                assert report["checkpointed"] and report["val_f1"] == before["val_f1"]
+                assert report["train_seconds"] == report["eval_seconds"] == 0.0
+        last = reports[-1]
+        if last["epoch"] in rungs and not last["checkpointed"] and last["epoch"] < 3:
+            stopped += 1  # ASHA stopped it at a rung: that epoch left no checkpoint
+        kept = list(folder.glob("checkpoint_*"))
+        checkpointed = [r["epoch"] for r in reports if r["checkpointed"]]
+        assert len(kept) == (1 if checkpointed else 0), trial
+        for checkpoint in kept:
+            epoch = json.loads((checkpoint / STATE_FILE).read_text())["epoch"] + 1
+            assert epoch == checkpointed[-1]  # only a trial's best-so-far epoch is checkpointed: the last is its best
+            assert (checkpoint / OPTIMIZER_FILE).is_file() == (epoch < 3)
+            if epoch < 3:
+                assert load_file(str(checkpoint / OPTIMIZER_FILE))
+    assert stopped, "no trial was stopped at a rung: the test did not exercise the probe report"
+    assert (results / "teacher" / "best" / "model.safetensors").is_file()
 
 
 def test_search_over_two_node_loopback_cluster(tmp_path, conll_dir):

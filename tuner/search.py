@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT = "search"  # results/<stage>/search holds Ray's experiment folder
 AUTH_TOKEN = Path.home() / ".ray" / "auth_token"
+REDUCTION_FACTOR = 2  # ASHA keeps the top half of the trials at each rung
 
 
 def optuna_distributions(space: SearchSpace) -> dict:
@@ -112,19 +113,28 @@ def _trial(config: dict, stage: str, task, inputs, settings: TrainSettings, use_
     """The Tune trainable: run one stage config and report each epoch; checkpoint only an epoch that beats the
     trial's best so far, so the one checkpoint kept per trial is both its best model and where it resumes.
 
+    At an ASHA rung the epoch is reported first without a checkpoint. ``tune.report`` returns only once the
+    scheduler lets the trial go on; the checkpoint then follows in a second report of the same epoch (its scores
+    again, ``rereport: true``, training and evaluation seconds 0). A trial ASHA stops writes no checkpoint for
+    its last epoch, which cannot be the search's best: ASHA stops only a score below the rung's cutoff, and the
+    search's best is above every score recorded there. A trial's last epoch is checkpointed without AdamW's
+    moments, since nothing continues from it: a third of the bytes.
+
     Besides the stage's metrics, each report carries where the trial's time outside training and evaluation
     went: ``setup_seconds`` (first epoch: building the model and optimizer, restoring a checkpoint),
     ``checkpoint_seconds`` (writing this epoch's checkpoint) and ``report_seconds`` (the previous report, which
-    hands the checkpoint to Tune's storage)."""
+    hands any checkpoint to Tune's storage), and whether it carries a checkpoint (``checkpointed``)."""
     entered = time.perf_counter()
     settings = dataclasses.replace(settings, device=select_device(use_gpu))
+    rungs = rung_epochs(settings.epochs)
     checkpoint = tune.get_checkpoint()
     best = checkpoint.get_metadata().get(METRIC, -math.inf) if checkpoint else -math.inf
     node_id = ray.get_runtime_context().get_node_id()
     report_seconds = 0.0  # the previous report's
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume:
         for result in TRAIN[stage](config, task, inputs, settings, Path(resume) if resume else None):
-            metrics = dict(result.metrics, node_id=node_id, checkpoint_seconds=0.0, report_seconds=report_seconds)
+            metrics = dict(result.metrics, node_id=node_id, checkpoint_seconds=0.0, report_seconds=report_seconds,
+                           checkpointed=False, rereport=False)
             if entered is not None:  # the first epoch this process ran, fresh or resumed
                 metrics["setup_seconds"] = (time.perf_counter() - entered - metrics["train_seconds"]
                                             - metrics["eval_seconds"])
@@ -133,12 +143,18 @@ def _trial(config: dict, stage: str, task, inputs, settings: TrainSettings, use_
                 report_seconds = _report(metrics, None)
                 continue
             best = metrics[METRIC]
+            last = result.epoch + 1 >= settings.epochs
+            if result.epoch + 1 in rungs and not last:  # returns only if ASHA keeps the trial
+                report_seconds = _report(metrics, None)
+                metrics = dict(metrics, train_seconds=0.0, eval_seconds=0.0, report_seconds=report_seconds,
+                               rereport=True)
+                metrics.pop("setup_seconds", None)
             with tempfile.TemporaryDirectory() as folder:
                 started = time.perf_counter()
-                save_checkpoint(Path(folder), result)
+                save_checkpoint(Path(folder), result, optimizer=not last)
                 saved = tune.Checkpoint.from_directory(folder)
                 saved.set_metadata({METRIC: best})
-                metrics["checkpoint_seconds"] = time.perf_counter() - started
+                metrics.update(checkpoint_seconds=time.perf_counter() - started, checkpointed=True)
                 report_seconds = _report(metrics, saved)
 
 
@@ -190,6 +206,16 @@ def grace_period(epochs: int) -> int:
     return max(1, math.ceil(epochs / 4))
 
 
+def rung_epochs(epochs: int) -> set[int]:
+    """The epochs below the budget at which ASHA may stop a trial: the grace period times powers of
+    REDUCTION_FACTOR (3 and 6 of 10 epochs, 1 and 2 of 3)."""
+    rungs, epoch = set(), grace_period(epochs)
+    while epoch < epochs:
+        rungs.add(epoch)
+        epoch *= REDUCTION_FACTOR
+    return rungs
+
+
 def reset_study(results_dir: Path, stage: str) -> None:
     """Drop a stage's previous Optuna study so a fresh search starts a fresh study."""
     if not (results_dir / "optuna.db").exists():
@@ -217,8 +243,9 @@ def search(stage: str, space: SearchSpace, task, inputs, settings: TrainSettings
         searcher = OptunaSearch(optuna_distributions(space), metric=METRIC, mode=MODE,
                                 sampler=optuna.samplers.TPESampler(seed=seed), study_name=stage,
                                 storage=_storage(results_dir))
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=settings.epochs,
-                                  grace_period=grace_period(settings.epochs), reduction_factor=2)
+        # time_attr "epoch", not training_iteration: a rung's epoch can be reported twice (see _trial)
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=settings.epochs, grace_period=grace_period(settings.epochs),
+                                  reduction_factor=REDUCTION_FACTOR)
         run_config = tune.RunConfig(
             name=EXPERIMENT, storage_path=str(stage_dir), verbose=0 if quiet else 1,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,

@@ -22,6 +22,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from tuner.config import IGNORE_INDEX, TrainSettings
 from tuner.data import NO_TOKEN, Encoded, length_grouped_batches, sorted_batches
+from tuner.errors import TunerError
 from tuner.metrics import entity_scores
 from tuner.models import WEIGHTS_FILE, save_model
 
@@ -150,6 +151,9 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
     steps_per_epoch = math.ceil(len(data.train) / settings.batch_size)
     scheduler = build_scheduler(optimizer, hparams["warmup_ratio"], steps_per_epoch * settings.epochs)
     first_epoch = 0 if resume is None else load_checkpoint(resume, model, optimizer, scheduler) + 1
+    if resume is not None and first_epoch < settings.epochs and not (Path(resume) / OPTIMIZER_FILE).is_file():
+        raise TunerError(f"{resume}: a last-epoch checkpoint holds no optimizer state, so it cannot continue "
+                         f"training to epoch {settings.epochs}")
     precision = resolved_precision(device, settings.precision)
     lengths = data.train.lengths()
     for epoch in range(first_epoch, settings.epochs):
@@ -182,14 +186,18 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
         yield EpochResult(epoch, metrics, model, optimizer, scheduler)
 
 
-def save_checkpoint(folder: Path, result: EpochResult) -> None:
-    """Model and optimizer tensors as safetensors, the rest as JSON: resumable without pickle."""
+def save_checkpoint(folder: Path, result: EpochResult, optimizer: bool = True) -> None:
+    """Model and optimizer tensors as safetensors, the rest as JSON: resumable without pickle.
+
+    ``optimizer=False`` leaves out AdamW's two moments (twice the model's size): for a trial's last epoch, which
+    nothing continues, the checkpoint is then a third of the size."""
     folder = Path(folder)
     save_model(result.model, folder)  # the same weights + config.json a best/ folder holds
     optimizer_state = result.optimizer.state_dict()
-    tensors = {f"{index}.{name}": value.detach().cpu().contiguous()
-               for index, state in optimizer_state["state"].items() for name, value in state.items()}
-    save_file(tensors, str(folder / OPTIMIZER_FILE))
+    if optimizer:
+        tensors = {f"{index}.{name}": value.detach().cpu().contiguous()
+                   for index, state in optimizer_state["state"].items() for name, value in state.items()}
+        save_file(tensors, str(folder / OPTIMIZER_FILE))
     scheduler_state = {k: v for k, v in result.scheduler.state_dict().items() if k != "lr_lambdas"}
     state = {"epoch": result.epoch, "metrics": result.metrics, "param_groups": optimizer_state["param_groups"],
              "scheduler": scheduler_state}
@@ -197,10 +205,13 @@ def save_checkpoint(folder: Path, result: EpochResult) -> None:
 
 
 def load_checkpoint(folder: Path, model: nn.Module, optimizer, scheduler) -> int:
-    """Restore what ``save_checkpoint`` wrote into live objects; returns the checkpoint's epoch (0-based)."""
+    """Restore what ``save_checkpoint`` wrote into live objects; returns the checkpoint's epoch (0-based).
+    Without an optimizer file (a last-epoch checkpoint) only the model is restored."""
     folder = Path(folder)
     model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
     state = json.loads((folder / STATE_FILE).read_text())
+    if not (folder / OPTIMIZER_FILE).is_file():
+        return state["epoch"]
     per_param: dict = {}
     for key, value in load_file(str(folder / OPTIMIZER_FILE)).items():
         index, name = key.split(".", 1)
