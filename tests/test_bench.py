@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from tests.conftest import ROOT, snapshot
 
@@ -19,8 +21,13 @@ def run_bench(*args, timeout=900):
 def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
     report = tmp_path / "bench.md"
     before = snapshot(ROOT / "results")
-    proc = run_bench("--quick", "--data", conll_dir, "--output", report)
+    proc = run_bench("--quick", "--data", conll_dir, "--output", report, "--keep")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    work = Path(re.search(r"work folder (\S+)", proc.stdout).group(1))
+    try:
+        student_epochs_table(work, conll_dir, tmp_path / "student-epochs.md")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     text = report.read_text()
     for title in ("1. Teacher search", "2. Student search vs online distillation", "3. Training throughput",
                   "4. tuner's overhead", "5. Against the machine", "6. Levers on the training step"):
@@ -37,6 +44,18 @@ def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
         assert re.search(rf"\| [^|]*{re.escape(lever)}[^|]* \| [0-9]+[^|]* \| [0-9.]+x[^|]* \|", text), lever
     assert "python bench/run_benchmarks.py --quick" in text
     assert snapshot(ROOT / "results") == before  # --output elsewhere: the committed report is untouched
+
+
+def student_epochs_table(work: Path, conll_dir, report: Path) -> None:
+    """bench/student_epochs.py on the quick benchmark's kept teacher: both sides again, one row per seed."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "bench/student_epochs.py", "--quick", "--work", work, "--data", conll_dir,
+                           "--output", report], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = report.read_text()
+    assert re.search(r"^\| 0 \| 0\.[0-9]{4} \| 0\.[0-9]{4} \| [+-][0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|$", text,
+                     re.MULTILINE), text
+    assert "seed 0, tuner:" in text and "seed 0, online:" in text
 
 
 def test_bad_flag_is_one_line_error():

@@ -160,6 +160,26 @@ def test_checkpoints_only_where_a_trial_goes_on(tmp_path, conll_dir):
     assert (results / "teacher" / "best" / "model.safetensors").is_file()
 
 
+def test_best_checkpoint_skips_a_score_reported_without_one():
+    """A trial that errored (or was interrupted) between a rung's report and the one carrying its checkpoint has
+    the top score but no checkpoint of it: the search's best is the best score that has a checkpoint."""
+    from types import SimpleNamespace
+
+    from tuner.errors import TunerError
+    from tuner.search import best_checkpoint
+
+    def trial(name, checkpoints):
+        return SimpleNamespace(config={"name": name}, best_checkpoints=[
+            (SimpleNamespace(path=f"/{name}/{f1}"), {"val_f1": f1}) for f1 in checkpoints])
+
+    cut_short = trial("cut short", [0.80])  # reported 0.90 at a rung, errored before its checkpoint
+    grid = [cut_short, trial("finished", [0.70, 0.85]), trial("stopped", []), trial("nan", [float("nan")])]
+    result, checkpoint, metrics = best_checkpoint(grid, "teacher", Path("/x"))
+    assert result.config["name"] == "finished" and checkpoint.path == "/finished/0.85" and metrics["val_f1"] == 0.85
+    with pytest.raises(TunerError, match="no trial saved a checkpoint"):
+        best_checkpoint([trial("stopped", [])], "teacher", Path("/x"))
+
+
 def test_search_over_two_node_loopback_cluster(tmp_path, conll_dir):
     proc = subprocess.run([sys.executable, "scripts/two_node_cluster.py", "--results-dir", str(tmp_path / "results"),
                            "--trials", "3", "--data", str(conll_dir)], cwd=ROOT, capture_output=True, text=True,

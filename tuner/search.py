@@ -178,6 +178,9 @@ def trials_table(grid) -> pd.DataFrame:
         history = result.metrics_dataframe
         if history is not None and METRIC in history:
             row.update(history.loc[history[METRIC].idxmax()].to_dict())
+            if "checkpointed" in history:  # a rung epoch's checkpoint comes in its second report (see _trial)
+                row["checkpointed"] = bool(history.loc[history["epoch"] == row["epoch"], "checkpointed"].any())
+                row.pop("rereport", None)
         if result.error:
             row["error"] = first_line(result.error)
         rows.append(row)
@@ -268,12 +271,24 @@ def search(stage: str, space: SearchSpace, task, inputs, settings: TrainSettings
     if not finished:
         first = errored[0][2] if errored else "no trial reported a metric"
         raise TunerError(f"stage {stage}: every trial failed ({first}); see {experiment_dir}")
-    best = grid.get_best_result(METRIC, MODE, scope="all", filter_nan_and_inf=True)
-    checkpoint = best.get_best_checkpoint(METRIC, MODE)
-    best_metrics = next(m for c, m in best.best_checkpoints if c.path == checkpoint.path)
+    best, checkpoint, best_metrics = best_checkpoint(grid, stage, experiment_dir)
     table = trials_table(grid)
     return SearchOutcome(dict(best.config), dict(best_metrics), Path(checkpoint.path), table, errored,
                          wall_seconds, experiment_dir, settings.threads)
+
+
+def best_checkpoint(grid, stage: str, experiment_dir: Path) -> tuple:
+    """(result, checkpoint, its metrics) of the best-scoring checkpoint of any trial. Not simply the best
+    trial's: a trial that errored or was interrupted between a rung's first report and the second one that
+    carries its checkpoint has a reported score without a checkpoint (see _trial)."""
+    kept = [(metrics[METRIC], index, result, checkpoint, metrics) for index, result in enumerate(grid)
+            for checkpoint, metrics in (result.best_checkpoints or [])
+            if isinstance(metrics.get(METRIC), (int, float)) and math.isfinite(metrics[METRIC])]
+    if not kept:
+        raise TunerError(f"stage {stage}: no trial saved a checkpoint; see {experiment_dir}")
+    sign = 1 if MODE == "max" else -1
+    _, _, result, checkpoint, metrics = max(kept, key=lambda item: (sign * item[0], -item[1]))
+    return result, checkpoint, metrics
 
 
 def wait_for_interrupt(echo) -> None:

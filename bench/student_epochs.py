@@ -1,0 +1,113 @@
+"""Section 2 of the benchmark at another student length: tuner's student search against online distillation.
+
+    python bench/student_epochs.py --work /tmp/tuner-bench-XXXX [--epochs 10] [--output results/student-epochs.md]
+
+``bench/run_benchmarks.py`` distils at the teacher's epoch count (3 at the cpu sizes), while the cpu profile
+trains its student 10 epochs. This runs both sides again at ``--epochs``, per repeat of a kept benchmark work
+folder (``run_benchmarks.py --keep``), from that repeat's teacher and with its seed: tuner's student search
+(cached teacher logits, ASHA), then the online run (a ``Trainer`` that runs the teacher every step) of the
+config tuner found, as section 2 does. Writes a table of best validation F1 and per-trial wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import DEFAULT_DATA, ROOT, OneLineParser, positive_int, require_conll  # noqa: E402
+from bench.run_benchmarks import FULL, QUICK, BenchError, machine_lines, measure, search_record, tuner_search  # noqa: E402
+
+
+def teachers(work: Path) -> list:
+    """(seed, teacher folder) per repeat of a kept benchmark work folder; repeat r ran with seed r - 1."""
+    found = sorted(work.glob("repeat-*/tuner/teacher/best/model.safetensors"),
+                   key=lambda p: int(p.parents[3].name.split("-")[1]))
+    return [(int(p.parents[3].name.split("-")[1]) - 1, p.parent) for p in found]
+
+
+def one_seed(seed: int, teacher: Path, args) -> dict:
+    work = args.work / f"repeat-{seed + 1}" / f"student-{args.epochs}-epochs"
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    sizes = argparse.Namespace(**dict(vars(args), seed=seed, trials=args.trials))
+    wall = tuner_search("student", sizes, work / "tuner", work / "logs", teacher)
+    student = search_record(work / "tuner" / "student", wall)
+    online = measure("hf_peer", "distill", sizes, work, "--teacher", teacher, "--student",
+                     work / "tuner" / "student" / "best")
+    full = [t[-1]["time_total_s"] for t in student["trials"] if len(t) == args.epochs]
+    return {"seed": seed, "tuner_f1": student["best_val_f1"], "online_f1": online["best_val_f1"],
+            "tuner_trial": statistics.mean(full) if full else float("nan"), "online_trial": online["trial_wall_seconds"],
+            "tuner_curve": max((t for t in student["trials"] if len(t) == args.epochs),
+                               key=lambda t: max(x["val_f1"] for x in t), default=[]),
+            "online_curve": online["val_f1_per_epoch"]}
+
+
+def report(args, rows: list, started: str, minutes: float) -> str:
+    lines = [f"# Student search vs online distillation at {args.epochs} epochs", "",
+             f"- command: `python bench/student_epochs.py {' '.join(map(str, args.argv))}`",
+             f"- run: {started}, {minutes:.0f} minutes", *machine_lines(),
+             f"- teachers and seeds: `{args.work}`'s repeats; {args.trials} trials per search, "
+             f"{args.train_sentences} train and {args.eval_sentences} validation sentences", "",
+             "| seed | tuner best F1 | online F1 (tuner's config) | tuner - online, points | tuner trial, s "
+             "| online trial, s | online / tuner |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['tuner_f1']:.4f} | {r['online_f1']:.4f} | "
+                     f"{100 * (r['tuner_f1'] - r['online_f1']):+.2f} | {r['tuner_trial']:.1f} | "
+                     f"{r['online_trial']:.1f} | {r['online_trial'] / r['tuner_trial']:.2f}x |")
+    median = statistics.median
+    lines.append(f"| median | {median(r['tuner_f1'] for r in rows):.4f} | {median(r['online_f1'] for r in rows):.4f} "
+                 f"| {100 * median(r['tuner_f1'] - r['online_f1'] for r in rows):+.2f} | "
+                 f"{median(r['tuner_trial'] for r in rows):.1f} | {median(r['online_trial'] for r in rows):.1f} | "
+                 f"{median(r['online_trial'] / r['tuner_trial'] for r in rows):.2f}x |")
+    lines += ["", "Validation F1 per epoch (tuner: its best full-length trial; online: the same config):", ""]
+    for r in rows:
+        tuner = ", ".join(f"{x['val_f1']:.4f}" for x in r["tuner_curve"])
+        online = ", ".join(f"{f:.4f}" for f in r["online_curve"])
+        lines += [f"- seed {r['seed']}, tuner: {tuner}", f"- seed {r['seed']}, online: {online}"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = OneLineParser(prog="python bench/student_epochs.py", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="a work folder kept by run_benchmarks.py --keep")
+    parser.add_argument("--quick", action="store_true", help="a tiny run to check the plumbing (1 epoch, "
+                                                                 "2 trials, the quick benchmark's sentences)")
+    parser.add_argument("--epochs", type=positive_int, help="student epochs, both sides (default 10, quick 1)")
+    parser.add_argument("--trials", type=positive_int, help=f"default {FULL['trials']}")
+    parser.add_argument("--train-sentences", type=positive_int, help=f"default {FULL['train_sentences']}")
+    parser.add_argument("--eval-sentences", type=positive_int, help=f"default {FULL['eval_sentences']}")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "student-epochs.md")
+    args = parser.parse_args(argv)
+    for key, value in dict(QUICK if args.quick else FULL, epochs=QUICK["epochs"] if args.quick else 10).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    require_conll(parser, args.data)
+    args.data, args.argv = args.data.resolve(), argv
+    found = teachers(args.work)
+    if not found:
+        parser.error(f"--work {args.work}: no repeat-*/tuner/teacher/best/model.safetensors (run "
+                     "bench/run_benchmarks.py --keep first)")
+    started, clock = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.time()
+    try:
+        rows = [one_seed(seed, teacher, args) for seed, teacher in found]
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+    text = report(args, rows, started, (time.time() - clock) / 60)
+    args.output.write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
