@@ -244,7 +244,8 @@ def throughput_numbers(r: dict, epochs: int) -> dict:
 
 
 OVERHEAD_PARTS = [("setup_seconds", "model and optimizer built (first epoch)"),
-                  ("checkpoint_seconds", "checkpoints written"), ("report_seconds", "tune.report (the scheduler's decision; Tune copies the checkpoint)")]
+                  ("checkpoint_seconds", "checkpoints written"),
+                  ("report_seconds", "tune.report (the scheduler's decision; Tune copies the checkpoint)")]
 
 
 def overhead_numbers(r: dict, epochs: int) -> dict:
