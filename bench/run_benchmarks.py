@@ -219,9 +219,14 @@ def teacher_numbers(r: dict, epochs: int) -> dict:
             "tuner_f1": tuner["best_val_f1"], "hf_f1": hf["best_val_f1"]}
 
 
+def full_length(trials: list, epochs: int) -> list:
+    """The trials (per-epoch lines from ``trial_epochs``) that ran every epoch."""
+    return [t for t in trials if len(t) == epochs]
+
+
 def student_numbers(r: dict, epochs: int) -> dict:
     trials, online = r["student"]["trials"], r["online"]
-    full = [t[-1]["time_total_s"] for t in trials if len(t) == epochs]
+    full = [t[-1]["time_total_s"] for t in full_length(trials, epochs)]
     epoch_walls = [line["time_this_iter_s"] for t in trials for line in t]
     return {"tuner_trial": statistics.mean(full) if full else float("nan"),
             "online_trial": online["trial_wall_seconds"],

@@ -22,29 +22,29 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_DATA, ROOT, OneLineParser, positive_int, require_conll  # noqa: E402
-from bench.run_benchmarks import FULL, QUICK, BenchError, machine_lines, measure, search_record, tuner_search  # noqa: E402
+from bench.run_benchmarks import (FULL, QUICK, BenchError, full_length, machine_lines, measure,  # noqa: E402
+                                  search_record, tuner_search)
 
 
 def teachers(work: Path) -> list:
     """(seed, teacher folder) per repeat of a kept benchmark work folder; repeat r ran with seed r - 1."""
-    found = sorted(work.glob("repeat-*/tuner/teacher/best/model.safetensors"),
-                   key=lambda p: int(p.parents[3].name.split("-")[1]))
-    return [(int(p.parents[3].name.split("-")[1]) - 1, p.parent) for p in found]
+    return sorted((int(p.parents[3].name.split("-")[1]) - 1, p.parent)
+                  for p in work.glob("repeat-*/tuner/teacher/best/model.safetensors"))
 
 
 def one_seed(seed: int, teacher: Path, args) -> dict:
     work = args.work / f"repeat-{seed + 1}" / f"student-{args.epochs}-epochs"
     (work / "logs").mkdir(parents=True, exist_ok=True)
-    sizes = argparse.Namespace(**dict(vars(args), seed=seed, trials=args.trials))
+    sizes = argparse.Namespace(**dict(vars(args), seed=seed))
     wall = tuner_search("student", sizes, work / "tuner", work / "logs", teacher)
     student = search_record(work / "tuner" / "student", wall)
     online = measure("hf_peer", "distill", sizes, work, "--teacher", teacher, "--student",
                      work / "tuner" / "student" / "best")
-    full = [t[-1]["time_total_s"] for t in student["trials"] if len(t) == args.epochs]
+    full = full_length(student["trials"], args.epochs)
     return {"seed": seed, "tuner_f1": student["best_val_f1"], "online_f1": online["best_val_f1"],
-            "tuner_trial": statistics.mean(full) if full else float("nan"), "online_trial": online["trial_wall_seconds"],
-            "tuner_curve": max((t for t in student["trials"] if len(t) == args.epochs),
-                               key=lambda t: max(x["val_f1"] for x in t), default=[]),
+            "tuner_trial": statistics.mean(t[-1]["time_total_s"] for t in full) if full else float("nan"),
+            "online_trial": online["trial_wall_seconds"],
+            "tuner_curve": max(full, key=lambda t: max(x["val_f1"] for x in t), default=[]),
             "online_curve": online["val_f1_per_epoch"]}
 
 
