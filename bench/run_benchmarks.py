@@ -388,8 +388,9 @@ def comparison_sections(repeats: list, epochs: int) -> list:
          "the same configs and differ only in the engine: training loop, and ASHA stopping trials early. "
          "F1: best over all trials and epochs; ratio: HF / tuner; difference: HF minus tuner.", teacher),
         ("2. Student search vs online distillation", "tuner's student trials read teacher logits computed once "
-         "per search; the online run is a Trainer whose compute_loss runs the teacher on every step, with "
-         "tuner's best student config, initialisation (cut_student) and distillation_loss, scored by tuner's "
+         "per search and train random batches unpadded (tuner's student default); the online run is a Trainer "
+         "whose compute_loss runs the teacher on every step (random batches, padded), with tuner's best student "
+         "config, initialisation (cut_student) and distillation_loss, scored by tuner's "
          "evaluate each epoch. Ratio: online / tuner.", student),
         ("3. Training throughput (one epoch, teacher model)", "tuner.training.fit (length-grouped batches, "
          "dynamic padding) at its default precision (auto: bf16 autocast where the CPU or GPU has native bf16) and "

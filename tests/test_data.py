@@ -6,7 +6,7 @@ import pytest
 
 from tests.conftest import write
 from tuner.config import IGNORE_INDEX
-from tuner.data import (CONLL_LABELS, NO_TOKEN, Corpus, Sentence, align_labels, encode, label_list, length_grouped_batches,
+from tuner.data import (CONLL_LABELS, NO_TOKEN, Corpus, Sentence, align_labels, encode, label_list, length_grouped_batches, random_batches,
                         load_folder, read_conll, split_sentences, word_starts)
 from tuner.errors import TunerError
 
@@ -117,6 +117,16 @@ def test_length_grouped_batches_cover_all_and_group_lengths():
     spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
     assert spread < 3  # random batches of 8 would spread over ~28
     assert batches == length_grouped_batches(lengths, 8, seed=0)
+
+
+def test_random_batches_cover_all_and_ignore_lengths():
+    lengths = [i % 37 + 1 for i in range(500)]
+    batches = random_batches(lengths, 8, seed=0)
+    assert sorted(i for b in batches for i in b) == list(range(500))
+    assert [len(b) for b in batches] == [8] * 62 + [4]
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
+    assert spread > 15  # mixed lengths, unlike length-grouped batches
+    assert batches == random_batches(lengths, 8, seed=0) and batches != random_batches(lengths, 8, seed=1)
 
 
 def test_real_corpus_reads(conll_dir):

@@ -9,7 +9,47 @@ import pytest
 import torch
 
 from tuner.models import (FactorizedEmbedding, count_parameters, cut_student, embedding_svd, factorize, keep_layers,
-                          load_model, save_model, student_parameters, student_shape)
+                          load_model, save_model, student_parameters, student_shape, unpadded_logits, unpads)
+
+
+def _ragged_batch(lengths: list[int], vocab: int = 1000):
+    ids = torch.randint(5, vocab, (len(lengths), max(lengths)))
+    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
+    return ids * mask, mask
+
+
+@pytest.mark.parametrize("student", [False, True])
+def test_unpadded_forward_equals_the_padded_one(tiny_model, student):
+    torch.manual_seed(0)
+    model = cut_student(tiny_model, 1, 8) if student else tiny_model  # factorized embeddings, fewer layers
+    model.eval()  # no dropout: both paths are the same function
+    ids, mask = _ragged_batch([5, 17, 1, 9, 17, 3, 12, 2, 6])  # 9 sentences: attention groups of 4, 4 and 1
+    padded = model(input_ids=ids, attention_mask=mask).logits.flatten(0, 1)
+    logits, real = unpadded_logits(model, ids, mask)
+    assert sorted(real.tolist()) == mask.flatten().nonzero().squeeze(1).tolist()  # each real token once
+    assert torch.allclose(logits, padded[real], atol=1e-5)
+    grads = []
+    for forward in (lambda: padded_loss(model, ids, mask), lambda: (unpadded_logits(model, ids, mask)[0] ** 2).sum()):
+        model.zero_grad()
+        forward().backward()
+        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-4), name
+
+
+def padded_loss(model, ids, mask):
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    return (logits[mask.bool()] ** 2).sum()
+
+
+def test_unpadded_forward_is_only_taken_for_bert_token_classifiers(tiny_model):
+    from transformers import DistilBertConfig, DistilBertForTokenClassification
+
+    assert unpads(tiny_model) and unpads(cut_student(tiny_model, 1, 8))
+    other = DistilBertForTokenClassification(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2,
+                                                              hidden_dim=64, num_labels=9))
+    assert not unpads(other)
 
 
 def test_full_rank_factorization_equals_the_matrix():
@@ -141,3 +181,17 @@ def test_unknown_precision_is_refused():
 
     with pytest.raises(TunerError, match="precision must be one of auto, fp32, bf16"):
         resolve_profile("smoke", False, precision="fp16")
+
+
+def test_student_batches_flag_reaches_only_the_student():
+    from tuner.config import train_settings
+    from tuner.errors import TunerError
+    from tuner.run import parser, settings_from
+
+    default = settings_from(parser().parse_args(["--stage", "student"]), cuda_available=False).profile
+    assert [train_settings(default, stage, 0, 1).batch_order for stage in ("teacher", "factorized", "student")] == \
+        ["length", "length", "random"]
+    grouped = settings_from(parser().parse_args(["--stage", "student", "--student-batches", "length"]), False).profile
+    assert train_settings(grouped, "student", 0, 1).batch_order == "length"
+    with pytest.raises(TunerError, match="student_batches must be one of random, length"):
+        dataclasses.replace(default, student_batches="sorted")

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from tuner.config import IGNORE_INDEX
 from tuner.data import CONLL_LABELS, Sentence, encode
+from tuner.models import unpadded_logits
 from tuner.stages.student import compute_teacher_logits, distillation_loss, padded_teacher_logits
 from tuner.training import collate
 
@@ -71,3 +72,23 @@ def test_cached_teacher_logits_equal_a_fresh_forward(tiny_model, tokenizer):
     mask = batch["attention_mask"].bool()
     assert torch.allclose(padded[mask], fresh[mask], atol=1e-5)
     assert F.mse_loss(padded[~mask], torch.zeros_like(padded[~mask])) == 0
+
+
+def test_unpadded_distillation_loss_equals_the_padded_one(tiny_model, tokenizer):
+    """What the student trains on with random batches (tokens flattened, padding dropped) against the padded loss."""
+    sentences = [Sentence(("EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."),
+                          ("B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O")),
+                 Sentence(("Peter", "Blackburn"), ("B-PER", "I-PER")),
+                 Sentence(("BRUSSELS", "1996-08-22"), ("B-LOC", "O"))]
+    data = encode(sentences, tokenizer, list(CONLL_LABELS), 32, False)
+    torch.manual_seed(0)
+    cached = [torch.randn(len(ids), len(CONLL_LABELS)) for ids in data.input_ids]
+    indices = [1, 0, 2]
+    batch = collate(data, indices, tokenizer.pad_token_id)
+    teacher = padded_teacher_logits(cached, indices, batch["input_ids"].shape[1])
+    tiny_model.eval()
+    padded = tiny_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits, real = unpadded_logits(tiny_model, batch["input_ids"], batch["attention_mask"])
+    expected = distillation_loss(padded, teacher, batch["labels"], 3.0, 0.6)
+    got = distillation_loss(logits, teacher.flatten(0, 1)[real], batch["labels"].flatten()[real], 3.0, 0.6)
+    assert torch.allclose(got, expected, atol=1e-6)

@@ -251,6 +251,14 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
     return batches
 
 
+def random_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
+    """The HF Trainer's order: a seeded shuffle cut into batches, lengths ignored (``unpadded_logits`` keeps their
+    padding out of most of the compute)."""
+    order = list(range(len(lengths)))
+    random.Random(seed).shuffle(order)
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Evaluation batches by length, longest first, so padding is minimal and memory peaks early."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)

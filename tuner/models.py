@@ -1,4 +1,5 @@
-"""Models: load the pretrained encoder, factorize its word embedding, cut a student, count, save and load.
+"""Models: load the pretrained encoder, factorize its word embedding, cut a student, count, save and load; an
+unpadded forward for batches of mixed lengths.
 
 Weights are written and read as safetensors only; nothing from ``results/`` is unpickled.
 """
@@ -13,7 +14,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, BertConfig
+from torch.nn import functional as F
+from transformers import (AutoConfig, AutoModelForTokenClassification, AutoTokenizer, BertConfig,
+                          BertForTokenClassification)
 
 try:
     from transformers.initialization import no_init_weights  # transformers 5
@@ -214,3 +217,62 @@ def load_model(folder: Path) -> nn.Module:
     except Exception as exc:  # safetensors, JSON and shape errors all mean a bad checkpoint
         raise TunerError(f"{folder}: corrupt or incompatible checkpoint ({str(exc).splitlines()[0][:160]})") from None
     return model.eval()
+
+
+ATTENTION_GROUP = 4  # sentences per attention call: sorted by length, each group padded to its own longest
+
+
+def unpadded_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Token-classification logits of the real (unpadded) tokens only, ``[tokens, labels]``, and each one's flat
+    index into ``[batch * width]``: the same function as ``model(input_ids, attention_mask).logits`` there.
+
+    The embeddings and every matmul outside attention (Q, K, V, the attention output, the feed-forward, the
+    classifier) run on the real tokens alone. Attention, where sentences do not mix, runs on groups of
+    ``ATTENTION_GROUP`` sentences of similar length, each padded only to its own longest. On 2 CPU cores the
+    cpu profile's student then trains random batches at 0.84x the token rate of length-grouped ones, against
+    0.60x padded. BERT-architecture models only (``unpads``).
+    """
+    bert = model.bert
+    width = input_ids.shape[1]
+    lengths = attention_mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)  # longest first: a group is a run of rows
+    kept = attention_mask[order].flatten().nonzero().squeeze(1)
+    real = (order[:, None] * width + torch.arange(width, device=order.device)).flatten()[kept]
+    hidden = bert.embeddings(input_ids=input_ids[order].flatten()[kept][None], position_ids=(kept % width)[None])[0]
+    sizes, groups = attention_groups(lengths[order].tolist(), input_ids.device)
+    for layer in bert.encoder.layer:
+        attention = layer.attention.self
+        heads, size = attention.num_attention_heads, attention.attention_head_size
+        projections = (attention.query, attention.key, attention.value)
+        qkv = F.linear(hidden, torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))
+        context = []
+        for chunk, (slots, rows, group_width, keys) in zip(qkv.split(sizes), groups):
+            padded = chunk.new_zeros(rows * group_width, chunk.shape[-1]).index_copy(0, slots, chunk)
+            q, k, v = padded.view(rows, group_width, 3, heads, size).permute(2, 0, 3, 1, 4)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=attention.scaling,
+                                                 dropout_p=attention.dropout.p if model.training else 0.0)
+            context.append(out.transpose(1, 2).reshape(rows * group_width, heads * size)[slots])
+        hidden = layer.attention.output(torch.cat(context), hidden)
+        hidden = layer.output(layer.intermediate(hidden), hidden)
+    return model.classifier(model.dropout(hidden)), real
+
+
+def attention_groups(lengths: list[int], device) -> tuple[list, list]:
+    """For sentences sorted longest first: each group's token count, and per group of ``ATTENTION_GROUP`` its
+    tokens' slots in the group's padded ``[rows * width]``, rows, width and key mask."""
+    sizes, groups = [], []
+    for first in range(0, len(lengths), ATTENTION_GROUP):
+        rows = lengths[first:first + ATTENTION_GROUP]
+        width = rows[0]
+        slots = torch.cat([torch.arange(j * width, j * width + n) for j, n in enumerate(rows)])
+        keys = (torch.arange(width)[None, :] < torch.tensor(rows)[:, None])[:, None, None, :]
+        sizes.append(sum(rows))
+        groups.append((slots.to(device), len(rows), width, keys.to(device)))
+    return sizes, groups
+
+
+def unpads(model: nn.Module) -> bool:
+    """Whether ``unpadded_logits`` can run ``model``: a BERT token classifier whose encoder only self-attends."""
+    config = model.config
+    return (isinstance(model, BertForTokenClassification) and not config.is_decoder
+            and getattr(config, "position_embedding_type", "absolute") == "absolute")

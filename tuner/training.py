@@ -21,7 +21,7 @@ from torch import nn
 from transformers import get_linear_schedule_with_warmup
 
 from tuner.config import IGNORE_INDEX, TrainSettings
-from tuner.data import NO_TOKEN, Encoded, length_grouped_batches, sorted_batches
+from tuner.data import NO_TOKEN, Encoded, length_grouped_batches, random_batches, sorted_batches
 from tuner.errors import TunerError
 from tuner.metrics import entity_scores
 from tuner.models import WEIGHTS_FILE, save_model
@@ -156,11 +156,12 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
                          f"training to epoch {settings.epochs}")
     precision = resolved_precision(device, settings.precision)
     lengths = data.train.lengths()
+    batches = random_batches if settings.batch_order == "random" else length_grouped_batches
     for epoch in range(first_epoch, settings.epochs):
         set_seed(settings.seed + epoch)  # dropout draws per epoch: a resumed trial repeats an uninterrupted one
         model.train()
         started, losses, tokens = time.perf_counter(), [], 0
-        for step, indices in enumerate(length_grouped_batches(lengths, settings.batch_size, settings.seed + epoch)):
+        for step, indices in enumerate(batches(lengths, settings.batch_size, settings.seed + epoch)):
             batch = collate(data.train, indices, data.pad_token_id, device)
             with autocast(device, precision):
                 loss = loss_fn(model, batch, indices)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from tuner.config import IGNORE_INDEX, TrainSettings
 from tuner.data import Encoded, TaskData, sorted_batches
-from tuner.models import ModelState, cut_student, embedding_svd, model_from_state, student_parameters
+from tuner.models import (ModelState, cut_student, embedding_svd, model_from_state, student_parameters,
+                           unpadded_logits, unpads)
 from tuner.training import EpochResult, collate, fit, set_seed
 
 
@@ -20,7 +21,8 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
                       temperature: float, alpha: float) -> torch.Tensor:
     """``alpha * T^2 * KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) * CE(z_s, y)``.
 
-    student_logits, teacher_logits: [batch, seq, labels]; labels: [batch, seq], IGNORE_INDEX where unlabelled.
+    student_logits, teacher_logits: [batch, seq, labels] (or [tokens, labels]); labels: [batch, seq] (or [tokens]),
+    IGNORE_INDEX where unlabelled.
     Both terms average over labelled tokens only; the KL takes student log-probabilities and teacher
     probabilities (``F.kl_div(input=log q, target=p)`` computes KL(p || q)).
     """
@@ -83,11 +85,17 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
     student = cut_student(teacher, num_layers, factor_dim, inputs.svd)
     del teacher
     temperature, alpha = float(hparams["temperature"]), float(hparams["alpha"])
+    # random batches pad about 2.4x the real tokens: compute on the real ones only (the loss is per token either way)
+    unpadded = settings.batch_order == "random" and unpads(student)
 
     def loss_fn(model, batch, indices):
+        width = batch["input_ids"].shape[1]
+        teacher_logits = padded_teacher_logits(inputs.teacher_logits, indices, width).to(batch["labels"].device)
+        if unpadded:
+            student_logits, real = unpadded_logits(model, batch["input_ids"], batch["attention_mask"])
+            return distillation_loss(student_logits, teacher_logits.flatten(0, 1)[real], batch["labels"].flatten()[real],
+                                     temperature, alpha)
         student_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        teacher_logits = padded_teacher_logits(inputs.teacher_logits, indices, student_logits.shape[1])
-        return distillation_loss(student_logits, teacher_logits.to(student_logits.device), batch["labels"],
-                                 temperature, alpha)
+        return distillation_loss(student_logits, teacher_logits, batch["labels"], temperature, alpha)
 
     yield from fit(student, hparams, task, settings, loss_fn, resume=resume)
