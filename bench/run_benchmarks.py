@@ -71,13 +71,13 @@ def sizes(args) -> list:
             args.eval_sentences, "--epochs", args.epochs, "--seed", args.seed]
 
 
-def tuner_search(stage: str, args, results: Path, logs: Path, teacher: Path | None = None) -> float:
+def tuner_search(stage: str, args, results: Path, logs: Path, teacher: Path | None = None, *extra) -> float:
     argv = [sys.executable, "-m", "tuner.run", "--stage", stage, "--profile", "cpu", "--model", "minilm",
             "--batch-size", BATCH_SIZE, "--trials", args.trials, "--results-dir", results, "--quiet", *sizes(args),
             "--student-epochs", args.epochs]  # the cpu profile's student runs longer; here both sides run --epochs
     if teacher is not None:
         argv += ["--teacher", teacher]
-    return run_step(f"tuner-{stage}", argv, logs)
+    return run_step(f"tuner-{stage}", argv + list(extra), logs)
 
 
 def measure(script: str, command: str, args, work: Path, *extra, name: str | None = None) -> dict:

@@ -1,12 +1,15 @@
 """Section 2 of the benchmark at another student length: tuner's student search against online distillation.
 
-    python bench/student_epochs.py --work /tmp/tuner-bench-XXXX [--epochs 10] [--output results/student-epochs.md]
+    python bench/student_epochs.py --work /tmp/tuner-bench-XXXX [--epochs 10] [--student-batches {random,length}]
+                                   [--output results/student-epochs.md]
 
 ``bench/run_benchmarks.py`` distils at the teacher's epoch count (3 at the cpu sizes), while the cpu profile
 trains its student 10 epochs. This runs both sides again at ``--epochs``, per repeat of a kept benchmark work
 folder (``run_benchmarks.py --keep``), from that repeat's teacher and with its seed: tuner's student search
 (cached teacher logits, ASHA), then the online run (a ``Trainer`` that runs the teacher every step) of the
-config tuner found, as section 2 does. Writes a table of best validation F1 and per-trial wall time.
+config tuner found, as section 2 does. Writes a table of best validation F1 and per-trial wall time. ``--epochs 3``
+re-runs section 2 itself (after a change to the student's training); ``--student-batches`` sets tuner's side's
+batch order, so both orders can be compared against the same online runs' kind.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import DEFAULT_DATA, ROOT, OneLineParser, positive_int, require_conll  # noqa: E402
 from bench.run_benchmarks import (FULL, QUICK, BenchError, full_length, machine_lines, measure,  # noqa: E402
                                   search_record, tuner_search)
+from tuner.config import BATCH_ORDERS  # noqa: E402
 
 
 def teachers(work: Path) -> list:
@@ -33,10 +37,11 @@ def teachers(work: Path) -> list:
 
 
 def one_seed(seed: int, teacher: Path, args) -> dict:
-    work = args.work / f"repeat-{seed + 1}" / f"student-{args.epochs}-epochs"
+    batches = ["--student-batches", args.student_batches] if args.student_batches else []
+    work = args.work / f"repeat-{seed + 1}" / "-".join(["student", str(args.epochs), "epochs", *batches[1:]])
     (work / "logs").mkdir(parents=True, exist_ok=True)
     sizes = argparse.Namespace(**dict(vars(args), seed=seed))
-    wall = tuner_search("student", sizes, work / "tuner", work / "logs", teacher)
+    wall = tuner_search("student", sizes, work / "tuner", work / "logs", teacher, *batches)
     student = search_record(work / "tuner" / "student", wall)
     online = measure("hf_peer", "distill", sizes, work, "--teacher", teacher, "--student",
                      work / "tuner" / "student" / "best")
@@ -53,7 +58,8 @@ def report(args, rows: list, started: str, minutes: float) -> str:
              f"- command: `python bench/student_epochs.py {' '.join(map(str, args.argv))}`",
              f"- run: {started}, {minutes:.0f} minutes", *machine_lines(),
              f"- teachers and seeds: `{args.work}`'s repeats; {args.trials} trials per search, "
-             f"{args.train_sentences} train and {args.eval_sentences} validation sentences", "",
+             f"{args.train_sentences} train and {args.eval_sentences} validation sentences",
+             f"- tuner's student batches: {args.student_batches or 'its default (random, unpadded)'}", "",
              "| seed | tuner best F1 | online F1 (tuner's config) | tuner - online, points | tuner trial, s "
              "| online trial, s | online / tuner |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -83,6 +89,9 @@ def main(argv=None) -> int:
     parser.add_argument("--trials", type=positive_int, help=f"default {FULL['trials']}")
     parser.add_argument("--train-sentences", type=positive_int, help=f"default {FULL['train_sentences']}")
     parser.add_argument("--eval-sentences", type=positive_int, help=f"default {FULL['eval_sentences']}")
+    parser.add_argument("--student-batches", choices=BATCH_ORDERS,
+                        help="tuner's student batches (default: tuner's own default, random); the online run's are "
+                             "random either way")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "student-epochs.md")
     args = parser.parse_args(argv)
