@@ -45,9 +45,10 @@ class Profile:
     space_dir: Path = SEARCH_SPACE_DIR  # holds <stage>.yaml for each stage
     student_epochs: int | None = None  # None: ``epochs``; a student epoch costs a fraction of a teacher's
     precision: str = "auto"  # one of PRECISIONS: the trials' forward passes (training and validation)
-    # The student's training batches (one of BATCH_ORDERS): "random" (the HF Trainer's order; +1.2 student F1 points
-    # over 3 seeds at 1.2x the time, unpadded) or "length" (length-grouped, the other stages' order). The teacher
-    # gained nothing from random batches (+0.02 points over 3 seeds) at 1.8x the time, so it keeps "length".
+    # The student's training batches (one of BATCH_ORDERS): "random" (the HF Trainer's order, trained unpadded:
+    # +0.9 student F1 points over 3 seeds for the same config, at 1.35-1.5x the training time) or "length"
+    # (length-grouped, the other stages' order). The teacher gained nothing from random batches (+0.02 points over
+    # 3 seeds) at 1.8x the time, so it keeps "length". See results/benchmarks.md.
     student_batches: str = "random"
 
     def epochs_for(self, stage: str) -> int:
