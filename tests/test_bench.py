@@ -61,3 +61,33 @@ def student_epochs_table(work: Path, conll_dir, report: Path) -> None:
         assert "seed 0, tuner:" in text and "seed 0, online:" in text
         assert f"- tuner's student batches: {batches[1] if batches else 'its default (random, unpadded)'}" in text
     assert (work / "repeat-1" / "student-1-epochs-length" / "tuner" / "student" / "best").is_dir()
+
+
+def test_bad_flag_is_one_line_error():
+    proc = run_bench("--repeats", "0", timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert "--repeats" in proc.stderr
+
+
+def test_quick_alignment_ablation_writes_its_table(tmp_path, conll_dir):
+    report = tmp_path / "alignment.md"
+    before = snapshot(ROOT / "results")
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "bench/alignment.py", "--quick", "--seeds", "0", "1", "--data", conll_dir,
+                           "--output", report], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [line for line in report.read_text().splitlines() if re.match(r"\| (first|every) sub-token", line)]
+    assert len(rows) == 4  # labels x batch order
+    for row in rows:
+        assert re.search(r"\| 0\.[0-9]{4} \| 0\.[0-9]{4} \| 0\.[0-9]{4} \| [+-][0-9.]+ points \| [0-9]+ \|$", row), row
+    assert rows[0].startswith("| first sub-token only (HF recipe) | length-grouped (tuner) |")
+    assert "+0.00 points" in rows[0]  # the other variants are measured against tuner's default
+    assert snapshot(ROOT / "results") == before
+
+
+def test_alignment_ablation_bad_data_is_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "bench/alignment.py", "--quick", "--data", tmp_path], capture_output=True,
+                          text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and str(tmp_path) in proc.stderr
