@@ -17,8 +17,8 @@ from tests.conftest import ROOT
 
 
 def start_search(results: Path, conll_dir: Path) -> subprocess.Popen:
-    """A smoke search long enough (about a minute) to be looked at while it runs."""
-    args = ["--stage", "teacher", "--trials", 2, "--profile", "smoke", "--epochs", 6, "--train-sentences", 600,
+    """A smoke search long enough (minutes) to be looked at while it runs; the test stops it when done."""
+    args = ["--stage", "teacher", "--trials", 2, "--profile", "smoke", "--epochs", 20, "--train-sentences", 600,
             "--data", conll_dir, "--results-dir", results]
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     log = open(results.parent / "driver.log", "w")
@@ -88,14 +88,20 @@ def test_search_listens_on_loopback_only_and_dashboard_shows_it(tmp_path, conll_
                 "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                 "--disable-sync", "--no-first-run"])
             page = browser.new_page()
-            page.goto(url)  # without the token the dashboard asks for it
-            page.get_by_text("Authentication Token Required").wait_for(timeout=60_000)
+            # Two busy cores (a trial trains meanwhile) load the dashboard's bundle slowly: wait for what is
+            # shown, not for the page's load event, and allow minutes rather than Playwright's 30 s default.
+            page.set_default_timeout(120_000)
+            page.set_default_navigation_timeout(120_000)
+            page.goto(url, wait_until="domcontentloaded")  # without the token the dashboard asks for it
+            prompt = page.get_by_text("Authentication Token Required")
+            prompt.wait_for()
             page.get_by_placeholder("Enter your authentication token").fill(token)
             page.get_by_role("button", name="Submit").click()
-            page.goto(url + "/#/jobs")
-            page.get_by_text("tuner.run").first.wait_for(timeout=60_000)  # the search's driver job
-            page.goto(url + "/#/actors")
-            page.get_by_text("ImplicitFunc").first.wait_for(timeout=60_000)  # Tune's trial actors
+            prompt.wait_for(state="hidden")  # the token was accepted
+            page.goto(url + "/#/jobs", wait_until="domcontentloaded")
+            page.get_by_text("tuner.run").first.wait_for()  # the search's driver job
+            page.goto(url + "/#/actors", wait_until="domcontentloaded")
+            page.get_by_text("ImplicitFunc").first.wait_for()  # Tune's trial actors
             page.screenshot(path=str(screenshot), full_page=True)
             browser.close()
         assert screenshot.read_bytes()[:4] == b"\x89PNG"
