@@ -26,7 +26,7 @@ import torch  # noqa: E402
 
 from tuner.config import PRECISIONS, TrainSettings, default_threads  # noqa: E402
 from tuner.data import length_grouped_batches  # noqa: E402
-from tuner.models import initial_token_classifier, load_model, load_tokenizer  # noqa: E402
+from tuner.models import initial_token_classifier, load_model, load_tokenizer, use_fast_dropout  # noqa: E402
 from tuner.pipeline import build_task  # noqa: E402
 from tuner.stages.student import compute_teacher_logits  # noqa: E402
 from tuner.training import MAX_GRAD_NORM, autocast, build_optimizer, collate, fit  # noqa: E402
@@ -96,7 +96,7 @@ def steps(args) -> dict:
     task = build_task(settings, tokenizer, None)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = initial_token_classifier("minilm", task.labels, args.seed, len(tokenizer)).train()
+    model = use_fast_dropout(initial_token_classifier("minilm", task.labels, args.seed, len(tokenizer)).train())
     optimizer = build_optimizer(model, THROUGHPUT_HPARAMS["learning_rate"], THROUGHPUT_HPARAMS["weight_decay"])
     forward = torch.compile(model, dynamic=True) if args.variant == "compile" else model
     precision = autocast("cpu", "bf16" if args.variant == "bf16" else "fp32")

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-from tuner.models import (FactorizedEmbedding, count_parameters, cut_student, embedding_svd, factorize, keep_layers,
-                          load_model, save_model, student_parameters, student_shape, unpadded_logits, unpads)
+from tuner.models import (FactorizedEmbedding, FastDropout, count_parameters, cut_student, embedding_svd, factorize,
+                          fast_dropout, keep_layers, load_model, save_model, student_parameters, student_shape,
+                          unpadded_logits, unpads, use_fast_dropout)
 
 
 def _ragged_batch(lengths: list[int], vocab: int = 1000):
@@ -36,6 +37,58 @@ def test_unpadded_forward_equals_the_padded_one(tiny_model, student):
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-4), name
+
+
+def test_unpadded_training_forward_with_its_own_attention_equals_the_padded_one(tiny_model):
+    """In training, the unpadded forward computes attention itself (to use fast_dropout): with dropout too rare
+    to draw, it is still the padded forward's function."""
+    torch.manual_seed(0)
+    model = use_fast_dropout(cut_student(tiny_model, 2, 8)).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 1e-9  # rounds to no 16-bit level: fast_dropout keeps everything, yet takes its path
+    ids, mask = _ragged_batch([5, 17, 1, 9, 17, 3, 12, 2, 6])
+    padded = model(input_ids=ids, attention_mask=mask).logits.flatten(0, 1)
+    logits, real = unpadded_logits(model, ids, mask)
+    assert torch.allclose(logits, padded[real], atol=1e-5)
+
+
+def test_fast_dropout_drops_p_and_keeps_the_expectation():
+    torch.manual_seed(0)
+    x = torch.rand(1000, 1000) + 0.5
+    torch.manual_seed(0)
+    out = fast_dropout(x, 0.1)
+    dropped = (out == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.002  # 1e6 draws: the standard error is 3e-4
+    assert abs(out.mean().item() / x.mean().item() - 1) < 0.003
+    kept = out != 0
+    assert torch.allclose(out[kept], x[kept] / (1 - round(0.1 * 65536) / 65536))
+    rows = (out == 0).float().mean(1)  # 16-bit lanes of one draw are independent: no row or column pattern
+    assert rows.min() > 0.05 and rows.max() < 0.15 and (out == 0).float().mean(0).max() < 0.15
+    assert fast_dropout(x, 0.1, training=False) is x and fast_dropout(x, 0.0) is x
+    torch.manual_seed(1)
+    again = fast_dropout(x, 0.1)
+    torch.manual_seed(0)
+    assert torch.equal(fast_dropout(x, 0.1), out) and not torch.equal(again, out)  # seeded by torch's generator
+    leaf = x.clone().requires_grad_()
+    fast_dropout(leaf, 0.5).sum().backward()
+    assert set(leaf.grad.unique().tolist()) == {0.0, 2.0}
+
+
+def test_use_fast_dropout_swaps_every_dropout_and_keeps_eval_logits(tiny_model):
+    before = [m.p for m in tiny_model.modules() if isinstance(m, torch.nn.Dropout)]
+    ids, mask = _ragged_batch([4, 7, 2])
+    tiny_model.eval()
+    expected = tiny_model(input_ids=ids, attention_mask=mask).logits
+    use_fast_dropout(tiny_model)
+    swapped = [m for m in tiny_model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert swapped and all(type(m) is FastDropout for m in swapped) and [m.p for m in swapped] == before
+    assert torch.equal(tiny_model(input_ids=ids, attention_mask=mask).logits, expected)
+    tiny_model.train()
+    torch.manual_seed(0)
+    first = tiny_model(input_ids=ids, attention_mask=mask).logits
+    torch.manual_seed(0)
+    assert torch.equal(tiny_model(input_ids=ids, attention_mask=mask).logits, first)
 
 
 def padded_loss(model, ids, mask):

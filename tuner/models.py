@@ -219,6 +219,44 @@ def load_model(folder: Path) -> nn.Module:
     return model.eval()
 
 
+DROPOUT_LEVELS = 1 << 16  # FastDropout draws 16 random bits per element
+
+
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Inverted dropout whose keep mask comes from 16 random bits per element (four per 64-bit draw of the
+    global generator) instead of ``bernoulli_``: on the CPU, whose generator draws one number at a time, it is
+    5x cheaper (123 against 655 us for a 400 x 384 activation on 2 cores). An element is dropped with
+    probability ``round(p * 65536) / 65536``, within 8e-6 of ``p``, and the kept ones are scaled by the inverse
+    of that, so the layer's expectation is exact. Elsewhere (CUDA's generator is fast) it is ``F.dropout``."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, training=True)
+    dropped = round(p * DROPOUT_LEVELS)
+    bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)  # full 64-bit range
+    keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= dropped - DROPOUT_LEVELS // 2
+    return x * keep * (DROPOUT_LEVELS / (DROPOUT_LEVELS - dropped))
+
+
+class FastDropout(nn.Dropout):
+    """``nn.Dropout`` with ``fast_dropout``'s draws (same ``p`` attribute, so attention code that reads it works)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p, self.training)
+
+
+def use_fast_dropout(model: nn.Module) -> nn.Module:
+    """Swap every ``nn.Dropout`` of ``model`` for a ``FastDropout`` of the same ``p`` (no weights change).
+
+    The HF BERT's own SDPA attention reads ``p`` and draws its attention-probability mask inside SDPA, which
+    this does not reach; ``unpadded_logits`` computes attention itself and uses ``fast_dropout`` there too."""
+    for parent in list(model.modules()):
+        for name, child in parent.named_children():
+            if type(child) is nn.Dropout:
+                setattr(parent, name, FastDropout(child.p, child.inplace).train(child.training))
+    return model
+
+
 ATTENTION_GROUP = 4  # sentences per attention call: sorted by length, each group padded to its own longest
 
 
@@ -249,12 +287,20 @@ def unpadded_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
         for chunk, (slots, rows, group_width, keys) in zip(qkv.split(sizes), groups):
             padded = chunk.new_zeros(rows * group_width, chunk.shape[-1]).index_copy(0, slots, chunk)
             q, k, v = padded.view(rows, group_width, 3, heads, size).permute(2, 0, 3, 1, 4)
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=attention.scaling,
-                                                 dropout_p=attention.dropout.p if model.training else 0.0)
+            out = group_attention(q, k, v, keys, attention.scaling, attention.dropout.p if model.training else 0.0)
             context.append(out.transpose(1, 2).reshape(rows * group_width, heads * size)[slots])
         hidden = layer.attention.output(torch.cat(context), hidden)
         hidden = layer.output(layer.intermediate(hidden), hidden)
     return model.classifier(model.dropout(hidden)), real
+
+
+def group_attention(q, k, v, keys: torch.Tensor, scale: float, dropout: float) -> torch.Tensor:
+    """softmax(q k^T * scale, over ``keys``) v: SDPA, except when training on the CPU, where SDPA's dropout
+    (``bernoulli_`` on the math path) is what ``fast_dropout`` replaces, so the same math runs with it."""
+    if dropout == 0.0 or q.device.type != "cpu":
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=scale, dropout_p=dropout)
+    scores = torch.matmul(q, k.transpose(-1, -2) * scale).masked_fill(~keys, float("-inf"))
+    return torch.matmul(fast_dropout(scores.float().softmax(-1).to(v.dtype), dropout), v)
 
 
 def attention_groups(lengths: list[int], device) -> tuple[list, list]:
