@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from tuner.models import (FactorizedEmbedding, FastDropout, count_parameters, cut_student, embedding_svd, factorize,
-                          fast_dropout, keep_layers, load_model, save_model, student_parameters, student_shape,
-                          unpadded_logits, unpads, use_fast_dropout)
+                          fast_dropout, group_attention, keep_layers, load_model, save_model, student_parameters,
+                          student_shape, unpadded_logits, unpads, use_fast_dropout)
 
 
 def _ragged_batch(lengths: list[int], vocab: int = 1000):
@@ -53,6 +53,37 @@ def test_unpadded_training_forward_with_its_own_attention_equals_the_padded_one(
     assert torch.allclose(logits, padded[real], atol=1e-5)
 
 
+def test_group_attention_drops_attention_probabilities():
+    """Training on the CPU: softmax(q k^T * scale over the key mask), fast_dropout on the probabilities, then v."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
+    keys = (torch.arange(5)[None, :] < torch.tensor([5, 3])[:, None])[:, None, None, :]
+    torch.manual_seed(1)
+    out = group_attention(q, k, v, keys, 0.5, 0.5)
+    probabilities = (q @ k.transpose(-1, -2) * 0.5).masked_fill(~keys, float("-inf")).softmax(-1)
+    torch.manual_seed(1)
+    assert torch.allclose(out, fast_dropout(probabilities, 0.5) @ v, atol=1e-6)
+    assert torch.allclose(group_attention(q, k, v, keys, 0.5, 0.0), probabilities @ v, atol=1e-6)  # SDPA
+    assert not torch.allclose(out, probabilities @ v, atol=1e-3)
+
+
+def test_unpadded_training_forward_under_bf16_autocast_stays_close_to_float32(tiny_model):
+    """Under bf16 autocast the unpadded forward's attention runs its matmuls in bf16 (softmax in float32), as
+    flash attention does on GPUs, where SDPA's CPU math path would compute in float32: close, not equal."""
+    torch.manual_seed(0)
+    model = use_fast_dropout(cut_student(tiny_model, 2, 8)).train()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 1e-9
+    ids, mask = _ragged_batch([5, 17, 1, 9, 17, 3, 12, 2, 6])
+    exact = model(input_ids=ids, attention_mask=mask).logits.flatten(0, 1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, real = unpadded_logits(model, ids, mask)
+    assert logits.dtype == torch.bfloat16
+    error = (logits.float() - exact[real]).abs().max().item()
+    assert error < 0.02 * exact.abs().max().item(), error
+
+
 def test_fast_dropout_drops_p_and_keeps_the_expectation():
     torch.manual_seed(0)
     x = torch.rand(1000, 1000) + 0.5
@@ -63,8 +94,15 @@ def test_fast_dropout_drops_p_and_keeps_the_expectation():
     assert abs(out.mean().item() / x.mean().item() - 1) < 0.003
     kept = out != 0
     assert torch.allclose(out[kept], x[kept] / (1 - round(0.1 * 65536) / 65536))
-    rows = (out == 0).float().mean(1)  # 16-bit lanes of one draw are independent: no row or column pattern
-    assert rows.min() > 0.05 and rows.max() < 0.15 and (out == 0).float().mean(0).max() < 0.15
+    lanes = (out == 0).float().view(-1, 4).mean(0)  # the four 16-bit lanes of each 64-bit draw drop alike
+    assert ((lanes - 0.1).abs() < 0.004).all(), lanes
+    rows, columns = (out == 0).float().mean(1), (out == 0).float().mean(0)
+    assert rows.min() > 0.05 and rows.max() < 0.15 and columns.min() > 0.05 and columns.max() < 0.15
+    assert torch.equal(fast_dropout(x, 1.0), torch.zeros_like(x))  # all dropped, as nn.Dropout(p=1)
+    assert torch.equal(fast_dropout(x, 1 - 1e-6), torch.zeros_like(x))  # rounds to every 16-bit level
+    inplace = x.clone()
+    torch.manual_seed(0)
+    assert fast_dropout(inplace, 0.1, inplace=True) is inplace and torch.equal(inplace, out)
     assert fast_dropout(x, 0.1, training=False) is x and fast_dropout(x, 0.0) is x
     torch.manual_seed(1)
     again = fast_dropout(x, 0.1)
@@ -88,7 +126,10 @@ def test_use_fast_dropout_swaps_every_dropout_and_keeps_eval_logits(tiny_model):
     torch.manual_seed(0)
     first = tiny_model(input_ids=ids, attention_mask=mask).logits
     torch.manual_seed(0)
-    assert torch.equal(tiny_model(input_ids=ids, attention_mask=mask).logits, first)
+    assert torch.equal(tiny_model(input_ids=ids, attention_mask=mask).logits, first)  # seeded
+    assert not torch.allclose(first, expected, atol=1e-4)  # it drops in training
+    assert not torch.allclose(tiny_model(input_ids=ids, attention_mask=mask).logits, first, atol=1e-4)
+    tiny_model.eval()
 
 
 def padded_loss(model, ids, mask):
@@ -223,6 +264,8 @@ def test_precision_setting_trains_with_float32_weights(tokenizer, tmp_path, prec
         logits = model(input_ids=torch.tensor([data.input_ids[0]])).logits
     assert logits.dtype == (torch.bfloat16 if precision == "bf16" else torch.float32)
     assert all(p.dtype == torch.float32 for p in model.parameters())
+    dropouts = [m for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(type(m) is FastDropout for m in dropouts)  # fit trains with fast_dropout's masks
     save_checkpoint(tmp_path, result)
     assert {t.dtype for t in load_file(str(tmp_path / OPTIMIZER_FILE)).values()} <= {torch.float32}
     assert uses_bf16("cpu", "fp32") is False and uses_bf16("cpu", "bf16") is True
