@@ -5,7 +5,7 @@
     teacher-logits  the student stage's once-per-search teacher pass over the training sentences
     matmul          2048 x 2048 @ 2048 x 2048 FLOP/s in float32 and bf16, torch.set_num_threads(THREADS), after warmup
     steps           the levers of issue 6 on fit's own training step: --variant fp32, bf16 (CPU autocast),
-                    bf16-bernoulli (bf16 with torch's own dropout instead of fit's fast_dropout) or compile
+                    bf16-fast-dropout (bf16 with the student's fast_dropout instead of torch's) or compile
                     (torch.compile, dynamic shapes), --threads N, over the same first --steps batches
 
 Run by bench/run_benchmarks.py; every sub-command takes --data, the sizes and --out (see bench/common.py).
@@ -98,8 +98,8 @@ def steps(args) -> dict:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = initial_token_classifier("minilm", task.labels, args.seed, len(tokenizer)).train()
-    if args.variant != "bf16-bernoulli":
-        use_fast_dropout(model)  # as fit does
+    if args.variant == "bf16-fast-dropout":
+        use_fast_dropout(model)  # as the student stage does
     optimizer = build_optimizer(model, THROUGHPUT_HPARAMS["learning_rate"], THROUGHPUT_HPARAMS["weight_decay"])
     forward = torch.compile(model, dynamic=True) if args.variant == "compile" else model
     precision = autocast("cpu", "bf16" if args.variant.startswith("bf16") else "fp32")
@@ -127,7 +127,7 @@ def steps(args) -> dict:
 
 WARMUP_STEPS = 5
 COMMANDS = {"throughput": {"--precision": {"choices": PRECISIONS, "default": "auto"}}, "teacher-logits": {"--teacher": {"type": Path, "required": True}}, "matmul": {},
-            "steps": {"--variant": {"choices": ["fp32", "bf16", "bf16-bernoulli", "compile"], "required": True},
+            "steps": {"--variant": {"choices": ["fp32", "bf16", "bf16-fast-dropout", "compile"], "required": True},
                       "--threads": {"type": int, "default": THREADS}, "--steps": {"type": int, "default": 60}}}
 
 

@@ -92,3 +92,23 @@ def test_unpadded_distillation_loss_equals_the_padded_one(tiny_model, tokenizer)
     expected = distillation_loss(padded, teacher, batch["labels"], 3.0, 0.6)
     got = distillation_loss(logits, teacher.flatten(0, 1)[real], batch["labels"].flatten()[real], 3.0, 0.6)
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+def test_the_student_trains_with_fast_dropout(tiny_model, tokenizer):
+    """The student stage swaps in fast_dropout (1.11x on its CPU step); the teacher stage keeps torch's dropout."""
+    from tuner.config import TrainSettings
+    from tuner.data import TaskData
+    from tuner.models import FastDropout, ModelState
+    from tuner.stages import student, teacher
+
+    data = encode([Sentence(("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O"))] * 8, tokenizer,
+                  list(CONLL_LABELS), 16, True)
+    task = TaskData(list(CONLL_LABELS), data, data, data, tokenizer.pad_token_id, "mem")
+    settings = TrainSettings(epochs=1, batch_size=4, eval_batch_size=8, seed=0, threads=1, batch_order="random")
+    hparams = {"learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 2.0, "alpha": 0.5}
+    inputs = student.prepare(tiny_model, task, 1, 8, 10**9, 8, "cpu")
+    (result,) = list(student.train(hparams, task, inputs, settings))
+    dropouts = [m for m in result.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert dropouts and all(type(m) is FastDropout for m in dropouts)
+    (result,) = list(teacher.train(hparams, task, ModelState.of(tiny_model), settings))
+    assert all(type(m) is torch.nn.Dropout for m in result.model.modules() if isinstance(m, torch.nn.Dropout))

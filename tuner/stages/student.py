@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from tuner.config import IGNORE_INDEX, TrainSettings
 from tuner.data import Encoded, TaskData, sorted_batches
 from tuner.models import (ModelState, cut_student, embedding_svd, model_from_state, student_parameters,
-                           unpadded_logits, unpads)
+                           unpadded_logits, unpads, use_fast_dropout)
 from tuner.training import EpochResult, collate, fit, set_seed
 
 
@@ -82,7 +82,8 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
     if size > inputs.max_params:
         raise ValueError(f"student with {num_layers} layers and E={factor_dim} has {size} parameters, "
                          f"over the budget of {inputs.max_params}")
-    student = cut_student(teacher, num_layers, factor_dim, inputs.svd)
+    # dropout masks from 16-bit draws: 1.11x on the student's CPU step; the teacher's step gains nothing from them
+    student = use_fast_dropout(cut_student(teacher, num_layers, factor_dim, inputs.svd))
     del teacher
     temperature, alpha = float(hparams["temperature"]), float(hparams["alpha"])
     # random batches pad about 2.4x the real tokens: compute on the real ones only (the loss is per token either way)
