@@ -39,15 +39,21 @@ def test_unpadded_forward_equals_the_padded_one(tiny_model, student):
         assert torch.allclose(grads[0][name], grads[1][name], atol=1e-4), name
 
 
-def test_unpadded_training_forward_with_its_own_attention_equals_the_padded_one(tiny_model):
-    """In training, the unpadded forward computes attention itself (to use fast_dropout): with dropout too rare
-    to draw, it is still the padded forward's function."""
+def _training_student_dropping_nothing(tiny_model):
+    """A student in training mode with fast dropout at p = 1e-9, and a ragged batch: p rounds to no 16-bit level,
+    so fast_dropout keeps everything, yet the unpadded forward takes its training path (its own attention)."""
     torch.manual_seed(0)
     model = use_fast_dropout(cut_student(tiny_model, 2, 8)).train()
     for module in model.modules():
         if isinstance(module, torch.nn.Dropout):
-            module.p = 1e-9  # rounds to no 16-bit level: fast_dropout keeps everything, yet takes its path
-    ids, mask = _ragged_batch([5, 17, 1, 9, 17, 3, 12, 2, 6])
+            module.p = 1e-9
+    return (model, *_ragged_batch([5, 17, 1, 9, 17, 3, 12, 2, 6]))
+
+
+def test_unpadded_training_forward_with_its_own_attention_equals_the_padded_one(tiny_model):
+    """In training, the unpadded forward computes attention itself (to use fast_dropout): with dropout too rare
+    to draw, it is still the padded forward's function."""
+    model, ids, mask = _training_student_dropping_nothing(tiny_model)
     padded = model(input_ids=ids, attention_mask=mask).logits.flatten(0, 1)
     logits, real = unpadded_logits(model, ids, mask)
     assert torch.allclose(logits, padded[real], atol=1e-5)
@@ -70,12 +76,7 @@ def test_group_attention_drops_attention_probabilities():
 def test_unpadded_training_forward_under_bf16_autocast_stays_close_to_float32(tiny_model):
     """Under bf16 autocast the unpadded forward's attention runs its matmuls in bf16 (softmax in float32), as
     flash attention does on GPUs, where SDPA's CPU math path would compute in float32: close, not equal."""
-    torch.manual_seed(0)
-    model = use_fast_dropout(cut_student(tiny_model, 2, 8)).train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 1e-9
-    ids, mask = _ragged_batch([5, 17, 1, 9, 17, 3, 12, 2, 6])
+    model, ids, mask = _training_student_dropping_nothing(tiny_model)
     exact = model(input_ids=ids, attention_mask=mask).logits.flatten(0, 1)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         logits, real = unpadded_logits(model, ids, mask)
