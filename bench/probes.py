@@ -1,10 +1,11 @@
 """tuner's side of the in-process measurements, and the machine's matmul ceiling; one JSON result per process.
 
-    throughput      one epoch of tuner.training.fit on the teacher stage (length-grouped, dynamically padded) at
-                    --precision auto (tuner's default) or fp32
+    throughput      one epoch of tuner.training.fit on the teacher stage (its default: random batches trained
+                    unpadded) at --precision auto (tuner's default) or fp32
     teacher-logits  the student stage's once-per-search teacher pass over the training sentences
     matmul          2048 x 2048 @ 2048 x 2048 FLOP/s in float32 and bf16, torch.set_num_threads(THREADS), after warmup
-    steps           the levers of issue 6 on fit's own training step: --variant fp32, bf16 (CPU autocast),
+    steps           the levers of issue 6 on fit's padded training step (``--batches length``, length-grouped
+                    batches): --variant fp32, bf16 (CPU autocast),
                     bf16-fast-dropout (bf16 with the student's fast_dropout instead of torch's) or compile
                     (torch.compile, dynamic shapes), --threads N, over the same first --steps batches
 
@@ -26,8 +27,8 @@ from bench.common import (BATCH_SIZE, command_parser, non_embedding_parameters, 
 import torch  # noqa: E402
 
 from tuner.config import PRECISIONS, TrainSettings, default_threads  # noqa: E402
-from tuner.data import length_grouped_batches  # noqa: E402
-from tuner.models import initial_token_classifier, load_model, load_tokenizer, use_fast_dropout  # noqa: E402
+from tuner.data import length_grouped_batches, random_batches  # noqa: E402
+from tuner.models import ATTENTION_GROUP, initial_token_classifier, load_model, load_tokenizer, use_fast_dropout  # noqa: E402
 from tuner.pipeline import build_task  # noqa: E402
 from tuner.stages.student import compute_teacher_logits  # noqa: E402
 from tuner.training import MAX_GRAD_NORM, autocast, build_optimizer, collate, fit  # noqa: E402
@@ -39,9 +40,13 @@ MATMUL_SIZE, MATMUL_WARMUP, MATMUL_REPEATS = 2048, 3, 10
 
 
 def padded_tokens(lengths: list[int], seed: int) -> int:
-    """Tokens fit's batches hold once padded: the same length-grouped batches its first epoch draws."""
-    return sum(len(batch) * max(lengths[i] for i in batch)
-               for batch in length_grouped_batches(lengths, BATCH_SIZE, seed))
+    """Tokens fit's first epoch computes attention over once padded: its random batches trained unpadded pad
+    only each attention group (``ATTENTION_GROUP`` sentences, longest first) to its own longest sentence."""
+    padded = 0
+    for batch in random_batches(lengths, BATCH_SIZE, seed):
+        ordered = sorted((lengths[i] for i in batch), reverse=True)
+        padded += sum(len(ordered[g:g + ATTENTION_GROUP]) * ordered[g] for g in range(0, len(ordered), ATTENTION_GROUP))
+    return padded
 
 
 def throughput(args) -> dict:

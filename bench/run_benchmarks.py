@@ -383,7 +383,8 @@ def comparison_sections(repeats: list, epochs: int) -> list:
     return [
         ("1. Teacher search", "`python -m tuner.run --stage teacher` (Optuna TPE + ASHA, a checkpoint per epoch) "
          "vs `Trainer.hyperparameter_search(backend=\"ray\")` (FIFO, the HF NER recipe: first-sub-token labels "
-         "as tuner's default, random batches, DataCollatorForTokenClassification, seqeval F1, evaluation each "
+         "as tuner's default, random batches as tuner's default (which trains them unpadded), "
+         "DataCollatorForTokenClassification, seqeval F1, evaluation each "
          "epoch). The peer trains the configs "
          "tuner's TPE sampled (Ray's BasicVariantGenerator with them as points_to_evaluate), so both sides train "
          "the same configs and differ only in the engine: training loop, and ASHA stopping trials early. "
@@ -393,8 +394,8 @@ def comparison_sections(repeats: list, epochs: int) -> list:
          "whose compute_loss runs the teacher on every step (random batches, padded), with tuner's best student "
          "config, initialisation (cut_student) and distillation_loss, scored by tuner's "
          "evaluate each epoch. Ratio: online / tuner.", student),
-        ("3. Training throughput (one epoch, teacher model)", "tuner.training.fit (length-grouped batches, "
-         "dynamic padding) at its default precision (auto: bf16 autocast where the CPU or GPU has native bf16) and "
+        ("3. Training throughput (one epoch, teacher model)", "tuner.training.fit (its default: random batches "
+         "trained unpadded; padding counts the attention groups' pads) at its default precision (auto: bf16 autocast where the CPU or GPU has native bf16) and "
          "forced to fp32, vs a default Trainer (float32, random batches, DataCollatorForTokenClassification), "
          f"batch size {BATCH_SIZE}, real (non-pad) tokens counted on both sides. Ratio: tuner / HF.", throughput),
         ("4. tuner's overhead (teacher search)", "Time outside the trials' `train_seconds + eval_seconds`: per "
@@ -422,7 +423,8 @@ def lever_section(repeats: list) -> tuple:
     levers = table(["training step", "real tokens / s", "vs fp32", "first 5 steps (compilation), s",
                     "loss, first to last step"], rows)
     overlap = cell([numbers["fp32, 2 processes|overlap"] for numbers in n], ".0%")
-    return ("6. Levers on the training step", "The same first batches of fit's length-grouped epoch (teacher model, "
+    return ("6. Levers on the training step", "The same first batches of fit's length-grouped epoch (`--batches "
+            "length`: the padded HF forward; teacher model, "
             f"batch size {BATCH_SIZE}), timed after 5 warm-up steps, one process per lever; the two-process row runs "
             "two 1-thread processes at once, as two trials per node would, and sums their rates (their timed "
             f"windows overlapped {overlap}).", levers)

@@ -37,7 +37,7 @@ def teachers(work: Path) -> list:
 
 
 def one_seed(seed: int, teacher: Path, args) -> dict:
-    batches = ["--student-batches", args.student_batches] if args.student_batches else []
+    batches = ["--batches", args.student_batches] if args.student_batches else []
     work = args.work / f"repeat-{seed + 1}" / "-".join(["student", str(args.epochs), "epochs", *batches[1:]])
     (work / "logs").mkdir(parents=True, exist_ok=True)
     sizes = argparse.Namespace(**dict(vars(args), seed=seed))

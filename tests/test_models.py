@@ -59,6 +59,38 @@ def test_unpadded_training_forward_with_its_own_attention_equals_the_padded_one(
     assert torch.allclose(logits, padded[real], atol=1e-5)
 
 
+def test_fit_trains_random_batches_unpadded_with_the_same_loss(tiny_model):
+    """Random batches (the default) train on the real tokens only; the loss is the padded one's, token for token."""
+    from tuner.config import TrainSettings
+    from tuner.training import default_loss, token_classification_loss, unpadded_token_classification_loss
+
+    settings = TrainSettings(epochs=1, batch_size=4, eval_batch_size=8, seed=0, threads=1)
+    assert default_loss(tiny_model, settings) is unpadded_token_classification_loss
+    assert default_loss(tiny_model, dataclasses.replace(settings, batch_order="length")) is token_classification_loss
+    tiny_model.eval()
+    ids, mask = _ragged_batch([5, 17, 1, 9, 17, 3, 12, 2, 6])
+    labels = torch.randint(0, tiny_model.config.num_labels, ids.shape).masked_fill(mask == 0, -100)
+    labels[:, 0] = -100  # [CLS]
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    assert torch.allclose(unpadded_token_classification_loss(tiny_model, batch, []),
+                          token_classification_loss(tiny_model, batch, []), atol=1e-5)
+
+
+def test_unpadded_training_forward_keeps_torch_dropout_unless_the_model_uses_fast_dropout(tiny_model, monkeypatch):
+    """The teacher trains with torch's dropout: its unpadded attention leaves the probabilities' dropout to SDPA;
+    a student swapped to FastDropout draws it with fast_dropout."""
+    import tuner.models
+
+    drawn = []
+    monkeypatch.setattr(tuner.models, "fast_dropout", lambda x, p, *a, **k: drawn.append(p) or x)
+    ids, mask = _ragged_batch([5, 17, 1, 9])
+    unpadded_logits(tiny_model.train(), ids, mask)
+    assert drawn == []
+    unpadded_logits(use_fast_dropout(tiny_model), ids, mask)
+    layers = tiny_model.config.num_hidden_layers  # embeddings, per layer two outputs and one attention group, head
+    assert len(drawn) == 1 + 3 * layers + 1 and set(drawn) == {0.1}
+
+
 def test_group_attention_drops_attention_probabilities():
     """Training on the CPU: softmax(q k^T * scale over the key mask), fast_dropout on the probabilities, then v."""
     torch.manual_seed(0)
@@ -280,15 +312,15 @@ def test_unknown_precision_is_refused():
         resolve_profile("smoke", False, precision="fp16")
 
 
-def test_student_batches_flag_reaches_only_the_student():
+def test_batches_flag_reaches_every_stage():
     from tuner.config import train_settings
     from tuner.errors import TunerError
     from tuner.run import parser, settings_from
 
+    stages = ("teacher", "factorized", "student")
     default = settings_from(parser().parse_args(["--stage", "student"]), cuda_available=False).profile
-    assert [train_settings(default, stage, 0, 1).batch_order for stage in ("teacher", "factorized", "student")] == \
-        ["length", "length", "random"]
-    grouped = settings_from(parser().parse_args(["--stage", "student", "--student-batches", "length"]), False).profile
-    assert train_settings(grouped, "student", 0, 1).batch_order == "length"
-    with pytest.raises(TunerError, match="student_batches must be one of random, length"):
-        dataclasses.replace(default, student_batches="sorted")
+    assert [train_settings(default, stage, 0, 1).batch_order for stage in stages] == ["random"] * 3
+    grouped = settings_from(parser().parse_args(["--stage", "all", "--batches", "length"]), False).profile
+    assert [train_settings(grouped, stage, 0, 1).batch_order for stage in stages] == ["length"] * 3
+    with pytest.raises(TunerError, match="batches must be one of random, length"):
+        dataclasses.replace(default, batches="sorted")

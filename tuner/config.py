@@ -45,11 +45,10 @@ class Profile:
     space_dir: Path = SEARCH_SPACE_DIR  # holds <stage>.yaml for each stage
     student_epochs: int | None = None  # None: ``epochs``; a student epoch costs a fraction of a teacher's
     precision: str = "auto"  # one of PRECISIONS: the trials' forward passes (training and validation)
-    # The student's training batches (one of BATCH_ORDERS): "random" (the HF Trainer's order, trained unpadded:
-    # +0.9 student F1 points over 3 seeds for the same config, at 1.35-1.5x the training time) or "length"
-    # (length-grouped, the other stages' order). The teacher gained nothing from random batches (+0.02 points over
-    # 3 seeds) at 1.8x the time, so it keeps "length". See results/benchmarks.md.
-    student_batches: str = "random"
+    # Every stage's training batches (one of BATCH_ORDERS): "random" (the HF Trainer's order, trained unpadded) or
+    # "length" (length-grouped, padded per batch: faster, but less F1 for the same config: -0.9 points for the
+    # student and -0.65 for the teacher over 3 seeds each). See results/benchmarks.md.
+    batches: str = "random"
 
     def epochs_for(self, stage: str) -> int:
         return self.student_epochs if stage == "student" and self.student_epochs else self.epochs
@@ -67,8 +66,8 @@ class Profile:
             problems.append(f"max_length must be >= 8 (got {self.max_length})")
         if self.precision not in PRECISIONS:
             problems.append(f"precision must be one of {', '.join(PRECISIONS)} (got {self.precision!r})")
-        if self.student_batches not in BATCH_ORDERS:
-            problems.append(f"student_batches must be one of {', '.join(BATCH_ORDERS)} (got {self.student_batches!r})")
+        if self.batches not in BATCH_ORDERS:
+            problems.append(f"batches must be one of {', '.join(BATCH_ORDERS)} (got {self.batches!r})")
         if problems:
             raise TunerError(f"profile {self.name}: " + "; ".join(problems))
 
@@ -157,15 +156,14 @@ class TrainSettings:
     threads: int
     device: str = "cpu"  # trials pick their own device where they run
     precision: str = "auto"  # resolved against ``device`` by tuner.training.autocast
-    batch_order: str = "length"  # one of BATCH_ORDERS: length-grouped or random training batches
+    batch_order: str = "random"  # one of BATCH_ORDERS: random (trained unpadded) or length-grouped batches
 
 
 def train_settings(profile: Profile, stage: str, seed: int, threads: int, device: str = "cpu") -> TrainSettings:
     """The fixed settings of every trial of ``stage`` (and of a retrain of its best config)."""
     return TrainSettings(epochs=profile.epochs_for(stage), batch_size=profile.batch_size,
                          eval_batch_size=profile.eval_batch_size, seed=seed, threads=threads, device=device,
-                         precision=profile.precision,
-                         batch_order=profile.student_batches if stage == "student" else "length")
+                         precision=profile.precision, batch_order=profile.batches)
 
 
 def default_threads(cpus_per_trial: float) -> int:

@@ -283,46 +283,50 @@ def unpadded_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     kept = attention_mask[order].flatten().nonzero().squeeze(1)
     real = (order[:, None] * width + torch.arange(width, device=order.device)).flatten()[kept]
     hidden = bert.embeddings(input_ids=input_ids[order].flatten()[kept][None], position_ids=(kept % width)[None])[0]
-    sizes, groups = attention_groups(lengths[order].tolist(), input_ids.device)
+    slots, padded_size, groups = attention_groups(lengths[order].tolist(), input_ids.device)
     for layer in bert.encoder.layer:
         attention = layer.attention.self
         heads, size = attention.num_attention_heads, attention.attention_head_size
         projections = (attention.query, attention.key, attention.value)
         qkv = F.linear(hidden, torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))
+        padded = qkv.new_zeros(padded_size, qkv.shape[-1]).index_copy(0, slots, qkv)
         context = []
-        for chunk, (slots, rows, group_width, keys) in zip(qkv.split(sizes), groups):
-            padded = chunk.new_zeros(rows * group_width, chunk.shape[-1]).index_copy(0, slots, chunk)
-            q, k, v = padded.view(rows, group_width, 3, heads, size).permute(2, 0, 3, 1, 4)
-            out = group_attention(q, k, v, keys, attention.scaling, attention.dropout.p if model.training else 0.0)
-            context.append(out.transpose(1, 2).reshape(rows * group_width, heads * size)[slots])
-        hidden = layer.attention.output(torch.cat(context), hidden)
+        for start, rows, group_width, keys in groups:
+            chunk = padded[start:start + rows * group_width]
+            q, k, v = chunk.view(rows, group_width, 3, heads, size).permute(2, 0, 3, 1, 4)
+            out = group_attention(q, k, v, keys, attention.scaling, attention.dropout.p if model.training else 0.0,
+                                  fast=isinstance(attention.dropout, FastDropout))
+            context.append(out.transpose(1, 2).reshape(rows * group_width, heads * size))
+        hidden = layer.attention.output(torch.cat(context)[slots], hidden)
         hidden = layer.output(layer.intermediate(hidden), hidden)
     return model.classifier(model.dropout(hidden)), real
 
 
-def group_attention(q, k, v, keys: torch.Tensor, scale: float, dropout: float) -> torch.Tensor:
-    """softmax(q k^T * scale, over ``keys``) v: SDPA, except when training on the CPU, where SDPA's dropout
-    (``bernoulli_`` on its math path) is what ``fast_dropout`` replaces. That path computes in the autocast
-    dtype (bf16 matmuls, a float32 softmax, as flash attention does on GPUs), where SDPA's CPU math path would
-    upcast to float32: in float32 the two agree to 1e-5, in bf16 to bf16's precision (tested)."""
-    if dropout == 0.0 or q.device.type != "cpu":
+def group_attention(q, k, v, keys: torch.Tensor, scale: float, dropout: float, fast: bool = True) -> torch.Tensor:
+    """softmax(q k^T * scale, over ``keys``) v: SDPA, except when training on the CPU a model whose dropouts are
+    ``FastDropout`` (``fast``), where SDPA's dropout (``bernoulli_`` on its math path) is what ``fast_dropout``
+    replaces. That path computes in the autocast dtype (bf16 matmuls, a float32 softmax, as flash attention does
+    on GPUs), where SDPA's CPU math path would upcast to float32: in float32 the two agree to 1e-5, in bf16 to
+    bf16's precision (tested)."""
+    if dropout == 0.0 or not fast or q.device.type != "cpu":
         return F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=scale, dropout_p=dropout)
-    scores = torch.matmul(q, k.transpose(-1, -2) * scale).masked_fill(~keys, float("-inf"))
-    return torch.matmul(fast_dropout(scores.float().softmax(-1).to(v.dtype), dropout), v)
+    scores = torch.matmul(q * scale, k.transpose(-1, -2)).masked_fill(~keys, float("-inf"))
+    return torch.matmul(fast_dropout(torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype), dropout), v)
 
 
-def attention_groups(lengths: list[int], device) -> tuple[list, list]:
-    """For sentences sorted longest first: each group's token count, and per group of ``ATTENTION_GROUP`` its
-    tokens' slots in the group's padded ``[rows * width]``, rows, width and key mask."""
-    sizes, groups = [], []
+def attention_groups(lengths: list[int], device) -> tuple[torch.Tensor, int, list]:
+    """For sentences sorted longest first, groups of ``ATTENTION_GROUP``, each padded to its own longest and laid
+    end to end in one flat ``[slots, ...]`` buffer: every real token's slot in it (one scatter and one gather per
+    layer, not one per group), the buffer's length, and per group its first slot, rows, width and key mask."""
+    slots, groups, start = [], [], 0
     for first in range(0, len(lengths), ATTENTION_GROUP):
         rows = lengths[first:first + ATTENTION_GROUP]
         width = rows[0]
-        slots = torch.cat([torch.arange(j * width, j * width + n) for j, n in enumerate(rows)])
+        slots += [torch.arange(start + j * width, start + j * width + n) for j, n in enumerate(rows)]
         keys = (torch.arange(width)[None, :] < torch.tensor(rows)[:, None])[:, None, None, :]
-        sizes.append(sum(rows))
-        groups.append((slots.to(device), len(rows), width, keys.to(device)))
-    return sizes, groups
+        groups.append((start, len(rows), width, keys.to(device)))
+        start += len(rows) * width
+    return torch.cat(slots).to(device), start, groups
 
 
 def unpads(model: nn.Module) -> bool:

@@ -18,13 +18,14 @@ from typing import Callable, Iterator
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from tuner.config import IGNORE_INDEX, TrainSettings
 from tuner.data import NO_TOKEN, Encoded, length_grouped_batches, random_batches, sorted_batches
 from tuner.errors import TunerError
 from tuner.metrics import entity_scores
-from tuner.models import WEIGHTS_FILE, save_model
+from tuner.models import WEIGHTS_FILE, save_model, unpadded_logits, unpads
 
 log = logging.getLogger(__name__)
 
@@ -138,12 +139,26 @@ def token_classification_loss(model: nn.Module, batch: dict, indices: list) -> t
     return model(**batch).loss
 
 
-def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn: LossFn = token_classification_loss,
+def unpadded_token_classification_loss(model: nn.Module, batch: dict, indices: list) -> torch.Tensor:
+    """The same loss, computed on the batch's real tokens only (``unpadded_logits``): for random batches, whose
+    padding would otherwise be most of the compute."""
+    logits, real = unpadded_logits(model, batch["input_ids"], batch["attention_mask"])
+    return F.cross_entropy(logits.float(), batch["labels"].flatten()[real], ignore_index=IGNORE_INDEX)
+
+
+def default_loss(model: nn.Module, settings: TrainSettings) -> LossFn:
+    unpadded = settings.batch_order == "random" and unpads(model)
+    return unpadded_token_classification_loss if unpadded else token_classification_loss
+
+
+def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn: LossFn | None = None,
         resume: Path | None = None) -> Iterator[EpochResult]:
     """Train ``model`` on ``data.train`` for ``settings.epochs``, evaluating on ``data.validation`` each epoch.
 
-    ``resume`` is a checkpoint folder written by ``save_checkpoint``: training continues after its epoch.
+    ``loss_fn`` defaults to token cross-entropy, unpadded for random batches. ``resume`` is a checkpoint folder
+    written by ``save_checkpoint``: training continues after its epoch.
     """
+    loss_fn = loss_fn or default_loss(model, settings)
     torch.set_num_threads(settings.threads)
     device = settings.device
     model.to(device)  # before the optimizer: a fused AdamW lives on its parameters' device
