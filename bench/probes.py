@@ -28,7 +28,8 @@ import torch  # noqa: E402
 
 from tuner.config import PRECISIONS, TrainSettings, default_threads  # noqa: E402
 from tuner.data import length_grouped_batches, random_batches  # noqa: E402
-from tuner.models import ATTENTION_GROUP, initial_token_classifier, load_model, load_tokenizer, use_fast_dropout  # noqa: E402
+from tuner.models import (attention_groups, initial_token_classifier, load_model, load_tokenizer,  # noqa: E402
+                          use_fast_dropout)
 from tuner.pipeline import build_task  # noqa: E402
 from tuner.stages.student import compute_teacher_logits  # noqa: E402
 from tuner.training import MAX_GRAD_NORM, autocast, build_optimizer, collate, fit  # noqa: E402
@@ -42,11 +43,8 @@ MATMUL_SIZE, MATMUL_WARMUP, MATMUL_REPEATS = 2048, 3, 10
 def padded_tokens(lengths: list[int], seed: int) -> int:
     """Tokens fit's first epoch computes attention over once padded: its random batches trained unpadded pad
     only each attention group (``ATTENTION_GROUP`` sentences, longest first) to its own longest sentence."""
-    padded = 0
-    for batch in random_batches(lengths, BATCH_SIZE, seed):
-        ordered = sorted((lengths[i] for i in batch), reverse=True)
-        padded += sum(len(ordered[g:g + ATTENTION_GROUP]) * ordered[g] for g in range(0, len(ordered), ATTENTION_GROUP))
-    return padded
+    return sum(attention_groups(sorted((lengths[i] for i in batch), reverse=True), "cpu")[1]
+               for batch in random_batches(lengths, BATCH_SIZE, seed))
 
 
 def throughput(args) -> dict:

@@ -287,6 +287,7 @@ def unpadded_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
     for layer in bert.encoder.layer:
         attention = layer.attention.self
         heads, size = attention.num_attention_heads, attention.attention_head_size
+        dropout, fast = (attention.dropout.p if model.training else 0.0), isinstance(attention.dropout, FastDropout)
         projections = (attention.query, attention.key, attention.value)
         qkv = F.linear(hidden, torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))
         padded = qkv.new_zeros(padded_size, qkv.shape[-1]).index_copy(0, slots, qkv)
@@ -294,8 +295,7 @@ def unpadded_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
         for start, rows, group_width, keys in groups:
             chunk = padded[start:start + rows * group_width]
             q, k, v = chunk.view(rows, group_width, 3, heads, size).permute(2, 0, 3, 1, 4)
-            out = group_attention(q, k, v, keys, attention.scaling, attention.dropout.p if model.training else 0.0,
-                                  fast=isinstance(attention.dropout, FastDropout))
+            out = group_attention(q, k, v, keys, attention.scaling, dropout, fast)
             context.append(out.transpose(1, 2).reshape(rows * group_width, heads * size))
         hidden = layer.attention.output(torch.cat(context)[slots], hidden)
         hidden = layer.output(layer.intermediate(hidden), hidden)

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from tuner.config import IGNORE_INDEX, TrainSettings
 from tuner.data import Encoded, TaskData, sorted_batches
 from tuner.models import (ModelState, cut_student, embedding_svd, model_from_state, student_parameters,
-                           unpadded_logits, unpads, use_fast_dropout)
-from tuner.training import EpochResult, collate, fit, set_seed
+                           unpadded_logits, use_fast_dropout)
+from tuner.training import EpochResult, collate, fit, set_seed, trains_unpadded
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -86,8 +86,7 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
     student = use_fast_dropout(cut_student(teacher, num_layers, factor_dim, inputs.svd))
     del teacher
     temperature, alpha = float(hparams["temperature"]), float(hparams["alpha"])
-    # random batches pad about 2.4x the real tokens: compute on the real ones only (the loss is per token either way)
-    unpadded = settings.batch_order == "random" and unpads(student)
+    unpadded = trains_unpadded(student, settings)
 
     def loss_fn(model, batch, indices):
         width = batch["input_ids"].shape[1]
