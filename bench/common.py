@@ -35,6 +35,15 @@ def size_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="JSON file the measurement is written to")
 
 
+TRAIN_SEED_FLAG = {"type": int, "help": "the student's own seed: its initialisation, data order and dropout "
+                                        "(default: --seed, which also picks the sentences)"}
+
+
+def train_seed(args: argparse.Namespace) -> int:
+    """A distillation run's ``--train-seed``, or ``--seed`` without one."""
+    return args.seed if args.train_seed is None else args.train_seed
+
+
 def require_conll(parser: argparse.ArgumentParser, folder: Path) -> None:
     """Refuse a --data folder without train.txt with the parser's one-line error, before any work starts."""
     if not (folder / "train.txt").is_file():

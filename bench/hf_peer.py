@@ -18,8 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, command_parser, non_embedding_parameters, run_settings,  # noqa: E402
-                          selected_sentences, write_result)
+from bench.common import (BATCH_SIZE, TRAIN_SEED_FLAG, command_parser, non_embedding_parameters,  # noqa: E402
+                          run_settings, selected_sentences, train_seed, write_result)
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
@@ -29,7 +29,7 @@ from transformers import (AutoModelForTokenClassification, DataCollatorForTokenC
 
 from tuner.config import IGNORE_INDEX  # noqa: E402
 from tuner.data import CONLL_LABELS  # noqa: E402
-from tuner.models import cut_student, load_model, load_tokenizer, packaged_minilm_path  # noqa: E402
+from tuner.models import cut_student, load_model, load_tokenizer, model_labels, packaged_minilm_path  # noqa: E402
 from tuner.pipeline import build_task  # noqa: E402
 from tuner.spaces import load_space  # noqa: E402
 from tuner.stages.student import distillation_loss  # noqa: E402
@@ -175,14 +175,16 @@ def token_features(encoded) -> list:
 
 
 def distill(args) -> dict:
-    """One trial of tuner's best student config, trained by a Trainer that runs the teacher every step."""
+    """One trial of tuner's best student config, trained by a Trainer that runs the teacher every step, with
+    ``--train-seed`` as the student's seed (initialisation, data order, dropout)."""
     student_result = json.loads((args.student / "result.json").read_text())
     hparams = student_result["hyperparameters"]
     settings = run_settings(args, stage="student", teacher=args.teacher)
     tokenizer = load_tokenizer(str(args.teacher))
     teacher = load_model(args.teacher)
-    task = build_task(settings, tokenizer, [teacher.config.id2label[i] for i in range(teacher.config.num_labels)])
-    torch.manual_seed(args.seed)
+    task = build_task(settings, tokenizer, model_labels(teacher))
+    seed = train_seed(args)
+    torch.manual_seed(seed)
     started = time.perf_counter()
     student = cut_student(teacher, student_result["num_layers"], student_result["factor_dim"])
     timer = EpochTimer(lambda model: evaluate(model, task.validation, task.labels, settings.profile.eval_batch_size,
@@ -191,7 +193,7 @@ def distill(args) -> dict:
         training_args = TrainingArguments(
             output_dir=work, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=args.epochs,
             learning_rate=hparams["learning_rate"], weight_decay=hparams["weight_decay"],
-            warmup_steps=float(hparams["warmup_ratio"]), disable_tqdm=True, save_strategy="no", seed=args.seed)
+            warmup_steps=float(hparams["warmup_ratio"]), disable_tqdm=True, save_strategy="no", seed=seed)
         trainer = DistillationTrainer(model=student, args=training_args, train_dataset=token_features(task.train),
                                       data_collator=DataCollatorForTokenClassification(tokenizer), callbacks=[timer],
                                       teacher=teacher, temperature=hparams["temperature"], alpha=hparams["alpha"])
@@ -199,7 +201,7 @@ def distill(args) -> dict:
     wall = time.perf_counter() - started
     return {"trial_wall_seconds": wall, "epoch_seconds": timer.seconds, "val_f1_per_epoch": timer.scores,
             "best_val_f1": max(timer.scores), "hyperparameters": hparams,
-            "num_layers": student_result["num_layers"], "factor_dim": student_result["factor_dim"]}
+            "num_layers": student_result["num_layers"], "factor_dim": student_result["factor_dim"], "train_seed": seed}
 
 
 class CountingCollator:
@@ -238,7 +240,8 @@ COMMANDS = {
     "search": {"--configs": {"type": Path, "required": True,
                              "help": "JSON list of the configs to train (those tuner's search sampled)"}},
     "distill": {"--teacher": {"type": Path, "required": True}, "--student": {"type": Path, "required": True,
-                                                                            "help": "tuner's student/best folder"}},
+                                                                            "help": "tuner's student/best folder"},
+                "--train-seed": TRAIN_SEED_FLAG},
     "throughput": {},
 }
 

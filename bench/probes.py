@@ -3,6 +3,8 @@
     throughput      one epoch of tuner.training.fit on the teacher stage (its default: random batches trained
                     unpadded) at --precision auto (tuner's default) or fp32
     teacher-logits  the student stage's once-per-search teacher pass over the training sentences
+    student-trial   one trial of tuner's student search as its trainable runs it (teacher logits computed once
+                    first), at a kept search's best config (--student) and --train-seed
     matmul          2048 x 2048 @ 2048 x 2048 FLOP/s in float32 and bf16, torch.set_num_threads(THREADS), after warmup
     steps           the levers of issue 6 on fit's padded training step (``--batches length``, length-grouped
                     batches): --variant fp32, bf16 (CPU autocast),
@@ -14,6 +16,8 @@ Run by bench/run_benchmarks.py; every sub-command takes --data, the sizes and --
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import statistics
 import sys
 import time
@@ -21,17 +25,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, command_parser, non_embedding_parameters, run_settings,  # noqa: E402
-                          write_result)
+from bench.common import (BATCH_SIZE, TRAIN_SEED_FLAG, command_parser, non_embedding_parameters,  # noqa: E402
+                          run_settings, train_seed, write_result)
 
 import torch  # noqa: E402
 
-from tuner.config import PRECISIONS, TrainSettings, default_threads  # noqa: E402
+from tuner.config import PRECISIONS, TrainSettings, default_threads, train_settings  # noqa: E402
 from tuner.data import length_grouped_batches, random_batches  # noqa: E402
 from tuner.models import (attention_groups, initial_token_classifier, load_model, load_tokenizer,  # noqa: E402
-                          use_fast_dropout)
-from tuner.pipeline import build_task  # noqa: E402
-from tuner.stages.student import compute_teacher_logits  # noqa: E402
+                          model_labels, use_fast_dropout)
+from tuner.pipeline import build_task, stage_inputs  # noqa: E402
+from tuner.stages import student  # noqa: E402
 from tuner.training import MAX_GRAD_NORM, autocast, build_optimizer, collate, fit  # noqa: E402
 
 THREADS = default_threads(0)  # what a tuner trial gets with --cpus-per-trial 0 (all of the node)
@@ -64,15 +68,37 @@ def throughput(args) -> dict:
             "bf16": metrics["bf16"]}
 
 
-def teacher_logits(args) -> dict:
+def student_task(args):
+    """The settings, task and teacher of a student search from ``--teacher`` at these sizes."""
     settings = run_settings(args, stage="student", teacher=args.teacher)
     tokenizer = load_tokenizer(str(args.teacher))
     teacher = load_model(args.teacher)
-    task = build_task(settings, tokenizer, [teacher.config.id2label[i] for i in range(teacher.config.num_labels)])
     torch.set_num_threads(THREADS)
+    return settings, build_task(settings, tokenizer, model_labels(teacher)), teacher
+
+
+def teacher_logits(args) -> dict:
+    settings, task, teacher = student_task(args)
     started = time.perf_counter()
-    compute_teacher_logits(teacher, task.train, settings.profile.eval_batch_size, task.pad_token_id, "cpu")
+    student.compute_teacher_logits(teacher, task.train, settings.profile.eval_batch_size, task.pad_token_id, "cpu")
     return {"seconds": time.perf_counter() - started, "sentences": len(task.train)}
+
+
+def student_trial(args) -> dict:
+    """tuner's student trial of ``--student``'s config (its ``result.json``) at ``--train-seed`` (the student's
+    initialisation, data order and dropout; the sentences stay --seed's), outside Ray: the F1 side of the paired
+    comparison with ``hf_peer.py distill`` at the same seed. The trial's wall time excludes the teacher logits."""
+    settings, task, teacher = student_task(args)
+    inputs = stage_inputs("student", settings, task, teacher, teacher.config.vocab_size)
+    best = json.loads((args.student / "result.json").read_text())
+    hparams = dict(best["hyperparameters"], num_layers=best["num_layers"], factor_dim=best["factor_dim"])
+    seed = train_seed(args)
+    trial = dataclasses.replace(train_settings(settings.profile, "student", seed, THREADS),
+                                epochs=args.epochs)
+    started = time.perf_counter()
+    scores = [result.metrics["val_f1"] for result in student.train(hparams, task, inputs, trial)]
+    return {"trial_wall_seconds": time.perf_counter() - started, "val_f1_per_epoch": scores,
+            "best_val_f1": max(scores), "train_seed": seed, "hyperparameters": hparams}
 
 
 def matmul(args) -> dict:
@@ -129,15 +155,20 @@ def steps(args) -> dict:
 
 
 WARMUP_STEPS = 5
-COMMANDS = {"throughput": {"--precision": {"choices": PRECISIONS, "default": "auto"}}, "teacher-logits": {"--teacher": {"type": Path, "required": True}}, "matmul": {},
+COMMANDS = {"throughput": {"--precision": {"choices": PRECISIONS, "default": "auto"}},
+            "teacher-logits": {"--teacher": {"type": Path, "required": True}},
+            "student-trial": {"--teacher": {"type": Path, "required": True},
+                              "--student": {"type": Path, "required": True, "help": "tuner's student/best folder"},
+                              "--train-seed": TRAIN_SEED_FLAG},
+            "matmul": {},
             "steps": {"--variant": {"choices": ["fp32", "bf16", "bf16-fast-dropout", "compile"], "required": True},
                       "--threads": {"type": int, "default": THREADS}, "--steps": {"type": int, "default": 60}}}
 
 
 def main(argv=None) -> int:
     args = command_parser("python bench/probes.py", __doc__, COMMANDS).parse_args(argv)
-    record = {"throughput": throughput, "teacher-logits": teacher_logits, "matmul": matmul,
-              "steps": steps}[args.command](args)
+    record = {"throughput": throughput, "teacher-logits": teacher_logits, "student-trial": student_trial,
+              "matmul": matmul, "steps": steps}[args.command](args)
     write_result(args.out, record)
     return 0
 

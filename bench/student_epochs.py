@@ -36,6 +36,39 @@ def teachers(work: Path) -> list:
                   for p in work.glob("repeat-*/tuner/teacher/best/model.safetensors"))
 
 
+def kept_work_args(parser: argparse.ArgumentParser, argv: list, defaults) -> tuple:
+    """Parse a script's flags over a kept work folder: sizes left unset take ``defaults(--quick)``; ``--data``
+    must hold CoNLL files and ``--work`` a kept teacher. Returns the arguments and ``teachers(--work)``."""
+    args = parser.parse_args(argv)
+    for key, value in defaults(args.quick).items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    require_conll(parser, args.data)
+    args.data, args.argv = args.data.resolve(), argv
+    found = teachers(args.work)
+    if not found:
+        parser.error(f"--work {args.work}: no repeat-*/tuner/teacher/best/model.safetensors (run "
+                     "bench/run_benchmarks.py --keep first)")
+    return args, found
+
+
+def run_and_report(args, rows, report) -> int:
+    """Run ``rows()`` (the measurements), then write ``--output`` (and its rows as JSON beside it) and print it.
+    A failed step ends the script with its one-line message and exit code 1."""
+    started, clock = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.time()
+    try:
+        found = rows()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.with_suffix(".json").write_text(json.dumps(found, indent=1))
+    text = report(args, found, started, (time.time() - clock) / 60)
+    args.output.write_text(text)
+    print(text)
+    return 0
+
+
 def one_seed(seed: int, teacher: Path, args) -> dict:
     batches = ["--batches", args.student_batches] if args.student_batches else []
     work = args.work / f"repeat-{seed + 1}" / "-".join(["student", str(args.epochs), "epochs", *batches[1:]])
@@ -94,29 +127,9 @@ def main(argv=None) -> int:
                              "random either way")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "student-epochs.md")
-    args = parser.parse_args(argv)
-    for key, value in dict(QUICK if args.quick else FULL, epochs=QUICK["epochs"] if args.quick else 10).items():
-        if getattr(args, key, None) is None:
-            setattr(args, key, value)
-    require_conll(parser, args.data)
-    args.data, args.argv = args.data.resolve(), argv
-    found = teachers(args.work)
-    if not found:
-        parser.error(f"--work {args.work}: no repeat-*/tuner/teacher/best/model.safetensors (run "
-                     "bench/run_benchmarks.py --keep first)")
-    started, clock = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.time()
-    try:
-        rows = [one_seed(seed, teacher, args) for seed, teacher in found]
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-    text = report(args, rows, started, (time.time() - clock) / 60)
-    args.output.write_text(text)
-    print(text)
-    return 0
-
+    args, found = kept_work_args(parser, argv, lambda quick: dict(QUICK if quick else FULL,
+                                                                  epochs=QUICK["epochs"] if quick else 10))
+    return run_and_report(args, lambda: [one_seed(seed, teacher, args) for seed, teacher in found], report)
 
 if __name__ == "__main__":
     sys.exit(main())

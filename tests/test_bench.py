@@ -26,6 +26,7 @@ def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
     work = Path(re.search(r"work folder (\S+)", proc.stdout).group(1))
     try:
         student_epochs_table(work, conll_dir, tmp_path / "student-epochs.md")
+        student_seeds_table(work, conll_dir, tmp_path / "student-seeds.md")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     text = report.read_text()
@@ -61,6 +62,22 @@ def student_epochs_table(work: Path, conll_dir, report: Path) -> None:
         assert "seed 0, tuner:" in text and "seed 0, online:" in text
         assert f"- tuner's student batches: {batches[1] if batches else 'its default (random, unpadded)'}" in text
     assert (work / "repeat-1" / "student-1-epochs-length" / "tuner" / "student" / "best").is_dir()
+
+
+def student_seeds_table(work: Path, conll_dir, report: Path) -> None:
+    """bench/student_seeds.py on the quick benchmark's kept teacher and student config: one paired row per student
+    seed (the repeat's own, then +10), each side's F1 from its own process, and the mean difference's interval."""
+    proc = subprocess.run([sys.executable, "bench/student_seeds.py", "--quick", "--seeds", "2", "--work", work,
+                           "--data", conll_dir, "--output", report], capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = report.read_text()
+    for student_seed in (0, 10):
+        assert re.search(rf"^\| 0 \| {student_seed} \| 0\.[0-9]{{4}} \| 0\.[0-9]{{4}} \| [+-][0-9.]+ \| [0-9.]+ "
+                         r"\| [0-9.]+ \|$", text, re.MULTILINE), text
+        assert (work / "repeat-1" / "student-seeds" / f"online-{student_seed}.json").is_file()
+    assert re.search(r"- pairs: 2; tuner - online: mean \*\*[+-][0-9.]+\*\* points, 95% interval [+-][0-9.]+ to "
+                     r"[+-][0-9.]+;", text), text
 
 
 def test_bad_flag_is_one_line_error():

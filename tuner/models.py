@@ -219,6 +219,11 @@ def load_model(folder: Path) -> nn.Module:
     return model.eval()
 
 
+def model_labels(model: nn.Module) -> list[str]:
+    """A token classifier's label names in output order (its config's ``id2label``)."""
+    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+
+
 DROPOUT_LEVELS = 1 << 16  # FastDropout draws 16 random bits per element
 
 

@@ -20,8 +20,8 @@ from tuner import export
 from tuner.config import METRIC, RunSettings, default_threads, train_settings
 from tuner.data import TaskData, encode, label_list, load_corpus, split_sentences, subsample
 from tuner.errors import TunerError
-from tuner.models import (count_parameters, initial_token_classifier, load_model, load_tokenizer, ModelState,
-                          save_model, student_shape)
+from tuner.models import (count_parameters, initial_token_classifier, load_model, load_tokenizer, model_labels,
+                          ModelState, save_model, student_shape)
 from tuner.spaces import load_space
 from tuner.stages import factorized, student
 from tuner.training import evaluate, select_device
@@ -257,7 +257,7 @@ def run(settings: RunSettings, echo=print) -> dict:
         tokenizer, labels = load_tokenizer(settings.profile.model), None
     else:
         tokenizer = load_tokenizer(str(teacher_folder(settings)))
-        labels = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
+        labels = model_labels(teacher_model)
     task = build_task(settings, tokenizer, labels)
     echo(f"data: {task.source} ({settings.split} split): {len(task.train)} train, {len(task.validation)} "
          f"validation, {len(task.test)} test sentences; labels {' '.join(task.labels)}")

@@ -28,12 +28,12 @@ def word_offsets(line: str) -> list[tuple[str, int, int]]:
 def tag_lines(model_folder: Path, lines: list[str], batch_size: int = 32) -> list[list[dict]]:
     """Per line, its entities: type, text, word span [start, end) and character span [start, end)."""
     from tuner.data import Sentence, encode
-    from tuner.models import load_model, load_tokenizer
+    from tuner.models import load_model, load_tokenizer, model_labels
     from tuner.training import predict_tags, select_device
 
     model = load_model(model_folder)
     tokenizer = load_tokenizer(str(model_folder))
-    labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
+    labels = model_labels(model)
     offsets = [word_offsets(line) for line in lines]
     sentences = [Sentence(tuple(w for w, _, _ in words), ("O",) * len(words)) for words in offsets if words]
     max_length = getattr(model.config, "max_position_embeddings", 512)

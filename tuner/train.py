@@ -40,7 +40,7 @@ def data_argument(source: str) -> str:
 def retrain(stage: str, entry: dict, results_dir: Path, output: Path, data: str | None, teacher: Path | None,
             echo=print) -> dict:
     from tuner import pipeline
-    from tuner.models import load_model, save_model
+    from tuner.models import load_model, model_labels, save_model
     from tuner.stages import TRAIN
     from tuner.training import evaluate, select_device
 
@@ -58,7 +58,7 @@ def retrain(stage: str, entry: dict, results_dir: Path, output: Path, data: str 
     else:
         teacher_model = load_model(pipeline.teacher_folder(settings))
         tokenizer = pipeline.load_tokenizer(str(pipeline.teacher_folder(settings)))
-        labels = [teacher_model.config.id2label[i] for i in range(teacher_model.config.num_labels)]
+        labels = model_labels(teacher_model)
     task = pipeline.build_task(settings, tokenizer, labels)
     inputs = pipeline.stage_inputs(stage, settings, task, teacher_model, len(tokenizer))
     settings_for_trial = train_settings(profile, stage, entry["seed"], threads, device=select_device())

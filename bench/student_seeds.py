@@ -1,0 +1,126 @@
+"""Section 2's F1 question, paired over many student seeds: does distilling from cached teacher logits lose F1?
+
+    python bench/student_seeds.py --work /tmp/tuner-bench-XXXX [--seeds 3] [--output results/student-seeds.md]
+
+A single student run's best F1 moves by a point or more with its seed alone (initialisation, data order, dropout)
+at the cpu sizes, so section 2's three seeds, one run a side, cannot tell a 0.5-point difference from noise. This
+runs both sides again on a kept benchmark work folder (``run_benchmarks.py --keep``): per repeat, its teacher and
+tuner's best student config, at ``--seeds`` student seeds (the repeat's own seed, then +10, +20, ...; the sentences
+stay the repeat's): tuner's trial (``probes.py student-trial``: teacher logits once, then the trial as the search's
+trainable runs it) and the online run (``hf_peer.py distill``: a Trainer that runs the teacher every step), with the
+same config, teacher, sentences and student seed. It reports each pair's difference, their mean with a 95%
+interval (Student's t), and each side's spread over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import DEFAULT_DATA, ROOT, OneLineParser, positive_int  # noqa: E402
+from bench.run_benchmarks import FULL, QUICK, BenchError, machine_lines, measure  # noqa: E402
+from bench.student_epochs import kept_work_args, run_and_report  # noqa: E402
+
+SEED_STEP = 10  # student seeds seed, seed + 10, ...: apart from every repeat's own seed (0, 1, 2)
+
+
+def one_pair(seed: int, teacher: Path, train_seed: int, args) -> dict:
+    work = args.work / f"repeat-{seed + 1}" / "student-seeds"
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    sizes = argparse.Namespace(**dict(vars(args), seed=seed))
+    student = teacher.parent.parent / "student" / "best"  # the repeat's section 2 search
+    if not (student / "result.json").is_file():
+        raise BenchError(f"{student}: no result.json (the repeat's student search did not finish)")
+    extra = ("--teacher", teacher, "--student", student, "--train-seed", train_seed)
+    tuner = measure("probes", "student-trial", sizes, work, *extra, name=f"tuner-{train_seed}")
+    online = measure("hf_peer", "distill", sizes, work, *extra, name=f"online-{train_seed}")
+    return {"seed": seed, "train_seed": train_seed, "tuner_f1": tuner["best_val_f1"],
+            "online_f1": online["best_val_f1"], "tuner_trial": tuner["trial_wall_seconds"],
+            "online_trial": online["trial_wall_seconds"], "tuner_curve": tuner["val_f1_per_epoch"],
+            "online_curve": online["val_f1_per_epoch"]}
+
+
+def interval(differences: list) -> tuple:
+    """Mean and the half-width of its 95% interval (Student's t; 0 for a single pair)."""
+    from scipy.stats import t  # seqeval's scikit-learn brings scipy
+
+    mean = statistics.mean(differences)
+    if len(differences) < 2:
+        return mean, float("nan")
+    return mean, t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / len(differences) ** 0.5
+
+
+def spread(values: list) -> str:
+    return f"{statistics.stdev(values) * 100:.2f}" if len(values) > 1 else "n/a"
+
+
+def report(args, rows: list, started: str, minutes: float) -> str:
+    differences = [100 * (r["tuner_f1"] - r["online_f1"]) for r in rows]
+    mean, half = interval(differences)
+    median = statistics.median
+    lines = ["# Student: cached teacher logits (tuner) vs online distillation, paired over student seeds", "",
+             f"- command: `python bench/student_seeds.py {' '.join(map(str, args.argv))}`",
+             f"- run: {started}, {minutes:.0f} minutes", *machine_lines(),
+             f"- from `{args.work}`: each repeat's teacher, sentences and best student config; {args.seeds} student "
+             f"seed(s) per repeat, {args.epochs} epoch(s), {args.train_sentences} train and {args.eval_sentences} "
+             "validation sentences", "",
+             "| seed (sentences, teacher) | student seed | tuner F1 | online F1 | tuner - online, points "
+             "| tuner trial, s | online trial, s |", "|---|---|---|---|---|---|---|"]
+    for r, d in zip(rows, differences):
+        lines.append(f"| {r['seed']} | {r['train_seed']} | {r['tuner_f1']:.4f} | {r['online_f1']:.4f} | {d:+.2f} "
+                     f"| {r['tuner_trial']:.1f} | {r['online_trial']:.1f} |")
+    lines += ["", f"- pairs: {len(rows)}; tuner - online: mean **{mean:+.2f}** points, 95% interval "
+              f"{mean - half:+.2f} to {mean + half:+.2f}; median {median(differences):+.2f}; "
+              f"min {min(differences):+.2f}, max {max(differences):+.2f}",
+              f"- best F1, mean over pairs: tuner {statistics.mean(r['tuner_f1'] for r in rows):.4f}, online "
+              f"{statistics.mean(r['online_f1'] for r in rows):.4f}",
+              f"- spread of one run over student seeds (standard deviation, points; per teacher, then their mean): "
+              f"tuner {per_teacher_spread(rows, 'tuner_f1')}, online {per_teacher_spread(rows, 'online_f1')}",
+              f"- trial wall time, median: tuner {median(r['tuner_trial'] for r in rows):.1f} s, online "
+              f"{median(r['online_trial'] for r in rows):.1f} s (online / tuner "
+              f"{median(r['online_trial'] for r in rows) / median(r['tuner_trial'] for r in rows):.2f}x; "
+              "one process at a time, outside Ray)", "",
+              "Validation F1 per epoch:", ""]
+    for r in rows:
+        lines.append(f"- seed {r['seed']}, student seed {r['train_seed']}: tuner "
+                     f"{', '.join(f'{x:.4f}' for x in r['tuner_curve'])}; online "
+                     f"{', '.join(f'{x:.4f}' for x in r['online_curve'])}")
+    return "\n".join(lines) + "\n"
+
+
+def per_teacher_spread(rows: list, key: str) -> str:
+    groups = {}
+    for r in rows:
+        groups.setdefault(r["seed"], []).append(r[key])
+    spreads = [statistics.stdev(v) * 100 for v in groups.values() if len(v) > 1]
+    return (f"{', '.join(spread(v) for v in groups.values())} (mean {statistics.mean(spreads):.2f})"
+            if spreads else "n/a (one seed per teacher)")
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = OneLineParser(prog="python bench/student_seeds.py", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True, help="a work folder kept by run_benchmarks.py --keep")
+    parser.add_argument("--seeds", type=positive_int, default=3, help="student seeds per repeat (default 3)")
+    parser.add_argument("--quick", action="store_true", help="a tiny run to check the plumbing (the quick "
+                                                                 "benchmark's sizes, 1 epoch)")
+    parser.add_argument("--epochs", type=positive_int, help=f"student epochs, both sides (default {FULL['epochs']}, "
+                                                            "section 2's)")
+    parser.add_argument("--train-sentences", type=positive_int, help=f"default {FULL['train_sentences']}")
+    parser.add_argument("--eval-sentences", type=positive_int, help=f"default {FULL['eval_sentences']}")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "student-seeds.md")
+    args, found = kept_work_args(parser, argv, lambda quick: QUICK if quick else FULL)
+
+    def rows() -> list:
+        pairs = [one_pair(seed, teacher, seed + SEED_STEP * j, args) for j in range(args.seeds) for seed, teacher in found]
+        return sorted(pairs, key=lambda r: (r["seed"], r["train_seed"]))
+
+    return run_and_report(args, rows, report)
+
+if __name__ == "__main__":
+    sys.exit(main())
