@@ -35,7 +35,7 @@ from tuner.config import METRIC, MODE, TrainSettings  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.spaces import SearchSpace  # noqa: E402
 from tuner.stages import TRAIN  # noqa: E402
-from tuner.training import save_checkpoint, select_device  # noqa: E402
+from tuner.training import release_memory, save_checkpoint, select_device  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +121,12 @@ def _trial(config: dict, stage: str, task, inputs, settings: TrainSettings, use_
     moments, since nothing continues from it: a third of the bytes.
 
     Besides the stage's metrics, each report carries where the trial's time outside training and evaluation
-    went: ``setup_seconds`` (first epoch: building the model and optimizer, restoring a checkpoint),
-    ``checkpoint_seconds`` (writing this epoch's checkpoint) and ``report_seconds`` (the previous report, which
-    hands any checkpoint to Tune's storage), and whether it carries a checkpoint (``checkpointed``)."""
+    went: ``setup_seconds`` (first epoch: releasing the previous trial's memory, building the model and optimizer,
+    restoring a checkpoint), ``checkpoint_seconds`` (writing this epoch's checkpoint) and ``report_seconds`` (the
+    previous report, which hands any checkpoint to Tune's storage), and whether it carries a checkpoint
+    (``checkpointed``)."""
     entered = time.perf_counter()
+    release_memory()  # a reused process: the previous trial's freed heap slowed this one's training
     settings = dataclasses.replace(settings, device=select_device(use_gpu))
     rungs = rung_epochs(settings.epochs)
     checkpoint = tune.get_checkpoint()
