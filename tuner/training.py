@@ -70,9 +70,9 @@ def release_memory() -> bool:
     """Free what earlier work in this process left behind, and hand glibc's freed heap back to the system
     (``malloc_trim``); True where that ran (glibc), False elsewhere.
 
-    A reused trial process calls this before each trial. Without it, on 2 CPU cores, the teacher's second to
-    fourth trials in one process trained 7-14% slower than its first (fresh processes did not slow down); with
-    it they kept the first's speed (``bench/README.md``)."""
+    A reused trial process calls this before each trial. Without it, on 2 CPU cores, the teacher's third and
+    fourth trials in one process trained 9-17% slower than its first (fresh processes did not slow down); with
+    it they kept the first's speed (``results/benchmarks.md``)."""
     gc.collect()
     name = ctypes.util.find_library("c")
     try:
