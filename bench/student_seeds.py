@@ -15,6 +15,7 @@ interval (Student's t), and each side's spread over seeds.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 from pathlib import Path
@@ -29,15 +30,20 @@ SEED_STEP = 10  # student seeds seed, seed + 10, ...: apart from every repeat's 
 
 
 def one_pair(seed: int, teacher: Path, train_seed: int, args) -> dict:
-    work = args.work / f"repeat-{seed + 1}" / "student-seeds"
+    # one folder per size, so a --quick run never overwrites (or --reuse reads) a full-size pair
+    work = args.work / f"repeat-{seed + 1}" / f"student-seeds-{args.train_sentences}-sentences-{args.epochs}-epochs"
     (work / "logs").mkdir(parents=True, exist_ok=True)
     sizes = argparse.Namespace(**dict(vars(args), seed=seed))
     student = teacher.parent.parent / "student" / "best"  # the repeat's section 2 search
     if not (student / "result.json").is_file():
         raise BenchError(f"{student}: no result.json (the repeat's student search did not finish)")
     extra = ("--teacher", teacher, "--student", student, "--train-seed", train_seed)
-    tuner = measure("probes", "student-trial", sizes, work, *extra, name=f"tuner-{train_seed}")
-    online = measure("hf_peer", "distill", sizes, work, *extra, name=f"online-{train_seed}")
+    kept = [work / f"{side}-{train_seed}.json" for side in ("tuner", "online")]
+    if args.reuse and all(path.is_file() for path in kept):  # measured by an earlier run on this folder
+        tuner, online = (json.loads(path.read_text()) for path in kept)
+    else:
+        tuner = measure("probes", "student-trial", sizes, work, *extra, name=kept[0].stem)
+        online = measure("hf_peer", "distill", sizes, work, *extra, name=kept[1].stem)
     return {"seed": seed, "train_seed": train_seed, "tuner_f1": tuner["best_val_f1"],
             "online_f1": online["best_val_f1"], "tuner_trial": tuner["trial_wall_seconds"],
             "online_trial": online["trial_wall_seconds"], "tuner_curve": tuner["val_f1_per_epoch"],
@@ -112,12 +118,16 @@ def main(argv=None) -> int:
                                                             "section 2's)")
     parser.add_argument("--train-sentences", type=positive_int, help=f"default {FULL['train_sentences']}")
     parser.add_argument("--eval-sentences", type=positive_int, help=f"default {FULL['eval_sentences']}")
+    parser.add_argument("--reuse", action="store_true", help="read the pairs an earlier run measured in --work "
+                                                              "instead of training them again (--seeds 6 after "
+                                                              "--seeds 3 then trains only the new ones)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "student-seeds.md")
     args, found = kept_work_args(parser, argv, lambda quick: QUICK if quick else FULL)
 
     def rows() -> list:
-        pairs = [one_pair(seed, teacher, seed + SEED_STEP * j, args) for j in range(args.seeds) for seed, teacher in found]
+        pairs = [one_pair(seed, teacher, seed + SEED_STEP * j, args)
+                 for j in range(args.seeds) for seed, teacher in found]
         return sorted(pairs, key=lambda r: (r["seed"], r["train_seed"]))
 
     return run_and_report(args, rows, report)

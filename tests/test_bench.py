@@ -75,9 +75,19 @@ def student_seeds_table(work: Path, conll_dir, report: Path) -> None:
     for student_seed in (0, 10):
         assert re.search(rf"^\| 0 \| {student_seed} \| 0\.[0-9]{{4}} \| 0\.[0-9]{{4}} \| [+-][0-9.]+ \| [0-9.]+ "
                          r"\| [0-9.]+ \|$", text, re.MULTILINE), text
-        assert (work / "repeat-1" / "student-seeds" / f"online-{student_seed}.json").is_file()
+        assert (work / "repeat-1" / "student-seeds-64-sentences-1-epochs" / f"online-{student_seed}.json").is_file()
     assert re.search(r"- pairs: 2; tuner - online: mean \*\*[+-][0-9.]+\*\* points, 95% interval [+-][0-9.]+ to "
                      r"[+-][0-9.]+;", text), text
+    # --reuse reads the measured pairs instead of training them again: same rows, no new logs
+    logs = sorted((work / "repeat-1" / "student-seeds-64-sentences-1-epochs" / "logs").iterdir())
+    stamps = [log.stat().st_mtime_ns for log in logs]
+    proc = subprocess.run([sys.executable, "bench/student_seeds.py", "--quick", "--seeds", "2", "--reuse", "--work",
+                           work, "--data", conll_dir, "--output", report], capture_output=True, text=True,
+                          timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert [log.stat().st_mtime_ns for log in logs] == stamps
+    rows = [line for line in report.read_text().splitlines() if line.startswith("| 0 |")]
+    assert rows == [line for line in text.splitlines() if line.startswith("| 0 |")]
 
 
 def test_bad_flag_is_one_line_error():
