@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import gc
 import json
 import logging
@@ -74,15 +74,21 @@ def release_memory() -> bool:
     fourth trials in one process trained 9-17% slower than its first (fresh processes did not slow down); with
     it they kept the first's speed (``results/benchmarks.md``)."""
     gc.collect()
-    name = ctypes.util.find_library("c")
-    try:
-        trim = ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
-        trim = None
+    trim = _malloc_trim()
     if trim is None:
         return False
     trim(0)
     return True
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim`` from the C library already loaded in this process; None where there is none
+    (musl, macOS)."""
+    try:
+        return getattr(ctypes.CDLL(None), "malloc_trim", None)
+    except (OSError, TypeError):  # no handle on the process's own symbols (Windows)
+        return None
 
 
 def set_seed(seed: int) -> None:
