@@ -131,5 +131,6 @@ def main(argv=None) -> int:
                                                                   epochs=QUICK["epochs"] if quick else 10))
     return run_and_report(args, lambda: [one_seed(seed, teacher, args) for seed, teacher in found], report)
 
+
 if __name__ == "__main__":
     sys.exit(main())

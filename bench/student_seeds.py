@@ -51,17 +51,13 @@ def one_pair(seed: int, teacher: Path, train_seed: int, args) -> dict:
 
 
 def interval(differences: list) -> tuple:
-    """Mean and the half-width of its 95% interval (Student's t; 0 for a single pair)."""
+    """Mean and the half-width of its 95% interval (Student's t; NaN for a single pair)."""
     from scipy.stats import t  # seqeval's scikit-learn brings scipy
 
     mean = statistics.mean(differences)
     if len(differences) < 2:
         return mean, float("nan")
     return mean, t.ppf(0.975, len(differences) - 1) * statistics.stdev(differences) / len(differences) ** 0.5
-
-
-def spread(values: list) -> str:
-    return f"{statistics.stdev(values) * 100:.2f}" if len(values) > 1 else "n/a"
 
 
 def report(args, rows: list, started: str, minutes: float) -> str:
@@ -102,9 +98,10 @@ def per_teacher_spread(rows: list, key: str) -> str:
     groups = {}
     for r in rows:
         groups.setdefault(r["seed"], []).append(r[key])
-    spreads = [statistics.stdev(v) * 100 for v in groups.values() if len(v) > 1]
-    return (f"{', '.join(spread(v) for v in groups.values())} (mean {statistics.mean(spreads):.2f})"
-            if spreads else "n/a (one seed per teacher)")
+    if any(len(v) < 2 for v in groups.values()):
+        return "n/a (one seed per teacher)"
+    spreads = [statistics.stdev(v) * 100 for v in groups.values()]
+    return f"{', '.join(f'{s:.2f}' for s in spreads)} (mean {statistics.mean(spreads):.2f})"
 
 
 def main(argv=None) -> int:

@@ -67,11 +67,14 @@ def student_epochs_table(work: Path, conll_dir, report: Path) -> None:
 def student_seeds_table(work: Path, conll_dir, report: Path) -> None:
     """bench/student_seeds.py on the quick benchmark's kept teacher and student config: one paired row per student
     seed (the repeat's own, then +10), each side's F1 from its own process, and the mean difference's interval."""
-    proc = subprocess.run([sys.executable, "bench/student_seeds.py", "--quick", "--seeds", "2", "--work", work,
-                           "--data", conll_dir, "--output", report], capture_output=True, text=True, timeout=600,
-                          env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    text = report.read_text()
+    def run(*extra):
+        proc = subprocess.run([sys.executable, "bench/student_seeds.py", "--quick", "--seeds", "2", *extra, "--work",
+                               work, "--data", conll_dir, "--output", report], capture_output=True, text=True,
+                              timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=ROOT)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return report.read_text()
+
+    text = run()
     for student_seed in (0, 10):
         assert re.search(rf"^\| 0 \| {student_seed} \| 0\.[0-9]{{4}} \| 0\.[0-9]{{4}} \| [+-][0-9.]+ \| [0-9.]+ "
                          r"\| [0-9.]+ \|$", text, re.MULTILINE), text
@@ -81,12 +84,9 @@ def student_seeds_table(work: Path, conll_dir, report: Path) -> None:
     # --reuse reads the measured pairs instead of training them again: same rows, no new logs
     logs = sorted((work / "repeat-1" / "student-seeds-64-sentences-1-epochs" / "logs").iterdir())
     stamps = [log.stat().st_mtime_ns for log in logs]
-    proc = subprocess.run([sys.executable, "bench/student_seeds.py", "--quick", "--seeds", "2", "--reuse", "--work",
-                           work, "--data", conll_dir, "--output", report], capture_output=True, text=True,
-                          timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"), cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    again = run("--reuse")
     assert [log.stat().st_mtime_ns for log in logs] == stamps
-    rows = [line for line in report.read_text().splitlines() if line.startswith("| 0 |")]
+    rows = [line for line in again.splitlines() if line.startswith("| 0 |")]
     assert rows == [line for line in text.splitlines() if line.startswith("| 0 |")]
 
 
