@@ -1,12 +1,12 @@
 """Section 2's F1 question, paired over many student seeds: does distilling from cached teacher logits lose F1?
 
-    python bench/student_seeds.py --work /tmp/tuner-bench-XXXX [--seeds 3] [--output results/student-seeds.md]
+    python bench/student_seeds.py --work /tmp/tuner-bench-XXXX [--seeds 3] [--seed-offset 0] [--output results/student-seeds.md]
 
 A single student run's best F1 moves by a point or more with its seed alone (initialisation, data order, dropout)
 at the cpu sizes, so section 2's three seeds, one run a side, cannot tell a 0.5-point difference from noise. This
 runs both sides again on a kept benchmark work folder (``run_benchmarks.py --keep``): per repeat, its teacher and
-tuner's best student config, at ``--seeds`` student seeds (the repeat's own seed, then +10, +20, ...; the sentences
-stay the repeat's): tuner's trial (``probes.py student-trial``: teacher logits once, then the trial as the search's
+tuner's best student config, at ``--seeds`` student seeds (the repeat's own seed, then +10, +20, ...; ``--seed-offset k`` starts at +10k; the
+sentences stay the repeat's): tuner's trial (``probes.py student-trial``: teacher logits once, then the trial as the search's
 trainable runs it) and the online run (``hf_peer.py distill``: a Trainer that runs the teacher every step), with the
 same config, teacher, sentences and student seed. It reports each pair's difference, their mean with a 95%
 interval (Student's t), and each side's spread over seeds.
@@ -27,6 +27,15 @@ from bench.run_benchmarks import FULL, QUICK, BenchError, machine_lines, measure
 from bench.student_epochs import kept_work_args, run_and_report  # noqa: E402
 
 SEED_STEP = 10  # student seeds seed, seed + 10, ...: apart from every repeat's own seed (0, 1, 2)
+
+
+def nonnegative_int(text: str) -> int:
+    if text.strip() in ("0", "+0", "-0"):
+        return 0
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError as error:
+        raise argparse.ArgumentTypeError(str(error).replace(">= 1", ">= 0")) from None
 
 
 def one_pair(seed: int, teacher: Path, train_seed: int, args) -> dict:
@@ -68,7 +77,7 @@ def report(args, rows: list, started: str, minutes: float) -> str:
              f"- command: `python bench/student_seeds.py {' '.join(map(str, args.argv))}`",
              f"- run: {started}, {minutes:.0f} minutes", *machine_lines(),
              f"- from `{args.work}`: each repeat's teacher, sentences and best student config; {args.seeds} student "
-             f"seed(s) per repeat, {args.epochs} epoch(s), {args.train_sentences} train and {args.eval_sentences} "
+             f"seed(s) per repeat (from the repeat's seed + {SEED_STEP * args.seed_offset}), {args.epochs} epoch(s), {args.train_sentences} train and {args.eval_sentences} "
              "validation sentences", "",
              "| seed (sentences, teacher) | student seed | tuner F1 | online F1 | tuner - online, points "
              "| tuner trial, s | online trial, s |", "|---|---|---|---|---|---|---|"]
@@ -109,6 +118,9 @@ def main(argv=None) -> int:
     parser = OneLineParser(prog="python bench/student_seeds.py", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="a work folder kept by run_benchmarks.py --keep")
     parser.add_argument("--seeds", type=positive_int, default=3, help="student seeds per repeat (default 3)")
+    parser.add_argument("--seed-offset", type=nonnegative_int, default=0,
+                        help="start at the repeat's seed + 10 x this (default 0: the repeat's own seed), so a second "
+                             "run pairs new student seeds")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the plumbing (the quick "
                                                                  "benchmark's sizes, 1 epoch)")
     parser.add_argument("--epochs", type=positive_int, help=f"student epochs, both sides (default {FULL['epochs']}, "
@@ -124,7 +136,8 @@ def main(argv=None) -> int:
 
     def rows() -> list:
         pairs = [one_pair(seed, teacher, seed + SEED_STEP * j, args)
-                 for j in range(args.seeds) for seed, teacher in found]
+                 for j in range(args.seed_offset, args.seed_offset + args.seeds)
+                 for seed, teacher in found]
         return sorted(pairs, key=lambda r: (r["seed"], r["train_seed"]))
 
     return run_and_report(args, rows, report)

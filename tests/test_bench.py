@@ -88,6 +88,11 @@ def student_seeds_table(work: Path, conll_dir, report: Path) -> None:
     assert [log.stat().st_mtime_ns for log in logs] == stamps
     rows = [line for line in again.splitlines() if line.startswith("| 0 |")]
     assert rows == [line for line in text.splitlines() if line.startswith("| 0 |")]
+    # --seed-offset 1 starts at the repeat's seed + 10: here only the second pair, read again
+    later = run("--reuse", "--seeds", "1", "--seed-offset", "1")
+    assert [line for line in later.splitlines() if line.startswith("| 0 |")] == rows[1:]
+    assert "1 student seed(s) per repeat (from the repeat's seed + 10)" in later
+    assert [log.stat().st_mtime_ns for log in logs] == stamps
 
 
 def test_bad_flag_is_one_line_error():
