@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tuner` and `ben
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from tuner.config import RunSettings, resolve_profile  # noqa: E402
-from tuner.run import OneLineParser, positive_int  # noqa: E402
+from tuner.run import OneLineParser, int_at_least, positive_int  # noqa: E402
 
 BATCH_SIZE = 16
 SEED = 0  # of the first repeat; repeat r runs with seed r on both sides (split, head, data order, dropout)

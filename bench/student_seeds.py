@@ -22,20 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_DATA, ROOT, OneLineParser, positive_int  # noqa: E402
+from bench.common import DEFAULT_DATA, ROOT, OneLineParser, int_at_least, positive_int  # noqa: E402
 from bench.run_benchmarks import FULL, QUICK, BenchError, machine_lines, measure  # noqa: E402
 from bench.student_epochs import kept_work_args, run_and_report  # noqa: E402
 
 SEED_STEP = 10  # student seeds seed, seed + 10, ...: apart from every repeat's own seed (0, 1, 2)
-
-
-def nonnegative_int(text: str) -> int:
-    if text.strip() in ("0", "+0", "-0"):
-        return 0
-    try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError as error:
-        raise argparse.ArgumentTypeError(str(error).replace(">= 1", ">= 0")) from None
 
 
 def one_pair(seed: int, teacher: Path, train_seed: int, args) -> dict:
@@ -118,7 +109,7 @@ def main(argv=None) -> int:
     parser = OneLineParser(prog="python bench/student_seeds.py", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--work", type=Path, required=True, help="a work folder kept by run_benchmarks.py --keep")
     parser.add_argument("--seeds", type=positive_int, default=3, help="student seeds per repeat (default 3)")
-    parser.add_argument("--seed-offset", type=nonnegative_int, default=0,
+    parser.add_argument("--seed-offset", type=int_at_least(0), default=0,
                         help="start at the repeat's seed + 10 x this (default 0: the repeat's own seed), so a second "
                              "run pairs new student seeds")
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the plumbing (the quick "

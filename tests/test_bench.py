@@ -102,6 +102,14 @@ def test_bad_flag_is_one_line_error():
     assert "--repeats" in proc.stderr
 
 
+def test_negative_seed_offset_is_one_line_error(tmp_path):
+    proc = subprocess.run([sys.executable, "bench/student_seeds.py", "--work", tmp_path, "--seed-offset", "-1"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "--seed-offset" in proc.stderr and "must be >= 0, got -1" in proc.stderr
+
+
 def test_quick_alignment_ablation_writes_its_table(tmp_path, conll_dir):
     report = tmp_path / "alignment.md"
     before = snapshot(ROOT / "results")
