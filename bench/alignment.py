@@ -31,7 +31,7 @@ from bench.common import DEFAULT_DATA, ROOT, OneLineParser, positive_int, requir
 HPARAMS = {"learning_rate": 5.1e-5, "weight_decay": 0.07, "warmup_ratio": 0.12}  # near the searches' best teacher
 VARIANTS = [("first", "length"), ("all", "length"), ("first", "random"), ("all", "random")]  # tuner's default first
 LABELS = {"first": "first sub-token only (HF recipe)", "all": "every sub-token (the report's)"}
-BATCHES = {"length": "length-grouped (tuner)", "random": "random (HF Trainer)"}  # fit's batch_order
+BATCHES = {"length": "length-grouped (tuner)", "random": "random (HF Trainer)"}  # fit's batches
 
 
 @functools.cache
@@ -39,13 +39,13 @@ def encoded_task(profile_name: str, data: Path, seed: int, labels: str) -> tuple
     """The profile, its tokenizer and the seeded sentences encoded with ``labels``: once per (seed, labels), as
     both batch orders train on the same task."""
     from tuner.config import RunSettings, resolve_profile
-    from tuner.models import load_tokenizer
-    from tuner.pipeline import build_task
+    from tuner.stages import teacher
+    from tuner.task import load_task
 
-    profile = resolve_profile(profile_name, False, label_all_subtokens=labels == "all")
-    settings = RunSettings(stages=("teacher",), trials=1, profile=profile, data=str(data), seed=seed)
-    tokenizer = load_tokenizer(profile.model)
-    return profile, tokenizer, build_task(settings, tokenizer, None)
+    profile = resolve_profile(profile_name, False, label_subtokens=labels)
+    settings = RunSettings(stages=(teacher.STAGE,), trials=1, profile=profile, data=str(data), seed=seed)
+    task, tokenizer = load_task(settings, None)
+    return profile, tokenizer, task
 
 
 def train_variant(args, seed: int, labels: str, batches: str) -> dict:
@@ -56,7 +56,7 @@ def train_variant(args, seed: int, labels: str, batches: str) -> dict:
     profile, tokenizer, task = encoded_task(args.profile, args.data, seed, labels)
     model = initial_token_classifier(profile.model, task.labels, seed, len(tokenizer))
     started, scores = time.perf_counter(), []
-    settings = dataclasses.replace(train_settings(profile, "teacher", seed, args.threads), batch_order=batches)
+    settings = dataclasses.replace(train_settings(profile, profile.epochs, seed, args.threads), batches=batches)
     for result in fit(model, HPARAMS, task, settings):
         scores.append(result.metrics["val_f1"])
     return {"best": max(scores), "per_epoch": scores, "seconds": time.perf_counter() - started}

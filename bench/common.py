@@ -16,8 +16,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tuner` and `bench` import from the checkout
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from tuner import registry  # noqa: E402
+from tuner.cli import OneLineParser, int_at_least, positive_int  # noqa: E402
 from tuner.config import RunSettings, resolve_profile  # noqa: E402
-from tuner.run import OneLineParser, int_at_least, positive_int  # noqa: E402
 
 BATCH_SIZE = 16
 SEED = 0  # of the first repeat; repeat r runs with seed r on both sides (split, head, data order, dropout)
@@ -66,13 +67,13 @@ def run_settings(args: argparse.Namespace, stage: str = "teacher", teacher: Path
     """The tuner settings a `python -m tuner.run --profile cpu --model minilm ...` call with these sizes has."""
     profile = resolve_profile("cpu", False, model="minilm", epochs=args.epochs, batch_size=BATCH_SIZE,
                               train_sentences=args.train_sentences, eval_sentences=args.eval_sentences)
-    return RunSettings(stages=(stage,), trials=1, profile=profile, data=str(args.data), split=SPLIT, seed=args.seed,
+    return RunSettings(stages=(registry.by_name(stage),), trials=1, profile=profile, data=str(args.data), split=SPLIT, seed=args.seed,
                        teacher=teacher)
 
 
 def selected_sentences(settings: RunSettings) -> dict:
-    """The train and validation sentences ``tuner.pipeline.build_task`` encodes for ``settings``, as words and tags."""
-    from tuner.pipeline import select_sentences
+    """The train and validation sentences ``tuner.task.build_task`` encodes for ``settings``, as words and tags."""
+    from tuner.task import select_sentences
 
     _, chosen = select_sentences(settings)
     return {"train": chosen["train"], "validation": chosen["validation"]}

@@ -29,10 +29,11 @@ from transformers import (AutoModelForTokenClassification, DataCollatorForTokenC
 
 from tuner.config import IGNORE_INDEX  # noqa: E402
 from tuner.data import CONLL_LABELS  # noqa: E402
-from tuner.models import cut_student, load_model, load_tokenizer, model_labels, packaged_minilm_path  # noqa: E402
-from tuner.pipeline import build_task  # noqa: E402
+from tuner.models import cut_student, load_model, load_tokenizer, packaged_minilm_path  # noqa: E402
 from tuner.spaces import load_space  # noqa: E402
+from tuner.stages import teacher as teacher_stage  # noqa: E402
 from tuner.stages.student import distillation_loss  # noqa: E402
+from tuner.task import load_task  # noqa: E402
 from tuner.training import evaluate  # noqa: E402
 
 LABELS = list(CONLL_LABELS)
@@ -105,7 +106,7 @@ def search(args) -> dict:
     tokenizer = load_tokenizer("minilm")
     sentences = selected_sentences(settings)
     max_length = settings.profile.max_length
-    domains = ray_space(load_space("teacher", settings.space_file("teacher")))
+    domains = ray_space(load_space(teacher_stage.STAGE, settings.space_file(teacher_stage.STAGE.name)))
     configs = [{HF_NAMES.get(k, k): v for k, v in c.items()} for c in json.loads(args.configs.read_text())]
     with tempfile.TemporaryDirectory(prefix="hf-search-") as work:
         training_args = TrainingArguments(
@@ -180,9 +181,8 @@ def distill(args) -> dict:
     student_result = json.loads((args.student / "result.json").read_text())
     hparams = student_result["hyperparameters"]
     settings = run_settings(args, stage="student", teacher=args.teacher)
-    tokenizer = load_tokenizer(str(args.teacher))
     teacher = load_model(args.teacher)
-    task = build_task(settings, tokenizer, model_labels(teacher))
+    task, tokenizer = load_task(settings, teacher)
     seed = train_seed(args)
     torch.manual_seed(seed)
     started = time.perf_counter()

@@ -7,16 +7,14 @@
                     first), at a kept search's best config (--student) and --train-seed
     matmul          2048 x 2048 @ 2048 x 2048 FLOP/s in float32 and bf16, torch.set_num_threads(THREADS), after warmup
     steps           the levers of issue 6 on fit's padded training step (``--batches length``, length-grouped
-                    batches): --variant fp32, bf16 (CPU autocast),
-                    bf16-fast-dropout (bf16 with the student's fast_dropout instead of torch's) or compile
-                    (torch.compile, dynamic shapes), --threads N, over the same first --steps batches
+                    batches): --variant fp32, bf16 (CPU autocast) or compile (torch.compile, dynamic shapes),
+                    --threads N, over the same first --steps batches
 
 Run by bench/run_benchmarks.py; every sub-command takes --data, the sizes and --out (see bench/common.py).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import statistics
 import sys
@@ -32,11 +30,11 @@ import torch  # noqa: E402
 
 from tuner.config import PRECISIONS, TrainSettings, default_threads, train_settings  # noqa: E402
 from tuner.data import length_grouped_batches, random_batches  # noqa: E402
-from tuner.models import (attention_groups, initial_token_classifier, load_model, load_tokenizer,  # noqa: E402
-                          model_labels, use_fast_dropout)
-from tuner.pipeline import build_task, stage_inputs  # noqa: E402
+from tuner.models import initial_token_classifier, load_model  # noqa: E402
 from tuner.stages import student  # noqa: E402
+from tuner.task import load_task, stage_inputs  # noqa: E402
 from tuner.training import MAX_GRAD_NORM, autocast, build_optimizer, collate, fit  # noqa: E402
+from tuner.unpadded import attention_groups  # noqa: E402
 
 THREADS = default_threads(0)  # what a tuner trial gets with --cpus-per-trial 0 (all of the node)
 # Throughput does not depend on these; they are the middle of search_spaces/teacher.yaml.
@@ -54,8 +52,7 @@ def padded_tokens(lengths: list[int], seed: int) -> int:
 def throughput(args) -> dict:
     """One epoch of fit at ``--precision`` (auto: tuner's default, bf16 where the CPU has it natively)."""
     settings = run_settings(args)
-    tokenizer = load_tokenizer("minilm")
-    task = build_task(settings, tokenizer, None)
+    task, tokenizer = load_task(settings, None)
     model = initial_token_classifier("minilm", task.labels, args.seed, len(tokenizer))
     train_settings = TrainSettings(epochs=1, batch_size=BATCH_SIZE, eval_batch_size=settings.profile.eval_batch_size,
                                    seed=args.seed, threads=THREADS, precision=args.precision)
@@ -71,10 +68,10 @@ def throughput(args) -> dict:
 def student_task(args):
     """The settings, task and teacher of a student search from ``--teacher`` at these sizes."""
     settings = run_settings(args, stage="student", teacher=args.teacher)
-    tokenizer = load_tokenizer(str(args.teacher))
     teacher = load_model(args.teacher)
+    task, _ = load_task(settings, teacher)
     torch.set_num_threads(THREADS)
-    return settings, build_task(settings, tokenizer, model_labels(teacher)), teacher
+    return settings, task, teacher
 
 
 def teacher_logits(args) -> dict:
@@ -89,12 +86,11 @@ def student_trial(args) -> dict:
     initialisation, data order and dropout; the sentences stay --seed's), outside Ray: the F1 side of the paired
     comparison with ``hf_peer.py distill`` at the same seed. The trial's wall time excludes the teacher logits."""
     settings, task, teacher = student_task(args)
-    inputs = stage_inputs("student", settings, task, teacher, teacher.config.vocab_size)
+    inputs = stage_inputs(student.STAGE, settings, task, teacher, teacher.config.vocab_size)
     best = json.loads((args.student / "result.json").read_text())
     hparams = dict(best["hyperparameters"], num_layers=best["num_layers"], factor_dim=best["factor_dim"])
     seed = train_seed(args)
-    trial = dataclasses.replace(train_settings(settings.profile, "student", seed, THREADS),
-                                epochs=args.epochs)
+    trial = train_settings(settings.profile, args.epochs, seed, THREADS)
     started = time.perf_counter()
     scores = [result.metrics["val_f1"] for result in student.train(hparams, task, inputs, trial)]
     return {"trial_wall_seconds": time.perf_counter() - started, "val_f1_per_epoch": scores,
@@ -122,13 +118,10 @@ def steps(args) -> dict:
     """Real tokens/s of fit's training step (forward, backward, clipping, fused AdamW) under one lever. The
     first WARMUP_STEPS batches (and torch.compile's compilation) are timed apart; the rest is the steady rate."""
     settings = run_settings(args)
-    tokenizer = load_tokenizer("minilm")
-    task = build_task(settings, tokenizer, None)
+    task, tokenizer = load_task(settings, None)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     model = initial_token_classifier("minilm", task.labels, args.seed, len(tokenizer)).train()
-    if args.variant == "bf16-fast-dropout":
-        use_fast_dropout(model)  # as the student stage does
     optimizer = build_optimizer(model, THROUGHPUT_HPARAMS["learning_rate"], THROUGHPUT_HPARAMS["weight_decay"])
     forward = torch.compile(model, dynamic=True) if args.variant == "compile" else model
     precision = autocast("cpu", "bf16" if args.variant.startswith("bf16") else "fp32")
@@ -161,7 +154,7 @@ COMMANDS = {"throughput": {"--precision": {"choices": PRECISIONS, "default": "au
                               "--student": {"type": Path, "required": True, "help": "tuner's student/best folder"},
                               "--train-seed": TRAIN_SEED_FLAG},
             "matmul": {},
-            "steps": {"--variant": {"choices": ["fp32", "bf16", "bf16-fast-dropout", "compile"], "required": True},
+            "steps": {"--variant": {"choices": ["fp32", "bf16", "compile"], "required": True},
                       "--threads": {"type": int, "default": THREADS}, "--steps": {"type": int, "default": 60}}}
 
 

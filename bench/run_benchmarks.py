@@ -10,8 +10,7 @@ trial count, epochs, batch size (16) and search space:
 3. one epoch of tuner.training.fit vs a default Trainer: real tokens/s and sentences/s;
 4. the share of tuner's search time spent outside training and evaluation;
 5. training FLOP/s (6 x non-embedding parameters x tokens/s) against a matmul's FLOP/s (float32, bf16);
-6. levers on fit's training step: bf16 autocast, the student's fast dropout against torch's, torch.compile, two 1-thread
-   processes.
+6. levers on fit's training step: bf16 autocast, torch.compile, two 1-thread processes.
 
 Each measurement is its own process (bench/probes.py, bench/hf_peer.py, tuner.run). The report is written to
 results/benchmarks.md (results/benchmarks-quick.md with --quick) and printed.
@@ -148,7 +147,7 @@ def one_repeat(index: int, args, work: Path) -> dict:
 def lever_measurements(args, work: Path) -> dict:
     levers = {variant: measure("probes", "steps", args, work, "--variant", variant, "--steps", args.lever_steps,
                                name=f"steps-{variant}")
-              for variant in ("fp32", "bf16", "bf16-fast-dropout", "compile")}
+              for variant in ("fp32", "bf16", "compile")}
     levers["fp32, 2 processes"] = measure_together("probes", "steps", args, work, 2, "--variant", "fp32",
                                                    "--threads", 1, "--steps", args.lever_steps)
     return levers
@@ -415,7 +414,6 @@ def lever_section(repeats: list) -> tuple:
     for name, label in [("fp32", f"fp32, one process, {repeats[0]['levers']['fp32']['threads']} threads"),
                         ("fp32, 2 processes", "fp32, two processes of 1 thread at once (two trials per node), summed"),
                         ("bf16", "bf16 autocast on the CPU (fit's default where the CPU has native bf16)"),
-                        ("bf16-fast-dropout", "bf16 autocast, the student's fast_dropout instead of torch's `bernoulli_`"),
                         ("compile", "torch.compile (inductor, dynamic shapes)")]:
         losses = f"{cell(column(n, f'{name}|first_loss'), '.4f')} to {cell(column(n, f'{name}|last_loss'), '.4f')}"
         rows.append([label, cell(column(n, f"{name}|tokens"), ".0f"), cell(column(n, f"{name}|ratio"), ".2f", "x"),

@@ -1,6 +1,6 @@
 """Section 2 of the benchmark at another student length: tuner's student search against online distillation.
 
-    python bench/student_epochs.py --work /tmp/tuner-bench-XXXX [--epochs 10] [--student-batches {random,length}]
+    python bench/student_epochs.py --work /tmp/tuner-bench-XXXX [--epochs 10] [--batches {random,length}]
                                    [--output results/student-epochs.md]
 
 ``bench/run_benchmarks.py`` distils at the teacher's epoch count (3 at the cpu sizes), while the cpu profile
@@ -8,7 +8,7 @@ trains its student 10 epochs. This runs both sides again at ``--epochs``, per re
 folder (``run_benchmarks.py --keep``), from that repeat's teacher and with its seed: tuner's student search
 (cached teacher logits, ASHA), then the online run (a ``Trainer`` that runs the teacher every step) of the
 config tuner found, as section 2 does. Writes a table of best validation F1 and per-trial wall time. ``--epochs 3``
-re-runs section 2 itself (after a change to the student's training); ``--student-batches`` sets tuner's side's
+re-runs section 2 itself (after a change to the student's training); ``--batches`` sets tuner's side's
 batch order, so both orders can be compared against the same online runs' kind.
 """
 
@@ -70,7 +70,7 @@ def run_and_report(args, rows, report) -> int:
 
 
 def one_seed(seed: int, teacher: Path, args) -> dict:
-    batches = ["--batches", args.student_batches] if args.student_batches else []
+    batches = ["--batches", args.batches] if args.batches else []
     work = args.work / f"repeat-{seed + 1}" / "-".join(["student", str(args.epochs), "epochs", *batches[1:]])
     (work / "logs").mkdir(parents=True, exist_ok=True)
     sizes = argparse.Namespace(**dict(vars(args), seed=seed))
@@ -92,7 +92,7 @@ def report(args, rows: list, started: str, minutes: float) -> str:
              f"- run: {started}, {minutes:.0f} minutes", *machine_lines(),
              f"- teachers and seeds: `{args.work}`'s repeats; {args.trials} trials per search, "
              f"{args.train_sentences} train and {args.eval_sentences} validation sentences",
-             f"- tuner's student batches: {args.student_batches or 'its default (random, unpadded)'}", "",
+             f"- tuner's student batches: {args.batches or 'its default (random, unpadded)'}", "",
              "| seed | tuner best F1 | online F1 (tuner's config) | tuner - online, points | tuner trial, s "
              "| online trial, s | online / tuner |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -122,7 +122,7 @@ def main(argv=None) -> int:
     parser.add_argument("--trials", type=positive_int, help=f"default {FULL['trials']}")
     parser.add_argument("--train-sentences", type=positive_int, help=f"default {FULL['train_sentences']}")
     parser.add_argument("--eval-sentences", type=positive_int, help=f"default {FULL['eval_sentences']}")
-    parser.add_argument("--student-batches", choices=BATCH_ORDERS,
+    parser.add_argument("--batches", choices=BATCH_ORDERS,
                         help="tuner's student batches (default: tuner's own default, random); the online run's are "
                              "random either way")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")

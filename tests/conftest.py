@@ -1,4 +1,5 @@
-"""Shared fixtures: the CoNLL data in ../shared, the packaged tokenizer, tiny models built from a config."""
+"""Shared fixtures: the CoNLL data in ../shared, the packaged tokenizer, tiny models built from a config, the
+smoke pipeline (slow tier), and the CLI run in-process or as a subprocess."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = ROOT.parent / "shared" / "data" / "conll2003"
-STAGES = ("teacher", "factorized", "student")
+
+def _stage_names() -> tuple:
+    from tuner import registry
+
+    return registry.names()
+
+
+STAGES = _stage_names()
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +50,17 @@ def write(path: Path, text: str, encoding: str = "utf-8") -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text.encode(encoding))
     return path
+
+
+def run_main(main, *args, capsys) -> tuple[int, str, str]:
+    """A command's ``main(argv)`` in this process: (exit status, stdout, stderr). argparse's exit counts too."""
+    capsys.readouterr()
+    try:
+        status = main([str(a) for a in args])
+    except SystemExit as exit:
+        status = exit.code
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 def run_cli(*args, module="tuner.run", timeout=600):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import re
 import shutil
@@ -18,6 +20,7 @@ def run_bench(*args, timeout=900):
                           text=True, timeout=timeout, env=env, cwd=ROOT)
 
 
+@pytest.mark.slow
 def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
     report = tmp_path / "bench.md"
     before = snapshot(ROOT / "results")
@@ -51,7 +54,7 @@ def student_epochs_table(work: Path, conll_dir, report: Path) -> None:
     """bench/student_epochs.py on the quick benchmark's kept teacher: both sides again, one row per seed; then with
     tuner's student on length-grouped batches, in a folder of its own."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    for batches in ([], ["--student-batches", "length"]):
+    for batches in ([], ["--batches", "length"]):
         proc = subprocess.run([sys.executable, "bench/student_epochs.py", "--quick", "--work", work, "--data",
                                conll_dir, "--output", report, *batches], capture_output=True, text=True, timeout=600,
                               env=env, cwd=ROOT)
@@ -110,6 +113,7 @@ def test_negative_seed_offset_is_one_line_error(tmp_path):
     assert "--seed-offset" in proc.stderr and "must be >= 0, got -1" in proc.stderr
 
 
+@pytest.mark.slow
 def test_quick_alignment_ablation_writes_its_table(tmp_path, conll_dir):
     report = tmp_path / "alignment.md"
     before = snapshot(ROOT / "results")
@@ -122,7 +126,11 @@ def test_quick_alignment_ablation_writes_its_table(tmp_path, conll_dir):
     for row in rows:
         assert re.search(r"\| 0\.[0-9]{4} \| 0\.[0-9]{4} \| 0\.[0-9]{4} \| [+-][0-9.]+ points \| [0-9]+ \|$", row), row
     assert rows[0].startswith("| first sub-token only (HF recipe) | length-grouped (tuner) |")
-    assert "+0.00 points" in rows[0]  # the other variants are measured against tuner's default
+    cells = [[cell.strip() for cell in row.strip("|").split("|")] for row in rows]
+    means = [float(row[4]) for row in cells]  # per row: labels, batches, seed 0, seed 1, mean, vs default, s
+    for row, mean in zip(cells, means):  # each variant against the first row's (tuner's default) mean
+        assert float(row[2]) + float(row[3]) == pytest.approx(2 * mean, abs=2e-4)
+        assert float(row[5].split()[0]) == pytest.approx((mean - means[0]) * 100, abs=0.011)
     assert snapshot(ROOT / "results") == before
 
 

@@ -78,9 +78,9 @@ def test_alignment_by_hand_three_subtokens(tokenizer):
     encoded = tokenizer(words, is_split_into_words=True)
     assert encoded.tokens() == ["[CLS]", "eu", "rejects", "schwarz", "##ene", "##gger", "[SEP]"]
     ids = encoded.word_ids()
-    assert align_labels(ids, tags, L, True) == [IGNORE_INDEX, L["B-ORG"], L["O"], L["B-PER"], L["I-PER"], L["I-PER"],
+    assert align_labels(ids, tags, L, "all") == [IGNORE_INDEX, L["B-ORG"], L["O"], L["B-PER"], L["I-PER"], L["I-PER"],
                                                 IGNORE_INDEX]
-    assert align_labels(ids, tags, L, False) == [IGNORE_INDEX, L["B-ORG"], L["O"], L["B-PER"], IGNORE_INDEX,
+    assert align_labels(ids, tags, L, "first") == [IGNORE_INDEX, L["B-ORG"], L["O"], L["B-PER"], IGNORE_INDEX,
                                                  IGNORE_INDEX, IGNORE_INDEX]
     assert word_starts(ids) == [1, 2, 3]
     # a word that yields no sub-token (word 2 here) keeps its slot, so later words keep their index
@@ -91,14 +91,14 @@ def test_label_subtokens_flag_picks_the_alignment():
     from tuner.run import parser, settings_from
 
     default = settings_from(parser().parse_args(["--stage", "teacher"]), cuda_available=False)
-    assert default.profile.label_all_subtokens is False  # first sub-token only, the HF recipe
+    assert default.profile.label_subtokens == "first"  # first sub-token only, the HF recipe
     report = settings_from(parser().parse_args(["--stage", "teacher", "--label-subtokens", "all"]), cuda_available=False)
-    assert report.profile.label_all_subtokens is True
+    assert report.profile.label_subtokens == "all"
 
 
 def test_alignment_with_truncation(tokenizer):
     sentence = Sentence(("EU", "rejects", "Schwarzenegger", "Kirchhoff"), ("B-ORG", "O", "B-PER", "I-PER"))
-    encoded = encode([sentence], tokenizer, list(CONLL_LABELS), max_length=5, label_all_subtokens=True)
+    encoded = encode([sentence], tokenizer, list(CONLL_LABELS), max_length=5, label_subtokens="all")
     # [CLS] eu rejects schwarz [SEP]: the last word is cut, the third keeps one of its three pieces
     assert encoded.labels[0] == [IGNORE_INDEX, L["B-ORG"], L["O"], L["B-PER"], IGNORE_INDEX]
     assert encoded.word_starts[0] == [1, 2, 3]
@@ -107,7 +107,7 @@ def test_alignment_with_truncation(tokenizer):
 
 def test_encode_refuses_unknown_label(tokenizer):
     with pytest.raises(TunerError, match="'B-GENE' is not among the labels"):
-        encode([Sentence(("x",), ("B-GENE",))], tokenizer, list(CONLL_LABELS), 16, True)
+        encode([Sentence(("x",), ("B-GENE",))], tokenizer, list(CONLL_LABELS), 16, "all")
 
 
 def test_length_grouped_batches_cover_all_and_group_lengths():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tuner.config import TrainSettings
 from tuner.data import TaskData, encode, label_list, load_folder, split_sentences, subsample
 from tuner.models import ModelState
@@ -9,11 +11,12 @@ from tuner.models import initial_token_classifier
 from tuner.stages import teacher
 
 
+@pytest.mark.slow
 def test_minilm_learns_on_a_few_hundred_sentences(conll_dir, tokenizer):
     corpus = load_folder(conll_dir)
     splits = split_sentences(corpus, "report", seed=0)
     labels = label_list(corpus.splits["train"])
-    encoded = {name: encode(subsample(splits[name], n, 0), tokenizer, labels, 64, True)
+    encoded = {name: encode(subsample(splits[name], n, 0), tokenizer, labels, 64, "all")
                for name, n in (("train", 400), ("validation", 150), ("test", 10))}
     task = TaskData(labels, encoded["train"], encoded["validation"], encoded["test"], tokenizer.pad_token_id, "shared")
     pretrained = ModelState.of(initial_token_classifier("minilm", labels, seed=0, vocab_size=len(tokenizer)))

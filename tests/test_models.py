@@ -1,4 +1,5 @@
-"""Factorized embedding against the truncated SVD, student cutting, and the safetensors round trip."""
+"""Factorized embedding against the truncated SVD, student cutting, the safetensors round trip, and fit's
+checkpoints and precision."""
 
 from __future__ import annotations
 
@@ -8,175 +9,8 @@ import math
 import pytest
 import torch
 
-from tuner.models import (FactorizedEmbedding, FastDropout, count_parameters, cut_student, embedding_svd, factorize,
-                          fast_dropout, group_attention, keep_layers, load_model, save_model, student_parameters,
-                          student_shape, unpadded_logits, unpads, use_fast_dropout)
-
-
-def _ragged_batch(lengths: list[int], vocab: int = 1000):
-    ids = torch.randint(5, vocab, (len(lengths), max(lengths)))
-    mask = (torch.arange(max(lengths))[None, :] < torch.tensor(lengths)[:, None]).long()
-    return ids * mask, mask
-
-
-@pytest.mark.parametrize("student", [False, True])
-def test_unpadded_forward_equals_the_padded_one(tiny_model, student):
-    torch.manual_seed(0)
-    model = cut_student(tiny_model, 1, 8) if student else tiny_model  # factorized embeddings, fewer layers
-    model.eval()  # no dropout: both paths are the same function
-    ids, mask = _ragged_batch([5, 17, 1, 9, 17, 3, 12, 2, 6])  # 9 sentences: attention groups of 4, 4 and 1
-    padded = model(input_ids=ids, attention_mask=mask).logits.flatten(0, 1)
-    logits, real = unpadded_logits(model, ids, mask)
-    assert sorted(real.tolist()) == mask.flatten().nonzero().squeeze(1).tolist()  # each real token once
-    assert torch.allclose(logits, padded[real], atol=1e-5)
-    grads = []
-    for forward in (lambda: padded_loss(model, ids, mask), lambda: (unpadded_logits(model, ids, mask)[0] ** 2).sum()):
-        model.zero_grad()
-        forward().backward()
-        grads.append({name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None})
-    assert grads[0].keys() == grads[1].keys()
-    for name in grads[0]:
-        assert torch.allclose(grads[0][name], grads[1][name], atol=1e-4), name
-
-
-def _training_student_dropping_nothing(tiny_model):
-    """A student in training mode with fast dropout at p = 1e-9, and a ragged batch: p rounds to no 16-bit level,
-    so fast_dropout keeps everything, yet the unpadded forward takes its training path (its own attention)."""
-    torch.manual_seed(0)
-    model = use_fast_dropout(cut_student(tiny_model, 2, 8)).train()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 1e-9
-    return (model, *_ragged_batch([5, 17, 1, 9, 17, 3, 12, 2, 6]))
-
-
-def test_unpadded_training_forward_with_its_own_attention_equals_the_padded_one(tiny_model):
-    """In training, the unpadded forward computes attention itself (to use fast_dropout): with dropout too rare
-    to draw, it is still the padded forward's function."""
-    model, ids, mask = _training_student_dropping_nothing(tiny_model)
-    padded = model(input_ids=ids, attention_mask=mask).logits.flatten(0, 1)
-    logits, real = unpadded_logits(model, ids, mask)
-    assert torch.allclose(logits, padded[real], atol=1e-5)
-
-
-def test_fit_trains_random_batches_unpadded_with_the_same_loss(tiny_model):
-    """Random batches (the default) train on the real tokens only; the loss is the padded one's, token for token."""
-    from tuner.config import TrainSettings
-    from tuner.training import default_loss, token_classification_loss, unpadded_token_classification_loss
-
-    settings = TrainSettings(epochs=1, batch_size=4, eval_batch_size=8, seed=0, threads=1)
-    assert default_loss(tiny_model, settings) is unpadded_token_classification_loss
-    assert default_loss(tiny_model, dataclasses.replace(settings, batch_order="length")) is token_classification_loss
-    tiny_model.eval()
-    ids, mask = _ragged_batch([5, 17, 1, 9, 17, 3, 12, 2, 6])
-    labels = torch.randint(0, tiny_model.config.num_labels, ids.shape).masked_fill(mask == 0, -100)
-    labels[:, 0] = -100  # [CLS]
-    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-    assert torch.allclose(unpadded_token_classification_loss(tiny_model, batch, []),
-                          token_classification_loss(tiny_model, batch, []), atol=1e-5)
-
-
-def test_unpadded_training_forward_keeps_torch_dropout_unless_the_model_uses_fast_dropout(tiny_model, monkeypatch):
-    """The teacher trains with torch's dropout: its unpadded attention leaves the probabilities' dropout to SDPA;
-    a student swapped to FastDropout draws it with fast_dropout."""
-    import tuner.models
-
-    drawn = []
-    monkeypatch.setattr(tuner.models, "fast_dropout", lambda x, p, *a, **k: drawn.append(p) or x)
-    ids, mask = _ragged_batch([5, 17, 1, 9])
-    unpadded_logits(tiny_model.train(), ids, mask)
-    assert drawn == []
-    unpadded_logits(use_fast_dropout(tiny_model), ids, mask)
-    layers = tiny_model.config.num_hidden_layers  # embeddings, per layer two outputs and one attention group, head
-    assert len(drawn) == 1 + 3 * layers + 1 and set(drawn) == {0.1}
-
-
-def test_group_attention_drops_attention_probabilities():
-    """Training on the CPU: softmax(q k^T * scale over the key mask), fast_dropout on the probabilities, then v."""
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 5, 4) for _ in range(3))
-    keys = (torch.arange(5)[None, :] < torch.tensor([5, 3])[:, None])[:, None, None, :]
-    torch.manual_seed(1)
-    out = group_attention(q, k, v, keys, 0.5, 0.5)
-    probabilities = (q @ k.transpose(-1, -2) * 0.5).masked_fill(~keys, float("-inf")).softmax(-1)
-    torch.manual_seed(1)
-    assert torch.allclose(out, fast_dropout(probabilities, 0.5) @ v, atol=1e-6)
-    assert torch.allclose(group_attention(q, k, v, keys, 0.5, 0.0), probabilities @ v, atol=1e-6)  # SDPA
-    assert not torch.allclose(out, probabilities @ v, atol=1e-3)
-
-
-def test_unpadded_training_forward_under_bf16_autocast_stays_close_to_float32(tiny_model):
-    """Under bf16 autocast the unpadded forward's attention runs its matmuls in bf16 (softmax in float32), as
-    flash attention does on GPUs, where SDPA's CPU math path would compute in float32: close, not equal."""
-    model, ids, mask = _training_student_dropping_nothing(tiny_model)
-    exact = model(input_ids=ids, attention_mask=mask).logits.flatten(0, 1)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, real = unpadded_logits(model, ids, mask)
-    assert logits.dtype == torch.bfloat16
-    error = (logits.float() - exact[real]).abs().max().item()
-    assert error < 0.02 * exact.abs().max().item(), error
-
-
-def test_fast_dropout_drops_p_and_keeps_the_expectation():
-    torch.manual_seed(0)
-    x = torch.rand(1000, 1000) + 0.5
-    torch.manual_seed(0)
-    out = fast_dropout(x, 0.1)
-    dropped = (out == 0).float().mean().item()
-    assert abs(dropped - 0.1) < 0.002  # 1e6 draws: the standard error is 3e-4
-    assert abs(out.mean().item() / x.mean().item() - 1) < 0.003
-    kept = out != 0
-    assert torch.allclose(out[kept], x[kept] / (1 - round(0.1 * 65536) / 65536))
-    lanes = (out == 0).float().view(-1, 4).mean(0)  # the four 16-bit lanes of each 64-bit draw drop alike
-    assert ((lanes - 0.1).abs() < 0.004).all(), lanes
-    rows, columns = (out == 0).float().mean(1), (out == 0).float().mean(0)
-    assert rows.min() > 0.05 and rows.max() < 0.15 and columns.min() > 0.05 and columns.max() < 0.15
-    assert torch.equal(fast_dropout(x, 1.0), torch.zeros_like(x))  # all dropped, as nn.Dropout(p=1)
-    assert torch.equal(fast_dropout(x, 1 - 1e-6), torch.zeros_like(x))  # rounds to every 16-bit level
-    inplace = x.clone()
-    torch.manual_seed(0)
-    assert fast_dropout(inplace, 0.1, inplace=True) is inplace and torch.equal(inplace, out)
-    assert fast_dropout(x, 0.1, training=False) is x and fast_dropout(x, 0.0) is x
-    torch.manual_seed(1)
-    again = fast_dropout(x, 0.1)
-    torch.manual_seed(0)
-    assert torch.equal(fast_dropout(x, 0.1), out) and not torch.equal(again, out)  # seeded by torch's generator
-    leaf = x.clone().requires_grad_()
-    fast_dropout(leaf, 0.5).sum().backward()
-    assert set(leaf.grad.unique().tolist()) == {0.0, 2.0}
-
-
-def test_use_fast_dropout_swaps_every_dropout_and_keeps_eval_logits(tiny_model):
-    before = [m.p for m in tiny_model.modules() if isinstance(m, torch.nn.Dropout)]
-    ids, mask = _ragged_batch([4, 7, 2])
-    tiny_model.eval()
-    expected = tiny_model(input_ids=ids, attention_mask=mask).logits
-    use_fast_dropout(tiny_model)
-    swapped = [m for m in tiny_model.modules() if isinstance(m, torch.nn.Dropout)]
-    assert swapped and all(type(m) is FastDropout for m in swapped) and [m.p for m in swapped] == before
-    assert torch.equal(tiny_model(input_ids=ids, attention_mask=mask).logits, expected)
-    tiny_model.train()
-    torch.manual_seed(0)
-    first = tiny_model(input_ids=ids, attention_mask=mask).logits
-    torch.manual_seed(0)
-    assert torch.equal(tiny_model(input_ids=ids, attention_mask=mask).logits, first)  # seeded
-    assert not torch.allclose(first, expected, atol=1e-4)  # it drops in training
-    assert not torch.allclose(tiny_model(input_ids=ids, attention_mask=mask).logits, first, atol=1e-4)
-    tiny_model.eval()
-
-
-def padded_loss(model, ids, mask):
-    logits = model(input_ids=ids, attention_mask=mask).logits
-    return (logits[mask.bool()] ** 2).sum()
-
-
-def test_unpadded_forward_is_only_taken_for_bert_token_classifiers(tiny_model):
-    from transformers import DistilBertConfig, DistilBertForTokenClassification
-
-    assert unpads(tiny_model) and unpads(cut_student(tiny_model, 1, 8))
-    other = DistilBertForTokenClassification(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2,
-                                                              hidden_dim=64, num_labels=9))
-    assert not unpads(other)
+from tuner.models import (FactorizedEmbedding, count_parameters, cut_student, embedding_svd, factorize, keep_layers,
+                          load_model, save_model, student_parameters, student_shape)
 
 
 def test_full_rank_factorization_equals_the_matrix():
@@ -249,7 +83,7 @@ def test_checkpoint_resume_repeats_an_uninterrupted_run(tokenizer, tmp_path):
     labels = list(CONLL_LABELS)
     sentences = [Sentence(("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O")),
                  Sentence(("Peter", "Blackburn", "said"), ("B-PER", "I-PER", "O"))] * 6
-    data = encode(sentences, tokenizer, labels, 16, True)
+    data = encode(sentences, tokenizer, labels, 16, "all")
     task = TaskData(labels, data, data, data, tokenizer.pad_token_id, "mem")
     state = ModelState.of(initial_token_classifier("tiny", labels, seed=0, vocab_size=len(tokenizer)))
     settings = TrainSettings(epochs=2, batch_size=4, eval_batch_size=8, seed=0, threads=1)
@@ -287,7 +121,7 @@ def test_precision_setting_trains_with_float32_weights(tokenizer, tmp_path, prec
 
     labels = list(CONLL_LABELS)
     data = encode([Sentence(("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O"))] * 8, tokenizer,
-                  labels, 16, True)
+                  labels, 16, "all")
     task = TaskData(labels, data, data, data, tokenizer.pad_token_id, "mem")
     model = initial_token_classifier("tiny", labels, seed=0, vocab_size=len(tokenizer))
     settings = TrainSettings(epochs=1, batch_size=4, eval_batch_size=8, seed=0, threads=1, precision=precision)
@@ -313,15 +147,16 @@ def test_unknown_precision_is_refused():
 
 
 def test_batches_flag_reaches_every_stage():
+    from tuner import registry
     from tuner.config import train_settings
     from tuner.errors import TunerError
     from tuner.run import parser, settings_from
 
-    stages = ("teacher", "factorized", "student")
     default = settings_from(parser().parse_args(["--stage", "student"]), cuda_available=False).profile
-    assert [train_settings(default, stage, 0, 1).batch_order for stage in stages] == ["random"] * 3
     grouped = settings_from(parser().parse_args(["--stage", "all", "--batches", "length"]), False).profile
-    assert [train_settings(grouped, stage, 0, 1).batch_order for stage in stages] == ["length"] * 3
+    for profile, batches in ((default, "random"), (grouped, "length")):
+        for stage in registry.stages():
+            assert train_settings(profile, stage.epochs(profile), 0, 1).batches == batches
     with pytest.raises(TunerError, match="batches must be one of random, length"):
         dataclasses.replace(default, batches="sorted")
 

@@ -9,9 +9,10 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import STAGES, run_cli
+from tests.conftest import STAGES, run_cli, run_main
 
 
+@pytest.mark.slow
 def test_optuna_study_persists_in_sqlite(pipeline_run):
     results, _ = pipeline_run
     storage = f"sqlite:///{results / 'optuna.db'}"
@@ -21,10 +22,14 @@ def test_optuna_study_persists_in_sqlite(pipeline_run):
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     exported = yaml.safe_load((results / "best_configs.yaml").read_text())["teacher"]
     values = [t.value for t in study.trials]
-    assert all(0.0 <= v <= 1.0 for v in values)
     assert exported["val_f1"] >= max(values)  # the best epoch is at least the last epoch's score
+    last_reports = []  # each study value is its trial's last reported F1
+    for path in (results / "teacher" / "search").glob("*/result.json"):
+        last_reports.append(json.loads(path.read_text().splitlines()[-1])["val_f1"])
+    assert sorted(values) == sorted(last_reports)
 
 
+@pytest.mark.slow
 def test_tensorboard_events_per_trial(pipeline_run):
     results, _ = pipeline_run
     trial_dirs = [p for p in (results / "teacher" / "search").iterdir() if p.is_dir()]
@@ -41,12 +46,13 @@ def test_tensorboard_events_per_trial(pipeline_run):
     assert kept >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["teacher", "student"])
 def test_retrain_from_exported_config_reproduces_f1(pipeline_run, stage, tmp_path):
     results, _ = pipeline_run
     output = tmp_path / "retrained"
     proc = run_cli("--stage", stage, "--config", results / "best_configs.yaml", "--results-dir", results,
-                   "--output", output, module="tuner.train")
+                   "--output", output, module="tuner.retrain" if stage == "teacher" else "tuner.train")  # the alias
     assert proc.returncode == 0, proc.stderr[-2000:]
     searched = json.loads((results / stage / "best" / "result.json").read_text())
     retrained_f1 = float(proc.stdout.split("validation F1 ")[-1].split()[0])
@@ -54,14 +60,17 @@ def test_retrain_from_exported_config_reproduces_f1(pipeline_run, stage, tmp_pat
     assert (output / "model.safetensors").is_file()
 
 
-def test_retrain_refuses_missing_entry(tmp_path):
+def test_retrain_refuses_missing_entry(tmp_path, capsys):
+    from tuner.retrain import main
+
     (tmp_path / "best_configs.yaml").write_text("teacher: {seed: 0}\n")
-    proc = run_cli("--stage", "student", "--config", tmp_path / "best_configs.yaml", module="tuner.train")
-    assert proc.returncode == 2 and "no entry for stage 'student'" in proc.stderr
-    proc = run_cli("--stage", "teacher", "--config", tmp_path / "best_configs.yaml", module="tuner.train")
-    assert proc.returncode == 2 and "teacher.hyperparameters is missing" in proc.stderr
+    status, _, err = run_main(main, "--stage", "student", "--config", tmp_path / "best_configs.yaml", capsys=capsys)
+    assert status == 2 and "no entry for stage 'student'" in err
+    status, _, err = run_main(main, "--stage", "teacher", "--config", tmp_path / "best_configs.yaml", capsys=capsys)
+    assert status == 2 and "teacher.hyperparameters is missing" in err
 
 
+@pytest.mark.slow
 def test_report_writes_markdown_and_plots(pipeline_run):
     results, _ = pipeline_run
     proc = run_cli("--results-dir", results, module="tuner.report")
@@ -81,6 +90,25 @@ def test_report_writes_markdown_and_plots(pipeline_run):
     assert report.count("\n| ") >= 4  # header, rule and three stage rows
 
 
+def word_tags(model_folder, line: str) -> list[str]:
+    """The model's tag per word, by the first sub-token's argmax, computed here without tuner.predict."""
+    import torch
+
+    from tuner.models import load_model, load_tokenizer, model_labels
+    from tuner.training import autocast
+
+    model, tokenizer = load_model(model_folder), load_tokenizer(str(model_folder))
+    encoded = tokenizer(line.split(), is_split_into_words=True, return_tensors="pt")
+    with torch.no_grad(), autocast("cpu"):  # the precision tuner.predict runs at
+        best = model(**encoded).logits[0].argmax(-1).tolist()
+    firsts = {}
+    for position, word in enumerate(encoded.word_ids()):
+        if word is not None:
+            firsts.setdefault(word, position)
+    return [model_labels(model)[best[firsts[w]]] for w in range(len(line.split()))]
+
+
+@pytest.mark.slow
 def test_predict_prints_entities_with_spans(pipeline_run, tmp_path):
     from tuner.predict import entities_of, tag_lines, word_offsets
 
@@ -93,10 +121,10 @@ def test_predict_prints_entities_with_spans(pipeline_run, tmp_path):
         {"type": "ORG", "text": "EU", "words": (0, 1), "chars": (0, 2)},
         {"type": "MISC", "text": "German", "words": (2, 3), "chars": (11, 17)},
         {"type": "MISC", "text": "British lamb", "words": (6, 8), "chars": (34, 46)}]
-    for stage in STAGES:
+    for stage in STAGES:  # the smoke models barely learn: check the tags against the model's own word tags
         (entities,) = tag_lines(results / stage / "best", [line])
+        assert entities == entities_of(word_tags(results / stage / "best", line), words)
         for entity in entities:
-            assert entity["type"] in {"PER", "ORG", "LOC", "MISC"}
             start, end = entity["chars"]
             assert line[start:end] == entity["text"]
     sentences = tmp_path / "in.txt"

@@ -30,6 +30,7 @@ def trial_results(experiment: Path) -> dict:
     return found
 
 
+@pytest.mark.slow
 def test_resume_after_sigkill(tmp_path, conll_dir):
     results = tmp_path / "results"
     args = ["--stage", "teacher", "--trials", 3, "--profile", "smoke", "--epochs", 4, "--train-sentences", 200,
@@ -72,6 +73,7 @@ def test_resume_after_sigkill(tmp_path, conll_dir):
     assert (results / "teacher" / "best" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_failing_trials_are_recorded_and_skipped(tmp_path, conll_dir):
     spaces = tmp_path / "spaces"
     for stage in ("teacher", "factorized", "student"):
@@ -96,6 +98,7 @@ def test_failing_trials_are_recorded_and_skipped(tmp_path, conll_dir):
         assert len(list(csv.DictReader(handle))) == 4
 
 
+@pytest.mark.slow
 def test_same_seed_same_configs_and_scores(pipeline_run, tmp_path, conll_dir):
     first, _ = pipeline_run  # seed 0, 2 trials: its teacher search is what this run repeats
     results = tmp_path / "results"
@@ -123,6 +126,7 @@ def test_same_seed_same_configs_and_scores(pipeline_run, tmp_path, conll_dir):
         yaml.safe_load((first / "best_configs.yaml").read_text())["teacher"]["val_f1"]
 
 
+@pytest.mark.slow
 def test_checkpoints_only_where_a_trial_goes_on(tmp_path, conll_dir):
     """A rung's epoch is checkpointed only once ASHA keeps the trial (a second report of that epoch), and a last
     epoch's checkpoint leaves out the optimizer: what survives is what the best model and a resume need."""
@@ -180,6 +184,7 @@ def test_best_checkpoint_skips_a_score_reported_without_one():
         best_checkpoint([trial("stopped", [])], "teacher", Path("/x"))
 
 
+@pytest.mark.slow
 def test_search_over_two_node_loopback_cluster(tmp_path, conll_dir):
     proc = subprocess.run([sys.executable, "scripts/two_node_cluster.py", "--results-dir", str(tmp_path / "results"),
                            "--trials", "3", "--data", str(conll_dir)], cwd=ROOT, capture_output=True, text=True,

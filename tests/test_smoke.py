@@ -1,13 +1,16 @@
-"""End to end through the CLI on the smoke profile: the whole pipeline, its files, and refused inputs."""
+"""End to end through the CLI on the smoke profile: the whole pipeline, its files, and its numbers pinned."""
 
 from __future__ import annotations
 
-import math
+import csv
+import json
 
 import pytest
 import yaml
 
-from tests.conftest import ROOT, STAGES, run_cli, snapshot, write
+from tests.conftest import STAGES, run_cli
+
+pytestmark = pytest.mark.slow
 
 
 def test_pipeline_writes_three_best_models(pipeline_run):
@@ -30,8 +33,10 @@ def test_exported_yaml_has_three_entries_with_keys(pipeline_run):
     for stage, entry in exported.items():
         assert {"hyperparameters", "val_f1", "test_f1", "parameters", "checkpoint", "seed", "data",
                 "search_space_sha256", "versions"} <= set(entry)
-        for key in ("val_f1", "test_f1"):
-            assert 0.0 <= entry[key] <= 1.0 and math.isfinite(entry[key])
+        record = json.loads((results / stage / "best" / "result.json").read_text())
+        assert (entry["val_f1"], entry["test_f1"]) == (record["val_f1"], record["test_f1"])
+        with open(results / stage / "trials.csv") as handle:  # the best trial's best epoch, from Tune's table
+            assert entry["val_f1"] == max(float(row["val_f1"]) for row in csv.DictReader(handle))
         assert {"learning_rate", "weight_decay", "warmup_ratio"} <= set(entry["hyperparameters"])
     assert {"temperature", "alpha"} <= set(exported["student"]["hyperparameters"])
     assert "factor_dim" in exported["factorized"]["hyperparameters"]
@@ -57,121 +62,53 @@ def test_best_models_load_and_match_their_kind(pipeline_run):
     teacher = load_model(results / "teacher" / "best")
     factorized = load_model(results / "factorized" / "best")
     student = load_model(results / "student" / "best")
+    exported = yaml.safe_load((results / "best_configs.yaml").read_text())
     assert getattr(teacher.config, "factor_dim", None) is None
-    assert factorized.config.factor_dim in (16, 24)
-    assert student.config.num_hidden_layers <= teacher.config.num_hidden_layers
+    assert factorized.config.factor_dim == exported["factorized"]["hyperparameters"]["factor_dim"]
+    # the smoke student space searches neither shape: the deepest, then widest, student under 300k parameters
+    assert (student.config.num_hidden_layers, student.config.factor_dim) == (2, 8)
+    assert exported["student"]["parameters"] <= 300_000 < exported["factorized"]["parameters"]
 
 
-def test_existing_search_is_not_overwritten(pipeline_run, conll_dir):
-    results, _ = pipeline_run
-    before = snapshot(results)
-    proc = run_cli("--stage", "teacher", "--trials", 2, "--profile", "smoke", "--data", conll_dir,
-                   "--results-dir", results)
-    assert proc.returncode == 2
-    assert "pass --resume to continue it or --overwrite" in proc.stderr
-    assert snapshot(results) == before
-
-
-@pytest.mark.parametrize("flag, value, key", [("--trials", 3, "trials"), ("--epochs", 3, "profile.epochs"),
-                                             ("--seed", 1, "seed"),
-                                             ("--label-subtokens", "all", "profile.label_all_subtokens")])
-def test_resume_with_other_flags_is_refused(pipeline_run, conll_dir, flag, value, key):
-    results, _ = pipeline_run
-    before = snapshot(results)
-    flags = {"--trials": 2, "--seed": 0, flag: value}  # the fixture's search: 2 trials, seed 0, 2 epochs
-    proc = run_cli("--stage", "teacher", "--profile", "smoke", "--data", conll_dir, "--results-dir", results,
-                   "--resume", *[item for pair in flags.items() for item in pair])
-    assert proc.returncode == 2, proc.stderr[-2000:]
-    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
-    assert f"search_settings.yaml has {key} " in proc.stderr
-    assert f"(set by {flag})" in proc.stderr  # the flag to fix, not only the recorded key
-    assert snapshot(results) == before
-
-
-BAD_SPACES = {
-    "space_syntax": "params: {learning_rate: {type: loguniform, low: 1.0e-4\n",
-    "space_unknown_key": "params: {learning_rate: {type: uniform, low: 0.1, high: 0.2, step: 1}}\n",
-    "space_wrong_type": "params: {learning_rate: {type: uniform, low: small, high: 0.2}}\n",
-    "space_low_gt_high": "params: {learning_rate: {type: loguniform, low: 0.1, high: 0.01}}\n",
-    "space_log_low_zero": "params: {learning_rate: {type: loguniform, low: 0.0, high: 0.01}}\n",
-    "space_empty_choice": "params: {learning_rate: {type: choice, values: []}}\n",
-    "space_python_tag": "!!python/object/apply:os.system ['touch pwned']\n",
-}
-CASES = {  # case -> what the one-line error must name
-    "trials0": "--trials", "trials_negative": "--trials", "unknown_stage": "--stage", "no_teacher": "--stage teacher",
-    "missing_data": "nowhere", "empty_data": "train.txt is missing", "bad_line": "train.txt:3",
-    "bad_tag": "train.txt:3", "not_utf8": "train.txt:1", "hub_offline": "--data", "unknown_model": "no-such-model",
-    "missing_teacher": "no teacher result at", "corrupt_teacher": "corrupt", "space_syntax": "teacher.yaml:",
-    "space_unknown_key": "step", "space_wrong_type": "learning_rate.low", "space_low_gt_high": "low (0.1) > high",
-    "space_log_low_zero": "low > 0", "space_empty_choice": "values", "space_python_tag": "teacher.yaml:1",
-    "factorized_teacher": "not a teacher", "teacher_with_all": "--teacher", "seed_mismatch": "--seed 0",
-    "too_many_cpus": "--cpus-per-trial 64", "bad_precision": "--precision",
+# The smoke pipeline's per-epoch numbers at seed 0 (bf16 autocast, this CPU's native bf16), as torchtune pins its
+# loss curves: a change that moves any number fails here. Measured 2026-11-28 after the stage-registry
+# restructure (teacher and factorized equal to the numbers before it; the student's changed with FastDropout's
+# removal). stage -> trial number -> [(epoch, train_loss, val_f1)], trials in the order TPE sampled them.
+GOLDEN = {
+    "teacher": {1: [(1, 2.2251347303390503, 0.041791044776119404), (2, 2.0964759588241577, 0.009345794392523366)],
+                2: [(1, 2.2257625261942544, 0.04154302670623145)]},  # ASHA stopped it at epoch 1
+    "factorized": {1: [(1, 2.0848704973856607, 0.0), (2, 1.9464969038963318, 0.0)],
+                   2: [(1, 2.0764575401941934, 0.0), (2, 1.8743088245391846, 0.0)]},
+    "student": {1: [(1, 1.1729584534962971, 0.0), (2, 1.0950979789098103, 0.0)],
+                2: [(1, 1.2350985209147136, 0.0), (2, 1.1162044008572896, 0.0)]},
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir):
+def test_smoke_pipeline_numbers_match_the_pinned_ones(pipeline_run):
+    results, _ = pipeline_run
+    for stage, trials in GOLDEN.items():
+        found = {}
+        for path in (results / stage / "search").glob("*/result.json"):
+            reports = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            assert all(r["bf16"] for r in reports), "pinned under bf16 autocast; this CPU computed in fp32"
+            number = int(path.parent.name.split("_")[3])  # _trial_<id>_<number>_<config>_<date>
+            found[number] = [(r["epoch"], r["train_loss"], r["val_f1"]) for r in reports if not r["rereport"]]
+        assert sorted(found) == sorted(trials), stage
+        for number, curve in trials.items():
+            assert [epoch for epoch, _, _ in found[number]] == [epoch for epoch, _, _ in curve], (stage, number)
+            for (_, loss, f1), (_, pinned_loss, pinned_f1) in zip(found[number], curve):
+                assert loss == pytest.approx(pinned_loss, rel=1e-4), (stage, number)
+                assert f1 == pytest.approx(pinned_f1, abs=1e-4), (stage, number)
+
+
+def test_quiet_prints_only_the_final_summary(tmp_path, conll_dir):
+    """--quiet on a pretrained model: no load report, progress bar, study notice or Ray warning; the summary only."""
     results = tmp_path / "results"
-    write(results / "README.md", "kept\n")
-    data, stage, extra = conll_dir, "teacher", []
-    if case == "trials0":
-        extra = ["--trials", "0"]
-    elif case == "trials_negative":
-        extra = ["--trials", "-3"]
-    elif case == "unknown_stage":
-        stage = "distil"
-    elif case == "no_teacher":
-        stage = "student"
-    elif case == "missing_data":
-        data = tmp_path / "nowhere"
-    elif case == "empty_data":
-        data = tmp_path / "d"
-        data.mkdir()
-    elif case in ("bad_line", "bad_tag", "not_utf8"):
-        data = tmp_path / "d"
-        text = {"bad_line": "EU B-ORG\n\nrejects\n", "bad_tag": "EU B-ORG\n\nParis LOC\n",
-                "not_utf8": "M\xfcller B-PER\n"}[case]
-        write(data / "train.txt", text, encoding="latin-1" if case == "not_utf8" else "utf-8")
-    elif case == "hub_offline":
-        data = "conll2003"
-    elif case.startswith("space_"):
-        spaces = tmp_path / "spaces"
-        for name in STAGES:
-            write(spaces / f"{name}.yaml", (ROOT / "search_spaces" / "smoke" / f"{name}.yaml").read_text())
-        write(spaces / "teacher.yaml", BAD_SPACES[case])
-        extra = ["--space-dir", spaces]
-    elif case == "unknown_model":
-        extra = ["--model", "no-such-org/no-such-model"]
-    elif case == "missing_teacher":
-        stage = "factorized"
-        extra = ["--teacher", tmp_path / "gone"]
-    elif case in ("factorized_teacher", "seed_mismatch"):
-        stage = "student"
-        from tuner.models import factorize, initial_token_classifier, load_tokenizer, save_model
-
-        model = initial_token_classifier("tiny", ["O", "B-PER", "I-PER"], 0, len(load_tokenizer("minilm")))
-        if case == "factorized_teacher":
-            factorize(model, 8)
-        save_model(model, tmp_path / "teacher", load_tokenizer("minilm"))
-        write(tmp_path / "teacher" / "result.json", '{"seed": 0, "split": "report"}')
-        extra = ["--teacher", tmp_path / "teacher", "--seed", "1"]
-    elif case == "teacher_with_all":
-        stage = "all"
-        extra = ["--teacher", tmp_path / "teacher"]
-    elif case == "too_many_cpus":
-        extra = ["--cpus-per-trial", "64"]
-    elif case == "bad_precision":
-        extra = ["--precision", "fp16"]
-    elif case == "corrupt_teacher":
-        stage = "factorized"
-        write(tmp_path / "teacher" / "config.json", "{}")
-        write(tmp_path / "teacher" / "model.safetensors", "not safetensors")
-        extra = ["--teacher", tmp_path / "teacher"]
-    before = snapshot(results)
-    proc = run_cli("--stage", stage, "--profile", "smoke", "--data", data, "--results-dir", results, *extra)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
-    assert CASES[case] in lines[0], lines[0]
-    assert snapshot(results) == before
-    assert not (ROOT / "pwned").exists()
+    proc = run_cli("--stage", "teacher", "--trials", 1, "--profile", "smoke", "--model", "minilm", "--epochs", 1,
+                   "--train-sentences", 16, "--eval-sentences", 8, "--test-sentences", 8, "--data", conll_dir,
+                   "--results-dir", results, "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == "", proc.stderr[-3000:]
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("best teacher: validation F1") and \
+        lines[1].startswith("best configs:"), proc.stdout

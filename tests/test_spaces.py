@@ -7,8 +7,11 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, write
+from tuner import registry
 from tuner.errors import TunerError
-from tuner.spaces import STAGE_PARAMS, load_space
+from tuner.spaces import load_space
+
+TEACHER = registry.teacher_stage()
 
 SPACES = sorted((ROOT / "search_spaces").rglob("*.yaml"))
 
@@ -21,19 +24,24 @@ GOOD = """params:
 
 @pytest.mark.parametrize("path", SPACES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_repo_spaces_validate(path: Path):
-    space = load_space(path.stem, path)
-    assert set(space.names()) <= set(STAGE_PARAMS[path.stem])
-    assert len(space.sha256) == 64
+    stage = registry.by_name(path.stem)
+    space = load_space(stage, path)
+    assert set(stage.required) <= set(space.names()) <= set(stage.hyperparameters())
+    lines = path.read_text().splitlines()
+    for name in space.names():  # each hyperparameter's line says what it is
+        assert any(line.strip().startswith(f"{name}:") and "#" in line for line in lines), f"{path}: {name}"
 
 
 def test_every_stage_has_a_space_in_each_profile_folder():
     names = {str(p.relative_to(ROOT / "search_spaces")) for p in SPACES}
-    assert {f"{prefix}{stage}.yaml" for prefix in ("", "smoke/") for stage in STAGE_PARAMS} <= names
+    assert {f"{prefix}{stage}.yaml" for prefix in ("", "smoke/") for stage in registry.names()} <= names
 
 
 def test_good_space(tmp_path):
-    space = load_space("teacher", write(tmp_path / "t.yaml", GOOD))
+    space = load_space(TEACHER, write(tmp_path / "t.yaml", GOOD))
     assert space.names() == ("learning_rate", "weight_decay", "warmup_ratio")
+    assert [(p.type, p.low, p.high) for p in space.params][0] == ("loguniform", 1e-5, 1e-4)
+    assert space.sha256 != load_space(TEACHER, write(tmp_path / "u.yaml", GOOD.replace("0.2}", "0.3}"))).sha256
 
 
 @pytest.mark.parametrize("text, message", [
@@ -53,11 +61,11 @@ def test_good_space(tmp_path):
 ])
 def test_bad_space_refused(tmp_path, text, message):
     with pytest.raises(TunerError, match=message):
-        load_space("teacher", write(tmp_path / "t.yaml", text))
+        load_space(TEACHER, write(tmp_path / "t.yaml", text))
 
 
 def test_missing_and_non_utf8_space(tmp_path):
     with pytest.raises(TunerError, match="no such file"):
-        load_space("teacher", tmp_path / "nope.yaml")
+        load_space(TEACHER, tmp_path / "nope.yaml")
     with pytest.raises(TunerError, match="not UTF-8"):
-        load_space("teacher", write(tmp_path / "t.yaml", GOOD + "# é\n", encoding="utf-16"))
+        load_space(TEACHER, write(tmp_path / "t.yaml", GOOD + "# é\n", encoding="utf-16"))

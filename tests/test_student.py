@@ -1,4 +1,5 @@
-"""The distillation loss against hand computations, and the cached teacher logits against a fresh forward."""
+"""The distillation loss against hand computations, the student stage's wiring of temperature and alpha, and the
+cached teacher logits against a fresh forward."""
 
 from __future__ import annotations
 
@@ -9,9 +10,9 @@ import torch.nn.functional as F
 
 from tuner.config import IGNORE_INDEX
 from tuner.data import CONLL_LABELS, Sentence, encode
-from tuner.models import unpadded_logits
 from tuner.stages.student import compute_teacher_logits, distillation_loss, padded_teacher_logits
 from tuner.training import collate
+from tuner.unpadded import unpadded_logits
 
 
 def _example():
@@ -62,7 +63,7 @@ def test_cached_teacher_logits_equal_a_fresh_forward(tiny_model, tokenizer):
     sentences = [Sentence(("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O")),
                  Sentence(("Peter", "Blackburn"), ("B-PER", "I-PER")),
                  Sentence(("BRUSSELS", "1996-08-22"), ("B-LOC", "O"))]
-    data = encode(sentences, tokenizer, list(CONLL_LABELS), 32, True)
+    data = encode(sentences, tokenizer, list(CONLL_LABELS), 32, "all")
     cached = compute_teacher_logits(tiny_model, data, batch_size=2, pad_token_id=tokenizer.pad_token_id, device="cpu")
     indices = [2, 0, 1]
     batch = collate(data, indices, tokenizer.pad_token_id)
@@ -80,7 +81,7 @@ def test_unpadded_distillation_loss_equals_the_padded_one(tiny_model, tokenizer)
                           ("B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O")),
                  Sentence(("Peter", "Blackburn"), ("B-PER", "I-PER")),
                  Sentence(("BRUSSELS", "1996-08-22"), ("B-LOC", "O"))]
-    data = encode(sentences, tokenizer, list(CONLL_LABELS), 32, False)
+    data = encode(sentences, tokenizer, list(CONLL_LABELS), 32, "first")
     torch.manual_seed(0)
     cached = [torch.randn(len(ids), len(CONLL_LABELS)) for ids in data.input_ids]
     indices = [1, 0, 2]
@@ -94,21 +95,58 @@ def test_unpadded_distillation_loss_equals_the_padded_one(tiny_model, tokenizer)
     assert torch.allclose(got, expected, atol=1e-6)
 
 
-def test_the_student_trains_with_fast_dropout(tiny_model, tokenizer):
-    """The student stage swaps in fast_dropout (1.11x on its CPU step); the teacher stage keeps torch's dropout."""
-    from tuner.config import TrainSettings
-    from tuner.data import TaskData
-    from tuner.models import FastDropout, ModelState
-    from tuner.stages import student, teacher
+def test_the_student_stage_wires_temperature_and_alpha_into_its_loss(tokenizer):
+    """Through the stage's own ``train``: a one-batch epoch's train_loss is the loss of the initial student (the
+    step comes after it), computed here independently from both models' padded forwards: cross-entropy at
+    alpha = 0, T^2 * KL(teacher_T || student_T) at alpha = 1 (T = 1 and T = 3), and the mix in between. A stage
+    that ignored T or alpha, or swapped them, fails."""
+    from transformers import BertForTokenClassification
 
-    data = encode([Sentence(("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O"))] * 8, tokenizer,
-                  list(CONLL_LABELS), 16, True)
-    task = TaskData(list(CONLL_LABELS), data, data, data, tokenizer.pad_token_id, "mem")
-    settings = TrainSettings(epochs=1, batch_size=4, eval_batch_size=8, seed=0, threads=1, batch_order="random")
-    hparams = {"learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 2.0, "alpha": 0.5}
-    inputs = student.prepare(tiny_model, task, 1, 8, 10**9, 8, "cpu")
-    (result,) = list(student.train(hparams, task, inputs, settings))
-    dropouts = [m for m in result.model.modules() if isinstance(m, torch.nn.Dropout)]
-    assert dropouts and all(type(m) is FastDropout for m in dropouts)
-    (result,) = list(teacher.train(hparams, task, ModelState.of(tiny_model), settings))
-    assert all(type(m) is torch.nn.Dropout for m in result.model.modules() if isinstance(m, torch.nn.Dropout))
+    from tuner.config import TrainSettings, resolve_profile
+    from tuner.data import TaskData
+    from tuner.models import cut_student, tiny_config
+    from tuner.registry import StageContext
+    from tuner.stages import student
+
+    labels = list(CONLL_LABELS)
+    config = tiny_config(len(tokenizer), labels)
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0  # the loss is then a function
+    torch.manual_seed(0)
+    teacher = BertForTokenClassification(config).eval()
+    with torch.no_grad():  # confident logits: KL is then far from its small-logit limit, where T^2 cancels T
+        teacher.classifier.weight.mul_(40.0)
+    sentences = [Sentence(("EU", "rejects", "German", "call", "to", "boycott", "British", "lamb", "."),
+                          ("B-ORG", "O", "B-MISC", "O", "O", "O", "B-MISC", "O", "O")),
+                 Sentence(("Peter", "Blackburn"), ("B-PER", "I-PER")),
+                 Sentence(("BRUSSELS", "1996-08-22"), ("B-LOC", "O"))]
+    data = encode(sentences, tokenizer, labels, 32, "first")
+    task = TaskData(labels, data, data, data, tokenizer.pad_token_id, "mem")
+    profile = resolve_profile("smoke", False, max_params=10**9)
+    inputs = student.STAGE.prepare(StageContext(profile, task, 0, teacher, len(tokenizer), "cpu"))
+    settings = TrainSettings(epochs=1, batch_size=len(sentences), eval_batch_size=8, seed=0, threads=1,
+                             precision="fp32")
+
+    def stage_loss(temperature, alpha):
+        hparams = {"learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": temperature,
+                   "alpha": alpha, "num_layers": 1, "factor_dim": 8}
+        (result,) = list(student.train(hparams, task, inputs, settings))
+        return result.metrics["train_loss"]
+
+    batch = collate(data, list(range(len(sentences))), tokenizer.pad_token_id)
+    with torch.no_grad():
+        initial = cut_student(teacher, 1, 8).eval()
+        student_logits = initial(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        teacher_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    labelled = batch["labels"] != IGNORE_INDEX
+    z_s, z_t, y = student_logits[labelled], teacher_logits[labelled], batch["labels"][labelled]
+    ce = -torch.log_softmax(z_s, -1).gather(1, y[:, None]).mean().item()
+
+    def kl(t):
+        p = torch.softmax(z_t / t, -1)
+        return (p * (torch.log(p) - torch.log_softmax(z_s / t, -1))).sum(-1).mean().item()
+
+    assert math.isclose(stage_loss(3.0, 0.0), ce, rel_tol=1e-4)
+    assert math.isclose(stage_loss(1.0, 1.0), kl(1.0), rel_tol=1e-4)
+    assert math.isclose(stage_loss(3.0, 1.0), 9 * kl(3.0), rel_tol=1e-4)
+    assert math.isclose(stage_loss(2.0, 0.25), 0.25 * 4 * kl(2.0) + 0.75 * ce, rel_tol=1e-4)
+    assert not math.isclose(9 * kl(3.0), kl(1.0), rel_tol=1e-2)  # the cases tell T's scaling apart

@@ -156,16 +156,16 @@ def continuation_label(label: str) -> str:
     return "I-" + label[2:] if label.startswith("B-") else label
 
 
-def align_labels(word_ids, word_labels, label_to_id: dict, label_all_subtokens: bool) -> list[int]:
+def align_labels(word_ids, word_labels, label_to_id: dict, label_subtokens: str = "first") -> list[int]:
     """Token label ids from word labels. Special tokens get IGNORE_INDEX; a word's first sub-token its label;
-    later sub-tokens the word's I- label or IGNORE_INDEX, by ``label_all_subtokens``."""
+    later sub-tokens the word's I- label (``label_subtokens="all"``) or IGNORE_INDEX (``"first"``)."""
     aligned, previous = [], None
     for word in word_ids:
         if word is None:
             aligned.append(IGNORE_INDEX)
         elif word != previous:
             aligned.append(label_to_id[word_labels[word]])
-        elif label_all_subtokens:
+        elif label_subtokens == "all":
             aligned.append(label_to_id[continuation_label(word_labels[word])])
         else:
             aligned.append(IGNORE_INDEX)
@@ -207,8 +207,10 @@ class Encoded:
         return sum(self.lengths())
 
 
-def encode(sentences, tokenizer, labels: list[str], max_length: int, label_all_subtokens: bool) -> Encoded:
-    """Tokenize with a fast tokenizer and align labels through ``word_ids``."""
+def encode(sentences, tokenizer, labels: list[str], max_length: int, label_subtokens: str = "first") -> Encoded:
+    """Tokenize with a fast tokenizer and align labels through ``word_ids`` (``label_subtokens``: first or all)."""
+    if label_subtokens not in ("first", "all"):
+        raise ValueError(f"label_subtokens must be 'first' or 'all', got {label_subtokens!r}")
     label_to_id = {label: i for i, label in enumerate(labels)}
     unknown = sorted({tag for s in sentences for tag in s.tags} - set(label_to_id))
     if unknown:
@@ -219,7 +221,7 @@ def encode(sentences, tokenizer, labels: list[str], max_length: int, label_all_s
     for i, sentence in enumerate(sentences):
         ids = batch.word_ids(i)
         input_ids.append(batch["input_ids"][i])
-        aligned.append(align_labels(ids, sentence.tags, label_to_id, label_all_subtokens))
+        aligned.append(align_labels(ids, sentence.tags, label_to_id, label_subtokens))
         starts.append(word_starts(ids))
     return Encoded(input_ids, aligned, starts, [list(s.tags) for s in sentences])
 
@@ -252,7 +254,7 @@ def length_grouped_batches(lengths: list[int], batch_size: int, seed: int) -> li
 
 
 def random_batches(lengths: list[int], batch_size: int, seed: int) -> list[list[int]]:
-    """The HF Trainer's order: a seeded shuffle cut into batches, lengths ignored (``unpadded_logits`` keeps their
+    """The HF Trainer's order: a seeded shuffle cut into batches, lengths ignored (``tuner.unpadded`` keeps their
     padding out of most of the compute)."""
     order = list(range(len(lengths)))
     random.Random(seed).shuffle(order)

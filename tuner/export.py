@@ -5,37 +5,42 @@ Run at the end of every search, and on its own: ``python -m tuner.export [--resu
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 import yaml
 
-from tuner.config import STAGES
+from tuner import registry
+from tuner.cli import OneLineParser, entry_point
 from tuner.errors import TunerError
 
-DESCRIPTIONS = {
-    "teacher": "pretrained encoder fine-tuned for NER",
-    "factorized": "teacher with SVD-factorized word embeddings (E={factor_dim}), fine-tuned",
-    "student": "{num_layers}-layer student (E={factor_dim}) distilled from the teacher",
-}
 EXPORTED_KEYS = ("hyperparameters", "val_f1", "test_f1", "parameters", "num_layers", "factor_dim", "checkpoint",
                  "search_space", "search_space_sha256", "seed", "data", "split", "profile", "training", "trials",
                  "search_wall_seconds", "versions")
 
 
 def read_results(results_dir: Path) -> dict:
-    """stage -> the record ``results/<stage>/best/result.json`` holds, for the stages that have one."""
+    """stage name -> the record ``results/<stage>/best/result.json`` holds, for every stage that has one, in
+    pipeline order (stages the registry does not know last, by name)."""
+    order = {name: position for position, name in enumerate(registry.names())}
+    paths = sorted(Path(results_dir).glob("*/best/result.json"),
+                   key=lambda p: (order.get(p.parent.parent.name, len(order)), p.parent.parent.name))
     records = {}
-    for stage in STAGES:
-        path = Path(results_dir) / stage / "best" / "result.json"
-        if path.is_file():
-            try:
-                records[stage] = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise TunerError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    for path in paths:
+        try:
+            records[path.parent.parent.name] = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise TunerError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     return records
+
+
+def description(stage: str, record: dict) -> str:
+    """What the stage's model is: recorded with the result, else (an older result) from the registry."""
+    if "description" in record:
+        return record["description"]
+    known = {s.name: s for s in registry.stages()}
+    return known[stage].description.format(**record) if stage in known else ""
 
 
 def summary_table(records: dict) -> str:
@@ -43,9 +48,8 @@ def summary_table(records: dict) -> str:
              "", "| Model | Parameters | Description | Validation F1 | Test F1 | Search wall time |",
              "|---|---|---|---|---|---|"]
     for stage, record in records.items():
-        description = DESCRIPTIONS[stage].format(**record)
-        lines.append(f"| {stage} | {record['parameters'] / 1e6:.2f}M | {description} | {record['val_f1']:.4f} | "
-                     f"{record['test_f1']:.4f} | {record['search_wall_seconds'] / 60:.1f} min |")
+        lines.append(f"| {stage} | {record['parameters'] / 1e6:.2f}M | {description(stage, record)} | "
+                     f"{record['val_f1']:.4f} | {record['test_f1']:.4f} | {record['search_wall_seconds'] / 60:.1f} min |")
     return "\n".join(lines) + "\n"
 
 
@@ -59,15 +63,12 @@ def write_exports(results_dir: Path) -> dict:
     return exported
 
 
+@entry_point
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tuner.export", description=__doc__)
+    parser = OneLineParser(prog="python -m tuner.export", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
-    try:
-        exported = write_exports(args.results_dir)
-    except TunerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    exported = write_exports(args.results_dir)
     print(f"wrote {args.results_dir / 'best_configs.yaml'} ({', '.join(exported)}) and {args.results_dir / 'summary.md'}")
     return 0
 

@@ -1,5 +1,4 @@
-"""Models: load the pretrained encoder, factorize its word embedding, cut a student, count, save and load; an
-unpadded forward for batches of mixed lengths.
+"""Models: load the pretrained encoder, factorize its word embedding, cut a student, count, save and load.
 
 Weights are written and read as safetensors only; nothing from ``results/`` is unpickled.
 """
@@ -14,9 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.nn import functional as F
-from transformers import (AutoConfig, AutoModelForTokenClassification, AutoTokenizer, BertConfig,
-                          BertForTokenClassification)
+from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, BertConfig
 
 try:
     from transformers.initialization import no_init_weights  # transformers 5
@@ -222,120 +219,3 @@ def load_model(folder: Path) -> nn.Module:
 def model_labels(model: nn.Module) -> list[str]:
     """A token classifier's label names in output order (its config's ``id2label``)."""
     return [model.config.id2label[i] for i in range(model.config.num_labels)]
-
-
-DROPOUT_LEVELS = 1 << 16  # FastDropout draws 16 random bits per element
-
-
-def fast_dropout(x: torch.Tensor, p: float, training: bool = True, inplace: bool = False) -> torch.Tensor:
-    """Inverted dropout whose keep mask comes from 16 random bits per element (four per 64-bit draw of the
-    global generator) instead of ``bernoulli_``: on the CPU, whose generator draws one number at a time, it is
-    5x cheaper (123 against 655 us for a 400 x 384 activation on 2 cores). An element is dropped with
-    probability ``round(p * 65536) / 65536``, within 8e-6 of ``p``, and the kept ones are scaled by the inverse
-    of that, so the layer's expectation is exact. Elsewhere (CUDA's generator is fast) and under
-    ``torch.compile`` (inductor fuses its own dropout RNG) it is ``F.dropout``."""
-    if not training or p == 0.0:
-        return x
-    if x.device.type != "cpu" or torch.compiler.is_compiling():
-        return F.dropout(x, p, training=True, inplace=inplace)
-    dropped = round(p * DROPOUT_LEVELS)
-    if dropped == DROPOUT_LEVELS:  # every level: all dropped (the threshold would not fit 16 bits)
-        return x.zero_() if inplace else torch.zeros_like(x)
-    bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64).random_(-(1 << 63), None)  # full 64-bit range
-    keep = bits.view(torch.int16)[: x.numel()].view(x.shape) >= dropped - DROPOUT_LEVELS // 2
-    scale = DROPOUT_LEVELS / (DROPOUT_LEVELS - dropped)
-    return x.mul_(keep).mul_(scale) if inplace else x * keep * scale
-
-
-class FastDropout(nn.Dropout):
-    """``nn.Dropout`` with ``fast_dropout``'s draws (same ``p`` attribute, so attention code that reads it works)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return fast_dropout(x, self.p, self.training, self.inplace)
-
-
-def use_fast_dropout(model: nn.Module) -> nn.Module:
-    """Swap every ``nn.Dropout`` of ``model`` for a ``FastDropout`` of the same ``p`` (no weights change). The
-    student stage does, where it pays (1.11x on the unpadded CPU step); the teacher's step gained nothing from it
-    (``bench/probes.py steps``, 1.07x, 0.97x, 0.99x), so the teacher and factorized stages keep torch's dropout.
-
-    The HF BERT's own SDPA attention reads ``p`` and draws its attention-probability mask inside SDPA, which
-    this does not reach; ``unpadded_logits`` computes attention itself and uses ``fast_dropout`` there too."""
-    for parent in list(model.modules()):
-        for name, child in parent.named_children():
-            if type(child) is nn.Dropout:
-                setattr(parent, name, FastDropout(child.p, child.inplace).train(child.training))
-    return model
-
-
-ATTENTION_GROUP = 4  # sentences per attention call: sorted by length, each group padded to its own longest
-
-
-def unpadded_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """Token-classification logits of the real (unpadded) tokens only, ``[tokens, labels]``, and each one's flat
-    index into ``[batch * width]``: the same function as ``model(input_ids, attention_mask).logits`` there.
-
-    The embeddings and every matmul outside attention (Q, K, V, the attention output, the feed-forward, the
-    classifier) run on the real tokens alone. Attention, where sentences do not mix, runs on groups of
-    ``ATTENTION_GROUP`` sentences of similar length, each padded only to its own longest. On 2 CPU cores the
-    cpu profile's student then trains random batches at 0.84x the token rate of length-grouped ones, against
-    0.60x padded. BERT-architecture models only (``unpads``).
-    """
-    bert = model.bert
-    width = input_ids.shape[1]
-    lengths = attention_mask.sum(1)
-    order = torch.argsort(lengths, descending=True, stable=True)  # longest first: a group is a run of rows
-    kept = attention_mask[order].flatten().nonzero().squeeze(1)
-    real = (order[:, None] * width + torch.arange(width, device=order.device)).flatten()[kept]
-    hidden = bert.embeddings(input_ids=input_ids[order].flatten()[kept][None], position_ids=(kept % width)[None])[0]
-    slots, padded_size, groups = attention_groups(lengths[order].tolist(), input_ids.device)
-    for layer in bert.encoder.layer:
-        attention = layer.attention.self
-        heads, size = attention.num_attention_heads, attention.attention_head_size
-        dropout, fast = (attention.dropout.p if model.training else 0.0), isinstance(attention.dropout, FastDropout)
-        projections = (attention.query, attention.key, attention.value)
-        qkv = F.linear(hidden, torch.cat([p.weight for p in projections]), torch.cat([p.bias for p in projections]))
-        padded = qkv.new_zeros(padded_size, qkv.shape[-1]).index_copy(0, slots, qkv)
-        context = []
-        for start, rows, group_width, keys in groups:
-            chunk = padded[start:start + rows * group_width]
-            q, k, v = chunk.view(rows, group_width, 3, heads, size).permute(2, 0, 3, 1, 4)
-            out = group_attention(q, k, v, keys, attention.scaling, dropout, fast)
-            context.append(out.transpose(1, 2).reshape(rows * group_width, heads * size))
-        hidden = layer.attention.output(torch.cat(context)[slots], hidden)
-        hidden = layer.output(layer.intermediate(hidden), hidden)
-    return model.classifier(model.dropout(hidden)), real
-
-
-def group_attention(q, k, v, keys: torch.Tensor, scale: float, dropout: float, fast: bool = True) -> torch.Tensor:
-    """softmax(q k^T * scale, over ``keys``) v: SDPA, except when training on the CPU a model whose dropouts are
-    ``FastDropout`` (``fast``), where SDPA's dropout (``bernoulli_`` on its math path) is what ``fast_dropout``
-    replaces. That path computes in the autocast dtype (bf16 matmuls, a float32 softmax, as flash attention does
-    on GPUs), where SDPA's CPU math path would upcast to float32: in float32 the two agree to 1e-5, in bf16 to
-    bf16's precision (tested)."""
-    if dropout == 0.0 or not fast or q.device.type != "cpu":
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=keys, scale=scale, dropout_p=dropout)
-    scores = torch.matmul(q * scale, k.transpose(-1, -2)).masked_fill(~keys, float("-inf"))
-    return torch.matmul(fast_dropout(torch.softmax(scores, -1, dtype=torch.float32).to(v.dtype), dropout), v)
-
-
-def attention_groups(lengths: list[int], device) -> tuple[torch.Tensor, int, list]:
-    """For sentences sorted longest first, groups of ``ATTENTION_GROUP``, each padded to its own longest and laid
-    end to end in one flat ``[slots, ...]`` buffer: every real token's slot in it (one scatter and one gather per
-    layer, not one per group), the buffer's length, and per group its first slot, rows, width and key mask."""
-    slots, groups, start = [], [], 0
-    for first in range(0, len(lengths), ATTENTION_GROUP):
-        rows = lengths[first:first + ATTENTION_GROUP]
-        width = rows[0]
-        slots += [torch.arange(start + j * width, start + j * width + n) for j, n in enumerate(rows)]
-        keys = (torch.arange(width)[None, :] < torch.tensor(rows)[:, None])[:, None, None, :]
-        groups.append((start, len(rows), width, keys.to(device)))
-        start += len(rows) * width
-    return torch.cat(slots).to(device), start, groups
-
-
-def unpads(model: nn.Module) -> bool:
-    """Whether ``unpadded_logits`` can run ``model``: a BERT token classifier whose encoder only self-attends."""
-    config = model.config
-    return (isinstance(model, BertForTokenClassification) and not config.is_decoder
-            and getattr(config, "position_embedding_type", "absolute") == "absolute")

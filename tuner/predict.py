@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from tuner.cli import OneLineParser, entry_point
 from tuner.errors import TunerError
-from tuner.run import OneLineParser
 
 
 def word_offsets(line: str) -> list[tuple[str, int, int]]:
@@ -37,7 +37,7 @@ def tag_lines(model_folder: Path, lines: list[str], batch_size: int = 32) -> lis
     offsets = [word_offsets(line) for line in lines]
     sentences = [Sentence(tuple(w for w, _, _ in words), ("O",) * len(words)) for words in offsets if words]
     max_length = getattr(model.config, "max_position_embeddings", 512)
-    data = encode(sentences, tokenizer, labels, max_length, label_all_subtokens=True)
+    data = encode(sentences, tokenizer, labels, max_length, label_subtokens="all")
     device = select_device()
     tags = iter(predict_tags(model.to(device), data, labels, batch_size, tokenizer.pad_token_id, device))
     return [entities_of(next(tags), words) if words else [] for words in offsets]
@@ -51,26 +51,23 @@ def entities_of(tags: list[str], words: list[tuple[str, int, int]]) -> list[dict
              "chars": (words[first][1], words[last][2])} for kind, first, last in get_entities(tags)]
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m tuner.predict", description=__doc__.strip().splitlines()[0])
     parser.add_argument("sentences", nargs="*", help="sentences to tag (default: --file or standard input)")
     parser.add_argument("--model", type=Path, required=True, help="a saved model folder, e.g. results/student/best")
     parser.add_argument("--file", type=Path, help="a text file, one sentence per line")
     args = parser.parse_args(argv)
-    try:
-        if args.sentences:
-            lines = args.sentences
-        elif args.file:
-            try:
-                lines = args.file.read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise TunerError(f"{args.file}: cannot read ({exc})") from None
-        else:
-            lines = sys.stdin.read().splitlines()
-        results = tag_lines(args.model, lines)
-    except TunerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.sentences:
+        lines = args.sentences
+    elif args.file:
+        try:
+            lines = args.file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise TunerError(f"{args.file}: cannot read ({exc})") from None
+    else:
+        lines = sys.stdin.read().splitlines()
+    results = tag_lines(args.model, lines)
     for line, entities in zip(lines, results):
         print(line)
         for e in entities:

@@ -14,9 +14,9 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from tuner.cli import OneLineParser, entry_point  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.export import read_results, summary_table  # noqa: E402
-from tuner.run import OneLineParser  # noqa: E402
 
 
 def plot_history(trials: list, stage: str, path: Path) -> None:
@@ -102,15 +102,12 @@ def write_report(results_dir: Path) -> Path:
     return report
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m tuner.report", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     args = parser.parse_args(argv)
-    try:
-        report = write_report(args.results_dir)
-    except TunerError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = write_report(args.results_dir)
     print(f"wrote {report} and its plots under {report.parent / 'plots'}")
     return 0
 

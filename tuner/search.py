@@ -33,8 +33,8 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from tuner.config import METRIC, MODE, TrainSettings  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
+from tuner.registry import Stage  # noqa: E402
 from tuner.spaces import SearchSpace  # noqa: E402
-from tuner.stages import TRAIN  # noqa: E402
 from tuner.training import release_memory, save_checkpoint, select_device  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -82,8 +82,9 @@ def start_ray(address: str | None, dashboard_host: str, quiet: bool) -> ClusterI
     """Start a local Ray (every port on ``dashboard_host``'s side bound to loopback) or join ``address``."""
     if ray.is_initialized():
         ray.shutdown()
+    # --quiet: errors only, which silences the token-authentication notice Ray logs when it starts
     kwargs = dict(include_dashboard=True, dashboard_host=dashboard_host, log_to_driver=not quiet,
-                  logging_level=logging.WARNING, configure_logging=True)
+                  logging_level=logging.ERROR if quiet else logging.WARNING, configure_logging=True)
     if address:
         try:
             context = ray.init(address=address, **kwargs)
@@ -109,7 +110,7 @@ def stop_ray() -> None:
     ray.shutdown()
 
 
-def _trial(config: dict, stage: str, task, inputs, settings: TrainSettings, use_gpu: bool) -> None:
+def _trial(config: dict, stage: Stage, task, inputs, settings: TrainSettings, use_gpu: bool) -> None:
     """The Tune trainable: run one stage config and report each epoch; checkpoint only an epoch that beats the
     trial's best so far, so the one checkpoint kept per trial is both its best model and where it resumes.
 
@@ -134,7 +135,7 @@ def _trial(config: dict, stage: str, task, inputs, settings: TrainSettings, use_
     node_id = ray.get_runtime_context().get_node_id()
     report_seconds = 0.0  # the previous report's
     with checkpoint.as_directory() if checkpoint else contextlib.nullcontext() as resume:
-        for result in TRAIN[stage](config, task, inputs, settings, Path(resume) if resume else None):
+        for result in stage.train(config, task, inputs, settings, Path(resume) if resume else None):
             metrics = dict(result.metrics, node_id=node_id, checkpoint_seconds=0.0, report_seconds=report_seconds,
                            checkpointed=False, rereport=False)
             if entered is not None:  # the first epoch this process ran, fresh or resumed
@@ -172,21 +173,27 @@ def trial_id(result) -> str:
 
 
 def trials_table(grid) -> pd.DataFrame:
-    """One row per trial, errored ones included: its status, config, and metrics at its best epoch."""
-    rows = []
-    for result in grid:
-        row = {"trial_id": trial_id(result), "status": "ERROR" if result.error else "OK"}
-        row.update({f"config/{k}": v for k, v in result.config.items()})
-        history = result.metrics_dataframe
-        if history is not None and METRIC in history:
-            row.update(history.loc[history[METRIC].idxmax()].to_dict())
-            if "checkpointed" in history:  # a rung epoch's checkpoint comes in its second report (see _trial)
-                row["checkpointed"] = bool(history.loc[history["epoch"] == row["epoch"], "checkpointed"].any())
-                row.pop("rereport", None)
+    """One row per trial, errored ones included: its status, config, and metrics at its best epoch (Tune's own
+    table), with ``checkpointed`` true where that epoch's checkpoint came in its second report (see _trial)."""
+    table = grid.get_dataframe(filter_metric=METRIC, filter_mode=MODE)
+    by_trial = {trial_id(result): result for result in grid}
+    rows = table.to_dict("records")
+    for row in rows:
+        history = by_trial[row["trial_id"]].metrics_dataframe
+        if history is not None and "checkpointed" in history:
+            row["checkpointed"] = bool(history.loc[history["epoch"] == row["epoch"], "checkpointed"].any())
+        row.pop("rereport", None)
+    reported = {row["trial_id"] for row in rows}
+    rows += [dict(trial_id=tid, **{f"config/{k}": v for k, v in result.config.items()})
+             for tid, result in by_trial.items() if tid not in reported]  # errored before any report
+    for row in rows:
+        result = by_trial[row["trial_id"]]
+        row["status"] = "ERROR" if result.error else "OK"
         if result.error:
             row["error"] = first_line(result.error)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    first = ["trial_id", "status"]
+    return table[first + [column for column in table.columns if column not in first]]
 
 
 @dataclass(frozen=True)
@@ -229,24 +236,26 @@ def reset_study(results_dir: Path, stage: str) -> None:
         optuna.delete_study(study_name=stage, storage=_storage(results_dir))
 
 
-def search(stage: str, space: SearchSpace, task, inputs, settings: TrainSettings, *, trials: int, seed: int,
+def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettings, *, trials: int, seed: int,
            results_dir: Path, cpus_per_trial: float, gpus_per_trial: float, max_failures: int, resume: bool,
            quiet: bool, reuse_actors: bool = True) -> SearchOutcome:
     """Run (or resume) the Tune search of one stage; returns its best trial's config, metrics and checkpoint."""
-    stage_dir = (results_dir / stage).resolve()
+    stage_dir = (results_dir / stage.name).resolve()
     experiment_dir = stage_dir / EXPERIMENT
     stage_dir.mkdir(parents=True, exist_ok=True)
     trainable = tune.with_resources(
         tune.with_parameters(_trial, stage=stage, task=task, inputs=inputs, settings=settings,
                              use_gpu=gpus_per_trial > 0),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
+    if quiet:  # before the searcher: creating its study logs "A new study created"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     if resume:
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
                                    resume_errored=False)  # errored trials stay errored: --max-failures retries
     else:
         searcher = OptunaSearch(optuna_distributions(space), metric=METRIC, mode=MODE,
-                                sampler=optuna.samplers.TPESampler(seed=seed), study_name=stage,
+                                sampler=optuna.samplers.TPESampler(seed=seed), study_name=stage.name,
                                 storage=_storage(results_dir))
         # time_attr "epoch", not training_iteration: a rung's epoch can be reported twice (see _trial)
         scheduler = ASHAScheduler(time_attr="epoch", max_t=settings.epochs, grace_period=grace_period(settings.epochs),
@@ -263,8 +272,6 @@ def search(stage: str, space: SearchSpace, task, inputs, settings: TrainSettings
                            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
                                                        scheduler=scheduler, num_samples=trials,
                                                        reuse_actors=reuse_actors))
-    if quiet:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         grid = tuner.fit()  # Tune prints its progress tables to stdout whatever its verbosity
     wall_seconds = time.perf_counter() - started
@@ -272,8 +279,8 @@ def search(stage: str, space: SearchSpace, task, inputs, settings: TrainSettings
     finished = [r for r in grid if not r.error and r.metrics and METRIC in r.metrics]
     if not finished:
         first = errored[0][2] if errored else "no trial reported a metric"
-        raise TunerError(f"stage {stage}: every trial failed ({first}); see {experiment_dir}")
-    best, checkpoint, best_metrics = best_checkpoint(grid, stage, experiment_dir)
+        raise TunerError(f"stage {stage.name}: every trial failed ({first}); see {experiment_dir}")
+    best, checkpoint, best_metrics = best_checkpoint(grid, stage.name, experiment_dir)
     table = trials_table(grid)
     return SearchOutcome(dict(best.config), dict(best_metrics), Path(checkpoint.path), table, errored,
                          wall_seconds, experiment_dir, settings.threads)

@@ -21,18 +21,6 @@ KEYS_BY_TYPE = {
     "int": {"type", "low", "high"},
     "choice": {"type", "values"},
 }
-# The hyperparameters each stage's code reads; the required ones must be in its space.
-REQUIRED = ("learning_rate", "weight_decay", "warmup_ratio")
-STAGE_PARAMS = {
-    "teacher": REQUIRED,
-    "factorized": REQUIRED + ("factor_dim",),
-    "student": REQUIRED + ("temperature", "alpha", "factor_dim", "num_layers"),
-}
-STAGE_REQUIRED = {
-    "teacher": REQUIRED,
-    "factorized": REQUIRED + ("factor_dim",),
-    "student": REQUIRED + ("temperature", "alpha"),
-}
 # Hard limits a value must respect whatever the YAML says.
 BOUNDS = {"weight_decay": (0.0, 1.0), "warmup_ratio": (0.0, 1.0), "alpha": (0.0, 1.0),
           "temperature": (1e-6, math.inf), "learning_rate": (1e-300, math.inf), "factor_dim": (1, math.inf),
@@ -105,22 +93,24 @@ def _parse_param(name: str, spec, where: str) -> Param:
     return Param(name, kind, low=low, high=high)
 
 
-def parse_space(stage: str, document, path: Path) -> SearchSpace:
-    """Validate a loaded YAML document for ``stage``; every problem names the file and key."""
+def parse_space(stage, document, path: Path) -> SearchSpace:
+    """Validate a loaded YAML document against ``stage`` (a ``tuner.registry.Stage``: the hyperparameters it
+    requires and those it reads); every problem names the file and key."""
     if not isinstance(document, dict) or set(document) != {"params"} or not isinstance(document["params"], dict):
         keys = sorted(document) if isinstance(document, dict) else type(document).__name__
         raise TunerError(f"{path}: expected one top-level key 'params' mapping names to ranges (got {keys})")
     params = []
     for name, spec in document["params"].items():
         where = f"{path}: params.{name}"
-        if name not in STAGE_PARAMS[stage]:
-            raise TunerError(f"{where}: unknown key for stage {stage} (known: {', '.join(STAGE_PARAMS[stage])})")
+        if name not in stage.hyperparameters():
+            raise TunerError(f"{where}: unknown key for stage {stage.name} "
+                             f"(known: {', '.join(stage.hyperparameters())})")
         params.append(_parse_param(name, spec, where))
-    missing = [name for name in STAGE_REQUIRED[stage] if name not in document["params"]]
+    missing = [name for name in stage.required if name not in document["params"]]
     if missing:
-        raise TunerError(f"{path}: params.{missing[0]} is required for stage {stage}")
+        raise TunerError(f"{path}: params.{missing[0]} is required for stage {stage.name}")
     digest = hashlib.sha256(yaml.safe_dump(document, sort_keys=True).encode()).hexdigest()
-    return SearchSpace(stage, Path(path), tuple(params), digest)
+    return SearchSpace(stage.name, Path(path), tuple(params), digest)
 
 
 def read_yaml(path: Path):
@@ -144,5 +134,5 @@ def read_yaml(path: Path):
         raise TunerError(f"{path}: invalid YAML: {exc}") from None
 
 
-def load_space(stage: str, path: Path) -> SearchSpace:
+def load_space(stage, path: Path) -> SearchSpace:
     return parse_space(stage, read_yaml(path), Path(path))

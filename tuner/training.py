@@ -28,7 +28,8 @@ from tuner.config import IGNORE_INDEX, TrainSettings
 from tuner.data import NO_TOKEN, Encoded, length_grouped_batches, random_batches, sorted_batches
 from tuner.errors import TunerError
 from tuner.metrics import entity_scores
-from tuner.models import WEIGHTS_FILE, save_model, unpadded_logits, unpads
+from tuner.models import WEIGHTS_FILE, save_model
+from tuner.unpadded import real_token_logits
 
 log = logging.getLogger(__name__)
 
@@ -162,36 +163,21 @@ class EpochResult:
 LossFn = Callable[[nn.Module, dict, list], torch.Tensor]  # (model, batch, sentence indices) -> scalar loss
 
 
-def token_classification_loss(model: nn.Module, batch: dict, indices: list) -> torch.Tensor:
-    """Cross-entropy over labelled tokens (the model's own loss ignores IGNORE_INDEX)."""
-    return model(**batch).loss
-
-
-def unpadded_token_classification_loss(model: nn.Module, batch: dict, indices: list) -> torch.Tensor:
-    """The same loss, computed on the batch's real tokens only (``unpadded_logits``): for random batches, whose
-    padding would otherwise be most of the compute."""
-    logits, real = unpadded_logits(model, batch["input_ids"], batch["attention_mask"])
+def token_cross_entropy(model: nn.Module, batch: dict, indices: list, batches: str = "random") -> torch.Tensor:
+    """Cross-entropy over the batch's labelled tokens, computed on its real tokens (``real_token_logits``: the
+    unpadded forward for random batches, whose padding would otherwise be most of the compute)."""
+    logits, real = real_token_logits(model, batch["input_ids"], batch["attention_mask"], batches)
     return F.cross_entropy(logits.float(), batch["labels"].flatten()[real], ignore_index=IGNORE_INDEX)
-
-
-def trains_unpadded(model: nn.Module, settings: TrainSettings) -> bool:
-    """Whether ``model`` trains on real tokens only: random batches pad about 2.4x their real tokens, so they do
-    where ``unpadded_logits`` can run the model (the loss is per token either way)."""
-    return settings.batch_order == "random" and unpads(model)
-
-
-def default_loss(model: nn.Module, settings: TrainSettings) -> LossFn:
-    return unpadded_token_classification_loss if trains_unpadded(model, settings) else token_classification_loss
 
 
 def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn: LossFn | None = None,
         resume: Path | None = None) -> Iterator[EpochResult]:
     """Train ``model`` on ``data.train`` for ``settings.epochs``, evaluating on ``data.validation`` each epoch.
 
-    ``loss_fn`` defaults to token cross-entropy, unpadded for random batches. ``resume`` is a checkpoint folder
+    ``loss_fn`` defaults to token cross-entropy (``token_cross_entropy``). ``resume`` is a checkpoint folder
     written by ``save_checkpoint``: training continues after its epoch.
     """
-    loss_fn = loss_fn or default_loss(model, settings)
+    loss_fn = loss_fn or functools.partial(token_cross_entropy, batches=settings.batches)
     torch.set_num_threads(settings.threads)
     device = settings.device
     model.to(device)  # before the optimizer: a fused AdamW lives on its parameters' device
@@ -204,7 +190,7 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
                          f"training to epoch {settings.epochs}")
     precision = resolved_precision(device, settings.precision)
     lengths = data.train.lengths()
-    batches = random_batches if settings.batch_order == "random" else length_grouped_batches
+    batches = random_batches if settings.batches == "random" else length_grouped_batches
     for epoch in range(first_epoch, settings.epochs):
         set_seed(settings.seed + epoch)  # dropout draws per epoch: a resumed trial repeats an uninterrupted one
         model.train()

@@ -1,5 +1,2 @@
-"""One module per stage of the compression pipeline; each is plain PyTorch and yields metrics per epoch."""
-
-from tuner.stages import factorized, student, teacher
-
-TRAIN = {"teacher": teacher.train, "factorized": factorized.train, "student": student.train}
+"""One module per stage of the compression pipeline, each plain PyTorch: it builds its model, trains one config
+and yields metrics per epoch, and declares itself once as a module-level ``STAGE`` (``tuner.registry.Stage``)."""

@@ -10,6 +10,7 @@ from typing import Iterator
 from tuner.config import TrainSettings
 from tuner.data import TaskData
 from tuner.models import ModelState, embedding_svd, factorize, model_from_state
+from tuner.registry import Stage, StageContext
 from tuner.training import EpochResult, fit, set_seed
 
 
@@ -21,7 +22,8 @@ class FactorizedInputs:
     svd: tuple
 
 
-def prepare(teacher) -> FactorizedInputs:
+def prepare(context: StageContext) -> FactorizedInputs:
+    teacher = context.teacher
     return FactorizedInputs(ModelState.of(teacher), embedding_svd(teacher.get_input_embeddings().weight))
 
 
@@ -30,3 +32,9 @@ def train(hparams: dict, task: TaskData, inputs: FactorizedInputs, settings: Tra
     set_seed(settings.seed)
     model = factorize(model_from_state(inputs.teacher), int(hparams["factor_dim"]), inputs.svd)
     yield from fit(model, hparams, task, settings, resume=resume)
+
+
+STAGE = Stage(name="factorized", order=20,
+              description="teacher with SVD-factorized word embeddings (E={factor_dim}), fine-tuned",
+              required=("learning_rate", "weight_decay", "warmup_ratio", "factor_dim"), optional=(),
+              prepare=prepare, train=train, needs_teacher=True)

@@ -10,11 +10,13 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from tuner.config import IGNORE_INDEX, TrainSettings
+from tuner.config import IGNORE_INDEX, Profile, TrainSettings
 from tuner.data import Encoded, TaskData, sorted_batches
 from tuner.models import (ModelState, cut_student, embedding_svd, model_from_state, student_parameters,
-                           unpadded_logits, use_fast_dropout)
-from tuner.training import EpochResult, collate, fit, set_seed, trains_unpadded
+                          student_shape)
+from tuner.registry import Stage, StageContext
+from tuner.training import EpochResult, LossFn, collate, fit, set_seed
+from tuner.unpadded import real_token_logits
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor,
@@ -59,17 +61,32 @@ class StudentInputs:
     max_params: int
 
 
-def prepare(teacher, task: TaskData, num_layers: int, factor_dim: int, max_params: int, batch_size: int,
-            device: str) -> StudentInputs:
-    logits = compute_teacher_logits(teacher, task.train, batch_size, task.pad_token_id, device)
+def prepare(context: StageContext) -> StudentInputs:
+    """The teacher's logits on every training sentence, its embedding's SVD, and the deepest (then widest)
+    student under the budget, used when the search space does not search the shape."""
+    teacher, profile, task = context.teacher, context.profile, context.task
+    num_layers, factor_dim = student_shape(teacher, profile.max_params)
+    logits = compute_teacher_logits(teacher, task.train, profile.eval_batch_size, task.pad_token_id, context.device)
     teacher.cpu()
     return StudentInputs(ModelState.of(teacher), embedding_svd(teacher.get_input_embeddings().weight), logits,
-                         num_layers, factor_dim, max_params)
+                         num_layers, factor_dim, profile.max_params)
 
 
 def padded_teacher_logits(teacher_logits: list, indices: list, width: int) -> torch.Tensor:
     rows = [F.pad(teacher_logits[i], (0, 0, 0, width - teacher_logits[i].shape[0])) for i in indices]
     return torch.stack(rows)
+
+
+def student_loss(teacher_logits: list, temperature: float, alpha: float, batches: str) -> LossFn:
+    """``fit``'s loss for one trial: ``distillation_loss`` on the batch's real tokens against the cached teacher
+    logits of the same sentences."""
+    def loss_fn(model, batch, indices):
+        student_logits, real = real_token_logits(model, batch["input_ids"], batch["attention_mask"], batches)
+        width = batch["input_ids"].shape[1]
+        teacher = padded_teacher_logits(teacher_logits, indices, width).to(student_logits.device)
+        return distillation_loss(student_logits, teacher.flatten(0, 1)[real], batch["labels"].flatten()[real],
+                                 temperature, alpha)
+    return loss_fn
 
 
 def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainSettings,
@@ -82,20 +99,20 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
     if size > inputs.max_params:
         raise ValueError(f"student with {num_layers} layers and E={factor_dim} has {size} parameters, "
                          f"over the budget of {inputs.max_params}")
-    # dropout masks from 16-bit draws, where they pay (use_fast_dropout says why only here)
-    student = use_fast_dropout(cut_student(teacher, num_layers, factor_dim, inputs.svd))
+    student = cut_student(teacher, num_layers, factor_dim, inputs.svd)
     del teacher
-    temperature, alpha = float(hparams["temperature"]), float(hparams["alpha"])
-    unpadded = trains_unpadded(student, settings)
-
-    def loss_fn(model, batch, indices):
-        width = batch["input_ids"].shape[1]
-        teacher_logits = padded_teacher_logits(inputs.teacher_logits, indices, width).to(batch["labels"].device)
-        if unpadded:
-            student_logits, real = unpadded_logits(model, batch["input_ids"], batch["attention_mask"])
-            return distillation_loss(student_logits, teacher_logits.flatten(0, 1)[real], batch["labels"].flatten()[real],
-                                     temperature, alpha)
-        student_logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        return distillation_loss(student_logits, teacher_logits, batch["labels"], temperature, alpha)
-
+    loss_fn = student_loss(inputs.teacher_logits, float(hparams["temperature"]), float(hparams["alpha"]),
+                           settings.batches)
     yield from fit(student, hparams, task, settings, loss_fn, resume=resume)
+
+
+def student_epochs(profile: Profile) -> int:
+    """A student epoch costs a fraction of a teacher's: the profile may give the student more of them."""
+    return profile.student_epochs or profile.epochs
+
+
+STAGE = Stage(name="student", order=30,
+              description="{num_layers}-layer student (E={factor_dim}) distilled from the teacher",
+              required=("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha"),
+              optional=("factor_dim", "num_layers"), prepare=prepare, train=train, needs_teacher=True,
+              epochs=student_epochs)

@@ -1,0 +1,90 @@
+"""What every ``python -m tuner.<command>`` shares: a parser whose errors are one line, the flag types, the
+profile flags generated from ``tuner.config.Profile``, the hint naming the flag behind a recorded setting, and
+the ``main`` wrapper that turns bad input (a ``TunerError``) into one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+from pathlib import Path
+
+from tuner.config import Profile, RunSettings, profile_overrides
+from tuner.errors import TunerError
+
+BAD_INPUT = 2  # the exit status of a refused input, argparse's too
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (no usage block) and exits 2."""
+
+    def error(self, message):
+        self.exit(BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def int_at_least(minimum: int):
+    """An argparse type: an integer no smaller than ``minimum``, or a one-line error saying which bound failed."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+positive_int = int_at_least(1)
+FLAG_TYPES = {"int": positive_int, "int | None": positive_int, "Path": Path, "str": str}  # by annotation
+
+
+def flag_name(setting: str) -> str:
+    """A setting's flag: its field name, dashed (``batch_size`` -> ``--batch-size``)."""
+    return "--" + setting.replace("_", "-")
+
+
+def add_profile_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per ``Profile`` field, of the field's name, type, choices and help; a flag not given keeps the
+    profile's value."""
+    group = parser.add_argument_group("profile overrides (default: the profile's value)")
+    for f in profile_overrides():
+        group.add_argument(flag_name(f.name), dest=f.name, type=FLAG_TYPES[f.type], default=argparse.SUPPRESS,
+                           choices=f.metadata["choices"], help=f.metadata["help"])
+
+
+def overrides_from(args: argparse.Namespace) -> dict:
+    """The profile fields set on the command line."""
+    return {f.name: getattr(args, f.name) for f in profile_overrides() if hasattr(args, f.name)}
+
+
+def flag_hint(key: str) -> str:
+    """`` (set by --flag)`` for a recorded setting (``trials``, ``profile.epochs``) that a flag of ``tuner.run``
+    sets, else nothing."""
+    run_flags = {f.name for f in dataclasses.fields(RunSettings)} - {"stages", "profile"}
+    profile_flags = {f.name for f in dataclasses.fields(Profile)} - {"name"}
+    name = key.removeprefix("profile.")
+    if key == "profile.name":
+        flag = "--profile"
+    elif key == "search_space_sha256":
+        flag = "the search space file"
+    elif name in (profile_flags if key.startswith("profile.") else run_flags):
+        flag = flag_name(name)
+    else:
+        return ""
+    return f" (set by {flag})"
+
+
+def entry_point(main):
+    """Wrap a command's ``main(argv) -> int``: a ``TunerError`` becomes ``error: <message>`` on stderr, one line,
+    and exit status 2, with no traceback."""
+    @functools.wraps(main)
+    def wrapped(argv=None) -> int:
+        try:
+            return main(argv)
+        except TunerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return BAD_INPUT
+    return wrapped

@@ -1,0 +1,88 @@
+"""The stage registry: each ``tuner/stages/<name>.py`` declares its stage once, as a module-level ``STAGE``.
+
+Everything else (the CLI's choices, the search spaces' keys, the pipeline's inputs, the exports' descriptions)
+reads a stage from its ``Stage`` record; nothing matches stage names as strings. Adding a stage is one file in
+``tuner/stages/`` plus its ``search_spaces/<name>.yaml``.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from torch import nn
+
+from tuner.config import Profile, TrainSettings
+from tuner.data import TaskData
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What a stage's ``prepare`` may read, built once on the driver."""
+
+    profile: Profile
+    task: TaskData
+    seed: int
+    teacher: nn.Module | None  # the checked teacher; None for a stage that does not need one
+    vocab_size: int
+    device: str
+
+
+# train(hparams, task, inputs, settings, resume) -> one EpochResult per epoch (tuner.training.fit yields them)
+TrainFn = Callable[[dict, TaskData, object, TrainSettings, "Path | None"], Iterator]
+
+
+def profile_epochs(profile: Profile) -> int:
+    return profile.epochs
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline, as everything outside its module sees it."""
+
+    name: str
+    order: int  # position in ``--stage all``: lower runs first
+    description: str  # summary.md's description, formatted with the stage's result record ({factor_dim} ...)
+    required: tuple[str, ...]  # hyperparameters its search space must have
+    optional: tuple[str, ...]  # hyperparameters it reads when its space has them
+    prepare: Callable[[StageContext], object]  # every trial's shared inputs, computed once on the driver
+    train: TrainFn  # one trial: plain PyTorch, one EpochResult per epoch
+    needs_teacher: bool  # reads the teacher (``--teacher`` or the teacher stage's best model)
+    trains_teacher: bool = False  # its best model is the teacher later stages read
+    epochs: Callable[[Profile], int] = profile_epochs  # epochs of each trial under a profile
+
+    def hyperparameters(self) -> tuple[str, ...]:
+        return self.required + self.optional
+
+
+STAGE_PACKAGE = "tuner.stages"
+
+
+@functools.cache
+def stages() -> tuple[Stage, ...]:
+    """Every ``STAGE`` declared by a module of ``tuner.stages``, in pipeline order (found once, at first use)."""
+    package = importlib.import_module(STAGE_PACKAGE)
+    found = []
+    for module in pkgutil.iter_modules(package.__path__):
+        stage = getattr(importlib.import_module(f"{STAGE_PACKAGE}.{module.name}"), "STAGE", None)
+        if isinstance(stage, Stage):
+            found.append(stage)
+    return tuple(sorted(found, key=lambda s: s.order))
+
+
+def names() -> tuple[str, ...]:
+    return tuple(stage.name for stage in stages())
+
+
+def by_name(name: str) -> Stage:
+    return {stage.name: stage for stage in stages()}[name]
+
+
+def teacher_stage() -> Stage:
+    """The stage whose best model is the teacher of the others."""
+    (stage,) = [s for s in stages() if s.trains_teacher]
+    return stage

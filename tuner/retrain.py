@@ -1,0 +1,96 @@
+"""Retrain one stage's model from an exported config, with no search:
+
+    python -m tuner.retrain --stage teacher --config results/best_configs.yaml
+
+Same data, split, seed, thread count and hyperparameters as the search's best trial: on CPU the run is
+deterministic, so it reaches the trial's validation F1 (the best epoch is kept, as in the search).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tuner import registry
+from tuner.cli import OneLineParser, entry_point
+from tuner.config import METRIC, Profile, RunSettings, default_threads, train_settings
+from tuner.errors import TunerError
+from tuner.spaces import read_yaml
+
+REQUIRED_KEYS = ("hyperparameters", "seed", "data", "split", "training")
+
+
+def entry_from(config_file: Path, stage_name: str) -> dict:
+    document = read_yaml(config_file)
+    if not isinstance(document, dict) or stage_name not in document:
+        raise TunerError(f"{config_file}: no entry for stage {stage_name!r}")
+    entry = document[stage_name]
+    for key in REQUIRED_KEYS:
+        if not isinstance(entry, dict) or entry.get(key) is None:
+            raise TunerError(f"{config_file}: {stage_name}.{key} is missing")
+    if not isinstance(entry["training"], dict) or not isinstance(entry["hyperparameters"], dict):
+        raise TunerError(f"{config_file}: {stage_name}.training and {stage_name}.hyperparameters must be mappings")
+    return entry
+
+
+def data_argument(source: str) -> str:
+    """The ``--data`` value that reproduces a recorded data source."""
+    return "conll2003" if source.startswith("hub:") else source
+
+
+def profile_from(stage_name: str, training: dict) -> Profile:
+    try:
+        return Profile(**training)
+    except TypeError as exc:  # a key this version does not know, or one it needs and the record lacks
+        raise TunerError(f"{stage_name}.training: {exc}") from None
+
+
+def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path, data: str | None,
+            teacher: Path | None, echo=print) -> dict:
+    from tuner.models import load_model, save_model
+    from tuner.task import check_teacher, load_task, stage_inputs
+    from tuner.training import evaluate, select_device
+
+    training = dict(entry["training"])
+    threads = training.pop("threads", None) or default_threads(0)
+    profile = profile_from(stage.name, training)
+    settings = RunSettings(stages=(stage,), trials=1, profile=profile, data=data or data_argument(entry["data"]),
+                           split=entry["split"], seed=entry["seed"], results_dir=results_dir, teacher=teacher)
+    teacher_model = check_teacher(settings, stage) if stage.needs_teacher else None
+    task, tokenizer = load_task(settings, teacher_model)
+    inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer))
+    device = select_device()
+    best = None
+    for result in stage.train(entry["hyperparameters"], task, inputs,
+                              train_settings(profile, stage.epochs(profile), entry["seed"], threads, device)):
+        echo(f"epoch {result.metrics['epoch']}: validation F1 {result.metrics[METRIC]:.4f}")
+        if best is None or result.metrics[METRIC] > best[METRIC]:
+            best = dict(result.metrics)
+            save_model(result.model, output, tokenizer)
+    model = load_model(output)
+    test = evaluate(model.to(device), task.test, task.labels, profile.eval_batch_size, task.pad_token_id, device,
+                    profile.precision)
+    return {"val_f1": best[METRIC], "epoch": best["epoch"], "test_f1": test["f1"], "output": str(output)}
+
+
+@entry_point
+def main(argv=None) -> int:
+    parser = OneLineParser(prog="python -m tuner.retrain", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--stage", required=True, choices=registry.names())
+    parser.add_argument("--config", type=Path, default=None, help="exported configs (default: RESULTS/best_configs.yaml)")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"))
+    parser.add_argument("--output", type=Path, help="where the model goes (default: RESULTS/<stage>/retrained)")
+    parser.add_argument("--data", help="override the recorded data source")
+    parser.add_argument("--teacher", type=Path, help="teacher folder for the stages that read one (default: RESULTS/teacher/best)")
+    args = parser.parse_args(argv)
+    config_file = args.config or args.results_dir / "best_configs.yaml"
+    output = args.output or args.results_dir / args.stage / "retrained"
+    entry = entry_from(config_file, args.stage)
+    outcome = retrain(registry.by_name(args.stage), entry, args.results_dir, output, args.data, args.teacher)
+    print(f"retrained {args.stage}: validation F1 {outcome['val_f1']:.4f} at epoch {outcome['epoch']} "
+          f"(search: {entry.get('val_f1', float('nan')):.4f}), test F1 {outcome['test_f1']:.4f}; saved to {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

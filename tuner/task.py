@@ -1,0 +1,93 @@
+"""What a run's stages start from: the teacher (found and checked), the tokenizer and labels it implies, the
+encoded sentences, and each stage's prepared inputs. The pipeline, ``tuner.retrain`` and the benchmarks all
+build them here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from tuner.config import RunSettings
+from tuner.data import TaskData, encode, label_list, load_corpus, split_sentences, subsample
+from tuner.errors import TunerError
+from tuner.models import load_model, load_tokenizer, model_labels
+from tuner.registry import Stage, StageContext, teacher_stage
+from tuner.training import select_device
+
+BEST = "best"  # results/<stage>/best: a stage's best model, what the next stage reads
+RESULT_FILE = "result.json"
+
+
+def teacher_folder(settings: RunSettings) -> Path:
+    """``--teacher``, else the best model of this results folder's teacher stage."""
+    return Path(settings.teacher) if settings.teacher else settings.stage_dir(teacher_stage().name) / BEST
+
+
+def data_source(settings: RunSettings) -> str:
+    """``--data`` as compared between runs: ``conll2003`` (the Hub) or the folder's absolute path."""
+    return settings.data if settings.data == "conll2003" else str(Path(settings.data).resolve())
+
+
+def check_teacher(settings: RunSettings, stage: Stage) -> nn.Module:
+    """The loaded teacher, once its folder is known to hold a plain (unfactorized) model trained on the same data
+    split: a different seed or split would put the teacher's training sentences into ``stage``'s test split."""
+    folder = teacher_folder(settings)
+    if not (folder / "config.json").is_file():
+        raise TunerError(f"no teacher result at {folder}: run `python -m tuner.run --stage {teacher_stage().name}` "
+                         f"before --stage {stage.name} (or pass --teacher PATH)")
+    teacher = load_model(folder)
+    if getattr(teacher.config, "factor_dim", None):
+        raise TunerError(f"--teacher {folder}: a factorized or student model, not a teacher")
+    record_file = folder / RESULT_FILE
+    if not record_file.is_file():
+        return teacher  # a teacher trained elsewhere: nothing to compare
+    record = json.loads(record_file.read_text())
+    for key, value in {"seed": settings.seed, "split": settings.split}.items():
+        if record.get(key) != value:
+            raise TunerError(f"{record_file}: the teacher used {key} {record.get(key)!r}, this run {value!r}; "
+                             f"use --{key} {record.get(key)} so the test split stays unseen")
+    data = data_source(settings)
+    if settings.data != "conll2003" and record.get("data") not in (data, settings.data):
+        raise TunerError(f"{record_file}: the teacher used data {record.get('data')!r}, this run {data!r}")
+    return teacher
+
+
+def select_sentences(settings: RunSettings):
+    """The corpus and the sentences a search uses: the split protocol, then the profile's seeded subsets."""
+    corpus = load_corpus(settings.data)
+    splits = split_sentences(corpus, settings.split, settings.seed)
+    profile = settings.profile
+    limits = {"train": profile.train_sentences, "validation": profile.eval_sentences, "test": profile.test_sentences}
+    return corpus, {name: subsample(splits[name], limit, settings.seed) for name, limit in limits.items()}
+
+
+def build_task(settings: RunSettings, tokenizer, labels: list | None) -> TaskData:
+    """The encoded train, validation and test sentences; ``labels`` None: read from the training data."""
+    corpus, chosen = select_sentences(settings)
+    labels = labels or label_list(corpus.splits["train"])
+    profile = settings.profile
+    encoded = {name: encode(sentences, tokenizer, labels, profile.max_length, profile.label_subtokens)
+               for name, sentences in chosen.items()}
+    return TaskData(labels, encoded["train"], encoded["validation"], encoded["test"], tokenizer.pad_token_id,
+                    corpus.source)
+
+
+def load_task(settings: RunSettings, teacher: nn.Module | None):
+    """``(task, tokenizer)``: with a teacher, its tokenizer and its label order; without one (a run that trains
+    the teacher), the profile's model's tokenizer and the labels of the training data."""
+    if teacher is None:
+        tokenizer, labels = load_tokenizer(settings.profile.model), None
+    else:
+        tokenizer, labels = load_tokenizer(str(teacher_folder(settings))), model_labels(teacher)
+    return build_task(settings, tokenizer, labels), tokenizer
+
+
+def stage_inputs(stage: Stage, settings: RunSettings, task: TaskData, teacher: nn.Module | None,
+                 vocab_size: int) -> object:
+    """What every trial of ``stage`` starts from, computed once on the driver."""
+    context = StageContext(profile=settings.profile, task=task, seed=settings.seed,
+                           teacher=teacher if stage.needs_teacher else None, vocab_size=vocab_size,
+                           device=select_device())
+    return stage.prepare(context)
