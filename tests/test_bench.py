@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, snapshot
+from tests.conftest import ROOT, run_main, snapshot
 
 
 def run_bench(*args, timeout=900):
@@ -98,19 +98,19 @@ def student_seeds_table(work: Path, conll_dir, report: Path) -> None:
     assert [log.stat().st_mtime_ns for log in logs] == stamps
 
 
-def test_bad_flag_is_one_line_error():
-    proc = run_bench("--repeats", "0", timeout=120)
-    assert proc.returncode == 2
-    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert "--repeats" in proc.stderr
+def test_bad_flag_is_one_line_error(capsys):
+    from bench import run_benchmarks
+
+    status, _, err = run_main(run_benchmarks.main, "--repeats", "0", capsys=capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1 and "--repeats" in err
 
 
-def test_negative_seed_offset_is_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "bench/student_seeds.py", "--work", tmp_path, "--seed-offset", "-1"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
-    assert "--seed-offset" in proc.stderr and "must be >= 0, got -1" in proc.stderr
+def test_negative_seed_offset_is_one_line_error(tmp_path, capsys):
+    from bench import student_seeds
+
+    status, _, err = run_main(student_seeds.main, "--work", tmp_path, "--seed-offset", "-1", capsys=capsys)
+    assert status == 2 and err.strip().splitlines() == [err.strip()]
+    assert "--seed-offset" in err and "must be >= 0, got -1" in err
 
 
 @pytest.mark.slow
@@ -134,8 +134,8 @@ def test_quick_alignment_ablation_writes_its_table(tmp_path, conll_dir):
     assert snapshot(ROOT / "results") == before
 
 
-def test_alignment_ablation_bad_data_is_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "bench/alignment.py", "--quick", "--data", tmp_path], capture_output=True,
-                          text=True, timeout=120, cwd=ROOT)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and str(tmp_path) in proc.stderr
+def test_alignment_ablation_bad_data_is_one_line_error(tmp_path, capsys):
+    from bench import alignment
+
+    status, _, err = run_main(alignment.main, "--quick", "--data", tmp_path, capsys=capsys)
+    assert status == 2 and err.strip().splitlines() == [err.strip()] and str(tmp_path) in err

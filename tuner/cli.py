@@ -23,6 +23,13 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(BAD_INPUT, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def results_parser(prog: str, doc: str) -> OneLineParser:
+    """A command's parser, described by its module docstring's first line, with ``--results-dir``."""
+    parser = OneLineParser(prog=prog, description=doc.strip().splitlines()[0])
+    parser.add_argument("--results-dir", type=Path, default=Path("results"), help="the results folder")
+    return parser
+
+
 def int_at_least(minimum: int):
     """An argparse type: an integer no smaller than ``minimum``, or a one-line error saying which bound failed."""
     def parse(text: str) -> int:

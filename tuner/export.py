@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from tuner import registry
-from tuner.cli import OneLineParser, entry_point
+from tuner.cli import entry_point, results_parser
 from tuner.errors import TunerError
 
 EXPORTED_KEYS = ("hyperparameters", "val_f1", "test_f1", "parameters", "num_layers", "factor_dim", "checkpoint",
@@ -65,9 +65,7 @@ def write_exports(results_dir: Path) -> dict:
 
 @entry_point
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m tuner.export", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--results-dir", type=Path, default=Path("results"))
-    args = parser.parse_args(argv)
+    args = results_parser("python -m tuner.export", __doc__).parse_args(argv)
     exported = write_exports(args.results_dir)
     print(f"wrote {args.results_dir / 'best_configs.yaml'} ({', '.join(exported)}) and {args.results_dir / 'summary.md'}")
     return 0

@@ -175,7 +175,7 @@ class ModelState:
 
 def build_from_config(config) -> nn.Module:
     """An empty model of ``config``, factorized when the config records ``factor_dim``. Random initialisation is
-    skipped (0.3 to 0.6 s per trial for MiniLM on a 2-core CPU): every caller loads a full state dict into it,
+    skipped (it cost a visible share of a trial's set-up): every caller loads a full state dict into it,
     strictly."""
     with no_init_weights():
         model = AutoModelForTokenClassification.from_config(config)

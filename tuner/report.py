@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tuner.cli import OneLineParser, entry_point  # noqa: E402
+from tuner.cli import entry_point, results_parser  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.export import read_results, summary_table  # noqa: E402
 
@@ -104,9 +104,7 @@ def write_report(results_dir: Path) -> Path:
 
 @entry_point
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m tuner.report", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--results-dir", type=Path, default=Path("results"))
-    args = parser.parse_args(argv)
+    args = results_parser("python -m tuner.report", __doc__).parse_args(argv)
     report = write_report(args.results_dir)
     print(f"wrote {report} and its plots under {report.parent / 'plots'}")
     return 0

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from tuner import registry
-from tuner.cli import OneLineParser, entry_point
+from tuner.cli import entry_point, results_parser
 from tuner.config import METRIC, Profile, RunSettings, default_threads, train_settings
 from tuner.errors import TunerError
 from tuner.spaces import read_yaml
@@ -75,10 +75,9 @@ def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path,
 
 @entry_point
 def main(argv=None) -> int:
-    parser = OneLineParser(prog="python -m tuner.retrain", description=__doc__.strip().splitlines()[0])
+    parser = results_parser("python -m tuner.retrain", __doc__)
     parser.add_argument("--stage", required=True, choices=registry.names())
     parser.add_argument("--config", type=Path, default=None, help="exported configs (default: RESULTS/best_configs.yaml)")
-    parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--output", type=Path, help="where the model goes (default: RESULTS/<stage>/retrained)")
     parser.add_argument("--data", help="override the recorded data source")
     parser.add_argument("--teacher", type=Path, help="teacher folder for the stages that read one (default: RESULTS/teacher/best)")

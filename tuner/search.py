@@ -266,7 +266,7 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
                                                     checkpoint_score_order=MODE),
             failure_config=tune.FailureConfig(max_failures=max_failures))
         # reuse_actors: the next trial runs in the finished trial's process, so it does not start Python, import
-        # torch and transformers, and load the model code again (about 1.5 s of a trial's setup on 2 CPUs).
+        # torch and transformers, and load the model code again.
         # Trials of a few seconds then all run in the first process; --process-per-trial turns it off.
         tuner = tune.Tuner(trainable, run_config=run_config,
                            tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,

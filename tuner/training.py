@@ -71,9 +71,8 @@ def release_memory() -> bool:
     """Free what earlier work in this process left behind, and hand glibc's freed heap back to the system
     (``malloc_trim``); True where that ran (glibc), False elsewhere.
 
-    A reused trial process calls this before each trial. Without it, on 2 CPU cores, the teacher's third and
-    fourth trials in one process trained 9-17% slower than its first (fresh processes did not slow down); with
-    it they kept the first's speed (``results/benchmarks.md``)."""
+    A reused trial process calls this before each trial: without it, later trials in one process trained slower
+    than its first (measured in ``results/benchmarks.md``)."""
     gc.collect()
     trim = _malloc_trim()
     if trim is None:

@@ -1,6 +1,6 @@
 """The CPU fast path for batches of mixed lengths: token-classification logits computed on the real tokens only.
 
-Random batches pad about 2.4x their real tokens. ``real_token_logits`` is the one call ``fit``'s loss and the
+Random batches are mostly padding. ``real_token_logits`` is the one call ``fit``'s loss and the
 student's loss use: for random batches of a BERT token classifier it runs every matmul outside attention on the
 real tokens alone, and attention on small groups of similar length; otherwise it runs the model's own padded
 forward. It reads these transformers internals of ``BertForTokenClassification`` (``tests/test_unpadded.py`` pins
