@@ -43,14 +43,39 @@ def description(stage: str, record: dict) -> str:
     return known[stage].description.format(**record) if stage in known else ""
 
 
-def summary_table(records: dict) -> str:
+def summary_table(records: dict, deployed: dict | None = None) -> str:
     lines = ["# Results", "", "F1 is entity-level (seqeval) on the held-out test split, never used for selection.",
              "", "| Model | Parameters | Description | Validation F1 | Test F1 | Search wall time |",
              "|---|---|---|---|---|---|"]
     for stage, record in records.items():
         lines.append(f"| {stage} | {record['parameters'] / 1e6:.2f}M | {description(stage, record)} | "
                      f"{record['val_f1']:.4f} | {record['test_f1']:.4f} | {record['search_wall_seconds'] / 60:.1f} min |")
+    if deployed:
+        lines += ["", "## Deployed (python -m tuner.deploy)", "",
+                  "F1 of each format scored as in the search; latency on the CPU, one sentence at a time and in "
+                  "batches of 32 (length-sorted).", "",
+                  "| Model | Format | Size on disk | Validation F1 | Test F1 | Batch 1, median ms | Batch 1, p95 ms "
+                  "| Batch 32, sentences/s | Threads, CPU |", "|---|---|---|---|---|---|---|---|---|"]
+        for stage, report in deployed.items():
+            for name, found in report["formats"].items():
+                timing = found["latency"]
+                lines.append(f"| {stage} | {name} | {found['bytes'] / 1e6:.1f} MB | {found['validation']:.4f} | "
+                             f"{found['test']:.4f} | {timing['batch_1_median_ms']:.2f} | {timing['batch_1_p95_ms']:.2f} | "
+                             f"{timing['batch_32_sentences_per_second']:.0f} | {report['threads']}, {report['cpu']} |")
     return "\n".join(lines) + "\n"
+
+
+def read_deployed(results_dir: Path, stages) -> dict:
+    """stage name -> its ``<stage>/deploy/deploy.json``, for the stages deployed."""
+    found = {}
+    for stage in stages:
+        path = Path(results_dir) / stage / "deploy" / "deploy.json"
+        if path.is_file():
+            try:
+                found[stage] = json.loads(path.read_text())
+            except json.JSONDecodeError as exc:
+                raise TunerError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    return found
 
 
 def write_exports(results_dir: Path) -> dict:
@@ -59,7 +84,7 @@ def write_exports(results_dir: Path) -> dict:
         raise TunerError(f"{results_dir}: no stage results (results/<stage>/best/result.json) to export")
     exported = {stage: {key: record.get(key) for key in EXPORTED_KEYS} for stage, record in records.items()}
     (Path(results_dir) / "best_configs.yaml").write_text(yaml.safe_dump(exported, sort_keys=False))
-    (Path(results_dir) / "summary.md").write_text(summary_table(records))
+    (Path(results_dir) / "summary.md").write_text(summary_table(records, read_deployed(results_dir, records)))
     return exported
 
 

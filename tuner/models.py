@@ -218,4 +218,8 @@ def load_model(folder: Path) -> nn.Module:
 
 def model_labels(model: nn.Module) -> list[str]:
     """A token classifier's label names in output order (its config's ``id2label``)."""
-    return [model.config.id2label[i] for i in range(model.config.num_labels)]
+    return config_labels(model.config)
+
+
+def config_labels(config) -> list[str]:
+    return [config.id2label[i] for i in range(config.num_labels)]

@@ -1,6 +1,7 @@
 """Tag sentences with a saved model (teacher, factorized or student) and print the entities found:
 
     python -m tuner.predict --model results/student/best "EU rejects German call to boycott British lamb ."
+    python -m tuner.predict --model results/student/deploy/model.int8.onnx "EU rejects German call ."
 
 Sentences come from the arguments, else from ``--file``, else from standard input, one per line, words
 separated by spaces (as in CoNLL).
@@ -8,6 +9,7 @@ separated by spaces (as in CoNLL).
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,21 +27,41 @@ def word_offsets(line: str) -> list[tuple[str, int, int]]:
     return offsets
 
 
-def tag_lines(model_folder: Path, lines: list[str], batch_size: int = 32) -> list[list[dict]]:
-    """Per line, its entities: type, text, word span [start, end) and character span [start, end)."""
-    from tuner.data import Sentence, encode
-    from tuner.models import load_model, load_tokenizer, model_labels
-    from tuner.training import predict_tags, select_device
+def tag_lines(model_path: Path, lines: list[str], batch_size: int = 32) -> list[list[dict]]:
+    """Per line, its entities: type, text, word span [start, end) and character span [start, end). ``model_path``
+    is a saved model folder (PyTorch) or an ``.onnx`` file beside its tokenizer and config (``tuner.deploy``)."""
+    from transformers import AutoConfig
 
-    model = load_model(model_folder)
-    tokenizer = load_tokenizer(str(model_folder))
-    labels = model_labels(model)
+    from tuner.data import Sentence, encode
+    from tuner.models import config_labels, load_model, load_tokenizer
+    from tuner.training import predict_tags, select_device, word_tags
+
+    model_path = Path(model_path)
+    onnx_file = model_path.suffix == ".onnx"
+    folder = model_path.parent if onnx_file else model_path
+    if onnx_file:
+        from tuner import onnx_io
+
+        forward = onnx_io.forward(onnx_io.session(model_path, os.cpu_count() or 1))
+        try:
+            config = AutoConfig.from_pretrained(folder)
+        except (OSError, ValueError) as exc:
+            raise TunerError(f"{folder}: no label config beside the ONNX model ({str(exc).splitlines()[0][:120]})") \
+                from None
+    else:
+        model = load_model(model_path)
+        config = model.config
+    tokenizer = load_tokenizer(str(folder))
+    labels = config_labels(config)
     offsets = [word_offsets(line) for line in lines]
     sentences = [Sentence(tuple(w for w, _, _ in words), ("O",) * len(words)) for words in offsets if words]
-    max_length = getattr(model.config, "max_position_embeddings", 512)
+    max_length = getattr(config, "max_position_embeddings", 512)
     data = encode(sentences, tokenizer, labels, max_length, label_subtokens="all")
-    device = select_device()
-    tags = iter(predict_tags(model.to(device), data, labels, batch_size, tokenizer.pad_token_id, device))
+    if onnx_file:
+        tags = iter(word_tags(forward, data, labels, batch_size, tokenizer.pad_token_id))
+    else:
+        device = select_device()
+        tags = iter(predict_tags(model.to(device), data, labels, batch_size, tokenizer.pad_token_id, device))
     return [entities_of(next(tags), words) if words else [] for words in offsets]
 
 
@@ -55,7 +77,7 @@ def entities_of(tags: list[str], words: list[tuple[str, int, int]]) -> list[dict
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python -m tuner.predict", description=__doc__.strip().splitlines()[0])
     parser.add_argument("sentences", nargs="*", help="sentences to tag (default: --file or standard input)")
-    parser.add_argument("--model", type=Path, required=True, help="a saved model folder, e.g. results/student/best")
+    parser.add_argument("--model", type=Path, required=True, help="a saved model folder (results/student/best) or a deployed .onnx file")
     parser.add_argument("--file", type=Path, help="a text file, one sentence per line")
     args = parser.parse_args(argv)
     if args.sentences:

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from tuner.cli import entry_point, results_parser  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
-from tuner.export import read_results, summary_table  # noqa: E402
+from tuner.export import read_deployed, read_results, summary_table  # noqa: E402
 
 
 def plot_history(trials: list, stage: str, path: Path) -> None:
@@ -81,7 +81,7 @@ def write_report(results_dir: Path) -> Path:
         raise TunerError(f"{results_dir}: no stage results to report on (run python -m tuner.run first)")
     plots = Path(results_dir) / "plots"
     plots.mkdir(exist_ok=True)
-    lines = [summary_table(records), "![F1 against parameters](plots/tradeoff.png)", ""]
+    lines = [summary_table(records, read_deployed(results_dir, records)), "![F1 against parameters](plots/tradeoff.png)", ""]
     plot_tradeoff(records, plots / "tradeoff.png")
     for stage, record in records.items():
         trials, importances = study_trials(Path(results_dir), stage)

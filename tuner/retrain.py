@@ -13,11 +13,9 @@ from pathlib import Path
 
 from tuner import registry
 from tuner.cli import entry_point, results_parser
-from tuner.config import METRIC, Profile, RunSettings, default_threads, train_settings
+from tuner.config import METRIC, train_settings
 from tuner.errors import TunerError
 from tuner.spaces import read_yaml
-
-REQUIRED_KEYS = ("hyperparameters", "seed", "data", "split", "training")
 
 
 def entry_from(config_file: Path, stage_name: str) -> dict:
@@ -25,37 +23,20 @@ def entry_from(config_file: Path, stage_name: str) -> dict:
     if not isinstance(document, dict) or stage_name not in document:
         raise TunerError(f"{config_file}: no entry for stage {stage_name!r}")
     entry = document[stage_name]
-    for key in REQUIRED_KEYS:
-        if not isinstance(entry, dict) or entry.get(key) is None:
-            raise TunerError(f"{config_file}: {stage_name}.{key} is missing")
-    if not isinstance(entry["training"], dict) or not isinstance(entry["hyperparameters"], dict):
-        raise TunerError(f"{config_file}: {stage_name}.training and {stage_name}.hyperparameters must be mappings")
+    if not isinstance(entry, dict) or not isinstance(entry.get("hyperparameters"), dict):
+        raise TunerError(f"{config_file}: {stage_name}.hyperparameters is missing")
     return entry
 
 
-def data_argument(source: str) -> str:
-    """The ``--data`` value that reproduces a recorded data source."""
-    return "conll2003" if source.startswith("hub:") else source
-
-
-def profile_from(stage_name: str, training: dict) -> Profile:
-    try:
-        return Profile(**training)
-    except TypeError as exc:  # a key this version does not know, or one it needs and the record lacks
-        raise TunerError(f"{stage_name}.training: {exc}") from None
-
-
 def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path, data: str | None,
-            teacher: Path | None, echo=print) -> dict:
+            teacher: Path | None, echo=print, where: str = "the entry") -> dict:
+    """Train ``entry``'s hyperparameters once under its recorded settings; keep the best epoch at ``output``."""
     from tuner.models import load_model, save_model
-    from tuner.task import check_teacher, load_task, stage_inputs
+    from tuner.task import check_teacher, load_task, recorded_settings, stage_inputs
     from tuner.training import evaluate, select_device
 
-    training = dict(entry["training"])
-    threads = training.pop("threads", None) or default_threads(0)
-    profile = profile_from(stage.name, training)
-    settings = RunSettings(stages=(stage,), trials=1, profile=profile, data=data or data_argument(entry["data"]),
-                           split=entry["split"], seed=entry["seed"], results_dir=results_dir, teacher=teacher)
+    settings, threads = recorded_settings(entry, stage, results_dir, where, data, teacher)
+    profile = settings.profile
     teacher_model = check_teacher(settings, stage) if stage.needs_teacher else None
     task, tokenizer = load_task(settings, teacher_model)
     inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer))
@@ -85,7 +66,8 @@ def main(argv=None) -> int:
     config_file = args.config or args.results_dir / "best_configs.yaml"
     output = args.output or args.results_dir / args.stage / "retrained"
     entry = entry_from(config_file, args.stage)
-    outcome = retrain(registry.by_name(args.stage), entry, args.results_dir, output, args.data, args.teacher)
+    outcome = retrain(registry.by_name(args.stage), entry, args.results_dir, output, args.data, args.teacher,
+                      where=f"{config_file}: {args.stage}")
     print(f"retrained {args.stage}: validation F1 {outcome['val_f1']:.4f} at epoch {outcome['epoch']} "
           f"(search: {entry.get('val_f1', float('nan')):.4f}), test F1 {outcome['test_f1']:.4f}; saved to {output}")
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from tuner.config import RunSettings
+from tuner.config import Profile, RunSettings, default_threads
 from tuner.data import TaskData, encode, label_list, load_corpus, split_sentences, subsample
 from tuner.errors import TunerError
 from tuner.models import load_model, load_tokenizer, model_labels
@@ -28,6 +28,32 @@ def teacher_folder(settings: RunSettings) -> Path:
 def data_source(settings: RunSettings) -> str:
     """``--data`` as compared between runs: ``conll2003`` (the Hub) or the folder's absolute path."""
     return settings.data if settings.data == "conll2003" else str(Path(settings.data).resolve())
+
+
+def data_argument(source: str) -> str:
+    """The ``--data`` value that reproduces a recorded data source."""
+    return "conll2003" if source.startswith("hub:") else source
+
+
+def recorded_settings(record: dict, stage: Stage, results_dir: Path, where: str, data: str | None = None,
+                      teacher: Path | None = None) -> tuple[RunSettings, int]:
+    """The settings a saved result was trained under (its data, split, seed and ``training`` profile, as
+    ``result.json`` and ``best_configs.yaml`` record them) and its trials' thread count; ``where`` names the
+    record in errors."""
+    for key in ("seed", "data", "split", "training"):
+        if record.get(key) is None:
+            raise TunerError(f"{where}: {key} is missing")
+    if not isinstance(record["training"], dict):
+        raise TunerError(f"{where}: training must be a mapping")
+    training = dict(record["training"])
+    threads = training.pop("threads", None) or default_threads(0)
+    try:
+        profile = Profile(**training)
+    except TypeError as exc:  # a key this version does not know, or one it needs and the record lacks
+        raise TunerError(f"{where}: training: {exc}") from None
+    settings = RunSettings(stages=(stage,), trials=1, profile=profile, data=data or data_argument(record["data"]),
+                           split=record["split"], seed=record["seed"], results_dir=results_dir, teacher=teacher)
+    return settings, threads
 
 
 def check_teacher(settings: RunSettings, stage: Stage) -> nn.Module:

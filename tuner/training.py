@@ -124,18 +124,32 @@ def build_scheduler(optimizer, warmup_ratio: float, total_steps: int):
     return get_linear_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
 
 
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (input_ids, attention_mask) -> logits [B, S, L]
+
+
 @torch.no_grad()
 def predict_tags(model: nn.Module, data: Encoded, labels: list[str], batch_size: int, pad_token_id: int,
                  device: str, precision: str = "auto") -> list[list[str]]:
-    """Word-level predictions: the first sub-token's label per word; words cut by truncation are ``O``."""
+    """Word-level predictions of a PyTorch model (see ``word_tags``), under ``precision``'s autocast."""
     model.eval()
-    predicted = [None] * len(data)
     precision = resolved_precision(device, precision)
+
+    def forward(input_ids, attention_mask):
+        with autocast(device, precision):
+            return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+    return word_tags(forward, data, labels, batch_size, pad_token_id, device)
+
+
+@torch.no_grad()
+def word_tags(forward: Forward, data: Encoded, labels: list[str], batch_size: int, pad_token_id: int,
+              device: str = "cpu") -> list[list[str]]:
+    """Word-level predictions of any forward (a PyTorch model, an ONNX session): the first sub-token's label per
+    word; words cut by truncation are ``O``."""
+    predicted = [None] * len(data)
     for indices in sorted_batches(data.lengths(), batch_size):
         batch = collate(data, indices, pad_token_id, device)
-        with autocast(device, precision):
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        best = logits.argmax(-1).cpu()
+        best = forward(batch["input_ids"], batch["attention_mask"]).argmax(-1).cpu()
         for row, i in enumerate(indices):
             starts = data.word_starts[i]
             chosen = best[row, [max(p, 0) for p in starts]].tolist()

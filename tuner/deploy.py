@@ -1,0 +1,253 @@
+"""Deploy what the search found: a stage's best model as ONNX (float32) and int8 ONNX, gated on F1, measured.
+
+    python -m tuner.deploy --results-dir results --stage student
+
+Writes ``results/<stage>/deploy/``: ``model.onnx``, ``model.int8.onnx`` (ONNX Runtime dynamic quantization),
+the tokenizer and label files, and ``deploy.json``: for PyTorch float32, ONNX float32 and ONNX int8, the
+validation and test F1 (the search's word-level seqeval scoring, on the sentences the search used), the size on
+disk and the CPU latency. int8 may lose at most ``--max-f1-drop`` F1 points on validation against PyTorch
+float32; quantizations that keep more float32 are tried in turn, every try is recorded, and where none passes
+the float ONNX model is kept alone and the command exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from tuner import registry
+from tuner.cli import entry_point, positive_int, results_parser
+from tuner.errors import TunerError
+from tuner.task import BEST, RESULT_FILE
+
+DEPLOY = "deploy"
+FLOAT_FILE, INT8_FILE, REPORT_FILE = "model.onnx", "model.int8.onnx", "deploy.json"
+GATE_FAILED = 1  # exit status when int8 lost more F1 than allowed (the float ONNX model is still deployed)
+LATENCY_BATCH = 32
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.lower().startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def load_saved(folder: Path):
+    """A searched stage's best model, tokenizer and result record; a one-line TunerError for anything else."""
+    from tuner.models import load_model, load_tokenizer
+
+    if not folder.is_dir():
+        raise TunerError(f"{folder}: no such folder: search the stage first (python -m tuner.run --stage "
+                         f"{folder.parent.name})")
+    model = load_model(folder)
+    if not (folder / RESULT_FILE).is_file():
+        raise TunerError(f"{folder}: no {RESULT_FILE}, so the sentences to score it on are unknown")
+    try:
+        record = json.loads((folder / RESULT_FILE).read_text())
+    except json.JSONDecodeError as exc:
+        raise TunerError(f"{folder / RESULT_FILE}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    return model, load_tokenizer(str(folder)), record
+
+
+def scoring_task(stage, record: dict, folder: Path, results_dir: Path, tokenizer, labels: list):
+    """The validation and test sentences the search scored this model on, encoded as it encoded them."""
+    from tuner.task import build_task, recorded_settings
+
+    settings, _ = recorded_settings(record, stage, results_dir, str(folder / RESULT_FILE))
+    return build_task(settings, tokenizer, labels), settings.profile
+
+
+def scores(forward, task, batch_size: int) -> dict:
+    from tuner.metrics import entity_scores
+    from tuner.training import word_tags
+
+    return {split: entity_scores(data.word_tags, word_tags(forward, data, task.labels, batch_size,
+                                                            task.pad_token_id))["f1"]
+            for split, data in (("validation", task.validation), ("test", task.test))}
+
+
+def latency(forward, data, pad_token_id: int, sentences: int, passes: int = 3) -> dict:
+    """Batch 1: milliseconds per sentence (median and 95th percentile over ``sentences`` test sentences, each
+    timed alone); batch 32: sentences per second over the same sentences in length-sorted batches (the median
+    of ``passes`` passes). A few warm-up calls first."""
+    from tuner.data import sorted_batches
+    from tuner.training import collate
+
+    chosen = list(range(min(sentences, len(data))))
+    single = [collate(data, [i], pad_token_id) for i in chosen]
+    for batch in single[:5]:
+        forward(batch["input_ids"], batch["attention_mask"])
+    per_sentence = []
+    for batch in single:
+        started = time.perf_counter()
+        forward(batch["input_ids"], batch["attention_mask"])
+        per_sentence.append((time.perf_counter() - started) * 1000)
+    lengths = [len(data.input_ids[i]) for i in chosen]
+    batches = [collate(data, [chosen[j] for j in group], pad_token_id) for group in sorted_batches(lengths, LATENCY_BATCH)]
+    rates = []
+    for _ in range(passes):
+        started = time.perf_counter()
+        for batch in batches:
+            forward(batch["input_ids"], batch["attention_mask"])
+        rates.append(len(chosen) / (time.perf_counter() - started))
+    ordered = sorted(per_sentence)
+    return {"batch_1_median_ms": statistics.median(per_sentence),
+            "batch_1_p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
+            f"batch_{LATENCY_BATCH}_sentences_per_second": statistics.median(rates), "sentences": len(chosen)}
+
+
+def gate(baseline_f1: float, quantizations, quantized, max_f1_drop: float):
+    """Try each quantization in turn (``quantized(how) -> (file, {"validation": f1, "test": f1})``) until one
+    loses at most ``max_f1_drop`` F1 points on validation against ``baseline_f1``. Returns every try's record
+    and the (file, scores, quantization) that passed, or None."""
+    tries = []
+    for how in quantizations:
+        candidate, found = quantized(how)
+        drop = (baseline_f1 - found["validation"]) * 100
+        passed = drop <= max_f1_drop
+        tries.append(dict(how.record(), validation_f1=found["validation"], test_f1=found["test"],
+                          drop_points=drop, bytes=candidate.stat().st_size, passed=passed))
+        if passed:
+            return tries, (candidate, found, how)
+    return tries, None
+
+
+def torch_forward(model):
+    import torch
+
+    def run(input_ids, attention_mask):
+        with torch.no_grad():
+            return model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return run
+
+
+def deploy_stage(stage, results_dir: Path, max_f1_drop: float, threads: int, latency_sentences: int,
+                 echo=print) -> dict:
+    """Export, quantize, gate, measure and write ``results/<stage>/deploy``; returns its deploy.json record.
+    Nothing is left at ``deploy/`` unless the whole step succeeds (the work happens in ``deploy.partial``)."""
+    import torch
+
+    from tuner import onnx_io
+    from tuner.models import model_labels
+
+    folder = Path(results_dir) / stage.name / BEST
+    model, tokenizer, record = load_saved(folder)
+    task, profile = scoring_task(stage, record, folder, Path(results_dir), tokenizer, model_labels(model))
+    torch.set_num_threads(threads)
+    target = folder.parent / DEPLOY
+    staging = folder.parent / (DEPLOY + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        tokenizer.save_pretrained(staging)
+        model.config.save_pretrained(staging)  # the labels (id2label) and shape of what the ONNX files compute
+        onnx_io.export(model, staging / FLOAT_FILE)
+        batch = profile.eval_batch_size
+        pytorch = torch_forward(model.float().eval())
+        float_onnx = onnx_io.forward(onnx_io.session(staging / FLOAT_FILE, threads))
+        formats = {"pytorch_float32": {"file": str(folder / "model.safetensors"), **scores(pytorch, task, batch)},
+                   "onnx_float32": {"file": FLOAT_FILE, **scores(float_onnx, task, batch)}}
+        baseline = formats["pytorch_float32"]["validation"]
+
+        def quantized(how):
+            candidate = staging / f"try-{how.name.replace(' ', '_').replace(',', '')}.onnx"
+            onnx_io.quantize(staging / FLOAT_FILE, candidate, how)
+            found = scores(onnx_io.forward(onnx_io.session(candidate, threads)), task, batch)
+            echo(f"{stage.name}: {how.name}: validation F1 {found['validation']:.4f} "
+                 f"({(found['validation'] - baseline) * 100 + 0.0:+.2f} points)")
+            return candidate, found
+
+        tries, chosen = gate(baseline, onnx_io.QUANTIZATIONS, quantized, max_f1_drop)
+        for candidate in staging.glob("try-*.onnx"):
+            if chosen is not None and candidate == chosen[0]:
+                candidate.rename(staging / INT8_FILE)
+            else:
+                candidate.unlink()
+        if chosen is not None:
+            chosen = formats["onnx_int8"] = dict(chosen[1], file=INT8_FILE, quantization=chosen[2].name)
+        sizes = {"pytorch_float32": (folder / "model.safetensors").stat().st_size,
+                 "onnx_float32": (staging / FLOAT_FILE).stat().st_size}
+        forwards = {"pytorch_float32": pytorch, "onnx_float32": float_onnx}
+        if chosen is not None:
+            sizes["onnx_int8"] = (staging / INT8_FILE).stat().st_size
+            forwards["onnx_int8"] = onnx_io.forward(onnx_io.session(staging / INT8_FILE, threads))
+        for name, run in forwards.items():
+            formats[name].update(bytes=sizes[name],
+                                 latency=latency(run, task.test, task.pad_token_id, latency_sentences))
+        report = {"stage": stage.name, "model": str(folder), "parameters": record.get("parameters"),
+                  "max_f1_drop_points": max_f1_drop, "gate": "decided on validation F1 against pytorch_float32",
+                  "int8_passed": chosen is not None, "formats": formats, "int8_tries": tries,
+                  "threads": threads, "cpu": cpu_name(), "onnxruntime": onnx_io.runtime_version(),
+                  "torch": torch.__version__, "latency_sentences": "the first sentences of the test split"}
+        (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return report
+
+
+def summary_line(report: dict) -> str:
+    formats = report["formats"]
+    parts = [f"{name} F1 {f['validation']:.4f}/{f['test']:.4f}, {f['bytes'] / 1e6:.1f} MB, "
+             f"{f['latency']['batch_1_median_ms']:.2f} ms per sentence" for name, f in formats.items()]
+    line = f"deployed {report['stage']} (validation/test F1): " + "; ".join(parts)
+    if not report["int8_passed"]:
+        worst = min(t["drop_points"] for t in report["int8_tries"])
+        line += (f"\n{report['stage']}: every int8 quantization lost more than {report['max_f1_drop_points']:g} F1 "
+                 f"points on validation (the least: {worst:.2f}); kept the float32 ONNX model only")
+    return line
+
+
+@entry_point
+def main(argv=None) -> int:
+    parser = results_parser("python -m tuner.deploy", __doc__)
+    parser.add_argument("--stage", required=True, choices=registry.names() + ("all",),
+                        help="the stage whose best model to deploy; all: every searched stage")
+    parser.add_argument("--max-f1-drop", type=non_negative_float, default=0.3,
+                        help="F1 points int8 may lose on validation against PyTorch float32")
+    parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
+                        help="CPU threads of PyTorch and ONNX Runtime while scoring and timing")
+    parser.add_argument("--latency-sentences", type=positive_int, default=300,
+                        help="test sentences timed one at a time (and in batches of 32)")
+    args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING)
+    if args.stage == "all":
+        stages = [s for s in registry.stages() if (args.results_dir / s.name / BEST).is_dir()]
+        if not stages:
+            raise TunerError(f"{args.results_dir}: no searched stage to deploy (run python -m tuner.run first)")
+    else:
+        stages = [registry.by_name(args.stage)]
+    reports = [deploy_stage(stage, args.results_dir, args.max_f1_drop, args.threads, args.latency_sentences)
+               for stage in stages]
+    from tuner import export
+
+    export.write_exports(args.results_dir)  # summary.md gains the deployed rows
+    for report in reports:
+        print(summary_line(report))
+    return 0 if all(r["int8_passed"] for r in reports) else GATE_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

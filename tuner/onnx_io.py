@@ -1,0 +1,152 @@
+"""ONNX for token classifiers: export with torch's exporter, int8 dynamic quantization with ONNX Runtime's own
+tools, and inference on the CPU. The only module that imports onnx and onnxruntime; it writes no kernels.
+
+A model file has inputs ``input_ids`` and ``attention_mask`` (int64, dynamic batch and sequence axes) and output
+``logits`` (float32, ``[batch, sequence, labels]``), so ``tuner.training.word_tags`` scores it as it scores a
+PyTorch model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+from torch import nn
+
+from tuner.errors import TunerError
+
+INPUTS = ("input_ids", "attention_mask")
+OUTPUT = "logits"
+OPSET = 18  # the exporter's native opset: no version conversion
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """The exporter's progress lines, its 'torchvision is not installed' notices and its harmless warnings off."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export(model: nn.Module, path: Path) -> None:
+    """Write ``model`` (float32, on the CPU) as one self-contained ONNX file with dynamic batch and sequence."""
+    model = model.float().cpu().eval()
+    ids = torch.tensor([[101, 2000, 2001, 102], [101, 2002, 102, 0]])  # two lengths: the mask is really used
+    mask = (ids != 0).long()
+    dynamic = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
+    with quiet_exporter(), torch.no_grad():
+        torch.onnx.export(model, (ids, mask), str(path), dynamo=True, opset_version=OPSET, external_data=False,
+                          verbose=False, input_names=list(INPUTS), output_names=[OUTPUT],
+                          dynamic_shapes={name: {0: dynamic["batch"], 1: dynamic["sequence"]} for name in INPUTS})
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """One way to quantize: every weight matrix and embedding table to int8 (dynamic activations), with some
+    parts left in float32."""
+
+    name: str
+    per_channel: bool = False
+    keep_float: tuple[str, ...] = field(default=())  # "classifier", "word_embeddings"
+
+    def record(self) -> dict:
+        return {"name": self.name, "per_channel": self.per_channel, "float32_parts": list(self.keep_float)}
+
+
+# Tried in this order until one keeps F1 within the gate: the smallest file first, then the variants known to
+# keep accuracy (per-channel scales; the classifier, then also the word embeddings, in float32).
+QUANTIZATIONS = (
+    Quantization("int8"),
+    Quantization("int8, per-channel weights", per_channel=True),
+    Quantization("int8, classifier in float32", keep_float=("classifier",)),
+    Quantization("int8, classifier and word embeddings in float32", keep_float=("classifier", "word_embeddings")),
+)
+
+
+def quantize(float_path: Path, out_path: Path, how: Quantization) -> None:
+    """ONNX Runtime's pre-processing, then its dynamic quantization to int8 weights."""
+    with tempfile.TemporaryDirectory() as work:
+        prepared = Path(work) / "prepared.onnx"
+        # symbolic shape inference cannot follow BERT's dynamic sequence axis; ONNX's own shape inference does
+        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        graph = onnx.load(str(prepared))
+        excluded = []
+        if "classifier" in how.keep_float:
+            excluded += classifier_nodes(graph)
+        if "word_embeddings" in how.keep_float:
+            excluded += word_embedding_nodes(graph)
+        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # quantize_dynamic's notes
+        quantize_dynamic(str(prepared), str(out_path), per_channel=how.per_channel, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=excluded)
+
+
+def classifier_nodes(graph) -> list[str]:
+    """The classifier's nodes: from the ``logits`` output back through its bias Add to its MatMul."""
+    producers = {output: node for node in graph.graph.node for output in node.output}
+    names, node = [], producers.get(OUTPUT)
+    while node is not None and node.op_type in ("Add", "MatMul", "Gemm"):
+        names.append(node.name)
+        if node.op_type in ("MatMul", "Gemm"):
+            break
+        node = next((producers[name] for name in node.input if name in producers), None)
+    return names
+
+
+def word_embedding_nodes(graph) -> list[str]:
+    """The Gather that reads the word-embedding table (a factorized model's V x E lookup)."""
+    weights = {initializer.name for initializer in graph.graph.initializer}
+    return [node.name for node in graph.graph.node
+            if node.op_type == "Gather" and node.input[0] in weights and "word_embeddings" in node.input[0]]
+
+
+def session(path: Path, threads: int) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session of a checked model file; a file that is not one is a one-line TunerError."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunerError(f"{path}: no such file")
+    try:
+        onnx.checker.check_model(str(path))
+    except Exception as exc:  # ValidationError, and the parser's errors on garbage
+        raise TunerError(f"{path}: not a valid ONNX model ({str(exc).splitlines()[0][:160]})") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    try:
+        loaded = ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime's errors derive from Exception only
+        raise TunerError(f"{path}: ONNX Runtime cannot load it ({str(exc).splitlines()[0][:160]})") from None
+    names = {i.name for i in loaded.get_inputs()}, {o.name for o in loaded.get_outputs()}
+    if not set(INPUTS) <= names[0] or OUTPUT not in names[1]:
+        raise TunerError(f"{path}: not a token classifier (needs inputs {', '.join(INPUTS)} and output {OUTPUT})")
+    return loaded
+
+
+def forward(loaded: ort.InferenceSession):
+    """``(input_ids, attention_mask) -> logits`` through the session, tensors in and out."""
+    def run(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feeds = {"input_ids": input_ids.cpu().numpy().astype(np.int64),
+                 "attention_mask": attention_mask.cpu().numpy().astype(np.int64)}
+        return torch.from_numpy(loaded.run([OUTPUT], feeds)[0])
+    return run
+
+
+def runtime_version() -> str:
+    return ort.__version__
