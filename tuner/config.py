@@ -23,6 +23,9 @@ LABEL_SUBTOKENS = ("first", "all")  # which sub-tokens of a word carry its label
 IGNORE_INDEX = -100
 METRIC = "val_f1"  # the metric every search maximises, declared once
 MODE = "max"
+SIZE_METRIC = "parameters"  # every trial reports its model's parameter count under this name
+# --objectives: what a search optimises, by name: the metric each trial reports, and its direction
+OBJECTIVES = {"f1": (METRIC, MODE), "params": (SIZE_METRIC, "min")}
 SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
@@ -129,9 +132,15 @@ class RunSettings:
     keep_dashboard: bool = False
     max_failures: int = 0
     process_per_trial: bool = False  # True: Ray's default, a fresh worker process per trial
+    objectives: tuple[str, ...] = ("f1",)  # names in OBJECTIVES; more than one: the search returns a Pareto front
 
     def __post_init__(self):
         problems = []
+        unknown = [name for name in self.objectives if name not in OBJECTIVES]
+        if unknown:
+            problems.append(f"--objectives: unknown objective {unknown[0]!r} (choose from {', '.join(OBJECTIVES)})")
+        elif not self.objectives or self.objectives[0] != "f1" or len(set(self.objectives)) != len(self.objectives):
+            problems.append(f"--objectives {','.join(self.objectives)}: f1 first, each objective once")
         if not self.stages:
             problems.append("no stage to run")
         if self.trials < 1:

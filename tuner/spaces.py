@@ -35,6 +35,14 @@ class Param:
     high: float | None = None
     values: tuple | None = None
 
+    def grid(self) -> tuple:
+        """Every value a discrete parameter takes (``int``: low to high; ``choice``: its values)."""
+        if self.type == "choice":
+            return self.values
+        if self.type == "int":
+            return tuple(range(int(self.low), int(self.high) + 1))
+        raise ValueError(f"{self.name}: a {self.type} range has no finite grid")
+
 
 @dataclass(frozen=True)
 class SearchSpace:
