@@ -187,6 +187,15 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
                           task.pad_token_id, "cpu", settings.profile.precision)
         assert scores["f1"] == pytest.approx(float(row["val_f1"]), abs=1e-4), row["name"]
         assert float(row["batch_1_median_ms"]) > 0 and float(row["batch_32_sentences_per_second"]) > 0
+    smallest = rows[0]["name"]  # a member: tagged by tuner.predict, retrained from best_configs.yaml
+    proc = run_cli("--model", results / "student" / "pareto" / smallest, "EU rejects German call .",
+                   module="tuner.predict")
+    assert proc.returncode == 0 and proc.stdout.startswith("EU rejects German call ."), proc.stderr[-2000:]
+    proc = run_cli("--results-dir", results, "--stage", "student", "--member", smallest, "--output",
+                   results.parent / "retrained", module="tuner.retrain")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split("validation F1 ")[-1].split()[0]) == pytest.approx(float(rows[0]["val_f1"]),
+                                                                                        abs=1e-4)
     proc = run_cli("--results-dir", results, module="tuner.report")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (results / "plots" / "front.png").read_bytes()[:4] == b"\x89PNG"
