@@ -32,7 +32,8 @@ def entry_from(config_file: Path, stage_name: str, member: str | None = None) ->
     if not found:
         names = ", ".join(str(m.get("name")) for m in entry.get("pareto") or [] if isinstance(m, dict)) or "none"
         raise TunerError(f"{config_file}: {stage_name}.pareto has no member {member!r} (members: {names})")
-    return dict(entry, hyperparameters=found[0]["config"], val_f1=found[0]["val_f1"])
+    # a member may be a trial early stopping ended: train its config up to the epoch its checkpoint holds
+    return dict(entry, hyperparameters=found[0]["config"], val_f1=found[0]["val_f1"], last_epoch=found[0]["epoch"])
 
 
 def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path, data: str | None,
@@ -55,6 +56,8 @@ def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path,
         if best is None or result.metrics[METRIC] > best[METRIC]:
             best = dict(result.metrics)
             save_model(result.model, output, tokenizer)
+        if result.metrics["epoch"] == entry.get("last_epoch"):
+            break
     model = load_model(output)
     test = evaluate(model.to(device), task.test, task.labels, profile.eval_batch_size, task.pad_token_id, device,
                     profile.precision)
