@@ -200,3 +200,20 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (results / "plots" / "front.png").read_bytes()[:4] == b"\x89PNG"
     assert "plots/front.png" in (results / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_front_benchmark_quick_compares_the_front_with_budgeted_searches(front_run, tmp_path):
+    """bench/front.py's smoke mode: one front search and a search per budget from the same teacher, one table."""
+    report = tmp_path / "front.md"
+    proc = run_cli("--teacher", front_run / "teacher" / "best", "--trials", 3, "--quick", "--output", report,
+                   module="bench.front")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = report.read_text()
+    record = json.loads(report.with_suffix(".json").read_text())
+    assert [row["budget"] for row in record["budgets"]] == [0.30, 0.22, 0.15] and record["per_budget_trials"] == 1
+    for row in record["budgets"]:
+        assert row["single_parameters"] <= row["budget"] * record["teacher"]["parameters"]
+        assert f"| {row['budget']:.0%} | " in text
+    assert all(m["parameters"] <= 0.60 * record["teacher"]["parameters"] for m in record["front"]["members"])
+    assert "Members between 15% and 60% of the teacher's parameters:" in text

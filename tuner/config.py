@@ -19,7 +19,8 @@ PROFILES = ("auto", "gpu", "cpu", "smoke")
 # float32 elsewhere; fp32 and bf16 force one. Weights, optimizer state and checkpoints stay float32.
 PRECISIONS = ("auto", "fp32", "bf16")
 BATCH_ORDERS = ("random", "length")  # training batches: shuffled, or length-grouped (tuner.data)
-LABEL_SUBTOKENS = ("first", "all")  # which sub-tokens of a word carry its label in training (tuner.data)
+LABEL_SUBTOKENS = ("first", "all")
+KEEP_CHECKPOINTS = ("all", "best")  # a finished search: every trial's best model, or the search's best only  # which sub-tokens of a word carry its label in training (tuner.data)
 IGNORE_INDEX = -100
 METRIC = "val_f1"  # the metric every search maximises, declared once
 MODE = "max"
@@ -133,6 +134,7 @@ class RunSettings:
     max_failures: int = 0
     process_per_trial: bool = False  # True: Ray's default, a fresh worker process per trial
     objectives: tuple[str, ...] = ("f1",)  # names in OBJECTIVES; more than one: the search returns a Pareto front
+    keep_checkpoints: str = "all"  # one of KEEP_CHECKPOINTS: what a finished search keeps of its trials' checkpoints
 
     def __post_init__(self):
         problems = []
@@ -151,6 +153,9 @@ class RunSettings:
             problems.append("--cpus-per-trial and --gpus-per-trial must be >= 0")
         if self.max_failures < 0:
             problems.append(f"--max-failures must be >= 0 (got {self.max_failures})")
+        if self.keep_checkpoints not in KEEP_CHECKPOINTS:
+            problems.append(f"--keep-checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)} "
+                            f"(got {self.keep_checkpoints!r})")
         if self.resume and self.overwrite:
             problems.append("--resume and --overwrite exclude each other")
         if problems:

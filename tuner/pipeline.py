@@ -26,9 +26,9 @@ from tuner.errors import TunerError
 from tuner.front import save_front
 from tuner.models import count_parameters, load_model, save_model
 from tuner.registry import Stage
-from tuner.spaces import SearchSpace, load_space
+from tuner.spaces import SearchSpace, edges, load_space
 from tuner.task import BEST, RESULT_FILE, check_teacher, data_source, load_task, stage_inputs, teacher_folder
-from tuner.training import evaluate, select_device
+from tuner.training import OPTIMIZER_FILE, evaluate, select_device
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +178,7 @@ def training_record(profile, threads: int) -> dict:
 
 
 def save_best(stage: Stage, settings: RunSettings, outcome, task: TaskData, tokenizer, space: SearchSpace,
-              front: list | None = None) -> dict:
+              front: list | None = None, checkpoint_bytes: dict | None = None) -> dict:
     """Write ``results/<stage>/best`` (model, tokenizer, resolved config, search space, metrics) and the trials
     table; returns the stage's result record."""
     model = load_model(outcome.best_checkpoint)
@@ -217,6 +217,8 @@ def save_best(stage: Stage, settings: RunSettings, outcome, task: TaskData, toke
         "versions": versions(),
     }
     record["description"] = stage.description.format(**record)
+    record["range_edges"] = edges(space, outcome.best_config, skip=stage.sized_by)  # sizes: bounded by the budget
+    record["checkpoint_bytes"] = checkpoint_bytes
     if front is not None:
         record["objectives"] = list(settings.objectives)
         record["pareto"] = front
@@ -297,9 +299,26 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     front = None if shapes is None else save_front(
         settings.stage_dir(stage.name), outcome.kept, task, tokenizer, settings.profile.eval_batch_size,
         settings.profile.precision, echo)
-    record = save_best(stage, settings, outcome, task, tokenizer, space, front)
+    pruned = prune_checkpoints(outcome.experiment_dir, outcome.best_checkpoint, settings.keep_checkpoints)
+    record = save_best(stage, settings, outcome, task, tokenizer, space, front, pruned)
     export.write_exports(Path(settings.results_dir))
     return record
+
+
+def prune_checkpoints(experiment: Path, best: Path, keep: str) -> dict:
+    """Once a stage's search has ended, nothing continues its trials (``--resume`` restarts only unfinished
+    ones, and this runs only after every trial finished): drop AdamW's moments from every checkpoint, and with
+    ``keep="best"`` every checkpoint but the search's best. Returns the checkpoints' bytes before and after."""
+    def size() -> int:
+        return sum(f.stat().st_size for f in experiment.glob("*/checkpoint_*/*") if f.is_file())
+
+    before = size()
+    for folder in experiment.glob("*/checkpoint_*"):
+        if keep == "best" and folder.resolve() != Path(best).resolve():
+            shutil.rmtree(folder)
+        else:
+            (folder / OPTIMIZER_FILE).unlink(missing_ok=True)
+    return {"before": before, "after": size()}
 
 
 def keep_dashboard(echo) -> None:
@@ -315,4 +334,9 @@ def summary_line(record: dict) -> str:
             f"{record['parameters']:,} parameters; config {hparams}; saved to {record['checkpoint']}")
     for errored in record["errored_trials"]:
         line += f"\n  errored trial {errored['trial']} {errored['config']}: {errored['error']}"
+    if record.get("checkpoint_bytes"):
+        line += (f"\n  trial checkpoints: {record['checkpoint_bytes']['after'] / 1e6:.0f} MB kept "
+                 f"({record['checkpoint_bytes']['before'] / 1e6:.0f} MB before dropping what nothing will read)")
+    for edge in record.get("range_edges", []):
+        line += f"\n  note: {edge}"
     return line

@@ -124,6 +124,8 @@ def write_report(results_dir: Path) -> Path:
         trials, importances = study_trials(Path(results_dir), stage)
         lines += [f"## {stage}", "", f"Best validation F1 {record['val_f1']:.4f}, test F1 {record['test_f1']:.4f}, "
                   f"{len(trials)} finished trials in the Optuna study (value: the trial's last reported F1).", ""]
+        lines += [f"**The search space may be too narrow:** {edge}." for edge in record.get("range_edges", [])]
+        lines += [""] if record.get("range_edges") else []
         if trials:
             plot_history(trials, stage, plots / f"{stage}_history.png")
             plot_parallel(trials, stage, plots / f"{stage}_parallel.png")
