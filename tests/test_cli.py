@@ -41,6 +41,7 @@ def test_profile_choices_are_validated_where_flags_and_yaml_meet():
                                        ("profile.label_subtokens", " (set by --label-subtokens)"),
                                        ("profile.name", " (set by --profile)"),
                                        ("search_space_sha256", " (set by the search space file)"),
+                                       ("objectives", " (set by --objectives)"),
                                        ("profile.nothing", ""), ("versions", "")])
 def test_flag_hint_names_the_flag_behind_a_recorded_setting(key, hint):
     assert flag_hint(key) == hint

@@ -128,10 +128,8 @@ def test_same_seed_same_configs_and_scores(pipeline_run, tmp_path, conll_dir):
 
 @pytest.mark.slow
 def test_checkpoints_only_where_a_trial_goes_on(tmp_path, conll_dir):
-    """A rung's epoch is checkpointed only once ASHA keeps the trial (a second report of that epoch), and a last
-    epoch's checkpoint leaves out the optimizer: what survives is what the best model and a resume need."""
-    from safetensors.torch import load_file
-
+    """A rung's epoch is checkpointed only once ASHA keeps the trial (a second report of that epoch); once the
+    search has ended, no checkpoint keeps AdamW's moments (nothing continues a finished trial)."""
     from tuner.training import OPTIMIZER_FILE, STATE_FILE
 
     results = tmp_path / "results"
@@ -157,11 +155,30 @@ def test_checkpoints_only_where_a_trial_goes_on(tmp_path, conll_dir):
         for checkpoint in kept:
             epoch = json.loads((checkpoint / STATE_FILE).read_text())["epoch"] + 1
             assert epoch == checkpointed[-1]  # only a trial's best-so-far epoch is checkpointed: the last is its best
-            assert (checkpoint / OPTIMIZER_FILE).is_file() == (epoch < 3)
-            if epoch < 3:
-                assert load_file(str(checkpoint / OPTIMIZER_FILE))
+            assert not (checkpoint / OPTIMIZER_FILE).exists()
     assert stopped, "no trial was stopped at a rung: the test did not exercise the probe report"
     assert (results / "teacher" / "best" / "model.safetensors").is_file()
+    disk = json.loads((results / "teacher" / "best" / "result.json").read_text())["checkpoint_bytes"]
+    assert disk["before"] > disk["after"] > 0  # the moments of the checkpoints of epochs before the last went
+
+
+def test_a_finished_search_drops_optimizer_states_and_keeps_what_is_asked(tmp_path):
+    from tuner.pipeline import prune_checkpoints
+    from tuner.training import OPTIMIZER_FILE, STATE_FILE
+
+    def checkpoint(trial):
+        folder = tmp_path / "search" / trial / "checkpoint_000001"
+        write(folder / "model.safetensors", "w" * 100)
+        write(folder / OPTIMIZER_FILE, "m" * 200)
+        write(folder / STATE_FILE, "{}")
+        return folder
+
+    best, other = checkpoint("trial_a"), checkpoint("trial_b")
+    assert prune_checkpoints(tmp_path / "search", best, "all") == {"before": 2 * 302, "after": 2 * 102}
+    assert sorted(p.name for p in best.iterdir()) == sorted(p.name for p in other.iterdir()) == \
+        ["model.safetensors", STATE_FILE]
+    assert prune_checkpoints(tmp_path / "search", best, "best") == {"before": 204, "after": 102}
+    assert best.is_dir() and not other.exists()
 
 
 def test_best_checkpoint_skips_a_score_reported_without_one():

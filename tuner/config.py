@@ -19,10 +19,14 @@ PROFILES = ("auto", "gpu", "cpu", "smoke")
 # float32 elsewhere; fp32 and bf16 force one. Weights, optimizer state and checkpoints stay float32.
 PRECISIONS = ("auto", "fp32", "bf16")
 BATCH_ORDERS = ("random", "length")  # training batches: shuffled, or length-grouped (tuner.data)
-LABEL_SUBTOKENS = ("first", "all")  # which sub-tokens of a word carry its label in training (tuner.data)
+LABEL_SUBTOKENS = ("first", "all")
+KEEP_CHECKPOINTS = ("all", "best")  # a finished search: every trial's best model, or the search's best only  # which sub-tokens of a word carry its label in training (tuner.data)
 IGNORE_INDEX = -100
 METRIC = "val_f1"  # the metric every search maximises, declared once
 MODE = "max"
+SIZE_METRIC = "parameters"  # every trial reports its model's parameter count under this name
+# --objectives: what a search optimises, by name: the metric each trial reports, and its direction
+OBJECTIVES = {"f1": (METRIC, MODE), "params": (SIZE_METRIC, "min")}
 SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
@@ -129,9 +133,16 @@ class RunSettings:
     keep_dashboard: bool = False
     max_failures: int = 0
     process_per_trial: bool = False  # True: Ray's default, a fresh worker process per trial
+    objectives: tuple[str, ...] = ("f1",)  # names in OBJECTIVES; more than one: the search returns a Pareto front
+    keep_checkpoints: str = "all"  # one of KEEP_CHECKPOINTS: what a finished search keeps of its trials' checkpoints
 
     def __post_init__(self):
         problems = []
+        unknown = [name for name in self.objectives if name not in OBJECTIVES]
+        if unknown:
+            problems.append(f"--objectives: unknown objective {unknown[0]!r} (choose from {', '.join(OBJECTIVES)})")
+        elif not self.objectives or self.objectives[0] != "f1" or len(set(self.objectives)) != len(self.objectives):
+            problems.append(f"--objectives {','.join(self.objectives)}: f1 first, each objective once")
         if not self.stages:
             problems.append("no stage to run")
         if self.trials < 1:
@@ -142,6 +153,9 @@ class RunSettings:
             problems.append("--cpus-per-trial and --gpus-per-trial must be >= 0")
         if self.max_failures < 0:
             problems.append(f"--max-failures must be >= 0 (got {self.max_failures})")
+        if self.keep_checkpoints not in KEEP_CHECKPOINTS:
+            problems.append(f"--keep-checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)} "
+                            f"(got {self.keep_checkpoints!r})")
         if self.resume and self.overwrite:
             problems.append("--resume and --overwrite exclude each other")
         if problems:

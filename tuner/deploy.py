@@ -15,22 +15,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import statistics
 import sys
-import time
 from pathlib import Path
 
 from tuner import registry
 from tuner.cli import entry_point, positive_int, results_parser
 from tuner.errors import TunerError
 from tuner.task import BEST, RESULT_FILE
+from tuner.timing import cpu_name, latency
 
 DEPLOY = "deploy"
 FLOAT_FILE, INT8_FILE, REPORT_FILE = "model.onnx", "model.int8.onnx", "deploy.json"
 GATE_FAILED = 1  # exit status when int8 lost more F1 than allowed (the float ONNX model is still deployed)
-LATENCY_BATCH = 32
 
 
 def non_negative_float(text: str) -> float:
@@ -41,14 +38,6 @@ def non_negative_float(text: str) -> float:
     if not value >= 0:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
     return value
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            return next(line.split(":", 1)[1].strip() for line in cpuinfo if line.lower().startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
 
 
 def load_saved(folder: Path):
@@ -85,36 +74,6 @@ def scores(forward, task, batch_size: int) -> dict:
             for split, data in (("validation", task.validation), ("test", task.test))}
 
 
-def latency(forward, data, pad_token_id: int, sentences: int, passes: int = 3) -> dict:
-    """Batch 1: milliseconds per sentence (median and 95th percentile over ``sentences`` test sentences, each
-    timed alone); batch 32: sentences per second over the same sentences in length-sorted batches (the median
-    of ``passes`` passes). A few warm-up calls first."""
-    from tuner.data import sorted_batches
-    from tuner.training import collate
-
-    chosen = list(range(min(sentences, len(data))))
-    single = [collate(data, [i], pad_token_id) for i in chosen]
-    for batch in single[:5]:
-        forward(batch["input_ids"], batch["attention_mask"])
-    per_sentence = []
-    for batch in single:
-        started = time.perf_counter()
-        forward(batch["input_ids"], batch["attention_mask"])
-        per_sentence.append((time.perf_counter() - started) * 1000)
-    lengths = [len(data.input_ids[i]) for i in chosen]
-    batches = [collate(data, [chosen[j] for j in group], pad_token_id) for group in sorted_batches(lengths, LATENCY_BATCH)]
-    rates = []
-    for _ in range(passes):
-        started = time.perf_counter()
-        for batch in batches:
-            forward(batch["input_ids"], batch["attention_mask"])
-        rates.append(len(chosen) / (time.perf_counter() - started))
-    ordered = sorted(per_sentence)
-    return {"batch_1_median_ms": statistics.median(per_sentence),
-            "batch_1_p95_ms": ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))],
-            f"batch_{LATENCY_BATCH}_sentences_per_second": statistics.median(rates), "sentences": len(chosen)}
-
-
 def gate(baseline_f1: float, quantizations, quantized, max_f1_drop: float):
     """Try each quantization in turn (``quantized(how) -> (file, {"validation": f1, "test": f1})``) until one
     loses at most ``max_f1_drop`` F1 points on validation against ``baseline_f1``. Returns every try's record
@@ -131,15 +90,6 @@ def gate(baseline_f1: float, quantizations, quantized, max_f1_drop: float):
     return tries, None
 
 
-def torch_forward(model):
-    import torch
-
-    def run(input_ids, attention_mask):
-        with torch.no_grad():
-            return model(input_ids=input_ids, attention_mask=attention_mask).logits
-    return run
-
-
 def deploy_stage(stage, results_dir: Path, max_f1_drop: float, threads: int, latency_sentences: int,
                  echo=print) -> dict:
     """Export, quantize, gate, measure and write ``results/<stage>/deploy``; returns its deploy.json record.
@@ -148,6 +98,7 @@ def deploy_stage(stage, results_dir: Path, max_f1_drop: float, threads: int, lat
 
     from tuner import onnx_io
     from tuner.models import model_labels
+    from tuner.training import torch_forward
 
     folder = Path(results_dir) / stage.name / BEST
     model, tokenizer, record = load_saved(folder)
@@ -192,7 +143,7 @@ def deploy_stage(stage, results_dir: Path, max_f1_drop: float, threads: int, lat
             forwards["onnx_int8"] = onnx_io.forward(onnx_io.session(staging / INT8_FILE, threads))
         for name, run in forwards.items():
             formats[name].update(bytes=sizes[name],
-                                 latency=latency(run, task.test, task.pad_token_id, latency_sentences))
+                                 latency=latency(run, task.test, task.pad_token_id, latency_sentences, passes=3))
         report = {"stage": stage.name, "model": str(folder), "parameters": record.get("parameters"),
                   "max_f1_drop_points": max_f1_drop, "gate": "decided on validation F1 against pytorch_float32",
                   "int8_passed": chosen is not None, "formats": formats, "int8_tries": tries,

@@ -18,6 +18,7 @@ from tuner.errors import TunerError
 EXPORTED_KEYS = ("hyperparameters", "val_f1", "test_f1", "parameters", "num_layers", "factor_dim", "checkpoint",
                  "search_space", "search_space_sha256", "seed", "data", "split", "profile", "training", "trials",
                  "search_wall_seconds", "versions")
+FRONT_KEYS = ("objectives", "pareto")  # a multi-objective search's, exported where present
 
 
 def read_results(results_dir: Path) -> dict:
@@ -82,7 +83,9 @@ def write_exports(results_dir: Path) -> dict:
     records = read_results(results_dir)
     if not records:
         raise TunerError(f"{results_dir}: no stage results (results/<stage>/best/result.json) to export")
-    exported = {stage: {key: record.get(key) for key in EXPORTED_KEYS} for stage, record in records.items()}
+    exported = {stage: {**{key: record.get(key) for key in EXPORTED_KEYS},
+                        **{key: record[key] for key in FRONT_KEYS if key in record}}
+                for stage, record in records.items()}
     (Path(results_dir) / "best_configs.yaml").write_text(yaml.safe_dump(exported, sort_keys=False))
     (Path(results_dir) / "summary.md").write_text(summary_table(records, read_deployed(results_dir, records)))
     return exported

@@ -139,10 +139,22 @@ def count_parameters(model: nn.Module) -> int:
 
 def student_parameters(teacher: nn.Module, num_layers: int, factor_dim: int) -> int:
     """The parameter count ``cut_student`` would give, computed without building it."""
+    return parameters_from_parts(size_parts(teacher), num_layers, factor_dim)
+
+
+def size_parts(teacher: nn.Module) -> tuple[int, int, int, int]:
+    """What a student's size is made of: the teacher's parameters outside its encoder layers and word embedding,
+    per layer, its vocabulary and hidden size."""
     layers = teacher.base_model.encoder.layer
     per_layer = count_parameters(layers[0])
     vocab_size, hidden_size = teacher.get_input_embeddings().weight.shape
     rest = count_parameters(teacher) - per_layer * len(layers) - vocab_size * hidden_size
+    return rest, per_layer, vocab_size, hidden_size
+
+
+def parameters_from_parts(parts: tuple, num_layers: int, factor_dim: int) -> int:
+    """A student's parameters: ``num_layers`` layers and a rank-``factor_dim`` factorized word embedding."""
+    rest, per_layer, vocab_size, hidden_size = parts
     return rest + per_layer * num_layers + vocab_size * factor_dim + factor_dim * hidden_size
 
 

@@ -6,6 +6,7 @@ Nothing is written under the results folder until every input has been read and 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -17,16 +18,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from tuner import export
+from tuner import export, registry
 from tuner.cli import flag_hint
 from tuner.config import METRIC, RunSettings, default_threads, train_settings
 from tuner.data import TaskData
 from tuner.errors import TunerError
+from tuner.front import save_front
 from tuner.models import count_parameters, load_model, save_model
 from tuner.registry import Stage
-from tuner.spaces import SearchSpace, load_space
+from tuner.spaces import SearchSpace, edges, load_space
 from tuner.task import BEST, RESULT_FILE, check_teacher, data_source, load_task, stage_inputs, teacher_folder
-from tuner.training import evaluate, select_device
+from tuner.training import OPTIMIZER_FILE, evaluate, select_device
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +47,10 @@ def check_inputs(settings: RunSettings):
                          "is the one this run trains")
     readers = [stage for stage in settings.stages if stage.needs_teacher]
     teacher = check_teacher(settings, readers[0]) if readers and not trains_teacher else None
+    for stage in settings.stages:
+        stage.check(settings.profile, teacher)
+        if len(settings.objectives) > 1:
+            sized_params(stage, spaces[stage.name], settings.objectives)
     if settings.address is None:  # a local Ray gets this machine's CPUs and GPUs
         check_resources(settings, os.cpu_count() or 1, torch.cuda.device_count())
     experiments = {stage.name: settings.stage_dir(stage.name) / "search" for stage in settings.stages}
@@ -60,10 +66,49 @@ def check_inputs(settings: RunSettings):
     return spaces, teacher
 
 
+def sized_params(stage: Stage, space: SearchSpace, objectives: tuple) -> list:
+    """The size hyperparameters ``space`` searches, for a search with size among its objectives; refuses a stage
+    of fixed size, a space that searches none, or one whose size ranges are not discrete."""
+    flag = f"--objectives {','.join(objectives)}"
+    if not stage.sized_by:
+        sized = ", ".join(s.name for s in registry.stages() if s.sized_by)
+        raise TunerError(f"{flag}: stage {stage.name} has a fixed size (size is an objective of {sized} only)")
+    searched = [p for p in space.params if p.name in stage.sized_by]
+    if not searched:
+        raise TunerError(f"{space.path}: searches none of {', '.join(stage.sized_by)}, so {flag} has no size to "
+                         "trade for F1")
+    for p in searched:
+        if p.type not in ("int", "choice"):
+            raise TunerError(f"{space.path}: params.{p.name}: {flag} needs an int or choice range, got {p.type}")
+    return searched
+
+
+def search_plan(stage: Stage, space: SearchSpace, inputs, objectives: tuple) -> tuple[SearchSpace, list | None]:
+    """What the search samples: with size among the objectives, the space without its size hyperparameters and
+    every combination of them inside the stage's budget (each to be one choice of a single categorical, so no
+    trial over the budget is ever sampled); with F1 alone, the space without the size hyperparameters the stage
+    can do without (it keeps its default shape: the deepest, then widest, model under the budget)."""
+    if len(objectives) == 1:
+        kept = tuple(p for p in space.params if p.name not in stage.sized_by or p.name in stage.required)
+        return dataclasses.replace(space, params=kept), None
+    searched = sized_params(stage, space, objectives)
+    budget = stage.budget(inputs)
+    shapes = [dict(zip((p.name for p in searched), values))
+              for values in itertools.product(*(p.grid() for p in searched))]
+    feasible = [shape for shape in shapes if budget is None or stage.size(inputs, shape) <= budget]
+    if not feasible:
+        smallest = min(stage.size(inputs, shape) for shape in shapes)
+        raise TunerError(f"--max-params {budget}: no {stage.name} in {space.path} fits (the smallest has "
+                         f"{smallest} parameters)")
+    rest = tuple(p for p in space.params if p.name not in stage.sized_by)
+    return dataclasses.replace(space, params=rest), feasible
+
+
 def search_settings(stage: Stage, settings: RunSettings, space: SearchSpace) -> dict:
     """What a search's trials depend on; resuming with any of it changed would mix two different searches."""
     record = {"trials": settings.trials, "seed": settings.seed, "split": settings.split, "data": data_source(settings),
-              "search_space_sha256": space.sha256, "profile": plain(asdict(settings.profile))}
+              "search_space_sha256": space.sha256, "objectives": list(settings.objectives),
+              "profile": plain(asdict(settings.profile))}
     if stage.needs_teacher:
         record["teacher"] = str(teacher_folder(settings).resolve())
     return record
@@ -81,7 +126,7 @@ def check_resumable(stage: Stage, settings: RunSettings, space: SearchSpace) -> 
         raise TunerError(f"{record_file}: not readable YAML ({str(error).splitlines()[0]})") from None
     first = flatten(first if isinstance(first, dict) else {})
     for key, value in flatten(search_settings(stage, settings, space)).items():
-        before = first.get(key)
+        before = first.get(key, ["f1"] if key == "objectives" else None)  # recorded since --objectives exists
         if before != value:
             raise TunerError(f"--resume: {record_file} has {key} {before!r}, this run {value!r}{flag_hint(key)}: "
                              f"resume with the flags the search started with, or pass --overwrite to start again")
@@ -132,7 +177,8 @@ def training_record(profile, threads: int) -> dict:
     return dict(plain(asdict(profile), drop="space_dir"), threads=threads)
 
 
-def save_best(stage: Stage, settings: RunSettings, outcome, task: TaskData, tokenizer, space: SearchSpace) -> dict:
+def save_best(stage: Stage, settings: RunSettings, outcome, task: TaskData, tokenizer, space: SearchSpace,
+              front: list | None = None, checkpoint_bytes: dict | None = None) -> dict:
     """Write ``results/<stage>/best`` (model, tokenizer, resolved config, search space, metrics) and the trials
     table; returns the stage's result record."""
     model = load_model(outcome.best_checkpoint)
@@ -171,6 +217,11 @@ def save_best(stage: Stage, settings: RunSettings, outcome, task: TaskData, toke
         "versions": versions(),
     }
     record["description"] = stage.description.format(**record)
+    record["range_edges"] = edges(space, outcome.best_config, skip=stage.sized_by)  # sizes: bounded by the budget
+    record["checkpoint_bytes"] = checkpoint_bytes
+    if front is not None:
+        record["objectives"] = list(settings.objectives)
+        record["pareto"] = front
     (staging / RESULT_FILE).write_text(json.dumps(record, indent=2, default=str))
     shutil.rmtree(best, ignore_errors=True)
     staging.rename(best)
@@ -239,13 +290,35 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
             yaml.safe_dump(search_settings(stage, settings, space), sort_keys=False))
     echo(f"stage {stage.name}: {settings.trials} trials over {space.path}")
     trial_settings = train_settings(settings.profile, stage.epochs(settings.profile), settings.seed, threads)
-    outcome = search.search(stage, space, task, inputs, trial_settings, trials=settings.trials, seed=settings.seed,
+    sampled, shapes = search_plan(stage, space, inputs, settings.objectives)
+    outcome = search.search(stage, sampled, task, inputs, trial_settings, trials=settings.trials, seed=settings.seed,
                             results_dir=Path(settings.results_dir), cpus_per_trial=cpus,
                             gpus_per_trial=settings.gpus_per_trial, max_failures=settings.max_failures,
-                            reuse_actors=not settings.process_per_trial, resume=resume, quiet=settings.quiet)
-    record = save_best(stage, settings, outcome, task, tokenizer, space)
+                            reuse_actors=not settings.process_per_trial, resume=resume, quiet=settings.quiet,
+                            objectives=settings.objectives, shapes=shapes)
+    front = None if shapes is None else save_front(
+        settings.stage_dir(stage.name), outcome.kept, task, tokenizer, settings.profile.eval_batch_size,
+        settings.profile.precision, echo)
+    pruned = prune_checkpoints(outcome.experiment_dir, outcome.best_checkpoint, settings.keep_checkpoints)
+    record = save_best(stage, settings, outcome, task, tokenizer, space, front, pruned)
     export.write_exports(Path(settings.results_dir))
     return record
+
+
+def prune_checkpoints(experiment: Path, best: Path, keep: str) -> dict:
+    """Once a stage's search has ended, nothing continues its trials (``--resume`` restarts only unfinished
+    ones, and this runs only after every trial finished): drop AdamW's moments from every checkpoint, and with
+    ``keep="best"`` every checkpoint but the search's best. Returns the checkpoints' bytes before and after."""
+    def size() -> int:
+        return sum(f.stat().st_size for f in experiment.glob("*/checkpoint_*/*") if f.is_file())
+
+    before = size()
+    for folder in experiment.glob("*/checkpoint_*"):
+        if keep == "best" and folder.resolve() != Path(best).resolve():
+            shutil.rmtree(folder)
+        else:
+            (folder / OPTIMIZER_FILE).unlink(missing_ok=True)
+    return {"before": before, "after": size()}
 
 
 def keep_dashboard(echo) -> None:
@@ -261,4 +334,9 @@ def summary_line(record: dict) -> str:
             f"{record['parameters']:,} parameters; config {hparams}; saved to {record['checkpoint']}")
     for errored in record["errored_trials"]:
         line += f"\n  errored trial {errored['trial']} {errored['config']}: {errored['error']}"
+    if record.get("checkpoint_bytes"):
+        line += (f"\n  trial checkpoints: {record['checkpoint_bytes']['after'] / 1e6:.0f} MB kept "
+                 f"({record['checkpoint_bytes']['before'] / 1e6:.0f} MB before dropping what nothing will read)")
+    for edge in record.get("range_edges", []):
+        line += f"\n  note: {edge}"
     return line

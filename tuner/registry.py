@@ -40,6 +40,14 @@ def profile_epochs(profile: Profile) -> int:
     return profile.epochs
 
 
+def no_budget(inputs) -> None:
+    return None
+
+
+def accept(profile: Profile, teacher: nn.Module | None) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of the pipeline, as everything outside its module sees it."""
@@ -54,6 +62,12 @@ class Stage:
     needs_teacher: bool  # reads the teacher (``--teacher`` or the teacher stage's best model)
     trains_teacher: bool = False  # its best model is the teacher later stages read
     epochs: Callable[[Profile], int] = profile_epochs  # epochs of each trial under a profile
+    # Size as an objective (--objectives f1,params): the hyperparameters that set the model's size (searched only
+    # then), the parameter count of a config before training, and the most parameters a trial may have
+    sized_by: tuple[str, ...] = ()
+    size: Callable[[object, dict], int] | None = None  # (inputs, hyperparameters) -> parameters
+    budget: Callable[[object], int | None] = no_budget  # inputs -> the parameter budget, None: no budget
+    check: Callable[[Profile, "nn.Module | None"], None] = accept  # refuse, before any work, what cannot run
 
     def hyperparameters(self) -> tuple[str, ...]:
         return self.required + self.optional

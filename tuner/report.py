@@ -43,11 +43,19 @@ def plot_importances(importances: dict, stage: str, path: Path) -> None:
     plt.close(fig)
 
 
+def numeric(value, name: str, trials: list) -> float:
+    """A parameter's value on an axis: numbers as they are, a categorical (a front search's shape) by its rank
+    among the values the trials took."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    return float(sorted({str(t["params"].get(name)) for t in trials}).index(str(value)))
+
+
 def plot_parallel(trials: list, stage: str, path: Path) -> None:
     """One line per trial across its hyperparameters (each scaled to [0, 1]) and its F1, coloured by F1."""
     names = sorted({name for t in trials for name in t["params"]})
     columns = names + ["val_f1"]
-    rows = [[float(t["params"].get(n, float("nan"))) for n in names] + [t["value"]] for t in trials]
+    rows = [[numeric(t["params"].get(n, float("nan")), n, trials) for n in names] + [t["value"]] for t in trials]
     lows = [min(r[i] for r in rows) for i in range(len(columns))]
     highs = [max(r[i] for r in rows) for i in range(len(columns))]
     scaled = [[(v - lo) / (hi - lo) if hi > lo else 0.5 for v, lo, hi in zip(r, lows, highs)] for r in rows]
@@ -73,6 +81,28 @@ def plot_tradeoff(records: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def plot_front(records: dict, stage: str, path: Path) -> None:
+    """A front search's members (test F1 against parameters, each labelled with its batch-1 latency), joined as
+    a staircase, with the other stages' best models marked."""
+    members = records[stage]["pareto"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    sizes = [m["parameters"] / 1e6 for m in members]
+    ax.step(sizes, [m["test_f1"] for m in members], where="post", color="tab:blue", alpha=0.4)
+    ax.scatter(sizes, [m["test_f1"] for m in members], s=40, color="tab:blue", label=f"{stage} front")
+    for member in members:
+        ax.annotate(f"{member['batch_1_median_ms']:.1f} ms", (member["parameters"] / 1e6, member["test_f1"]),
+                    textcoords="offset points", xytext=(4, -12), fontsize=7)
+    for other, record in records.items():
+        if other != stage:
+            ax.scatter(record["parameters"] / 1e6, record["test_f1"], s=80, marker="*", label=other)
+    ax.set(xlabel="parameters (millions)", ylabel="test F1",
+           title=f"{stage}: F1 against size (labels: batch-1 CPU latency, float32)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def write_report(results_dir: Path) -> Path:
     from tuner.search import study_trials
 
@@ -84,9 +114,18 @@ def write_report(results_dir: Path) -> Path:
     lines = [summary_table(records, read_deployed(results_dir, records)), "![F1 against parameters](plots/tradeoff.png)", ""]
     plot_tradeoff(records, plots / "tradeoff.png")
     for stage, record in records.items():
+        if record.get("pareto"):
+            plot_front(records, stage, plots / "front.png")
+            lines += [f"## {stage}: the F1-vs-size front", "", f"{len(record['pareto'])} members "
+                      f"(`{stage}/pareto.csv`, models in `{stage}/pareto/`); latency at batch 1 on "
+                      f"{record['pareto'][0]['threads']} threads of {record['pareto'][0]['cpu']}.", "",
+                      "![the front](plots/front.png)", ""]
+    for stage, record in records.items():
         trials, importances = study_trials(Path(results_dir), stage)
         lines += [f"## {stage}", "", f"Best validation F1 {record['val_f1']:.4f}, test F1 {record['test_f1']:.4f}, "
                   f"{len(trials)} finished trials in the Optuna study (value: the trial's last reported F1).", ""]
+        lines += [f"**The search space may be too narrow:** {edge}." for edge in record.get("range_edges", [])]
+        lines += [""] if record.get("range_edges") else []
         if trials:
             plot_history(trials, stage, plots / f"{stage}_history.png")
             plot_parallel(trials, stage, plots / f"{stage}_parallel.png")

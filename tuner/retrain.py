@@ -18,14 +18,22 @@ from tuner.errors import TunerError
 from tuner.spaces import read_yaml
 
 
-def entry_from(config_file: Path, stage_name: str) -> dict:
+def entry_from(config_file: Path, stage_name: str, member: str | None = None) -> dict:
+    """The stage's exported entry; with ``member``, that front member's config and scores in it instead."""
     document = read_yaml(config_file)
     if not isinstance(document, dict) or stage_name not in document:
         raise TunerError(f"{config_file}: no entry for stage {stage_name!r}")
     entry = document[stage_name]
     if not isinstance(entry, dict) or not isinstance(entry.get("hyperparameters"), dict):
         raise TunerError(f"{config_file}: {stage_name}.hyperparameters is missing")
-    return entry
+    if member is None:
+        return entry
+    found = [m for m in entry.get("pareto") or [] if isinstance(m, dict) and m.get("name") == member]
+    if not found:
+        names = ", ".join(str(m.get("name")) for m in entry.get("pareto") or [] if isinstance(m, dict)) or "none"
+        raise TunerError(f"{config_file}: {stage_name}.pareto has no member {member!r} (members: {names})")
+    # a member may be a trial early stopping ended: train its config up to the epoch its checkpoint holds
+    return dict(entry, hyperparameters=found[0]["config"], val_f1=found[0]["val_f1"], last_epoch=found[0]["epoch"])
 
 
 def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path, data: str | None,
@@ -48,6 +56,8 @@ def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path,
         if best is None or result.metrics[METRIC] > best[METRIC]:
             best = dict(result.metrics)
             save_model(result.model, output, tokenizer)
+        if result.metrics["epoch"] == entry.get("last_epoch"):
+            break
     model = load_model(output)
     test = evaluate(model.to(device), task.test, task.labels, profile.eval_batch_size, task.pad_token_id, device,
                     profile.precision)
@@ -62,10 +72,11 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, help="where the model goes (default: RESULTS/<stage>/retrained)")
     parser.add_argument("--data", help="override the recorded data source")
     parser.add_argument("--teacher", type=Path, help="teacher folder for the stages that read one (default: RESULTS/teacher/best)")
+    parser.add_argument("--member", help="a front member's name (pareto.csv): retrain its config instead")
     args = parser.parse_args(argv)
     config_file = args.config or args.results_dir / "best_configs.yaml"
     output = args.output or args.results_dir / args.stage / "retrained"
-    entry = entry_from(config_file, args.stage)
+    entry = entry_from(config_file, args.stage, args.member)
     outcome = retrain(registry.by_name(args.stage), entry, args.results_dir, output, args.data, args.teacher,
                       where=f"{config_file}: {args.stage}")
     print(f"retrained {args.stage}: validation F1 {outcome['val_f1']:.4f} at epoch {outcome['epoch']} "

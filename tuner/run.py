@@ -11,9 +11,14 @@ from pathlib import Path
 
 from tuner import registry
 from tuner.cli import OneLineParser, add_profile_flags, entry_point, overrides_from, positive_int
-from tuner.config import PROFILES, SPLITS, RunSettings, resolve_profile
+from tuner.config import KEEP_CHECKPOINTS, OBJECTIVES, PROFILES, SPLITS, RunSettings, resolve_profile
 
 ALL = "all"  # --stage all: every registered stage, in order
+
+
+def objective_list(text: str) -> tuple[str, ...]:
+    """``f1,params`` -> ("f1", "params"); RunSettings checks the names."""
+    return tuple(name.strip() for name in text.split(","))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,6 +48,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--process-per-trial", action="store_true",
                    help="start every trial in a fresh worker process instead of reusing a finished trial's "
                         "(isolates trials; costs the process start and model-code import per trial)")
+    p.add_argument("--objectives", type=objective_list, default=("f1",),
+                   help=f"comma-separated, from {', '.join(OBJECTIVES)}: f1 (the best F1), or f1,params (the "
+                        "F1-vs-size Pareto front, in one search)")
+    p.add_argument("--keep-checkpoints", choices=KEEP_CHECKPOINTS, default="all",
+                   help="once a stage's search has ended: all (every trial's best model, without AdamW's moments) "
+                        "or best (the search's best checkpoint only)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
     add_profile_flags(p)
     return p
@@ -57,7 +68,8 @@ def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings
                        gpus_per_trial=gpus, address=args.address, teacher=args.teacher, resume=args.resume,
                        overwrite=args.overwrite, quiet=args.quiet, dashboard_host=args.dashboard_host,
                        keep_dashboard=args.keep_dashboard, max_failures=args.max_failures,
-                       process_per_trial=args.process_per_trial)
+                       process_per_trial=args.process_per_trial, objectives=args.objectives,
+                       keep_checkpoints=args.keep_checkpoints)
 
 
 @entry_point

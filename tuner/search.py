@@ -28,10 +28,11 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune.schedulers import ASHAScheduler  # noqa: E402
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from tuner.config import METRIC, MODE, TrainSettings  # noqa: E402
+from tuner import pareto  # noqa: E402
+from tuner.config import METRIC, MODE, OBJECTIVES, TrainSettings  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.registry import Stage  # noqa: E402
 from tuner.spaces import SearchSpace  # noqa: E402
@@ -55,6 +56,74 @@ def optuna_distributions(space: SearchSpace) -> dict:
         else:
             domains[p.name] = optuna.distributions.FloatDistribution(p.low, p.high, log=p.type == "loguniform")
     return domains
+
+
+SHAPE = "shape"  # the one categorical over the feasible size combinations (see ShapedSpace)
+
+
+def shape_label(shape: dict) -> str:
+    return ",".join(f"{name}={value}" for name, value in sorted(shape.items()))
+
+
+class ShapedSpace:
+    """An Optuna define-by-run space that samples only models inside the budget: the YAML's hyperparameters,
+    plus one categorical ``shape`` over the size combinations that fit (``num_layers=3,factor_dim=64``); the
+    chosen combination's values join the trial's config. A module-level class, so Tune can pickle it."""
+
+    def __init__(self, space: SearchSpace, shapes: list[dict]):
+        self.params = space.params
+        self.shapes = {shape_label(shape): dict(shape) for shape in shapes}
+
+    def __call__(self, trial) -> dict:
+        for p in self.params:
+            if p.type == "choice":
+                trial.suggest_categorical(p.name, list(p.values))
+            elif p.type == "int":
+                trial.suggest_int(p.name, int(p.low), int(p.high))
+            else:
+                trial.suggest_float(p.name, p.low, p.high, log=p.type == "loguniform")
+        return dict(self.shapes[trial.suggest_categorical(SHAPE, list(self.shapes))])
+
+
+class ParetoASHA(FIFOScheduler):
+    """ASHA for several objectives (MO-ASHA): at each rung a trial goes on only if it is among the best
+    1/``reduction_factor`` of the trials recorded there, ranked by non-dominated front (``tuner.pareto``), not
+    by F1 alone. A small student on the front of (F1, parameters) survives a rung that a plain ASHA would stop
+    it at; a dominated one stops. The rung epochs are ASHA's (``rung_epochs``); the last epoch stops a trial."""
+
+    def __init__(self, objectives: list[tuple[str, str]], max_t: int, rungs: set[int],
+                 reduction_factor: float = 2, time_attr: str = "epoch"):
+        super().__init__()
+        self._objectives, self._max_t, self._time_attr = list(objectives), max_t, time_attr
+        self._reduction_factor = reduction_factor
+        self._rungs = {epoch: {} for epoch in sorted(rungs)}  # epoch -> trial id -> its point there
+        self._stopped = 0
+
+    def set_search_properties(self, metric, mode, **spec) -> bool:
+        return metric is None and mode is None  # its objectives are its own
+
+    def point(self, result: dict) -> tuple:
+        """The objectives as values to maximise."""
+        return tuple(result[name] if mode == "max" else -result[name] for name, mode in self._objectives)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if self._time_attr not in result or any(name not in result for name, _ in self._objectives):
+            return TrialScheduler.CONTINUE
+        epoch = result[self._time_attr]
+        if epoch >= self._max_t:
+            return TrialScheduler.STOP
+        recorded = self._rungs.get(epoch)
+        if recorded is None or trial.trial_id in recorded:  # not a rung, or decided at its first report
+            return TrialScheduler.CONTINUE
+        recorded[trial.trial_id] = self.point(result)
+        ids = list(recorded)
+        if pareto.keeps([recorded[i] for i in ids], ids.index(trial.trial_id), self._reduction_factor):
+            return TrialScheduler.CONTINUE
+        self._stopped += 1
+        return TrialScheduler.STOP
+
+    def debug_string(self) -> str:
+        return f"Using ParetoASHA: {self._stopped} stopped at rungs {sorted(self._rungs)}"
 
 
 @dataclass(frozen=True)
@@ -206,6 +275,7 @@ class SearchOutcome:
     wall_seconds: float
     experiment_dir: Path
     threads: int  # torch threads each trial ran with
+    kept: list  # per trial with a checkpoint: {"trial_id", "config", "metrics", "checkpoint"} of its best epoch
 
 
 def _storage(results_dir: Path) -> optuna.storages.RDBStorage:
@@ -238,8 +308,11 @@ def reset_study(results_dir: Path, stage: str) -> None:
 
 def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettings, *, trials: int, seed: int,
            results_dir: Path, cpus_per_trial: float, gpus_per_trial: float, max_failures: int, resume: bool,
-           quiet: bool, reuse_actors: bool = True) -> SearchOutcome:
-    """Run (or resume) the Tune search of one stage; returns its best trial's config, metrics and checkpoint."""
+           quiet: bool, reuse_actors: bool = True, objectives: tuple[str, ...] = ("f1",),
+           shapes: list[dict] | None = None) -> SearchOutcome:
+    """Run (or resume) the Tune search of one stage; returns its best trial's config, metrics and checkpoint,
+    and every trial's best checkpoint. With several ``objectives`` the study is multi-objective (Optuna's TPE
+    over a list of metrics), ``shapes`` are the size combinations it may sample, and ParetoASHA stops trials."""
     stage_dir = (results_dir / stage.name).resolve()
     experiment_dir = stage_dir / EXPERIMENT
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -254,12 +327,8 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
                                    resume_errored=False)  # errored trials stay errored: --max-failures retries
     else:
-        searcher = OptunaSearch(optuna_distributions(space), metric=METRIC, mode=MODE,
-                                sampler=optuna.samplers.TPESampler(seed=seed), study_name=stage.name,
-                                storage=_storage(results_dir))
-        # time_attr "epoch", not training_iteration: a rung's epoch can be reported twice (see _trial)
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=settings.epochs, grace_period=grace_period(settings.epochs),
-                                  reduction_factor=REDUCTION_FACTOR)
+        searcher, scheduler, metric, mode = search_algorithms(stage, space, settings.epochs, seed, results_dir,
+                                                              objectives, shapes)
         run_config = tune.RunConfig(
             name=EXPERIMENT, storage_path=str(stage_dir), verbose=0 if quiet else 1,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
@@ -269,7 +338,7 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
         # torch and transformers, and load the model code again.
         # Trials of a few seconds then all run in the first process; --process-per-trial turns it off.
         tuner = tune.Tuner(trainable, run_config=run_config,
-                           tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher,
+                           tune_config=tune.TuneConfig(metric=metric, mode=mode, search_alg=searcher,
                                                        scheduler=scheduler, num_samples=trials,
                                                        reuse_actors=reuse_actors))
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
@@ -282,8 +351,31 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
         raise TunerError(f"stage {stage.name}: every trial failed ({first}); see {experiment_dir}")
     best, checkpoint, best_metrics = best_checkpoint(grid, stage.name, experiment_dir)
     table = trials_table(grid)
+    kept = [{"trial_id": trial_id(result), "config": dict(result.config), "metrics": dict(metrics),
+             "checkpoint": Path(saved.path)}
+            for result in grid for saved, metrics in (result.best_checkpoints or [])[:1]]
     return SearchOutcome(dict(best.config), dict(best_metrics), Path(checkpoint.path), table, errored,
-                         wall_seconds, experiment_dir, settings.threads)
+                         wall_seconds, experiment_dir, settings.threads, kept)
+
+
+def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, results_dir: Path,
+                      objectives: tuple[str, ...], shapes: list[dict] | None):
+    """(searcher, scheduler, Tune's metric, Tune's mode): Optuna's TPE and ASHA on F1, or, with several
+    objectives, TPE over their list and ParetoASHA (Tune then has no single metric)."""
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    if len(objectives) == 1:
+        searcher = OptunaSearch(optuna_distributions(space), metric=METRIC, mode=MODE, sampler=sampler,
+                                study_name=stage.name, storage=_storage(results_dir))
+        # time_attr "epoch", not training_iteration: a rung's epoch can be reported twice (see _trial)
+        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace_period(epochs),
+                                  reduction_factor=REDUCTION_FACTOR)
+        return searcher, scheduler, METRIC, MODE
+    metrics, modes = zip(*(OBJECTIVES[name] for name in objectives))
+    searcher = OptunaSearch(ShapedSpace(space, shapes), metric=list(metrics), mode=list(modes), sampler=sampler,
+                            study_name=stage.name, storage=_storage(results_dir))
+    scheduler = ParetoASHA(list(zip(metrics, modes)), max_t=epochs, rungs=rung_epochs(epochs),
+                           reduction_factor=REDUCTION_FACTOR)
+    return searcher, scheduler, None, None
 
 
 def best_checkpoint(grid, stage: str, experiment_dir: Path) -> tuple:
@@ -320,10 +412,11 @@ def study_trials(results_dir: Path, stage: str) -> tuple[list, dict]:
     except KeyError:
         return [], {}
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    trials = [{"number": t.number, "value": t.value, "params": dict(t.params)} for t in finished]
+    trials = [{"number": t.number, "value": t.values[0], "params": dict(t.params)} for t in finished]  # F1 first
     importances = {}
     if len(finished) >= 2:
         with contextlib.suppress(RuntimeError, ValueError):
             importances = dict(optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)))
+                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                target=lambda trial: trial.values[0]))
     return trials, importances

@@ -35,6 +35,14 @@ class Param:
     high: float | None = None
     values: tuple | None = None
 
+    def grid(self) -> tuple:
+        """Every value a discrete parameter takes (``int``: low to high; ``choice``: its values)."""
+        if self.type == "choice":
+            return self.values
+        if self.type == "int":
+            return tuple(range(int(self.low), int(self.high) + 1))
+        raise ValueError(f"{self.name}: a {self.type} range has no finite grid")
+
 
 @dataclass(frozen=True)
 class SearchSpace:
@@ -136,3 +144,23 @@ def read_yaml(path: Path):
 
 def load_space(stage, path: Path) -> SearchSpace:
     return parse_space(stage, read_yaml(path), Path(path))
+
+
+EDGE_SHARE = 0.05  # a value within 5% of a range's width (on its scale) from an end is at that end
+
+
+def edges(space: SearchSpace, config: dict, skip: tuple = ()) -> list[str]:
+    """One line per numeric hyperparameter of ``config`` (but ``skip``) at an end of its range in ``space``,
+    naming the range to widen: a best config there suggests the best values lie outside the range."""
+    found = []
+    for p in space.params:
+        value = config.get(p.name)
+        if p.type == "choice" or value is None or p.low == p.high or p.name in skip:
+            continue
+        scale = math.log if p.type == "loguniform" else float
+        low, high, here = scale(p.low), scale(p.high), scale(value)
+        for end, distance in (("low", here - low), ("high", high - here)):
+            if distance <= EDGE_SHARE * (high - low):
+                found.append(f"{p.name} {value:.3g} is at the {end} end of its range [{p.low:g}, {p.high:g}] in "
+                             f"{space.path}: widen params.{p.name}.{end}")
+    return found

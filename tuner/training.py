@@ -24,11 +24,11 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from tuner.config import IGNORE_INDEX, TrainSettings
+from tuner.config import IGNORE_INDEX, SIZE_METRIC, TrainSettings
 from tuner.data import NO_TOKEN, Encoded, length_grouped_batches, random_batches, sorted_batches
 from tuner.errors import TunerError
 from tuner.metrics import entity_scores
-from tuner.models import WEIGHTS_FILE, save_model
+from tuner.models import WEIGHTS_FILE, count_parameters, save_model
 from tuner.unpadded import real_token_logits
 
 log = logging.getLogger(__name__)
@@ -141,6 +141,14 @@ def predict_tags(model: nn.Module, data: Encoded, labels: list[str], batch_size:
     return word_tags(forward, data, labels, batch_size, pad_token_id, device)
 
 
+def torch_forward(model: nn.Module) -> Forward:
+    """A PyTorch model as a ``Forward``, in float32 (no autocast): what a deployed float model computes."""
+    @torch.no_grad()
+    def run(input_ids, attention_mask):
+        return model(input_ids=input_ids, attention_mask=attention_mask).logits
+    return run
+
+
 @torch.no_grad()
 def word_tags(forward: Forward, data: Encoded, labels: list[str], batch_size: int, pad_token_id: int,
               device: str = "cpu") -> list[list[str]]:
@@ -229,7 +237,7 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
         metrics = {"val_f1": scores["f1"], "val_precision": scores["precision"], "val_recall": scores["recall"],
                    "train_loss": sum(losses) / len(losses), "epoch": epoch + 1, "train_seconds": train_seconds,
                    "eval_seconds": time.perf_counter() - started, "train_tokens_per_second": tokens / train_seconds,
-                   "bf16": precision == "bf16"}
+                   "bf16": precision == "bf16", SIZE_METRIC: count_parameters(model)}
         log.info("epoch %d: %s", epoch + 1, metrics)
         yield EpochResult(epoch, metrics, model, optimizer, scheduler)
 

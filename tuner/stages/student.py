@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 from tuner.config import IGNORE_INDEX, Profile, TrainSettings
 from tuner.data import Encoded, TaskData, sorted_batches
-from tuner.models import (ModelState, cut_student, embedding_svd, model_from_state, student_parameters,
-                          student_shape)
+from tuner.models import (ModelState, cut_student, embedding_svd, model_from_state, parameters_from_parts,
+                          size_parts, student_shape)
 from tuner.registry import Stage, StageContext
 from tuner.training import EpochResult, LossFn, collate, fit, set_seed
 from tuner.unpadded import real_token_logits
@@ -59,6 +59,7 @@ class StudentInputs:
     num_layers: int  # defaults when the search space does not search them
     factor_dim: int
     max_params: int
+    size_parts: tuple  # tuner.models.size_parts of the teacher: a shape's parameters without building it
 
 
 def prepare(context: StageContext) -> StudentInputs:
@@ -69,7 +70,7 @@ def prepare(context: StageContext) -> StudentInputs:
     logits = compute_teacher_logits(teacher, task.train, profile.eval_batch_size, task.pad_token_id, context.device)
     teacher.cpu()
     return StudentInputs(ModelState.of(teacher), embedding_svd(teacher.get_input_embeddings().weight), logits,
-                         num_layers, factor_dim, profile.max_params)
+                         num_layers, factor_dim, profile.max_params, size_parts(teacher))
 
 
 def padded_teacher_logits(teacher_logits: list, indices: list, width: int) -> torch.Tensor:
@@ -95,8 +96,8 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
     num_layers = int(hparams.get("num_layers", inputs.num_layers))
     factor_dim = int(hparams.get("factor_dim", inputs.factor_dim))
     teacher = model_from_state(inputs.teacher)
-    size = student_parameters(teacher, num_layers, factor_dim)
-    if size > inputs.max_params:
+    size = shape_size(inputs, hparams)
+    if size > inputs.max_params:  # the search samples inside the budget: this is a retrain's guard
         raise ValueError(f"student with {num_layers} layers and E={factor_dim} has {size} parameters, "
                          f"over the budget of {inputs.max_params}")
     student = cut_student(teacher, num_layers, factor_dim, inputs.svd)
@@ -104,6 +105,22 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
     loss_fn = student_loss(inputs.teacher_logits, float(hparams["temperature"]), float(hparams["alpha"]),
                            settings.batches)
     yield from fit(student, hparams, task, settings, loss_fn, resume=resume)
+
+
+def shape_size(inputs: StudentInputs, hparams: dict) -> int:
+    """A config's student parameters, known before training."""
+    return parameters_from_parts(inputs.size_parts, int(hparams.get("num_layers", inputs.num_layers)),
+                                 int(hparams.get("factor_dim", inputs.factor_dim)))
+
+
+def student_budget(inputs: StudentInputs) -> int:
+    return inputs.max_params
+
+
+def check_budget(profile: Profile, teacher) -> None:
+    """--max-params below the smallest student is refused before any work (student_shape says so)."""
+    if teacher is not None:
+        student_shape(teacher, profile.max_params)
 
 
 def student_epochs(profile: Profile) -> int:
@@ -115,4 +132,5 @@ STAGE = Stage(name="student", order=30,
               description="{num_layers}-layer student (E={factor_dim}) distilled from the teacher",
               required=("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha"),
               optional=("factor_dim", "num_layers"), prepare=prepare, train=train, needs_teacher=True,
-              epochs=student_epochs)
+              epochs=student_epochs, sized_by=("num_layers", "factor_dim"), size=shape_size,
+              budget=student_budget, check=check_budget)

@@ -1,0 +1,160 @@
+"""One F1-vs-size front search against single-objective student searches at fixed budgets, side by side.
+
+    python bench/front.py --teacher results/teacher/best [--trials 40] [--budgets 0.30 0.22 0.15]
+                          [--front-max 0.60] [--output results/front.md] [--quick]
+
+From one searched teacher (its data, split and seed), it runs ``tuner.run --stage student --objectives
+f1,params`` with ``--trials`` trials under ``--front-max`` of the teacher's parameters, then one ``tuner.run
+--stage student`` (F1 alone) per budget, sharing the same total trial count (``--trials`` divided among the
+budgets). It reports, per budget, the best front member under it against that budget's own search (validation and
+test F1), the wall time of each side, and the front's members as shares of the teacher's size and F1. ``--quick``
+is its smoke mode (the smoke profile's tiny model, seconds to minutes; the slow tests run it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, OneLineParser, positive_int  # noqa: E402
+
+PROFILE = {False: ["--profile", "cpu"], True: ["--profile", "smoke", "--model", "minilm"]}
+
+
+def search(name: str, work: Path, teacher: Path, args, *extra) -> dict:
+    """One ``tuner.run --stage student`` in ``work/name``: its wall time and its results folder."""
+    results = work / name
+    argv = [sys.executable, "-m", "tuner.run", "--stage", "student", "--teacher", teacher, "--data", args.data,
+            "--results-dir", results, "--quiet", *PROFILE[args.quick], *args.sizes, *extra]
+    started = time.perf_counter()
+    proc = subprocess.run([str(a) for a in argv], capture_output=True, text=True, cwd=ROOT)
+    wall = time.perf_counter() - started
+    (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name}: tuner.run exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+    return {"wall_seconds": wall, "results": results}
+
+
+def read_best(results: Path) -> dict:
+    return json.loads((results / "student" / "best" / "result.json").read_text())
+
+
+def run(args) -> dict:
+    teacher = json.loads((args.teacher / "result.json").read_text())
+    size = teacher["parameters"]
+    args.data = teacher["data"] if not teacher["data"].startswith("hub:") else "conll2003"
+    args.sizes = ["--seed", teacher["seed"], "--split", teacher["split"]]
+    if args.quick:
+        args.sizes += ["--train-sentences", 120, "--eval-sentences", 60, "--test-sentences", 60, "--epochs", 2]
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    front = search("front", work, args.teacher, args, "--objectives", "f1,params", "--trials", args.trials,
+                   "--max-params", int(args.front_max * size))
+    per_budget = max(1, args.trials // len(args.budgets))
+    singles = {budget: search(f"single-{budget:.2f}", work, args.teacher, args, "--trials", per_budget,
+                              "--max-params", int(budget * size)) for budget in args.budgets}
+    with open(front["results"] / "student" / "pareto.csv") as handle:
+        members = [dict(row, parameters=int(row["parameters"]), val_f1=float(row["val_f1"]),
+                        test_f1=float(row["test_f1"])) for row in csv.DictReader(handle)]
+    rows = []
+    for budget, single in singles.items():
+        best = read_best(single["results"])
+        under = [m for m in members if m["parameters"] <= budget * size]
+        chosen = max(under, key=lambda m: m["val_f1"]) if under else None
+        rows.append({"budget": budget, "single_val_f1": best["val_f1"], "single_test_f1": best["test_f1"],
+                     "single_parameters": best["parameters"], "single_wall_seconds": single["wall_seconds"],
+                     "front_val_f1": chosen and chosen["val_f1"], "front_test_f1": chosen and chosen["test_f1"],
+                     "front_parameters": chosen and chosen["parameters"], "front_member": chosen and chosen["name"]})
+    return {"teacher": {"parameters": size, "test_f1": teacher["test_f1"], "val_f1": teacher["val_f1"],
+                        "folder": str(args.teacher)},
+            "front": {"trials": args.trials, "max_share": args.front_max, "wall_seconds": front["wall_seconds"],
+                      "members": members},
+            "per_budget_trials": per_budget, "budgets": rows}
+
+
+def share(value, whole) -> str:
+    return f"{value / whole:.0%}"
+
+
+def report(record: dict, command: str, started: str, minutes: float) -> str:
+    teacher, front = record["teacher"], record["front"]
+    size, f1 = teacher["parameters"], teacher["test_f1"]
+    single_wall = sum(row["single_wall_seconds"] for row in record["budgets"])
+    lines = [
+        "# The F1-vs-size front against single-objective searches", "",
+        f"- command: `{command}`", f"- run: {started}, {minutes:.1f} minutes",
+        f"- teacher: {teacher['folder']}, {size:,} parameters, test F1 {f1:.4f} (validation {teacher['val_f1']:.4f})",
+        f"- front search: {front['trials']} trials, `--objectives f1,params`, shapes up to "
+        f"{front['max_share']:.0%} of the teacher; {front['wall_seconds'] / 60:.1f} minutes",
+        f"- single-objective searches: {record['per_budget_trials']} trials at each budget, F1 alone (the "
+        f"deepest, then widest, student under the budget); {single_wall / 60:.1f} minutes in all", "",
+        "| budget | front: best member under it (val / test F1) | its size | single search (val / test F1) | its size "
+        "| front - single, test F1 points | single search wall time, min |", "|---|---|---|---|---|---|---|"]
+    for row in record["budgets"]:
+        if row["front_member"] is None:
+            front_cells = "no member | -"
+            gap = "-"
+        else:
+            front_cells = (f"{row['front_val_f1']:.4f} / {row['front_test_f1']:.4f} | "
+                           f"{share(row['front_parameters'], size)}")
+            gap = f"{(row['front_test_f1'] - row['single_test_f1']) * 100:+.2f}"
+        lines.append(f"| {row['budget']:.0%} | {front_cells} | {row['single_val_f1']:.4f} / {row['single_test_f1']:.4f} "
+                     f"| {share(row['single_parameters'], size)} | {gap} | {row['single_wall_seconds'] / 60:.1f} |")
+    lines += ["", f"Front members ({len(front['members'])}), as shares of the teacher:", "",
+              "| member | parameters | share | validation F1 | test F1 | test F1 / teacher's | batch 1, ms |",
+              "|---|---|---|---|---|---|---|"]
+    for member in front["members"]:
+        lines.append(f"| {member['name']} | {member['parameters']:,} | {share(member['parameters'], size)} | "
+                     f"{member['val_f1']:.4f} | {member['test_f1']:.4f} | {member['test_f1'] / f1:.3f} | "
+                     f"{float(member['batch_1_median_ms']):.2f} |")
+    between = [m for m in front["members"] if 0.15 * size <= m["parameters"] <= 0.60 * size]
+    lines += ["", f"Members between 15% and 60% of the teacher's parameters: {len(between)}."]
+    for limit in (0.30, 0.22, 0.15):
+        under = [m for m in front["members"] if m["parameters"] <= limit * size]
+        best = max((m["test_f1"] for m in under), default=None)
+        lines.append(f"At {limit:.0%} or less of the teacher: " + (f"best test F1 {best:.4f}, {best / f1:.3f}x the "
+                                                                     "teacher's." if under else "no member."))
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = OneLineParser(prog="python bench/front.py", description=__doc__.strip().splitlines()[0])
+    parser.add_argument("--teacher", type=Path, required=True, help="a searched teacher's best folder")
+    parser.add_argument("--trials", type=positive_int, default=40, help="the front search's trials (and the total "
+                                                                        "of the single-objective searches')")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.30, 0.22, 0.15],
+                        help="single-objective budgets, as shares of the teacher's parameters")
+    parser.add_argument("--front-max", type=float, default=0.60, help="the front search's budget, as a share")
+    parser.add_argument("--work", type=Path, help="where the searches go (default: a folder beside --output)")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "front.md")
+    parser.add_argument("--quick", action="store_true", help="smoke mode: a few sentences, 2 epochs")
+    args = parser.parse_args(argv)
+    if not (args.teacher / "result.json").is_file():
+        parser.error(f"--teacher {args.teacher}: no result.json (a searched teacher's best folder)")
+    if not all(0 < b <= 1 for b in args.budgets + [args.front_max]):
+        parser.error("--budgets and --front-max are shares of the teacher's parameters, in (0, 1]")
+    args.work = args.work or args.output.parent / (args.output.stem + "-work")
+    started, clock = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.time()
+    try:
+        record = run(args)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    command = "python bench/front.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = report(record, command, started, (time.time() - clock) / 60)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text)
+    args.output.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

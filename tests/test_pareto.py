@@ -1,0 +1,219 @@
+"""The F1-vs-size front: fronts and promotion order against hand-made examples, ParetoASHA's keep/stop decisions
+on synthetic results, a search that samples only inside the budget, and the smoke front end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, run_cli, run_main, snapshot, write
+from tuner import pareto
+
+# (F1, -parameters in millions): to maximise both
+POINTS = [(0.90, -20.0),  # 0: the biggest and best
+          (0.85, -10.0),  # 1: on the front
+          (0.70, -3.0),   # 2: small, low F1, on the front
+          (0.80, -12.0),  # 3: dominated by 1 (worse F1, more parameters)
+          (0.60, -5.0),   # 4: dominated by 2
+          (0.85, -10.0)]  # 5: equal to 1: neither dominates the other
+
+
+def test_fronts_of_a_hand_made_example():
+    assert pareto.dominates(POINTS[1], POINTS[3]) and not pareto.dominates(POINTS[1], POINTS[5])
+    assert sorted(pareto.pareto_front(POINTS)) == [0, 1, 2, 5]
+    assert [sorted(front) for front in pareto.fronts(POINTS)] == [[0, 1, 2, 5], [3, 4]]
+    assert pareto.pareto_front([]) == []
+
+
+def test_promotion_order_puts_a_fronts_extremes_first():
+    order = pareto.promotion_order(POINTS)
+    assert set(order[:2]) == {0, 2}  # the best F1 and the smallest model: infinite crowding distance
+    assert set(order[:4]) == {0, 1, 2, 5} and set(order[4:]) == {3, 4}
+
+
+def test_keeps_the_top_share_by_front():
+    assert pareto.keeps(POINTS, 2, reduction_factor=2)  # small, low F1, on the front: kept
+    assert not pareto.keeps(POINTS, 3, reduction_factor=2)  # dominated: stopped
+    assert not pareto.keeps(POINTS, 4, reduction_factor=2)
+    assert pareto.keeps([(0.1, -1.0)], 0, reduction_factor=2)  # the first trial at a rung goes on, as in ASHA
+    # two trials: where one dominates, only it goes on; where each is better in one objective, both do
+    assert pareto.keeps([(0.5, -5.0), (0.6, -4.0)], 1, 2) and not pareto.keeps([(0.5, -5.0), (0.6, -4.0)], 0, 2)
+    assert pareto.keeps([(0.9, -20.0), (0.7, -3.0)], 1, 2) and pareto.keeps([(0.9, -20.0), (0.7, -3.0)], 0, 2)
+    # more dominated trials than places: the promotion order decides among them
+    crowd = [(0.9, -20.0), (0.8, -21.0), (0.7, -22.0), (0.6, -23.0), (0.5, -24.0), (0.4, -25.0)]
+    assert [pareto.keeps(crowd, i, 2) for i in range(6)] == [True, True, True, False, False, False]
+
+
+def test_pareto_asha_decides_on_fronts_at_its_rungs():
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner.search import ParetoASHA
+
+    scheduler = ParetoASHA([("val_f1", "max"), ("parameters", "min")], max_t=10, rungs={3, 6}, reduction_factor=2)
+    assert scheduler.set_search_properties(None, None)
+
+    def report(name, epoch, f1, params):
+        return scheduler.on_trial_result(None, SimpleNamespace(trial_id=name), {"epoch": epoch, "val_f1": f1,
+                                                                                  "parameters": params})
+
+    assert report("big", 1, 0.5, 20e6) == TrialScheduler.CONTINUE  # not a rung
+    assert report("big", 3, 0.90, 20e6) == TrialScheduler.CONTINUE  # the first at rung 3
+    assert report("small", 3, 0.70, 3e6) == TrialScheduler.CONTINUE  # low F1 but on the front: an extreme
+    assert report("middle", 3, 0.80, 12e6) == TrialScheduler.CONTINUE  # on the front
+    assert report("dominated", 3, 0.75, 15e6) == TrialScheduler.STOP  # behind "middle" in both
+    assert report("small", 3, 0.70, 3e6) == TrialScheduler.CONTINUE  # a rung's second report: decided already
+    assert report("big", 6, 0.91, 20e6) == TrialScheduler.CONTINUE
+    assert report("big", 10, 0.92, 20e6) == TrialScheduler.STOP  # the last epoch
+    assert report("new", 3, 0.50, 25e6) == TrialScheduler.STOP  # dominated by all the others
+    # a plain F1 ranking would have stopped "small" (0.70 is the lowest F1 but one at rung 3)
+    f1_only = sorted([0.90, 0.70, 0.80, 0.75], reverse=True)
+    assert 0.70 not in f1_only[:2]
+
+
+def test_a_front_search_samples_only_shapes_under_the_budget(tiny_model, tmp_path):
+    """The space the searcher samples: every feasible combination once, none over the budget, and nothing else."""
+    from tuner import registry
+    from tuner.pipeline import search_plan
+    from tuner.search import SHAPE, ShapedSpace
+    from tuner.spaces import load_space
+    from tuner.stages.student import StudentInputs
+    from tuner.models import size_parts, student_parameters
+
+    stage = registry.by_name("student")
+    space = load_space(stage, ROOT / "search_spaces" / "smoke" / "student.yaml")
+    inputs = StudentInputs(None, None, None, 2, 8, 500_000, size_parts(tiny_model))
+    sampled, shapes = search_plan(stage, space, inputs, ("f1", "params"))
+    assert {"num_layers", "factor_dim"}.isdisjoint(sampled.names())
+    every = [{"num_layers": n, "factor_dim": e} for n in (1, 2) for e in (8, 16)]
+    sizes = {(s["num_layers"], s["factor_dim"]): student_parameters(tiny_model, s["num_layers"], s["factor_dim"])
+             for s in every}
+    assert sorted(map(lambda s: (s["num_layers"], s["factor_dim"]), shapes)) == \
+        sorted(key for key, size in sizes.items() if size <= 500_000)
+    assert len(shapes) < len(every)  # the budget removed some: L2 at E16 has 510,473 parameters
+    captured = {}
+    trial = SimpleNamespace(
+        suggest_float=lambda name, low, high, log=False: captured.setdefault(name, low),
+        suggest_int=lambda name, low, high: captured.setdefault(name, low),
+        suggest_categorical=lambda name, choices: captured.setdefault(name, choices[-1]))
+    config = ShapedSpace(sampled, shapes)(trial)
+    assert sizes[(config["num_layers"], config["factor_dim"])] <= 500_000 and SHAPE in captured
+    single, none = search_plan(stage, space, inputs, ("f1",))  # F1 alone: today's fixed shape, searched nothing
+    assert none is None and {"num_layers", "factor_dim"}.isdisjoint(single.names())
+
+
+@pytest.mark.parametrize("case", ["unknown_objective", "teacher_fixed_size", "space_without_shape",
+                                  "budget_too_small"])
+def test_bad_front_input_is_one_line(case, tmp_path, tiny_model, tokenizer, conll_dir, capsys):
+    from tuner import run
+    from tuner.models import save_model
+
+    results = tmp_path / "results"
+    write(results / "README.md", "kept\n")
+    save_model(tiny_model, tmp_path / "teacher", tokenizer)
+    args = ["--profile", "smoke", "--data", conll_dir, "--results-dir", results, "--objectives", "f1,params",
+            "--stage", "student", "--teacher", tmp_path / "teacher"]
+    if case == "unknown_objective":
+        args[args.index("f1,params")] = "f1,foo"
+    elif case == "teacher_fixed_size":
+        args = args[:-4] + ["--stage", "teacher"]
+    elif case == "space_without_shape":
+        spaces = tmp_path / "spaces"
+        text = (ROOT / "search_spaces" / "smoke" / "student.yaml").read_text()
+        write(spaces / "student.yaml", text[:text.index("  # Searched only with --objectives")])
+        args += ["--space-dir", spaces]
+    elif case == "budget_too_small":
+        args += ["--max-params", 1000]
+    before = snapshot(results)
+    status, _, err = run_main(run.main, *args, capsys=capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    expected = {"unknown_objective": "--objectives: unknown objective 'foo'",
+                "teacher_fixed_size": "stage teacher has a fixed size",
+                "space_without_shape": "student.yaml: searches none of num_layers, factor_dim",
+                "budget_too_small": "--max-params 1000: the smallest student"}[case]
+    assert expected in err, err
+    assert snapshot(results) == before
+
+
+@pytest.fixture(scope="module")
+def front_run(tmp_path_factory, conll_dir):
+    """A smoke front search of students of a real (MiniLM) teacher trained on a few hundred sentences."""
+    results = tmp_path_factory.mktemp("front") / "results"
+    common = ["--profile", "smoke", "--model", "minilm", "--train-sentences", 300, "--eval-sentences", 100,
+              "--test-sentences", 60, "--data", conll_dir, "--results-dir", results, "--quiet"]
+    proc = run_cli("--stage", "teacher", "--trials", 1, "--epochs", 2, *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_cli("--stage", "student", "--objectives", "f1,params", "--trials", 6, "--epochs", 2,
+                   "--max-params", 5_000_000, *common)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return results
+
+
+@pytest.mark.slow
+def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
+    from tuner.models import load_model, load_tokenizer, model_labels, student_parameters
+    from tuner.task import build_task, recorded_settings
+    from tuner import registry
+    from tuner.training import evaluate
+
+    results = front_run
+    with open(results / "student" / "pareto.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    with open(results / "student" / "trials.csv") as handle:
+        trials = list(csv.DictReader(handle))
+    assert rows and len(trials) == 6
+    teacher = load_model(results / "teacher" / "best")
+    for trial in trials:  # nothing over the budget was trained
+        assert int(float(trial["parameters"])) <= 5_000_000
+        assert int(float(trial["parameters"])) == student_parameters(
+            teacher, int(float(trial["config/num_layers"])), int(float(trial["config/factor_dim"])))
+    points = [(float(t["val_f1"]), -float(t["parameters"])) for t in trials]
+    for row in rows:  # every row is non-dominated among all trials' best epochs
+        mine = (float(row["val_f1"]), -float(row["parameters"]))
+        assert not any(pareto.dominates(other, mine) for other in points), row
+    exported = yaml.safe_load((results / "best_configs.yaml").read_text())["student"]
+    assert [m["name"] for m in exported["pareto"]] == [row["name"] for row in rows]
+    assert exported["val_f1"] == max(float(t["val_f1"]) for t in trials)  # `student` stays the best F1
+    record = json.loads((results / "student" / "best" / "result.json").read_text())
+    settings, _ = recorded_settings(record, registry.by_name("student"), results, "result.json")
+    for row in rows:  # each member's exported model, re-evaluated, reproduces its F1
+        folder = results / "student" / "pareto" / row["name"]
+        model = load_model(folder)
+        task = build_task(settings, load_tokenizer(str(folder)), model_labels(model))
+        scores = evaluate(model, task.validation, task.labels, settings.profile.eval_batch_size,
+                          task.pad_token_id, "cpu", settings.profile.precision)
+        assert scores["f1"] == pytest.approx(float(row["val_f1"]), abs=1e-4), row["name"]
+        assert float(row["batch_1_median_ms"]) > 0 and float(row["batch_32_sentences_per_second"]) > 0
+    smallest = rows[0]["name"]  # a member: tagged by tuner.predict, retrained from best_configs.yaml
+    proc = run_cli("--model", results / "student" / "pareto" / smallest, "EU rejects German call .",
+                   module="tuner.predict")
+    assert proc.returncode == 0 and proc.stdout.startswith("EU rejects German call ."), proc.stderr[-2000:]
+    proc = run_cli("--results-dir", results, "--stage", "student", "--member", smallest, "--output",
+                   results.parent / "retrained", module="tuner.retrain")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout.split("validation F1 ")[-1].split()[0]) == pytest.approx(float(rows[0]["val_f1"]),
+                                                                                        abs=1e-4)
+    proc = run_cli("--results-dir", results, module="tuner.report")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (results / "plots" / "front.png").read_bytes()[:4] == b"\x89PNG"
+    assert "plots/front.png" in (results / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_front_benchmark_quick_compares_the_front_with_budgeted_searches(front_run, tmp_path):
+    """bench/front.py's smoke mode: one front search and a search per budget from the same teacher, one table."""
+    report = tmp_path / "front.md"
+    proc = run_cli("--teacher", front_run / "teacher" / "best", "--trials", 3, "--quick", "--output", report,
+                   module="bench.front")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    text = report.read_text()
+    record = json.loads(report.with_suffix(".json").read_text())
+    assert [row["budget"] for row in record["budgets"]] == [0.30, 0.22, 0.15] and record["per_budget_trials"] == 1
+    for row in record["budgets"]:
+        assert row["single_parameters"] <= row["budget"] * record["teacher"]["parameters"]
+        assert f"| {row['budget']:.0%} | " in text
+    assert all(m["parameters"] <= 0.60 * record["teacher"]["parameters"] for m in record["front"]["members"])
+    assert "Members between 15% and 60% of the teacher's parameters:" in text

@@ -1,0 +1,67 @@
+"""The F1-vs-size Pareto front of a multi-objective search (``--objectives f1,params``), saved: each member's
+model under ``results/<stage>/pareto/<name>/``, scored on the test split and timed on the CPU in the driver after
+the search (trials share the CPUs; timing them there would mislead), and ``results/<stage>/pareto.csv``."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from tuner.config import METRIC, SIZE_METRIC
+from tuner.data import TaskData
+from tuner.models import load_model, save_model
+from tuner.pareto import pareto_front
+from tuner.timing import cpu_name, latency
+from tuner.training import evaluate, select_device, torch_forward
+
+FRONT_DIR = "pareto"
+FRONT_CSV = "pareto.csv"
+COLUMNS = ("name", "trial_id", "parameters", "num_layers", "factor_dim", "val_f1", "test_f1", "batch_1_median_ms",
+           "batch_1_p95_ms", "batch_32_sentences_per_second", "threads", "cpu", "config")
+
+
+def members(kept: list) -> list[dict]:
+    """The trials whose best checkpoint is non-dominated in (validation F1, parameters), smallest first."""
+    points = [(entry["metrics"][METRIC], -entry["metrics"][SIZE_METRIC]) for entry in kept]
+    chosen = [kept[i] for i in pareto_front(points)]
+    return sorted(chosen, key=lambda entry: (entry["metrics"][SIZE_METRIC], -entry["metrics"][METRIC]))
+
+
+def save_front(stage_dir: Path, kept: list, task: TaskData, tokenizer, eval_batch_size: int, precision: str,
+               echo=print) -> list[dict]:
+    """Save, score and time every front member; write pareto.csv; returns one record per member."""
+    folder = Path(stage_dir) / FRONT_DIR
+    staging = Path(stage_dir) / (FRONT_DIR + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    device, threads = select_device(), torch.get_num_threads()
+    records = []
+    for entry in members(kept):
+        model = load_model(entry["checkpoint"])
+        config = model.config
+        name = f"{entry['metrics'][SIZE_METRIC] / 1e6:.2f}M-L{config.num_hidden_layers}-E" \
+               f"{getattr(config, 'factor_dim', None) or config.hidden_size}-{entry['trial_id']}"
+        test = evaluate(model.to(device), task.test, task.labels, eval_batch_size, task.pad_token_id, device,
+                        precision)
+        timing = latency(torch_forward(model.cpu().eval()), task.test, task.pad_token_id)
+        record = {"name": name, "trial_id": entry["trial_id"], "parameters": entry["metrics"][SIZE_METRIC],
+                  "num_layers": config.num_hidden_layers, "factor_dim": getattr(config, "factor_dim", None),
+                  "val_f1": entry["metrics"][METRIC], "test_f1": test["f1"], "epoch": entry["metrics"].get("epoch"),
+                  **{key: timing[key] for key in COLUMNS if key in timing}, "threads": threads, "cpu": cpu_name(),
+                  "config": entry["config"], "model": str(folder / name)}
+        save_model(model, staging / name, tokenizer)
+        (staging / name / "result.json").write_text(json.dumps(record, indent=2, default=str))
+        echo(f"front member {name}: validation F1 {record['val_f1']:.4f}, test F1 {record['test_f1']:.4f}, "
+             f"{record['batch_1_median_ms']:.2f} ms per sentence")
+        records.append(record)
+    with open(staging / FRONT_CSV, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows({**r, "config": json.dumps(r["config"], sort_keys=True)} for r in records)
+    shutil.rmtree(folder, ignore_errors=True)
+    (staging / FRONT_CSV).rename(Path(stage_dir) / FRONT_CSV)
+    staging.rename(folder)
+    return records

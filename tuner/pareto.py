@@ -1,0 +1,65 @@
+"""Pareto fronts of search results, as plain functions: which trials are non-dominated, the fronts in order,
+and the order in which a multi-objective rung promotes trials (MO-ASHA, Schmucker et al., 2021: non-dominated
+sorting, then NSGA-II's crowding distance within a front, so a front's extremes, the smallest model among them,
+go first).
+
+Points are tuples of objective values, each to be maximised (negate a value to be minimised).
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def dominates(a: tuple, b: tuple) -> bool:
+    """``a`` is at least as good as ``b`` in every objective and better in one."""
+    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+
+
+def fronts(points: list[tuple]) -> list[list[int]]:
+    """Indices of ``points`` by non-dominated front: the Pareto front first, then the front of what remains..."""
+    remaining, ordered = list(range(len(points))), []
+    while remaining:
+        front = [i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)]
+        ordered.append(front)
+        remaining = [i for i in remaining if i not in front]
+    return ordered
+
+
+def pareto_front(points: list[tuple]) -> list[int]:
+    """Indices of the non-dominated points (equal points are all kept)."""
+    return fronts(points)[0] if points else []
+
+
+def crowding(points: list[tuple], front: list[int]) -> dict[int, float]:
+    """NSGA-II's crowding distance of each member of one front: the extremes of every objective are infinitely
+    far; the others, the sum over objectives of the gap between their neighbours, relative to the front's range."""
+    distance = {i: 0.0 for i in front}
+    for objective in range(len(points[front[0]])):
+        ordered = sorted(front, key=lambda i: points[i][objective])
+        low, high = points[ordered[0]][objective], points[ordered[-1]][objective]
+        distance[ordered[0]] = distance[ordered[-1]] = math.inf
+        if high == low:
+            continue
+        for before, here, after in zip(ordered, ordered[1:], ordered[2:]):
+            distance[here] += (points[after][objective] - points[before][objective]) / (high - low)
+    return distance
+
+
+def promotion_order(points: list[tuple]) -> list[int]:
+    """All indices, best first: by front, then by crowding distance within the front (larger first), then by
+    the first objective."""
+    order = []
+    for front in fronts(points):
+        distance = crowding(points, front)
+        order += sorted(front, key=lambda i: (-distance[i], -points[i][0], i))
+    return order
+
+
+def keeps(points: list[tuple], index: int, reduction_factor: float) -> bool:
+    """At a rung holding ``points`` (``index`` the trial arriving now), whether that trial goes on: every trial on
+    the rung's Pareto front does (so a small model with a low F1 is not stopped for its F1 alone), and so do the
+    first ``ceil(n / reduction_factor)`` of ``promotion_order``, as ASHA keeps its top 1/eta. A dominated trial
+    outside those places stops."""
+    places = math.ceil(len(points) / reduction_factor)
+    return index in pareto_front(points) or index in promotion_order(points)[:places]
