@@ -64,17 +64,21 @@ class Quantization:
 
     name: str
     per_channel: bool = False
+    unsigned: bool = False  # uint8 weights instead of int8 (activations are uint8 either way)
     keep_float: tuple[str, ...] = field(default=())  # "classifier", "word_embeddings"
 
     def record(self) -> dict:
-        return {"name": self.name, "per_channel": self.per_channel, "float32_parts": list(self.keep_float)}
+        return {"name": self.name, "per_channel": self.per_channel, "weights": "uint8" if self.unsigned else "int8",
+                "float32_parts": list(self.keep_float)}
 
 
-# Tried in this order until one keeps F1 within the gate: the smallest file first, then the variants known to
-# keep accuracy (per-channel scales; the classifier, then also the word embeddings, in float32).
+# Tried in this order until one keeps F1 within the gate: the smallest files first (per-tensor, then per-channel
+# scales, with int8 or uint8 weights), then larger ones that keep more in float32 (the classifier, then also the
+# word embeddings).
 QUANTIZATIONS = (
     Quantization("int8"),
     Quantization("int8, per-channel weights", per_channel=True),
+    Quantization("int8, per-channel uint8 weights", per_channel=True, unsigned=True),
     Quantization("int8, classifier in float32", keep_float=("classifier",)),
     Quantization("int8, classifier and word embeddings in float32", keep_float=("classifier", "word_embeddings")),
 )
@@ -93,8 +97,8 @@ def quantize(float_path: Path, out_path: Path, how: Quantization) -> None:
         if "word_embeddings" in how.keep_float:
             excluded += word_embedding_nodes(graph)
         logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # quantize_dynamic's notes
-        quantize_dynamic(str(prepared), str(out_path), per_channel=how.per_channel, weight_type=QuantType.QInt8,
-                         nodes_to_exclude=excluded)
+        quantize_dynamic(str(prepared), str(out_path), per_channel=how.per_channel,
+                         weight_type=QuantType.QUInt8 if how.unsigned else QuantType.QInt8, nodes_to_exclude=excluded)
 
 
 def classifier_nodes(graph) -> list[str]:
