@@ -196,6 +196,13 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert float(proc.stdout.split("validation F1 ")[-1].split()[0]) == pytest.approx(float(rows[0]["val_f1"]),
                                                                                         abs=1e-4)
+    proc = run_cli("--results-dir", results, "--stage", "student", "--pareto", "--latency-sentences", 5,
+                   module="tuner.deploy")  # every member deployed (exit 1 only where the gate refused int8)
+    assert proc.returncode in (0, 1), proc.stderr[-2000:]
+    for row in rows:
+        report = json.loads((results / "student" / "pareto" / row["name"] / "deploy" / "deploy.json").read_text())
+        assert report["formats"]["pytorch_float32"]["validation"] == pytest.approx(float(row["val_f1"]), abs=0.01)
+        assert (results / "student" / "pareto" / row["name"] / "deploy" / "model.onnx").is_file()
     proc = run_cli("--results-dir", results, module="tuner.report")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (results / "plots" / "front.png").read_bytes()[:4] == b"\x89PNG"

@@ -91,21 +91,38 @@ def gate(baseline_f1: float, quantizations, quantized, max_f1_drop: float):
 
 
 def deploy_stage(stage, results_dir: Path, max_f1_drop: float, threads: int, latency_sentences: int,
-                 echo=print) -> dict:
-    """Export, quantize, gate, measure and write ``results/<stage>/deploy``; returns its deploy.json record.
-    Nothing is left at ``deploy/`` unless the whole step succeeds (the work happens in ``deploy.partial``)."""
+                 pareto: bool = False, echo=print) -> list[dict]:
+    """Deploy a searched stage's best model into ``results/<stage>/deploy``, or with ``pareto`` every member of
+    its front into ``results/<stage>/pareto/<name>/deploy``; returns each deploy.json record."""
+    from tuner.front import FRONT_DIR
+
+    best = Path(results_dir) / stage.name / BEST
+    _, _, record = load_saved(best)  # the search's data, split and seed: what every model is scored on
+    targets = [(best, best.parent / DEPLOY)]
+    if pareto:
+        members = sorted(path.parent for path in (best.parent / FRONT_DIR).glob("*/result.json"))
+        if not members:
+            raise TunerError(f"{best.parent / FRONT_DIR}: no front to deploy (search the stage with "
+                             "--objectives f1,params)")
+        targets = [(member, member / DEPLOY) for member in members]
+    return [deploy_model(stage, folder, target, record, Path(results_dir), max_f1_drop, threads,
+                         latency_sentences, echo) for folder, target in targets]
+
+
+def deploy_model(stage, folder: Path, target: Path, record: dict, results_dir: Path, max_f1_drop: float,
+                 threads: int, latency_sentences: int, echo=print) -> dict:
+    """Export, quantize, gate, measure and write ``target``; returns its deploy.json record. Nothing is left at
+    ``target`` unless the whole step succeeds (the work happens in ``<target>.partial``)."""
     import torch
 
     from tuner import onnx_io
-    from tuner.models import model_labels
+    from tuner.models import count_parameters, load_model, load_tokenizer, model_labels
     from tuner.training import torch_forward
 
-    folder = Path(results_dir) / stage.name / BEST
-    model, tokenizer, record = load_saved(folder)
-    task, profile = scoring_task(stage, record, folder, Path(results_dir), tokenizer, model_labels(model))
+    model, tokenizer = load_model(folder), load_tokenizer(str(folder))
+    task, profile = scoring_task(stage, record, folder, results_dir, tokenizer, model_labels(model))
     torch.set_num_threads(threads)
-    target = folder.parent / DEPLOY
-    staging = folder.parent / (DEPLOY + ".partial")
+    staging = target.parent / (target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -144,7 +161,7 @@ def deploy_stage(stage, results_dir: Path, max_f1_drop: float, threads: int, lat
         for name, run in forwards.items():
             formats[name].update(bytes=sizes[name],
                                  latency=latency(run, task.test, task.pad_token_id, latency_sentences, passes=3))
-        report = {"stage": stage.name, "model": str(folder), "parameters": record.get("parameters"),
+        report = {"stage": stage.name, "model": str(folder), "parameters": count_parameters(model),
                   "max_f1_drop_points": max_f1_drop, "gate": "decided on validation F1 against pytorch_float32",
                   "int8_passed": chosen is not None, "formats": formats, "int8_tries": tries,
                   "threads": threads, "cpu": cpu_name(), "onnxruntime": onnx_io.runtime_version(),
@@ -161,7 +178,7 @@ def summary_line(report: dict) -> str:
     formats = report["formats"]
     parts = [f"{name} F1 {f['validation']:.4f}/{f['test']:.4f}, {f['bytes'] / 1e6:.1f} MB, "
              f"{f['latency']['batch_1_median_ms']:.2f} ms per sentence" for name, f in formats.items()]
-    line = f"deployed {report['stage']} (validation/test F1): " + "; ".join(parts)
+    line = f"deployed {report['stage']} {Path(report['model']).name} (validation/test F1): " + "; ".join(parts)
     if not report["int8_passed"]:
         worst = min(t["drop_points"] for t in report["int8_tries"])
         line += (f"\n{report['stage']}: every int8 quantization lost more than {report['max_f1_drop_points']:g} F1 "
@@ -180,6 +197,8 @@ def main(argv=None) -> int:
                         help="CPU threads of PyTorch and ONNX Runtime while scoring and timing")
     parser.add_argument("--latency-sentences", type=positive_int, default=300,
                         help="test sentences timed one at a time (and in batches of 32)")
+    parser.add_argument("--pareto", action="store_true",
+                        help="every member of the stage's F1-vs-size front (--objectives f1,params) instead")
     args = parser.parse_args(argv)
     import logging
 
@@ -190,8 +209,8 @@ def main(argv=None) -> int:
             raise TunerError(f"{args.results_dir}: no searched stage to deploy (run python -m tuner.run first)")
     else:
         stages = [registry.by_name(args.stage)]
-    reports = [deploy_stage(stage, args.results_dir, args.max_f1_drop, args.threads, args.latency_sentences)
-               for stage in stages]
+    reports = [report for stage in stages for report in deploy_stage(
+        stage, args.results_dir, args.max_f1_drop, args.threads, args.latency_sentences, args.pareto)]
     from tuner import export
 
     export.write_exports(args.results_dir)  # summary.md gains the deployed rows
