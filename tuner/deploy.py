@@ -42,6 +42,7 @@ def non_negative_float(text: str) -> float:
 
 def load_saved(folder: Path):
     """A searched stage's best model, tokenizer and result record; a one-line TunerError for anything else."""
+    from tuner.export import read_json
     from tuner.models import load_model, load_tokenizer
 
     if not folder.is_dir():
@@ -50,11 +51,7 @@ def load_saved(folder: Path):
     model = load_model(folder)
     if not (folder / RESULT_FILE).is_file():
         raise TunerError(f"{folder}: no {RESULT_FILE}, so the sentences to score it on are unknown")
-    try:
-        record = json.loads((folder / RESULT_FILE).read_text())
-    except json.JSONDecodeError as exc:
-        raise TunerError(f"{folder / RESULT_FILE}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    return model, load_tokenizer(str(folder)), record
+    return model, load_tokenizer(str(folder)), read_json(folder / RESULT_FILE)
 
 
 def scoring_task(stage, record: dict, folder: Path, results_dir: Path, tokenizer, labels: list):
@@ -95,32 +92,34 @@ def deploy_stage(stage, results_dir: Path, max_f1_drop: float, threads: int, lat
     """Deploy a searched stage's best model into ``results/<stage>/deploy``, or with ``pareto`` every member of
     its front into ``results/<stage>/pareto/<name>/deploy``; returns each deploy.json record."""
     from tuner.front import FRONT_DIR
+    from tuner.models import load_model, load_tokenizer, model_labels
 
     best = Path(results_dir) / stage.name / BEST
-    _, _, record = load_saved(best)  # the search's data, split and seed: what every model is scored on
-    targets = [(best, best.parent / DEPLOY)]
-    if pareto:
-        members = sorted(path.parent for path in (best.parent / FRONT_DIR).glob("*/result.json"))
-        if not members:
-            raise TunerError(f"{best.parent / FRONT_DIR}: no front to deploy (search the stage with "
-                             "--objectives f1,params)")
-        targets = [(member, member / DEPLOY) for member in members]
-    return [deploy_model(stage, folder, target, record, Path(results_dir), max_f1_drop, threads,
-                         latency_sentences, echo) for folder, target in targets]
+    model, tokenizer, record = load_saved(best)
+    # the search's sentences, encoded once: every model of the stage (its front included) is scored on them
+    task, profile = scoring_task(stage, record, best, Path(results_dir), tokenizer, model_labels(model))
+    if not pareto:
+        return [deploy_model(stage, model, tokenizer, best, best.parent / DEPLOY, task, profile, max_f1_drop,
+                             threads, latency_sentences, echo)]
+    members = sorted(path.parent for path in (best.parent / FRONT_DIR).glob("*/result.json"))
+    if not members:
+        raise TunerError(f"{best.parent / FRONT_DIR}: no front to deploy (search the stage with "
+                         "--objectives f1,params)")
+    return [deploy_model(stage, load_model(member), load_tokenizer(str(member)), member, member / DEPLOY, task,
+                         profile, max_f1_drop, threads, latency_sentences, echo) for member in members]
 
 
-def deploy_model(stage, folder: Path, target: Path, record: dict, results_dir: Path, max_f1_drop: float,
+def deploy_model(stage, model, tokenizer, folder: Path, target: Path, task, profile, max_f1_drop: float,
                  threads: int, latency_sentences: int, echo=print) -> dict:
-    """Export, quantize, gate, measure and write ``target``; returns its deploy.json record. Nothing is left at
-    ``target`` unless the whole step succeeds (the work happens in ``<target>.partial``)."""
+    """Export ``model`` (saved at ``folder``), quantize, gate, measure and write ``target``; returns its
+    deploy.json record. Nothing is left at ``target`` unless the whole step succeeds (the work happens in
+    ``<target>.partial``)."""
     import torch
 
     from tuner import onnx_io
-    from tuner.models import count_parameters, load_model, load_tokenizer, model_labels
+    from tuner.models import WEIGHTS_FILE, count_parameters
     from tuner.training import torch_forward
 
-    model, tokenizer = load_model(folder), load_tokenizer(str(folder))
-    task, profile = scoring_task(stage, record, folder, results_dir, tokenizer, model_labels(model))
     torch.set_num_threads(threads)
     staging = target.parent / (target.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -132,7 +131,7 @@ def deploy_model(stage, folder: Path, target: Path, record: dict, results_dir: P
         batch = profile.eval_batch_size
         pytorch = torch_forward(model.float().eval())
         float_onnx = onnx_io.forward(onnx_io.session(staging / FLOAT_FILE, threads))
-        formats = {"pytorch_float32": {"file": str(folder / "model.safetensors"), **scores(pytorch, task, batch)},
+        formats = {"pytorch_float32": {"file": str(folder / WEIGHTS_FILE), **scores(pytorch, task, batch)},
                    "onnx_float32": {"file": FLOAT_FILE, **scores(float_onnx, task, batch)}}
         baseline = formats["pytorch_float32"]["validation"]
 
@@ -152,7 +151,7 @@ def deploy_model(stage, folder: Path, target: Path, record: dict, results_dir: P
                 candidate.unlink()
         if chosen is not None:
             chosen = formats["onnx_int8"] = dict(chosen[1], file=INT8_FILE, quantization=chosen[2].name)
-        sizes = {"pytorch_float32": (folder / "model.safetensors").stat().st_size,
+        sizes = {"pytorch_float32": (folder / WEIGHTS_FILE).stat().st_size,
                  "onnx_float32": (staging / FLOAT_FILE).stat().st_size}
         forwards = {"pytorch_float32": pytorch, "onnx_float32": float_onnx}
         if chosen is not None:

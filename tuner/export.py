@@ -21,19 +21,21 @@ EXPORTED_KEYS = ("hyperparameters", "val_f1", "test_f1", "parameters", "num_laye
 FRONT_KEYS = ("objectives", "pareto")  # a multi-objective search's, exported where present
 
 
+def read_json(path: Path) -> dict:
+    """A results JSON file; one that does not parse is a TunerError naming the file and line."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise TunerError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+
+
 def read_results(results_dir: Path) -> dict:
     """stage name -> the record ``results/<stage>/best/result.json`` holds, for every stage that has one, in
     pipeline order (stages the registry does not know last, by name)."""
     order = {name: position for position, name in enumerate(registry.names())}
     paths = sorted(Path(results_dir).glob("*/best/result.json"),
                    key=lambda p: (order.get(p.parent.parent.name, len(order)), p.parent.parent.name))
-    records = {}
-    for path in paths:
-        try:
-            records[path.parent.parent.name] = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise TunerError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    return records
+    return {path.parent.parent.name: read_json(path) for path in paths}
 
 
 def description(stage: str, record: dict) -> str:
@@ -68,15 +70,8 @@ def summary_table(records: dict, deployed: dict | None = None) -> str:
 
 def read_deployed(results_dir: Path, stages) -> dict:
     """stage name -> its ``<stage>/deploy/deploy.json``, for the stages deployed."""
-    found = {}
-    for stage in stages:
-        path = Path(results_dir) / stage / "deploy" / "deploy.json"
-        if path.is_file():
-            try:
-                found[stage] = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise TunerError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    return found
+    paths = {stage: Path(results_dir) / stage / "deploy" / "deploy.json" for stage in stages}
+    return {stage: read_json(path) for stage, path in paths.items() if path.is_file()}
 
 
 def write_exports(results_dir: Path) -> dict:

@@ -30,19 +30,25 @@ OPSET = 18  # the exporter's native opset: no version conversion
 
 
 @contextlib.contextmanager
-def quiet_exporter():
-    """The exporter's progress lines, its 'torchvision is not installed' notices and its harmless warnings off."""
-    logger = logging.getLogger("torch.onnx")
+def errors_only(logger_name: str | None = None):
+    """A logger (the root one by default) at ERROR for the duration, then back at its level."""
+    logger = logging.getLogger(logger_name)
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(max(level, logging.ERROR))
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
+        yield
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def quiet_exporter():
+    """The exporter's progress lines, its 'torchvision is not installed' notices and its harmless warnings off."""
+    with errors_only("torch.onnx"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", FutureWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def export(model: nn.Module, path: Path) -> None:
@@ -96,9 +102,10 @@ def quantize(float_path: Path, out_path: Path, how: Quantization) -> None:
             excluded += classifier_nodes(graph)
         if "word_embeddings" in how.keep_float:
             excluded += word_embedding_nodes(graph)
-        logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))  # quantize_dynamic's notes
-        quantize_dynamic(str(prepared), str(out_path), per_channel=how.per_channel,
-                         weight_type=QuantType.QUInt8 if how.unsigned else QuantType.QInt8, nodes_to_exclude=excluded)
+        with errors_only():  # quantize_dynamic writes its notes to the root logger
+            quantize_dynamic(str(prepared), str(out_path), per_channel=how.per_channel,
+                             weight_type=QuantType.QUInt8 if how.unsigned else QuantType.QInt8,
+                             nodes_to_exclude=excluded)
 
 
 def classifier_nodes(graph) -> list[str]:
