@@ -26,7 +26,7 @@ from tuner.errors import TunerError
 from tuner.front import save_front
 from tuner.models import count_parameters, load_model, save_model
 from tuner.registry import Stage
-from tuner.spaces import SearchSpace, edges, load_space
+from tuner.spaces import SearchSpace, edges, load_space, shared_point
 from tuner.task import BEST, RESULT_FILE, check_teacher, data_source, load_task, stage_inputs, teacher_folder
 from tuner.training import OPTIMIZER_FILE, evaluate, select_device
 
@@ -291,11 +291,15 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     echo(f"stage {stage.name}: {settings.trials} trials over {space.path}")
     trial_settings = train_settings(settings.profile, stage.epochs(settings.profile), settings.seed, threads)
     sampled, shapes = search_plan(stage, space, inputs, settings.objectives)
+    start = warm_start(stage, settings, sampled)
+    if start and not resume:
+        echo(f"stage {stage.name}: first trial warm-started from the previous stage's best config "
+             f"({', '.join(f'{k}={v:.4g}' for k, v in start.items())})")
     outcome = search.search(stage, sampled, task, inputs, trial_settings, trials=settings.trials, seed=settings.seed,
                             results_dir=Path(settings.results_dir), cpus_per_trial=cpus,
                             gpus_per_trial=settings.gpus_per_trial, max_failures=settings.max_failures,
                             reuse_actors=not settings.process_per_trial, resume=resume, quiet=settings.quiet,
-                            objectives=settings.objectives, shapes=shapes)
+                            objectives=settings.objectives, shapes=shapes, warm_start=start)
     front = None if shapes is None else save_front(
         settings.stage_dir(stage.name), outcome.kept, task, tokenizer, settings.profile.eval_batch_size,
         settings.profile.precision, echo)
@@ -303,6 +307,25 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     record = save_best(stage, settings, outcome, task, tokenizer, space, front, pruned)
     export.write_exports(Path(settings.results_dir))
     return record
+
+
+def warm_start(stage: Stage, settings: RunSettings, space: SearchSpace) -> dict:
+    """The best config of the stage before ``stage`` (the nearest earlier one with a saved best model here; for
+    a stage reading ``--teacher``, that teacher's), restricted to the keys ``space`` shares with it and holds in
+    range: the search's first trial (``search.SearchMethod.warm_start``). Empty when there is none."""
+    earlier = [s for s in registry.stages() if s.order < stage.order]
+    folders = [teacher_folder(settings) if s.trains_teacher else settings.stage_dir(s.name) / BEST
+               for s in reversed(earlier)]
+    for folder in folders:
+        record_file = folder / RESULT_FILE
+        if record_file.is_file():
+            try:
+                record = json.loads(record_file.read_text())
+            except (OSError, ValueError):
+                return {}  # a warm start is an optimisation: an unreadable record only loses it
+            config = record.get("hyperparameters") if isinstance(record, dict) else None
+            return shared_point(space, config) if isinstance(config, dict) else {}
+    return {}
 
 
 def prune_checkpoints(experiment: Path, best: Path, keep: str) -> dict:

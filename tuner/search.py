@@ -43,6 +43,36 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "search"  # results/<stage>/search holds Ray's experiment folder
 AUTH_TOKEN = Path.home() / ".ray" / "auth_token"
 REDUCTION_FACTOR = 2  # ASHA keeps the top half of the trials at each rung
+OPTUNA_STARTUP_TRIALS = 10  # TPESampler's default number of random trials before it models the results
+
+
+@dataclass(frozen=True)
+class SearchMethod:
+    """How a search proposes configs and stops trials. ``DEFAULT_METHOD`` is tuner's; the others are what
+    ``bench/search_efficiency.py`` holds it against (and how it chose the default's three TPE settings)."""
+
+    sampler: str = "tpe"  # "tpe": Optuna's TPE; "random": Optuna's random sampler
+    early_stopping: bool = True  # ASHA (ParetoASHA with several objectives); False: every trial runs to the end
+    # Each epoch goes to the study as an intermediate value, a trial ASHA stopped is told PRUNED (TPE ranks it
+    # below every finished trial, as Optuna's own pruners do) and a finished one its best epoch; without it Ray's
+    # OptunaSearch tells every trial COMPLETE with its last reported score, a stopped trial's rung score included.
+    pruned_trials: bool = True
+    scaled_startup: bool = True  # TPE's random start-up trials: a quarter of the budget, not Optuna's fixed 10
+    warm_start: bool = True  # the previous stage's best config (the keys both spaces share) is the first trial
+
+    def label(self) -> str:
+        return f"{'TPE' if self.sampler == 'tpe' else 'random'} + {'ASHA' if self.early_stopping else 'no early stop'}"
+
+
+DEFAULT_METHOD = SearchMethod()
+
+
+def startup_trials(trials: int, method: SearchMethod) -> int:
+    """Random trials before TPE models the results: Optuna's 10, or with ``scaled_startup`` a quarter of the
+    budget (2 to 10), so a 4- or 8-trial search is not random search."""
+    if not method.scaled_startup:
+        return OPTUNA_STARTUP_TRIALS
+    return min(OPTUNA_STARTUP_TRIALS, max(2, math.ceil(trials / 4)))
 
 
 def optuna_distributions(space: SearchSpace) -> dict:
@@ -83,6 +113,58 @@ class ShapedSpace:
             else:
                 trial.suggest_float(p.name, p.low, p.high, log=p.type == "loguniform")
         return dict(self.shapes[trial.suggest_categorical(SHAPE, list(self.shapes))])
+
+
+class EpochOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, told what tuner's trials are: ``epochs`` long, reporting ``epoch`` (a rung's epoch
+    twice, the second time ``rereport``), stopped early by ASHA. With ``pruned_trials`` each epoch is reported to
+    the study once, at its epoch, a trial that stopped before the last epoch is told PRUNED and a finished one
+    its best epoch's score (the checkpoint the search keeps of it). ``warm_start``, a partial config, is the
+    study's first trial; the sampler draws the keys it lacks. Single-objective only: Optuna has no intermediate
+    values for several objectives, so a multi-objective study keeps Ray's behaviour."""
+
+    def __init__(self, space, *, epochs: int, pruned_trials: bool, warm_start: dict | None = None, **kwargs):
+        self._epochs, self._pruned_trials, self._warm_start = epochs, pruned_trials, warm_start
+        self._best: dict[str, float] = {}  # trial id -> its best epoch's score
+        self._reported: dict[str, set] = {}  # trial id -> epochs told to the study
+        super().__init__(space, **kwargs)
+
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        if self._warm_start:
+            self._ot_study.enqueue_trial(dict(self._warm_start), skip_if_exists=True)
+
+    def _epoch_aware(self) -> bool:
+        return self._pruned_trials and not isinstance(self.metric, list)
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        if not self._epoch_aware():
+            return super().on_trial_result(trial_id, result)
+        if trial_id not in self._completed_trials:
+            self._record(trial_id, result)
+
+    def _record(self, trial_id: str, result: dict) -> None:
+        """One epoch's score as the study's intermediate value at that epoch (a rung's second report skipped)."""
+        if result.get("rereport") or self.metric not in result or "epoch" not in result:
+            return
+        value, epoch = result[self.metric], int(result["epoch"])
+        reported = self._reported.setdefault(trial_id, set())
+        if epoch not in reported:
+            self._ot_trials[trial_id].report(value, epoch)
+            reported.add(epoch)
+        self._best[trial_id] = max(self._best.get(trial_id, -math.inf), value)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if not self._epoch_aware() or error or not result or trial_id in self._completed_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        # Tune hands the result a scheduler stops a trial on (ASHA's rung, or the last epoch) to this call only
+        self._record(trial_id, result)
+        trial = self._ot_trials[trial_id]
+        if result.get("epoch", self._epochs) < self._epochs:
+            self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # ranked by its last epoch
+        else:
+            self._ot_study.tell(trial, self._best.get(trial_id, result[self.metric]))
+        self._completed_trials.add(trial_id)
 
 
 class ParetoASHA(FIFOScheduler):
@@ -309,10 +391,12 @@ def reset_study(results_dir: Path, stage: str) -> None:
 def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettings, *, trials: int, seed: int,
            results_dir: Path, cpus_per_trial: float, gpus_per_trial: float, max_failures: int, resume: bool,
            quiet: bool, reuse_actors: bool = True, objectives: tuple[str, ...] = ("f1",),
-           shapes: list[dict] | None = None) -> SearchOutcome:
+           shapes: list[dict] | None = None, method: SearchMethod = DEFAULT_METHOD,
+           warm_start: dict | None = None) -> SearchOutcome:
     """Run (or resume) the Tune search of one stage; returns its best trial's config, metrics and checkpoint,
     and every trial's best checkpoint. With several ``objectives`` the study is multi-objective (Optuna's TPE
-    over a list of metrics), ``shapes`` are the size combinations it may sample, and ParetoASHA stops trials."""
+    over a list of metrics), ``shapes`` are the size combinations it may sample, and ParetoASHA stops trials.
+    ``method`` picks the sampler and early stopping; ``warm_start`` is a partial config to try first."""
     stage_dir = (results_dir / stage.name).resolve()
     experiment_dir = stage_dir / EXPERIMENT
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -328,7 +412,8 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
                                    resume_errored=False)  # errored trials stay errored: --max-failures retries
     else:
         searcher, scheduler, metric, mode = search_algorithms(stage, space, settings.epochs, seed, results_dir,
-                                                              objectives, shapes)
+                                                              objectives, shapes, trials=trials, method=method,
+                                                              warm_start=warm_start)
         run_config = tune.RunConfig(
             name=EXPERIMENT, storage_path=str(stage_dir), verbose=0 if quiet else 1,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
@@ -359,22 +444,30 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
 
 
 def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, results_dir: Path,
-                      objectives: tuple[str, ...], shapes: list[dict] | None):
-    """(searcher, scheduler, Tune's metric, Tune's mode): Optuna's TPE and ASHA on F1, or, with several
-    objectives, TPE over their list and ParetoASHA (Tune then has no single metric)."""
-    sampler = optuna.samplers.TPESampler(seed=seed)
+                      objectives: tuple[str, ...], shapes: list[dict] | None, trials: int,
+                      method: SearchMethod = DEFAULT_METHOD, warm_start: dict | None = None):
+    """(searcher, scheduler, Tune's metric, Tune's mode): Optuna's TPE (or random search) and ASHA on F1, or,
+    with several objectives, TPE over their list and ParetoASHA (Tune then has no single metric); FIFO, which
+    stops nothing, without early stopping."""
+    if method.sampler == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(trials, method))
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    warm_start = warm_start if method.warm_start else None
     if len(objectives) == 1:
-        searcher = OptunaSearch(optuna_distributions(space), metric=METRIC, mode=MODE, sampler=sampler,
-                                study_name=stage.name, storage=_storage(results_dir))
+        searcher = EpochOptunaSearch(optuna_distributions(space), epochs=epochs, pruned_trials=method.pruned_trials,
+                                     warm_start=warm_start, metric=METRIC, mode=MODE, sampler=sampler,
+                                     study_name=stage.name, storage=_storage(results_dir))
         # time_attr "epoch", not training_iteration: a rung's epoch can be reported twice (see _trial)
         scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace_period(epochs),
-                                  reduction_factor=REDUCTION_FACTOR)
+                                  reduction_factor=REDUCTION_FACTOR) if method.early_stopping else FIFOScheduler()
         return searcher, scheduler, METRIC, MODE
     metrics, modes = zip(*(OBJECTIVES[name] for name in objectives))
-    searcher = OptunaSearch(ShapedSpace(space, shapes), metric=list(metrics), mode=list(modes), sampler=sampler,
-                            study_name=stage.name, storage=_storage(results_dir))
+    searcher = EpochOptunaSearch(ShapedSpace(space, shapes), epochs=epochs, pruned_trials=False,
+                                 warm_start=warm_start, metric=list(metrics), mode=list(modes), sampler=sampler,
+                                 study_name=stage.name, storage=_storage(results_dir))
     scheduler = ParetoASHA(list(zip(metrics, modes)), max_t=epochs, rungs=rung_epochs(epochs),
-                           reduction_factor=REDUCTION_FACTOR)
+                           reduction_factor=REDUCTION_FACTOR) if method.early_stopping else FIFOScheduler()
     return searcher, scheduler, None, None
 
 

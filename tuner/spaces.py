@@ -164,3 +164,19 @@ def edges(space: SearchSpace, config: dict, skip: tuple = ()) -> list[str]:
                 found.append(f"{p.name} {value:.3g} is at the {end} end of its range [{p.low:g}, {p.high:g}] in "
                              f"{space.path}: widen params.{p.name}.{end}")
     return found
+
+
+def shared_point(space: SearchSpace, config: dict) -> dict:
+    """The values of ``config`` that ``space`` searches and whose ranges hold them: another stage's best config
+    as a (partial) first trial of this one's search."""
+    point = {}
+    for p in space.params:
+        value = config.get(p.name)
+        if value is None or isinstance(value, bool):
+            continue
+        if p.type == "choice":
+            if value in p.values:
+                point[p.name] = value
+        elif isinstance(value, (int, float)) and p.low <= value <= p.high and (p.type != "int" or value == int(value)):
+            point[p.name] = int(value) if p.type == "int" else float(value)
+    return point

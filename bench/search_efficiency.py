@@ -1,0 +1,496 @@
+"""Search efficiency: how soon tuner's search finds a good config, against random search with and without early
+stopping, replayed on recorded learning curves.
+
+    python bench/search_efficiency.py                 # teacher and student tables, 5 seeds: results/search_efficiency.md
+    python bench/search_efficiency.py --quick         # smoke mode: synthetic tables, 2 seeds, a minute or two
+    python bench/search_efficiency.py check --table bench/tables/teacher_cpu.json --search results/teacher/search
+
+Every method runs through ``tuner.search.search`` itself (Ray Tune, ``OptunaSearch``, ASHA or FIFO) with the stage's
+training replaced by a look-up in a table that ``bench/curves.py`` recorded: configs spread over the stage's
+search space (a Sobol sample), each trained to its last epoch as the ``cpu`` profile trains it. A proposed config
+runs as the recorded config nearest to it (Euclidean distance on the unit cube the space defines, log scale for
+log ranges), whose validation F1 is reported epoch by epoch, so ASHA stops it where it would have stopped the real
+one. Trials run one at a time, as on the ``cpu`` profile, and a clock advances by the table's median seconds for
+a trial's setup and for each epoch it trained: a method's time is what it would have trained, not how long the
+replay took. ``check`` holds a real search's trials against the table: each trial's F1 per epoch against its
+nearest recorded config's, and the real search's best and wall time against the replay of the same method and seed.
+
+Methods: tuner's default (``tuner.search.DEFAULT_METHOD``: TPE + ASHA), random + ASHA, TPE without early stopping,
+random without early stopping (``hyperparameter_search``'s default), and tuner's default with each of its three TPE
+settings turned off (per-epoch intermediate values with stopped trials PRUNED, start-up trials scaled to the
+budget, the warm start from the previous stage), and with all three off (tuner before them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, OneLineParser, positive_int  # noqa: E402
+
+TABLES = ROOT / "bench" / "tables"
+DEFAULT_TABLES = {"teacher": TABLES / "teacher_cpu.json", "student": TABLES / "student_cpu.json"}
+DEFAULT_TRIALS = {"teacher": 20, "student": 40}  # the teacher's table is smaller; 40: the README's student search
+WARM_ABLATION = "tuner, no warm start"
+TARGET_POINTS = 0.5  # "within 0.5 points of the best F1 any method found"
+
+
+def methods():
+    from tuner.search import DEFAULT_METHOD, SearchMethod
+
+    plain = {"tuner (TPE + ASHA)": DEFAULT_METHOD,
+             "random + ASHA": SearchMethod(sampler="random", warm_start=False),
+             "TPE, no early stopping": dataclasses.replace(DEFAULT_METHOD, early_stopping=False),
+             "random, no early stopping": SearchMethod(sampler="random", early_stopping=False, warm_start=False)}
+    flip = {"pruned_trials": "tuner, stopped trials COMPLETE at their rung score",
+            "scaled_startup": "tuner, Optuna's 10 start-up trials", "warm_start": WARM_ABLATION}
+    ablations = {label: dataclasses.replace(DEFAULT_METHOD, **{name: not getattr(DEFAULT_METHOD, name)})
+                 for name, label in flip.items()}
+    ablations["tuner before the three TPE changes"] = SearchMethod(pruned_trials=False, scaled_startup=False,
+                                                                   warm_start=False)
+    return plain, ablations
+
+
+# ---- the table --------------------------------------------------------------------------------------------------
+
+def unit(param: dict, value) -> float:
+    """A value's position on its range's unit interval (log scale for loguniform, index for choices)."""
+    if param["type"] == "choice":
+        values = param["values"]
+        return values.index(value) / max(1, len(values) - 1) if value in values else 0.0
+    low, high = param["low"], param["high"]
+    if param["type"] == "loguniform":
+        low, high, value = math.log(low), math.log(high), math.log(value)
+    return 0.0 if high == low else (value - low) / (high - low)
+
+
+@dataclasses.dataclass
+class Replay:
+    """What every replayed trial reads: the table's configs on the unit cube and their curves, and the file each
+    trained epoch is logged to (trials run one at a time, so a trial's epochs are consecutive lines)."""
+
+    params: list
+    points: list
+    curves: list  # per config: validation F1 per epoch
+    log: str
+
+    def nearest(self, config: dict) -> int:
+        here = [unit(p, config[p["name"]]) for p in self.params]
+        return min(range(len(self.points)),
+                   key=lambda i: sum((a - b) ** 2 for a, b in zip(here, self.points[i])))
+
+
+def replay_inputs(table: dict, log: Path) -> Replay:
+    params = table["params"]
+    return Replay(params, [[unit(p, c["config"][p["name"]]) for p in params] for c in table["configs"]],
+                  [[e["val_f1"] for e in c["epochs"]] for c in table["configs"]], str(log))
+
+
+def replay_train(config: dict, task, inputs: Replay, settings, resume=None):
+    """The stage's ``train`` in a replay: the nearest recorded config's epochs, reported as the stage would (a
+    tiny model stands in for the checkpoints the search writes)."""
+    from tuner.models import tiny_config
+    from tuner.training import EpochResult, build_optimizer, build_scheduler
+    from transformers import AutoModelForTokenClassification
+
+    index = inputs.nearest(config)
+    model = AutoModelForTokenClassification.from_config(tiny_config(16, ["O"]))
+    optimizer = build_optimizer(model, 1e-3, 0.0)
+    scheduler = build_scheduler(optimizer, 0.0, len(inputs.curves[index]))
+    for epoch, f1 in enumerate(inputs.curves[index][: settings.epochs]):
+        with open(inputs.log, "a") as log:
+            log.write(json.dumps({"index": index, "epoch": epoch + 1, "val_f1": f1}) + "\n")
+        yield EpochResult(epoch, {"val_f1": f1, "epoch": epoch + 1, "train_loss": 0.0, "train_seconds": 0.0,
+                                  "eval_seconds": 0.0}, model, optimizer, scheduler)
+
+
+def costs(table: dict) -> tuple[float, float, float]:
+    """(search setup, one trial's setup, one epoch) in seconds: the table's medians (the stage's ``prepare`` once)."""
+    epochs = [e["train_seconds"] + e["eval_seconds"] for c in table["configs"] for e in c["epochs"]]
+    return (table.get("prepare_seconds", 0.0), statistics.median(c.get("setup_seconds", 0.0) for c in table["configs"]),
+            statistics.median(epochs))
+
+
+def anytime(lines: list[dict], table: dict) -> dict:
+    """The clock of a replayed search: (seconds, best validation F1 so far) after every epoch trained."""
+    start, setup, epoch_seconds = costs(table)
+    clock, best, curve = start, -math.inf, []
+    for line in lines:
+        clock += (setup if line["epoch"] == 1 else 0.0) + epoch_seconds
+        best = max(best, line["val_f1"])
+        curve.append((clock, best))
+    return {"curve": curve, "seconds": clock, "best": best, "trials": sum(1 for x in lines if x["epoch"] == 1),
+            "epochs": len(lines)}
+
+
+def table_space(stage_name: str, table: dict):
+    from tuner.spaces import Param, SearchSpace
+
+    return SearchSpace(stage_name, Path(table["space"]), tuple(
+        Param(p["name"], p["type"], p["low"], p["high"], tuple(p["values"]) if p["values"] else None)
+        for p in table["params"]), table["search_space_sha256"])
+
+
+PENDING = 1  # Tune keeps one trial pending beside the running one: its config is drawn before the running one ends
+
+
+def replay_search(stage_name: str, table: dict, method, trials: int, seed: int, warm: dict | None) -> dict:
+    """One search with tuner's own searcher and scheduler (``tuner.search.search_algorithms``), driven the way
+    Tune drives them for trials that run one at a time, in this process: a trial's config is drawn once
+    ``PENDING`` trials are queued behind the running one; each of its reports goes to the scheduler, then (unless
+    the scheduler stopped it) to the searcher, with ``_trial``'s second report at a rung it improved at; a trial
+    that ends goes to both as complete. ``--verify`` checks this loop against Tune's own."""
+    from types import SimpleNamespace
+
+    from tuner import registry, search
+
+    stage = registry.by_name(stage_name)
+    replay = replay_inputs(table, Path())
+    epochs = table["epochs"]
+    rungs = search.rung_epochs(epochs)
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="replay-") as folder:
+        searcher, scheduler, metric, mode = search.search_algorithms(
+            stage, table_space(stage_name, table), epochs, seed, Path(folder), ("f1",), None, trials=trials,
+            method=method, warm_start=warm)
+        scheduler.set_search_properties(metric, mode)  # what TuneConfig(metric=..., mode=...) does
+        queue = []
+        for number in range(trials):
+            while len(queue) < 1 + PENDING and number + len(queue) < trials:
+                trial = SimpleNamespace(trial_id=f"{number + len(queue):05d}")
+                queue.append((trial, searcher.suggest(trial.trial_id)))
+                scheduler.on_trial_add(None, trial)
+            trial, config = queue.pop(0)
+            index = replay.nearest(config)
+            best, iteration, result, stopped = -math.inf, 0, None, False
+            for epoch, f1 in enumerate(replay.curves[index][:epochs], 1):
+                lines.append({"index": index, "epoch": epoch, "val_f1": f1})
+                second = f1 > best and epoch in rungs and epoch < epochs
+                best = max(best, f1)
+                for rereport in (False, True) if second else (False,):
+                    iteration += 1
+                    result = {"val_f1": f1, "epoch": epoch, "rereport": rereport, "training_iteration": iteration}
+                    if scheduler.on_trial_result(None, trial, result) == "STOP":
+                        stopped = True
+                        break
+                    searcher.on_trial_result(trial.trial_id, result)
+                if stopped:
+                    break
+            scheduler.on_trial_complete(None, trial, result)
+            searcher.on_trial_complete(trial.trial_id, result)
+    return anytime(lines, table) | {"lines": lines}
+
+
+def ray_search(stage_name: str, table: dict, method, trials: int, seed: int, warm: dict | None) -> dict:
+    """The same search through ``tuner.search.search`` and Tune itself (one worker process, trials one at a
+    time), the stage's training replaced by ``replay_train``: what ``--verify`` holds the in-process loop to."""
+    from tuner import registry, search
+    from tuner.config import TrainSettings
+
+    stage = dataclasses.replace(registry.by_name(stage_name), train=replay_train)
+    with tempfile.TemporaryDirectory(prefix="replay-") as folder:
+        log = Path(folder) / "epochs.jsonl"
+        settings = TrainSettings(epochs=table["epochs"], batch_size=1, eval_batch_size=1, seed=seed, threads=1)
+        search.search(stage, table_space(stage_name, table), None, replay_inputs(table, log), settings,
+                      trials=trials, seed=seed, results_dir=Path(folder), cpus_per_trial=search_cpus(),
+                      gpus_per_trial=0, max_failures=0, resume=False, quiet=True, method=method, warm_start=warm)
+        lines = [json.loads(line) for line in log.read_text().splitlines()]
+    return anytime(lines, table) | {"lines": lines}
+
+
+def search_cpus() -> int:
+    """Every CPU of the local Ray for one trial: trials run one at a time, as on the ``cpu`` profile."""
+    import os
+
+    return os.cpu_count() or 1
+
+
+def warm_start_of(table: dict) -> dict | None:
+    """The previous stage's best config the table recorded (``previous_stage_best``), on the keys it shares."""
+    previous = table.get("previous_stage_best")
+    if not previous:
+        return None
+    names = {p["name"]: p for p in table["params"]}
+    return {k: v for k, v in previous.items() if k in names and names[k]["type"] != "choice"
+            and names[k]["low"] <= v <= names[k]["high"]} or None
+
+
+# ---- the report ------------------------------------------------------------------------------------------------
+
+def best_at(curve: list, seconds: float) -> float:
+    """Best F1 a search had reached by ``seconds`` (nothing yet: -inf)."""
+    reached = [f1 for t, f1 in curve if t <= seconds]
+    return reached[-1] if reached else -math.inf
+
+
+def time_to(curve: list, target: float) -> float:
+    return next((t for t, f1 in curve if f1 >= target), math.inf)
+
+
+def summarise(runs: dict, table: dict) -> dict:
+    """Per method: its seeds' times to the target, final bests and wall times; the target; the anytime check."""
+    target = max(r["best"] for seeds in runs.values() for r in seeds) - TARGET_POINTS / 100
+    rows = {}
+    for name, seeds in runs.items():
+        times = [time_to(r["curve"], target) for r in seeds]
+        rows[name] = {"time_to_target": times, "median_time_to_target": statistics.median(times),
+                      "reached": sum(math.isfinite(t) for t in times), "best": [r["best"] for r in seeds],
+                      "seconds": [r["seconds"] for r in seeds], "trials": [r["trials"] for r in seeds],
+                      "epochs": [r["epochs"] for r in seeds]}
+    return {"target": target, "rows": rows, "table_best": max(max(c) for c in replay_inputs(table, Path()).curves)}
+
+
+def mean_curve(seeds: list, grid: list) -> list:
+    return [statistics.mean(max(best_at(r["curve"], t), 0.0) for r in seeds) for t in grid]
+
+
+def anytime_gap(runs: dict, ours: str, other: str) -> tuple[float, float]:
+    """(budget, the largest amount ``ours``'s mean anytime curve falls below ``other``'s after a quarter of the
+    budget); the budget is ``ours``'s median wall time."""
+    budget = statistics.median(r["seconds"] for r in runs[ours])
+    grid = [budget * (0.25 + 0.75 * i / 200) for i in range(201)]
+    gaps = [b - a for a, b in zip(mean_curve(runs[ours], grid), mean_curve(runs[other], grid))]
+    return budget, max(gaps)
+
+
+def plot(runs: dict, ablations: set, stage: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    end = max(r["seconds"] for seeds in runs.values() for r in seeds)
+    grid = [end * i / 400 for i in range(401)]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name, seeds in runs.items():
+        ax.plot([t / 60 for t in grid], mean_curve(seeds, grid), label=name,
+                linestyle="--" if name in ablations else "-", linewidth=1 if name in ablations else 2)
+    best = max(r["best"] for seeds in runs.values() for r in seeds)
+    ax.set_ylim(max(0.0, best - 0.15), best + 0.01)
+    ax.set(xlabel="wall time (minutes, replayed)", ylabel="best validation F1 so far (mean over seeds)",
+           title=f"{stage}: anytime curves, {len(next(iter(runs.values())))} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def speed_line(ratio: float) -> str:
+    if math.isnan(ratio):
+        return "tuner's default did not reach the target in most seeds"
+    if math.isinf(ratio):
+        return "tuner's default reached the target; random search without early stopping did not, in most seeds"
+    return f"tuner's default reached the target **{ratio:.2f}x** sooner than random search without early stopping"
+
+
+def minutes(seconds: float) -> str:
+    return "not reached" if not math.isfinite(seconds) else f"{seconds / 60:.1f}"
+
+
+def stage_report(stage: str, table: dict, runs: dict, ablations: set, trials: int, seeds: list, png: Path) -> tuple:
+    summary = summarise(runs, table)
+    rows = summary["rows"]
+    ours, random_fifo, random_asha = "tuner (TPE + ASHA)", "random, no early stopping", "random + ASHA"
+    theirs, mine = rows[random_fifo]["median_time_to_target"], rows[ours]["median_time_to_target"]
+    speedup = math.nan if math.isinf(mine) else theirs / mine
+    budget, gap = anytime_gap(runs, ours, random_asha)
+    _, setup, epoch = costs(table)
+    lines = [f"### {stage}", "",
+             f"Table: {len(table['configs'])} configs of `{Path(table['space']).name}` x {table['epochs']} epochs, "
+             f"recorded by `bench/curves.py` on the `{table['profile']}` profile ({table['threads']} threads, "
+             f"{table['cpu']}); median {epoch:.0f} s an epoch, {setup:.1f} s a trial's setup. {trials} trials a "
+             f"search, seeds {', '.join(map(str, seeds))}. Target: {summary['target']:.4f}, 0.5 points under the "
+             f"best any method found (the table's best config scores {summary['table_best']:.4f}).", "",
+             "| method | reached the target | median minutes to the target | per seed | final best val F1 (median) "
+             f"| wall minutes (median) | epochs trained of {trials * table['epochs']} (median) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['reached']}/{len(seeds)} | {minutes(row['median_time_to_target'])} | "
+                     f"{', '.join(minutes(t) for t in row['time_to_target'])} | {statistics.median(row['best']):.4f} "
+                     f"| {statistics.median(row['seconds']) / 60:.1f} | {statistics.median(row['epochs']):.0f} |")
+    lines += ["", f"- {speed_line(speedup)} (median over seeds; goal 2x: {'met' if speedup >= 2 else 'missed'}).",
+              f"- After the first quarter of its budget ({budget / 60:.1f} min, its median wall time), tuner's mean "
+              f"anytime curve was at most **{gap * 100:.2f} points** below random + ASHA's (goal 0.5: "
+              f"{'met' if gap <= 0.005 else 'missed'}).", "", f"![{stage} anytime curves]({png.name})", ""]
+    plot(runs, ablations, stage, png)
+    return lines, {"stage": stage, "speedup_vs_random_fifo": speedup, "anytime_gap_points": gap * 100,
+                   "target": summary["target"], "rows": rows}
+
+
+# ---- synthetic tables (--quick) ---------------------------------------------------------------------------------
+
+def synthetic_table(stage: str, configs: int, epochs: int) -> dict:
+    """A table from a smooth made-up response over the stage's real search space, for the smoke mode."""
+    from bench.curves import sobol_configs
+
+    from tuner import registry
+    from tuner.config import SEARCH_SPACE_DIR
+    from tuner.spaces import load_space
+
+    space = load_space(registry.by_name(stage), SEARCH_SPACE_DIR / f"{stage}.yaml")
+    params = [p for p in space.params if p.name not in registry.by_name(stage).sized_by]
+    space = dataclasses.replace(space, params=tuple(params))
+    records = []
+    for index, config in enumerate(sobol_configs(space, configs)):
+        u = [unit({"type": p.type, "low": p.low, "high": p.high, "values": p.values}, config[p.name])
+             for p in params]
+        peak = 0.9 - 0.3 * (u[0] - 0.4) ** 2 - 0.05 * sum((x - 0.5) ** 2 for x in u[1:])
+        rate = 0.5 + u[0]
+        records.append({"index": index, "config": config, "setup_seconds": 1.0, "epochs": [
+            {"val_f1": peak * (1 - math.exp(-rate * (e + 1))), "train_seconds": 10.0, "eval_seconds": 1.0}
+            for e in range(epochs)]})
+    return {"stage": stage, "profile": "synthetic", "space": str(space.path), "search_space_sha256": space.sha256,
+            "params": [{"name": p.name, "type": p.type, "low": p.low, "high": p.high,
+                        "values": list(p.values) if p.values else None} for p in params],
+            "epochs": epochs, "threads": 1, "cpu": "synthetic", "prepare_seconds": 0.0, "configs": records,
+            "previous_stage_best": {"learning_rate": 1e-4, "weight_decay": 0.05, "warmup_ratio": 0.1}
+            if stage == "student" else None}
+
+
+# ---- commands --------------------------------------------------------------------------------------------------
+
+def compare(args) -> int:
+    from tuner.errors import TunerError
+
+    plain, ablations = methods()
+    if args.quick:
+        tables = {"teacher": synthetic_table("teacher", 10, 3), "student": synthetic_table("student", 10, 4)}
+        trials = {"teacher": 6, "student": 6}
+    else:
+        tables = {}
+        for stage in args.stages:
+            path = args.tables.get(stage, DEFAULT_TABLES[stage])
+            if not path.is_file():
+                raise TunerError(f"{path}: no table; record one with bench/curves.py --stage {stage}")
+            tables[stage] = json.loads(path.read_text())
+        trials = {stage: args.trials or DEFAULT_TRIALS[stage] for stage in tables}
+    logging.getLogger("optuna").setLevel(logging.WARNING)  # one "A new study created" line per replay
+    started = time.perf_counter()
+    report = [f"## Search efficiency ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
+              f"`python bench/search_efficiency.py{' --quick' if args.quick else ''} --seeds "
+              f"{' '.join(map(str, args.seeds))}` ({{minutes}} min). How a replay runs: the docstring of "
+              "`bench/search_efficiency.py`.", ""]
+    records = []
+    for stage, table in tables.items():
+        warm = warm_start_of(table)
+        chosen = dict(plain, **{name: method for name, method in ablations.items()
+                                if warm or name != WARM_ABLATION})  # without a warm start it changes nothing
+        runs = {}
+        for name, method in chosen.items():
+            runs[name] = [replay_search(stage, table, method, trials[stage], seed, warm) for seed in args.seeds]
+            print(f"{stage} / {name}: best {[round(r['best'], 4) for r in runs[name]]}, minutes "
+                  f"{[round(r['seconds'] / 60, 1) for r in runs[name]]}", flush=True)
+        lines, record = stage_report(stage, table, runs, set(ablations), trials[stage], args.seeds,
+                                     args.output.parent / f"search_efficiency_{stage}.png")
+        if args.verify:
+            lines += verify(stage, table, plain, trials[stage], args.seeds[0], warm)
+        report += lines
+        records.append(record)
+    text = "\n".join(report).replace("{minutes}", f"{(time.perf_counter() - started) / 60:.1f}")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(text + "\n")
+    args.output.with_suffix(".json").write_text(json.dumps(records, indent=2, default=str))
+    print(text)
+    return 0
+
+
+def verify(stage: str, table: dict, plain: dict, trials: int, seed: int, warm: dict | None) -> list[str]:
+    """Tune's own loop (``ray_search``) against the in-process one, for tuner's default and random + ASHA at one
+    seed: the same trials, stopped at the same epochs."""
+    from tuner import search
+    from tuner.errors import TunerError
+
+    search.start_ray(None, "127.0.0.1", quiet=True)
+    lines = []
+    try:
+        for name in ("tuner (TPE + ASHA)", "random + ASHA"):
+            ours = replay_search(stage, table, plain[name], trials, seed, warm)["lines"]
+            tune = ray_search(stage, table, plain[name], trials, seed, warm)["lines"]
+            if ours != tune:
+                raise TunerError(f"--verify: {stage} / {name}, seed {seed}: the in-process replay trained "
+                                 f"{len(ours)} epochs, Tune {len(tune)}; first difference at epoch "
+                                 f"{next(i for i, (a, b) in enumerate(zip(ours + [None], tune + [None])) if a != b)}")
+            lines.append(f"- Verified: {name} at seed {seed} through Tune itself trained the same "
+                         f"{len(ours)} epochs of the same configs, in the same order, as the in-process replay.")
+    finally:
+        search.stop_ray()
+    return lines + [""]
+
+
+def check(args) -> int:
+    """A real search's trials against the table: each trial's F1 per epoch against its nearest recorded config's."""
+    table = json.loads(args.table.read_text())
+    replay = replay_inputs(table, Path())
+    lines, differences = ["| trial | config | nearest recorded config | F1 per epoch (real) | F1 per epoch (table) |",
+                          "|---|---|---|---|---|"], []
+    for trial in sorted(p for p in args.search.iterdir() if (p / "params.json").is_file()):
+        config = json.loads((trial / "params.json").read_text())
+        epochs = {}
+        for line in (trial / "result.json").read_text().splitlines():
+            result = json.loads(line)
+            epochs[result["epoch"]] = result["val_f1"]
+        index = replay.nearest(config)
+        recorded = replay.curves[index]
+        differences += [abs(f1 - recorded[e - 1]) for e, f1 in epochs.items()]
+        short = ", ".join(f"{k}={v:.3g}" for k, v in config.items())
+        near = ", ".join(f"{k}={v:.3g}" for k, v in table["configs"][index]["config"].items())
+        lines.append(f"| {trial.name.split('_')[1] if '_' in trial.name else trial.name} | {short} | {near} | "
+                     f"{', '.join(f'{epochs[e]:.4f}' for e in sorted(epochs))} | "
+                     f"{', '.join(f'{recorded[e - 1]:.4f}' for e in sorted(epochs))} |")
+    lines.append(f"\nMean absolute difference over {len(differences)} epochs: "
+                 f"{100 * statistics.mean(differences):.2f} points (largest {100 * max(differences):.2f}).")
+    print("\n".join(lines))
+    if args.output:
+        args.output.write_text("\n".join(lines) + "\n")
+    return 0
+
+
+def main(argv=None) -> int:
+    from tuner.cli import entry_point
+
+    parser = OneLineParser(prog="python bench/search_efficiency.py", description=__doc__.strip().splitlines()[0])
+    sub = parser.add_subparsers(dest="command", parser_class=OneLineParser)
+    parser.add_argument("--quick", action="store_true", help="smoke mode: synthetic tables, 6 trials, 2 seeds")
+    parser.add_argument("--stages", nargs="+", choices=sorted(DEFAULT_TABLES), default=sorted(DEFAULT_TABLES))
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="searcher seeds (default 0 1 2 3 4)")
+    parser.add_argument("--trials", type=positive_int, help="trials a search (default: teacher 20, student 40)")
+    parser.add_argument("--output", type=Path, default=ROOT / "results" / "search_efficiency.md")
+    parser.add_argument("--verify", action="store_true",
+                        help="also run tuner's default and random + ASHA through Tune itself, at the first seed, "
+                             "and check they train what the in-process replay trains")
+    parser.add_argument("--table", dest="table_files", action="append", default=[], metavar="STAGE=FILE",
+                        help="a table other than bench/tables/<stage>_cpu.json")
+    real = sub.add_parser("check", help="a real search's trials against the table")
+    real.add_argument("--table", type=Path, required=True)
+    real.add_argument("--search", type=Path, required=True, help="a stage's Ray experiment folder (results/<stage>/search)")
+    real.add_argument("--output", type=Path)
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        for flag, path in (("--table", args.table), ("--search", args.search)):
+            if not path.exists():
+                parser.error(f"{flag} {path}: not found")
+        return entry_point(lambda _: check(args))()
+    args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2, 3, 4])
+    args.tables = {}
+    for item in args.table_files:
+        stage, _, file = item.partition("=")
+        if stage not in DEFAULT_TABLES or not file:
+            parser.error(f"--table {item}: expected STAGE=FILE with STAGE one of {', '.join(DEFAULT_TABLES)}")
+        args.tables[stage] = Path(file)
+    return entry_point(lambda _: compare(args))()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

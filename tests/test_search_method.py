@@ -1,0 +1,193 @@
+"""What TPE learns from (per-epoch values, stopped trials PRUNED, start-up trials scaled to the budget, the warm
+start) and the search-efficiency replay that chose them: each checked on hand-made results."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT))
+
+
+def teacher_space():
+    from tuner import registry
+    from tuner.config import SEARCH_SPACE_DIR
+    from tuner.spaces import load_space
+
+    return load_space(registry.by_name("teacher"), SEARCH_SPACE_DIR / "teacher.yaml")
+
+
+def algorithms(tmp_path, method, trials=8, warm=None):
+    from tuner import registry, search
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return search.search_algorithms(registry.by_name("teacher"), teacher_space(), 3, 0, tmp_path, ("f1",), None,
+                                    trials=trials, method=method, warm_start=warm)
+
+
+def test_startup_trials_scale_with_the_budget():
+    from tuner.search import DEFAULT_METHOD, SearchMethod, startup_trials
+
+    scaled = SearchMethod(scaled_startup=True)
+    assert [startup_trials(n, scaled) for n in (1, 4, 8, 20, 40, 100)] == [2, 2, 2, 5, 10, 10]
+    assert startup_trials(4, SearchMethod(scaled_startup=False)) == 10  # Optuna's default: 4 trials were random
+    assert startup_trials(8, DEFAULT_METHOD) == startup_trials(8, dataclasses.replace(scaled,
+                                                               scaled_startup=DEFAULT_METHOD.scaled_startup))
+
+
+def test_stopped_trials_are_pruned_and_finished_ones_keep_their_best_epoch(tmp_path):
+    """As Tune calls it: results the scheduler lets go on reach on_trial_result; the one it stops a trial on
+    reaches on_trial_complete only."""
+    import optuna
+
+    from tuner.search import SearchMethod
+
+    searcher, _, _, _ = algorithms(tmp_path, SearchMethod(pruned_trials=True))
+    for trial in ("full", "stopped"):
+        searcher.suggest(trial)
+    searcher.on_trial_result("full", {"val_f1": 0.60, "epoch": 1})
+    searcher.on_trial_result("full", {"val_f1": 0.60, "epoch": 1, "rereport": True})  # the rung's checkpoint
+    searcher.on_trial_result("full", {"val_f1": 0.85, "epoch": 2})
+    searcher.on_trial_complete("full", {"val_f1": 0.84, "epoch": 3})  # the last epoch: ASHA stops it there
+    searcher.on_trial_complete("stopped", {"val_f1": 0.55, "epoch": 1})  # ASHA stopped it at its first rung
+    study = optuna.load_study(study_name="teacher", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    full, stopped = study.trials
+    assert full.state == optuna.trial.TrialState.COMPLETE and full.value == 0.85  # its best epoch, not its last
+    assert full.intermediate_values == {1: 0.60, 2: 0.85, 3: 0.84}
+    assert stopped.state == optuna.trial.TrialState.PRUNED and stopped.intermediate_values == {1: 0.55}
+
+
+def test_without_pruned_trials_a_stopped_trial_is_complete_at_its_rung_score(tmp_path):
+    import optuna
+
+    from tuner.search import SearchMethod
+
+    searcher, _, _, _ = algorithms(tmp_path, SearchMethod(pruned_trials=False))
+    searcher.suggest("stopped")
+    searcher.on_trial_complete("stopped", {"val_f1": 0.55, "epoch": 1, "training_iteration": 1})
+    (stopped,) = optuna.load_study(study_name="teacher", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert stopped.state == optuna.trial.TrialState.COMPLETE and stopped.value == 0.55  # Ray's OptunaSearch
+
+
+def test_warm_start_is_the_first_trial_and_the_sampler_draws_the_rest(tmp_path):
+    from tuner.search import SearchMethod
+
+    warm = {"learning_rate": 3.3e-5, "weight_decay": 0.07}
+    searcher, _, _, _ = algorithms(tmp_path, SearchMethod(warm_start=True), warm=warm)
+    first, second = searcher.suggest("a"), searcher.suggest("b")
+    assert first["learning_rate"] == 3.3e-5 and first["weight_decay"] == 0.07
+    assert 0.0 <= first["warmup_ratio"] <= 0.2  # not in the warm start: sampled
+    assert second["learning_rate"] != 3.3e-5
+    cold, _, _, _ = algorithms(tmp_path / "cold", SearchMethod(warm_start=False), warm=warm)
+    assert cold.suggest("a")["learning_rate"] != 3.3e-5
+
+
+def test_the_method_picks_sampler_and_scheduler(tmp_path):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from tuner.search import SearchMethod
+
+    searcher, scheduler, _, _ = algorithms(tmp_path, SearchMethod(sampler="random", early_stopping=False))
+    assert type(scheduler) is FIFOScheduler and type(searcher._sampler).__name__ == "RandomSampler"
+    searcher, scheduler, _, _ = algorithms(tmp_path / "tpe", SearchMethod(), trials=20)
+    assert isinstance(scheduler, ASHAScheduler) and searcher._sampler._n_startup_trials == 5
+
+
+def test_shared_point_keeps_shared_keys_in_range():
+    from tuner.spaces import shared_point
+
+    space = teacher_space()  # learning_rate [1e-5, 2e-4], weight_decay [0, 0.1], warmup_ratio [0, 0.2]
+    assert shared_point(space, {"learning_rate": 5e-5, "weight_decay": 0.5, "warmup_ratio": 0.1,
+                                "temperature": 3.0}) == {"learning_rate": 5e-5, "warmup_ratio": 0.1}
+    assert shared_point(space, {"learning_rate": True, "weight_decay": "x"}) == {}
+
+
+def test_warm_start_reads_the_previous_stage_best(tmp_path):
+    from tuner import registry
+    from tuner.config import RunSettings, resolve_profile
+    from tuner.pipeline import warm_start
+    from tuner.spaces import load_space
+
+    student = registry.by_name("student")
+    settings = RunSettings(stages=(student,), trials=2, profile=resolve_profile("cpu", False), results_dir=tmp_path)
+    space = load_space(student, settings.space_file("student"))
+    assert warm_start(student, settings, space) == {}  # no earlier stage saved anything
+    for stage, lr in (("teacher", 6e-5), ("factorized", 2e-4)):
+        (tmp_path / stage / "best").mkdir(parents=True)
+        (tmp_path / stage / "best" / "result.json").write_text(json.dumps(
+            {"hyperparameters": {"learning_rate": lr, "weight_decay": 0.05, "warmup_ratio": 0.3}}))
+    # the nearest earlier stage: factorized; warmup 0.3 is outside the student's [0, 0.2]
+    assert warm_start(student, settings, space) == {"learning_rate": 2e-4, "weight_decay": 0.05}
+    (tmp_path / "factorized" / "best" / "result.json").write_text("{not json")
+    assert warm_start(student, settings, space) == {}  # an unreadable record only loses the warm start
+
+
+# ---- the replay (bench/search_efficiency.py) ---------------------------------------------------------------------
+
+def test_replay_maps_a_config_to_the_nearest_recorded_one_on_the_spaces_scale():
+    from bench.search_efficiency import Replay, unit
+
+    lr = {"name": "learning_rate", "type": "loguniform", "low": 1e-5, "high": 1e-3}
+    wd = {"name": "weight_decay", "type": "uniform", "low": 0.0, "high": 0.1}
+    assert unit(lr, 1e-4) == pytest.approx(0.5) and unit(wd, 0.025) == pytest.approx(0.25)
+    assert unit({"type": "choice", "values": [16, 32, 64]}, 32) == 0.5
+    replay = Replay([lr, wd], [[0.0, 0.0], [0.5, 0.5], [1.0, 1.0]], [[0.1], [0.2], [0.3]], "")
+    assert replay.nearest({"learning_rate": 1.2e-4, "weight_decay": 0.04}) == 1
+    assert replay.nearest({"learning_rate": 2e-5, "weight_decay": 0.09}) == 1  # 2e-5 is near 1e-5, but weight decay 0.09 is not near 0
+    assert replay.nearest({"learning_rate": 1.1e-5, "weight_decay": 0.01}) == 0
+
+
+def test_anytime_curve_and_time_to_target():
+    from bench.search_efficiency import anytime, best_at, time_to
+
+    table = {"prepare_seconds": 5.0, "configs": [
+        {"setup_seconds": 1.0, "epochs": [{"train_seconds": 9.0, "eval_seconds": 1.0}] * 3}]}
+    lines = [{"epoch": 1, "val_f1": 0.5}, {"epoch": 2, "val_f1": 0.7}, {"epoch": 1, "val_f1": 0.6},
+             {"epoch": 1, "val_f1": 0.8}]
+    result = anytime(lines, table)
+    assert result["curve"] == [(16.0, 0.5), (26.0, 0.7), (37.0, 0.7), (48.0, 0.8)]
+    assert result["trials"] == 3 and result["epochs"] == 4 and result["best"] == 0.8
+    assert time_to(result["curve"], 0.75) == 48.0 and math.isinf(time_to(result["curve"], 0.9))
+    assert best_at(result["curve"], 30.0) == 0.7 and best_at(result["curve"], 10.0) == -math.inf
+
+
+def test_replay_runs_each_method_through_tuners_searcher_and_scheduler():
+    """On a synthetic table: ASHA trains fewer epochs than FIFO, and the same seed replays the same search."""
+    from bench.search_efficiency import methods, replay_search, synthetic_table
+
+    table = synthetic_table("teacher", 8, 3)
+    plain, _ = methods()
+    asha = replay_search("teacher", table, plain["tuner (TPE + ASHA)"], 8, 0, None)
+    fifo = replay_search("teacher", table, plain["TPE, no early stopping"], 8, 0, None)
+    assert fifo["epochs"] == 8 * 3 and asha["trials"] == 8 and asha["epochs"] < fifo["epochs"]
+    assert replay_search("teacher", table, plain["tuner (TPE + ASHA)"], 8, 0, None)["lines"] == asha["lines"]
+
+
+@pytest.mark.slow
+def test_quick_search_efficiency_matches_tune_and_writes_its_report(tmp_path):
+    """The smoke mode end to end, with --verify: Tune itself trains what the in-process replay trains."""
+    report = tmp_path / "search_efficiency.md"
+    proc = subprocess.run([sys.executable, "bench/search_efficiency.py", "--quick", "--verify", "--stages", "teacher",
+                           "--output", report], capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = report.read_text()
+    assert text.count("- Verified:") == 2 and "| tuner (TPE + ASHA) |" in text and "| random, no early stopping |" in text
+    assert (tmp_path / "search_efficiency_teacher.png").stat().st_size > 10_000
+    assert json.loads(report.with_suffix(".json").read_text())[0]["stage"] == "teacher"
+
+
+def test_search_efficiency_refuses_a_missing_table(tmp_path, capsys):
+    from bench import search_efficiency
+
+    status = search_efficiency.main(["--stages", "teacher", "--table", f"teacher={tmp_path / 'none.json'}",
+                                     "--output", str(tmp_path / "out.md")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.count("\n") == 1 and "none.json: no table" in err
+    assert not (tmp_path / "out.md").exists()
