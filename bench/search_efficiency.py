@@ -36,6 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import headlines  # noqa: E402
 from bench.common import ROOT, OneLineParser, positive_int  # noqa: E402
 
 TABLES = ROOT / "bench" / "tables"
@@ -306,6 +307,8 @@ def stage_report(stage: str, table: dict, runs: dict, ablations: set, trials: in
     theirs, mine = rows[random_fifo]["median_time_to_target"], rows[ours]["median_time_to_target"]
     speedup = math.nan if math.isinf(mine) else theirs / mine
     budget, gap = anytime_gap(runs, ours, random_asha)
+    window = [budget * (0.25 + 0.75 * i / 200) for i in range(201)]
+    area = {name: statistics.mean(mean_curve(seeds, window)) for name, seeds in runs.items()}
     _, setup, epoch = costs(table)
     lines = [f"### {stage}", "",
              f"Table: {len(table['configs'])} configs of `{Path(table['space']).name}` x {table['epochs']} epochs, "
@@ -313,12 +316,14 @@ def stage_report(stage: str, table: dict, runs: dict, ablations: set, trials: in
              f"{table['cpu']}); median {epoch:.0f} s an epoch, {setup:.1f} s a trial's setup. {trials} trials a "
              f"search, seeds {', '.join(map(str, seeds))}. Target: {summary['target']:.4f}, 0.5 points under the "
              f"best any method found (the table's best config scores {summary['table_best']:.4f}).", "",
-             "| method | reached the target | median minutes to the target | per seed | final best val F1 (median) "
+             "| method | reached the target | median minutes to the target | mean minutes to the target (not "
+             "reached: its wall time) | best val F1 over the budget's last 3/4 (mean) | final best val F1 (median) "
              f"| wall minutes (median) | epochs trained of {trials * table['epochs']} (median) |",
-             "|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
+        capped = statistics.mean(t if math.isfinite(t) else s for t, s in zip(row["time_to_target"], row["seconds"]))
         lines.append(f"| {name} | {row['reached']}/{len(seeds)} | {minutes(row['median_time_to_target'])} | "
-                     f"{', '.join(minutes(t) for t in row['time_to_target'])} | {statistics.median(row['best']):.4f} "
+                     f"{capped / 60:.1f} | {area[name]:.4f} | {statistics.median(row['best']):.4f} "
                      f"| {statistics.median(row['seconds']) / 60:.1f} | {statistics.median(row['epochs']):.0f} |")
     lines += ["", f"- {speed_line(speedup)} (median over seeds; goal 2x: {'met' if speedup >= 2 else 'missed'}).",
               f"- After the first quarter of its budget ({budget / 60:.1f} min, its median wall time), tuner's mean "
@@ -326,6 +331,7 @@ def stage_report(stage: str, table: dict, runs: dict, ablations: set, trials: in
               f"{'met' if gap <= 0.005 else 'missed'}).", "", f"![{stage} anytime curves]({png.name})", ""]
     plot(runs, ablations, stage, png)
     return lines, {"stage": stage, "speedup_vs_random_fifo": speedup, "anytime_gap_points": gap * 100,
+                   "mean_best_over_budget": area,
                    "target": summary["target"], "rows": rows}
 
 
@@ -398,12 +404,33 @@ def compare(args) -> int:
             lines += verify(stage, table, plain, trials[stage], args.seeds[0], warm)
         report += lines
         records.append(record)
+    command = f"python bench/search_efficiency.py{' --quick' if args.quick else ''} --seeds {' '.join(map(str, args.seeds))}"
+    headlines.update([headline for record in records for headline in stage_headlines(record, trials, args.seeds,
+                                                                                     command)],
+                     args.output.with_name("benchmarks.json"))
     text = "\n".join(report).replace("{minutes}", f"{(time.perf_counter() - started) / 60:.1f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text + "\n")
     args.output.with_suffix(".json").write_text(json.dumps(records, indent=2, default=str))
     print(text)
     return 0
+
+
+def stage_headlines(record: dict, trials: dict, seeds: list, command: str) -> list[dict]:
+    stage, n = record["stage"], len(seeds)
+    speedup = record["speedup_vs_random_fifo"]
+    return [
+        headlines.entry(f"{stage} search: time to within 0.5 points of the best F1, random search without early "
+                        f"stopping / tuner (replayed on the {stage} table, median over seeds)",
+                        None if not math.isfinite(speedup) else round(speedup, 3), "x", ">= 2x",
+                        speedup >= 2 if not math.isnan(speedup) else False, "random search, no early stopping",
+                        f"Optuna's RandomSampler, FIFO (every trial to its last epoch), {trials[stage]} trials, the "
+                        "same seeds; hyperparameter_search's default", command, seeds=n),
+        headlines.entry(f"{stage} search: how far tuner's mean anytime curve falls below random + ASHA's after a "
+                        "quarter of its budget (replayed, mean over seeds)", round(record["anytime_gap_points"], 3),
+                        " points", "<= 0.5 points", record["anytime_gap_points"] <= 0.5, "random search + ASHA",
+                        f"Optuna's RandomSampler, tuner's ASHA rungs, {trials[stage]} trials, the same seeds",
+                        command, seeds=n)]
 
 
 def verify(stage: str, table: dict, plain: dict, trials: int, seed: int, warm: dict | None) -> list[str]:
@@ -429,32 +456,77 @@ def verify(stage: str, table: dict, plain: dict, trials: int, seed: int, warm: d
     return lines + [""]
 
 
+def real_trials(search: Path) -> list[dict]:
+    """A real search's trials in the order Tune created them (``_trial_<id>_<number>_...``): config, F1 per epoch."""
+    trials = []
+    for folder in search.iterdir():
+        if not (folder / "params.json").is_file():
+            continue
+        epochs = {}
+        for line in (folder / "result.json").read_text().splitlines():
+            result = json.loads(line)
+            epochs[int(result["epoch"])] = result["val_f1"]
+        trials.append({"number": int(folder.name.split("_")[3]), "config": json.loads((folder / "params.json").read_text()),
+                       "f1": [epochs[e] for e in sorted(epochs)]})
+    return sorted(trials, key=lambda t: t["number"])
+
+
 def check(args) -> int:
-    """A real search's trials against the table: each trial's F1 per epoch against its nearest recorded config's."""
+    """A real search against the table: each trial's F1 per epoch against its nearest recorded config's; then the
+    replay of the method and seed the real search ran: the recorded configs it proposes, the epochs each trial
+    trains and the best F1, against the real search's."""
+    from tuner.search import SearchMethod
+
+    logging.getLogger("optuna").setLevel(logging.WARNING)
     table = json.loads(args.table.read_text())
     replay = replay_inputs(table, Path())
+    trials = real_trials(args.search)
+    if not trials:
+        raise_error(f"--search {args.search}: no trial folders (params.json, result.json) there")
     lines, differences = ["| trial | config | nearest recorded config | F1 per epoch (real) | F1 per epoch (table) |",
                           "|---|---|---|---|---|"], []
-    for trial in sorted(p for p in args.search.iterdir() if (p / "params.json").is_file()):
-        config = json.loads((trial / "params.json").read_text())
-        epochs = {}
-        for line in (trial / "result.json").read_text().splitlines():
-            result = json.loads(line)
-            epochs[result["epoch"]] = result["val_f1"]
-        index = replay.nearest(config)
+    for trial in trials:
+        index = replay.nearest(trial["config"])
         recorded = replay.curves[index]
-        differences += [abs(f1 - recorded[e - 1]) for e, f1 in epochs.items()]
-        short = ", ".join(f"{k}={v:.3g}" for k, v in config.items())
-        near = ", ".join(f"{k}={v:.3g}" for k, v in table["configs"][index]["config"].items())
-        lines.append(f"| {trial.name.split('_')[1] if '_' in trial.name else trial.name} | {short} | {near} | "
-                     f"{', '.join(f'{epochs[e]:.4f}' for e in sorted(epochs))} | "
-                     f"{', '.join(f'{recorded[e - 1]:.4f}' for e in sorted(epochs))} |")
+        differences += [abs(f1 - recorded[e]) for e, f1 in enumerate(trial["f1"])]
+        short = ", ".join(f"{k}={v:.3g}" for k, v in sorted(trial["config"].items()))
+        near = ", ".join(f"{k}={v:.3g}" for k, v in sorted(table["configs"][index]["config"].items()))
+        lines.append(f"| {trial['number']} | {short} | #{index}: {near} | "
+                     f"{', '.join(f'{f1:.4f}' for f1 in trial['f1'])} | "
+                     f"{', '.join(f'{f1:.4f}' for f1 in recorded[: len(trial['f1'])])} |")
     lines.append(f"\nMean absolute difference over {len(differences)} epochs: "
                  f"{100 * statistics.mean(differences):.2f} points (largest {100 * max(differences):.2f}).")
+    method = SearchMethod() if args.method == "default" else SearchMethod(pruned_trials=False, scaled_startup=False,
+                                                                          warm_start=False)
+    replayed = replay_search(table["stage"], table, method, len(trials), args.seed, None)["lines"]
+    proposed = [line["index"] for line in replayed if line["epoch"] == 1]
+    trained = [sum(1 for _ in group) for group in split_trials(replayed)]
+    lines += ["", f"Replay of the {args.method} method at seed {args.seed}, {len(trials)} trials:",
+              f"- recorded configs it proposed: {proposed}; the real search's configs map to "
+              f"{[replay.nearest(t['config']) for t in trials]}",
+              f"- epochs each trial trained: replay {trained}, real {[len(t['f1']) for t in trials]}",
+              f"- best validation F1: replay {max(line['val_f1'] for line in replayed):.4f}, real "
+              f"{max(max(t['f1']) for t in trials):.4f}"]
     print("\n".join(lines))
     if args.output:
         args.output.write_text("\n".join(lines) + "\n")
     return 0
+
+
+def split_trials(lines: list[dict]) -> list[list[dict]]:
+    """A replay's epoch lines, one list per trial (a trial's first epoch starts it)."""
+    trials = []
+    for line in lines:
+        if line["epoch"] == 1:
+            trials.append([])
+        trials[-1].append(line)
+    return trials
+
+
+def raise_error(message: str):
+    from tuner.errors import TunerError
+
+    raise TunerError(message)
 
 
 def main(argv=None) -> int:
@@ -476,6 +548,9 @@ def main(argv=None) -> int:
     real.add_argument("--table", type=Path, required=True)
     real.add_argument("--search", type=Path, required=True, help="a stage's Ray experiment folder (results/<stage>/search)")
     real.add_argument("--output", type=Path)
+    real.add_argument("--method", choices=["default", "before"], default="default",
+                      help="the method the real search ran: tuner's default, or tuner before the three TPE changes")
+    real.add_argument("--seed", type=int, default=0, help="the real search's --seed")
     args = parser.parse_args(argv)
     if args.command == "check":
         for flag, path in (("--table", args.table), ("--search", args.search)):

@@ -150,3 +150,52 @@ def test_the_student_stage_wires_temperature_and_alpha_into_its_loss(tokenizer):
     assert math.isclose(stage_loss(3.0, 1.0), 9 * kl(3.0), rel_tol=1e-4)
     assert math.isclose(stage_loss(2.0, 0.25), 0.25 * 4 * kl(2.0) + 0.75 * ce, rel_tol=1e-4)
     assert not math.isclose(9 * kl(3.0), kl(1.0), rel_tol=1e-2)  # the cases tell T's scaling apart
+
+
+def test_the_hidden_state_term_compares_each_student_layer_with_the_teacher_layer_it_was_cut_from(tokenizer):
+    """Through the stage's own ``train``: with beta > 0, a one-batch epoch's loss is the beta = 0 loss plus beta
+    times the mean over student layers of the MSE against the cached teacher layer it came from (layers 1 and 3 of
+    a 4-layer teacher for a 2-layer student), computed here from both models' padded forwards. Without beta in
+    the space, prepare caches no hidden states."""
+    from transformers import BertForTokenClassification
+
+    from tuner.config import TrainSettings, resolve_profile
+    from tuner.data import TaskData
+    from tuner.models import cut_student, tiny_config
+    from tuner.registry import StageContext
+    from tuner.stages import student
+
+    labels = list(CONLL_LABELS)
+    config = tiny_config(len(tokenizer), labels)
+    config.num_hidden_layers = 4
+    config.hidden_dropout_prob = config.attention_probs_dropout_prob = 0.0
+    torch.manual_seed(0)
+    teacher = BertForTokenClassification(config).eval()
+    sentences = [Sentence(("EU", "rejects", "German", "call", "."), ("B-ORG", "O", "B-MISC", "O", "O")),
+                 Sentence(("Peter", "Blackburn"), ("B-PER", "I-PER"))]
+    data = encode(sentences, tokenizer, labels, 32, "first")
+    task = TaskData(labels, data, data, data, tokenizer.pad_token_id, "mem")
+    profile = resolve_profile("smoke", False, max_params=10**9)
+    assert student.STAGE.prepare(StageContext(profile, task, 0, teacher, len(tokenizer), "cpu")).teacher_hidden is None
+    inputs = student.STAGE.prepare(StageContext(profile, task, 0, teacher, len(tokenizer), "cpu",
+                                                ranges={"beta": (0.0, 1.0)}))
+    settings = TrainSettings(epochs=1, batch_size=len(sentences), eval_batch_size=8, seed=0, threads=1,
+                             precision="fp32")
+
+    def stage_loss(beta):
+        hparams = {"learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 2.0,
+                   "alpha": 0.5, "num_layers": 2, "factor_dim": 8, "beta": beta}
+        (result,) = list(student.train(hparams, task, inputs, settings))
+        return result.metrics["train_loss"]
+
+    batch = collate(data, [0, 1], tokenizer.pad_token_id)
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        ours = cut_student(teacher, 2, 8, inputs.svd).eval()(input_ids=batch["input_ids"],
+                                                             attention_mask=batch["attention_mask"],
+                                                             output_hidden_states=True).hidden_states[1:]
+        theirs = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                         output_hidden_states=True).hidden_states[1:]
+    mse = sum(F.mse_loss(ours[j][mask], theirs[t][mask]).item() for j, t in enumerate((1, 3))) / 2
+    assert mse > 1e-3
+    assert math.isclose(stage_loss(0.5) - stage_loss(0.0), 0.5 * mse, rel_tol=2e-3)

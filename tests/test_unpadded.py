@@ -138,3 +138,16 @@ def test_unpadded_forward_under_bf16_autocast_stays_close_to_float32(tiny_model)
     error = (logits.float() - exact[real]).abs().max().item()
     assert error < 0.02 * exact.abs().max().item(), error
 
+
+
+def test_both_paths_give_every_layers_output_on_the_real_tokens(tiny_model):
+    """What the hidden-state term reads: each encoder layer's output, in the order of the real-token index."""
+    model = cut_student(tiny_model, 2, 8).eval()
+    ids, mask = ragged_batch(LENGTHS)
+    outputs = model(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[1:]
+    for batches in ("random", "length"):  # unpadded, then the model's padded forward
+        layers = []
+        logits, real = real_token_logits(model, ids, mask, batches, layers)
+        assert len(layers) == 2
+        for got, expected in zip(layers, outputs):
+            assert torch.allclose(got, expected.flatten(0, 1)[real], atol=1e-5)

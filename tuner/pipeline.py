@@ -26,7 +26,7 @@ from tuner.errors import TunerError
 from tuner.front import save_front
 from tuner.models import count_parameters, load_model, save_model
 from tuner.registry import Stage
-from tuner.spaces import SearchSpace, edges, load_space, shared_point
+from tuner.spaces import SearchSpace, edges, load_space, shared_point, value_ranges
 from tuner.task import BEST, RESULT_FILE, check_teacher, data_source, load_task, stage_inputs, teacher_folder
 from tuner.training import OPTIMIZER_FILE, evaluate, select_device
 
@@ -278,7 +278,7 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     """Search one stage (or resume its search), save its best model and refresh the exports."""
     from tuner import search
 
-    inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer))
+    inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer), value_ranges(space))
     stage_dir = settings.stage_dir(stage.name)
     if settings.overwrite:
         shutil.rmtree(stage_dir / "search", ignore_errors=True)

@@ -7,6 +7,7 @@ reads a stage from its ``Stage`` record; nothing matches stage names as strings.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib
 import pkgutil
@@ -30,6 +31,9 @@ class StageContext:
     teacher: nn.Module | None  # the checked teacher; None for a stage that does not need one
     vocab_size: int
     device: str
+    # the values the trials may take, name -> (lowest, highest): a search's space, or a retrain's one config;
+    # lets ``prepare`` skip work no trial will read
+    ranges: dict = dataclasses.field(default_factory=dict)
 
 
 # train(hparams, task, inputs, settings, resume) -> one EpochResult per epoch (tuner.training.fit yields them)

@@ -24,7 +24,10 @@ def plot_history(trials: list, stage: str, path: Path) -> None:
     values = [t["value"] for t in trials]
     best = [max(values[: i + 1]) for i in range(len(values))]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(numbers, values, "o", label="trial F1")
+    for pruned, marker, label in ((False, "o", "trial F1"), (True, "x", "stopped early: F1 at its last epoch")):
+        chosen = [t for t in trials if t.get("pruned", False) == pruned]
+        if chosen:
+            ax.plot([t["number"] for t in chosen], [t["value"] for t in chosen], marker, linestyle="", label=label)
     ax.step(numbers, best, where="post", label="best so far")
     ax.set(xlabel="trial", ylabel="validation F1", title=f"{stage}: optimization history")
     ax.legend()

@@ -40,6 +40,7 @@ def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path,
             teacher: Path | None, echo=print, where: str = "the entry") -> dict:
     """Train ``entry``'s hyperparameters once under its recorded settings; keep the best epoch at ``output``."""
     from tuner.models import load_model, save_model
+    from tuner.spaces import value_ranges
     from tuner.task import check_teacher, load_task, recorded_settings, stage_inputs
     from tuner.training import evaluate, select_device
 
@@ -47,7 +48,8 @@ def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path,
     profile = settings.profile
     teacher_model = check_teacher(settings, stage) if stage.needs_teacher else None
     task, tokenizer = load_task(settings, teacher_model)
-    inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer))
+    inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer),
+                          value_ranges(config=entry["hyperparameters"]))
     device = select_device()
     best = None
     for result in stage.train(entry["hyperparameters"], task, inputs,

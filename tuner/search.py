@@ -498,14 +498,19 @@ def wait_for_interrupt(echo) -> None:
 
 
 def study_trials(results_dir: Path, stage: str) -> tuple[list, dict]:
-    """A stage's Optuna study from ``optuna.db``: finished trials (number, value, params) and the
-    hyperparameter importances (fANOVA; empty with fewer than two finished trials)."""
+    """A stage's Optuna study from ``optuna.db``: its trials (number, value, params, and ``pruned``: stopped
+    early, valued at its last epoch) and the hyperparameter importances (fANOVA over the finished trials; empty
+    with fewer than two)."""
     try:
         study = optuna.load_study(study_name=stage, storage=_storage(results_dir))
     except KeyError:
         return [], {}
     finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    trials = [{"number": t.number, "value": t.values[0], "params": dict(t.params)} for t in finished]  # F1 first
+    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]
+    trials = sorted([{"number": t.number, "value": t.values[0], "params": dict(t.params), "pruned": False}
+                     for t in finished]  # F1 first
+                    + [{"number": t.number, "value": t.intermediate_values[max(t.intermediate_values)],
+                        "params": dict(t.params), "pruned": True} for t in pruned], key=lambda t: t["number"])
     importances = {}
     if len(finished) >= 2:
         with contextlib.suppress(RuntimeError, ValueError):

@@ -24,7 +24,7 @@ KEYS_BY_TYPE = {
 # Hard limits a value must respect whatever the YAML says.
 BOUNDS = {"weight_decay": (0.0, 1.0), "warmup_ratio": (0.0, 1.0), "alpha": (0.0, 1.0),
           "temperature": (1e-6, math.inf), "learning_rate": (1e-300, math.inf), "factor_dim": (1, math.inf),
-          "num_layers": (1, math.inf)}
+          "num_layers": (1, math.inf), "beta": (0.0, math.inf)}
 
 
 @dataclass(frozen=True)
@@ -180,3 +180,11 @@ def shared_point(space: SearchSpace, config: dict) -> dict:
         elif isinstance(value, (int, float)) and p.low <= value <= p.high and (p.type != "int" or value == int(value)):
             point[p.name] = int(value) if p.type == "int" else float(value)
     return point
+
+
+def value_ranges(space: SearchSpace | None = None, config: dict | None = None) -> dict:
+    """name -> (lowest, highest) value the trials may take: from a search space's ranges, or one config's values."""
+    if space is not None:
+        return {p.name: (min(p.values), max(p.values)) if p.type == "choice" else (p.low, p.high)
+                for p in space.params}
+    return {k: (v, v) for k, v in (config or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

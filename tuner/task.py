@@ -111,9 +111,10 @@ def load_task(settings: RunSettings, teacher: nn.Module | None):
 
 
 def stage_inputs(stage: Stage, settings: RunSettings, task: TaskData, teacher: nn.Module | None,
-                 vocab_size: int) -> object:
-    """What every trial of ``stage`` starts from, computed once on the driver."""
+                 vocab_size: int, ranges: dict | None = None) -> object:
+    """What every trial of ``stage`` starts from, computed once on the driver; ``ranges`` (name -> (lowest,
+    highest)) are the values its trials may take (``value_ranges``)."""
     context = StageContext(profile=settings.profile, task=task, seed=settings.seed,
                            teacher=teacher if stage.needs_teacher else None, vocab_size=vocab_size,
-                           device=select_device())
+                           device=select_device(), ranges=dict(ranges or {}))
     return stage.prepare(context)

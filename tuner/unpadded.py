@@ -21,17 +21,20 @@ ATTENTION_GROUP = 4  # sentences per attention call: sorted by length, each grou
 
 
 def real_token_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      batches: str = "random") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits of the batch's real tokens, ``[tokens, labels]``, and each one's flat index into ``[batch * width]``.
+                      batches: str = "random", layers: list | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits of the batch's real tokens, ``[tokens, labels]``, and each one's flat index into ``[batch * width]``;
+    ``layers``, a list, receives each encoder layer's output on the same tokens (``[tokens, hidden]`` each).
 
     Random batches (``batches="random"``) of a model ``supports`` accepts go through ``unpadded_logits``;
     length-grouped batches, whose padding is small, and other models through the model's padded forward.
     Both compute the same function of the real tokens (tested)."""
     if batches == "random" and supports(model):
-        return unpadded_logits(model, input_ids, attention_mask)
+        return unpadded_logits(model, input_ids, attention_mask, layers)
     real = attention_mask.flatten().nonzero().squeeze(1)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
-    return logits.flatten(0, 1)[real], real
+    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=layers is not None)
+    if layers is not None:
+        layers.extend(hidden.flatten(0, 1)[real] for hidden in out.hidden_states[1:])
+    return out.logits.flatten(0, 1)[real], real
 
 
 def supports(model: nn.Module) -> bool:
@@ -41,13 +44,15 @@ def supports(model: nn.Module) -> bool:
             and getattr(config, "position_embedding_type", "absolute") == "absolute")
 
 
-def unpadded_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+def unpadded_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    layers: list | None = None):
     """Token-classification logits of the real (unpadded) tokens only, ``[tokens, labels]``, and each one's flat
     index into ``[batch * width]``: the same function as ``model(input_ids, attention_mask).logits`` there.
 
     The embeddings and every matmul outside attention (Q, K, V, the attention output, the feed-forward, the
     classifier) run on the real tokens alone. Attention, where sentences do not mix, runs on groups of
-    ``ATTENTION_GROUP`` sentences of similar length, each padded only to its own longest.
+    ``ATTENTION_GROUP`` sentences of similar length, each padded only to its own longest. ``layers``, a list,
+    receives each layer's output on the same tokens, in the order of the returned index.
     """
     bert = model.bert
     width = input_ids.shape[1]
@@ -72,6 +77,8 @@ def unpadded_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: t
             context.append(out.transpose(1, 2).reshape(rows * group_width, heads * size))
         hidden = layer.attention.output(torch.cat(context)[slots], hidden)
         hidden = layer.output(layer.intermediate(hidden), hidden)
+        if layers is not None:
+            layers.append(hidden)
     return model.classifier(model.dropout(hidden)), real
 
 

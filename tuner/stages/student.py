@@ -1,5 +1,6 @@
 """Student stage: distil the teacher into a model under a parameter budget (SVD-factorized embeddings and every
-k-th teacher layer). The teacher's logits are computed once per search; trials never run the teacher."""
+k-th teacher layer). The teacher's logits (and, when a trial may weigh the hidden-state term, every layer's
+output) are computed once per search; trials never run the teacher."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import torch.nn.functional as F
 
 from tuner.config import IGNORE_INDEX, Profile, TrainSettings
 from tuner.data import Encoded, TaskData, sorted_batches
-from tuner.models import (ModelState, cut_student, embedding_svd, model_from_state, parameters_from_parts,
-                          size_parts, student_shape)
+from tuner.models import (ModelState, cut_student, embedding_svd, keep_layers, model_from_state,
+                          parameters_from_parts, size_parts, student_shape)
 from tuner.registry import Stage, StageContext
 from tuner.training import EpochResult, LossFn, collate, fit, set_seed
 from tuner.unpadded import real_token_logits
@@ -51,6 +52,21 @@ def compute_teacher_logits(teacher, data: Encoded, batch_size: int, pad_token_id
     return logits
 
 
+@torch.no_grad()
+def compute_teacher_hidden(teacher, data: Encoded, batch_size: int, pad_token_id: int, device: str) -> list:
+    """Every encoder layer's output per sentence, ``[layers, tokens, hidden]`` in float16 (half the memory; the
+    hidden-state term compares them in float32), for the ``beta * MSE`` term of ``student_loss``."""
+    teacher.eval().to(device)
+    hidden = [None] * len(data)
+    for indices in sorted_batches(data.lengths(), batch_size):
+        batch = collate(data, indices, pad_token_id, device)
+        out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
+        layers = torch.stack(out.hidden_states[1:], dim=1).float().cpu()  # [batch, layers, width, hidden]
+        for row, i in enumerate(indices):
+            hidden[i] = layers[row, :, : len(data.input_ids[i])].to(torch.float16).clone()
+    return hidden
+
+
 @dataclass
 class StudentInputs:
     teacher: ModelState
@@ -60,6 +76,7 @@ class StudentInputs:
     factor_dim: int
     max_params: int
     size_parts: tuple  # tuner.models.size_parts of the teacher: a shape's parameters without building it
+    teacher_hidden: list | None = None  # per training sentence, [layers, tokens, hidden]; only if beta can be > 0
 
 
 def prepare(context: StageContext) -> StudentInputs:
@@ -68,9 +85,13 @@ def prepare(context: StageContext) -> StudentInputs:
     teacher, profile, task = context.teacher, context.profile, context.task
     num_layers, factor_dim = student_shape(teacher, profile.max_params)
     logits = compute_teacher_logits(teacher, task.train, profile.eval_batch_size, task.pad_token_id, context.device)
+    hidden = None
+    if context.ranges.get("beta", (0.0, 0.0))[1] > 0:  # a trial may weigh the hidden-state term
+        hidden = compute_teacher_hidden(teacher, task.train, profile.eval_batch_size, task.pad_token_id,
+                                        context.device)
     teacher.cpu()
     return StudentInputs(ModelState.of(teacher), embedding_svd(teacher.get_input_embeddings().weight), logits,
-                         num_layers, factor_dim, profile.max_params, size_parts(teacher))
+                         num_layers, factor_dim, profile.max_params, size_parts(teacher), hidden)
 
 
 def padded_teacher_logits(teacher_logits: list, indices: list, width: int) -> torch.Tensor:
@@ -78,15 +99,32 @@ def padded_teacher_logits(teacher_logits: list, indices: list, width: int) -> to
     return torch.stack(rows)
 
 
-def student_loss(teacher_logits: list, temperature: float, alpha: float, batches: str) -> LossFn:
+def hidden_state_loss(student_layers: list, teacher_hidden: list, teacher_layers: list, indices: list, width: int,
+                      real: torch.Tensor) -> torch.Tensor:
+    """Mean over the student's layers of the MSE between its output and the output of the teacher layer it was
+    cut from (``teacher_layers[j]`` for student layer j), on the batch's real tokens."""
+    losses = []
+    for layer, source in zip(student_layers, teacher_layers):
+        rows = [F.pad(teacher_hidden[i][source], (0, 0, 0, width - teacher_hidden[i].shape[1])) for i in indices]
+        target = torch.stack(rows).flatten(0, 1)[real].to(layer.device, torch.float32)
+        losses.append(F.mse_loss(layer.float(), target))
+    return torch.stack(losses).mean()
+
+
+def student_loss(teacher_logits: list, temperature: float, alpha: float, batches: str, beta: float = 0.0,
+                 teacher_hidden: list | None = None, teacher_layers: list | None = None) -> LossFn:
     """``fit``'s loss for one trial: ``distillation_loss`` on the batch's real tokens against the cached teacher
-    logits of the same sentences."""
+    logits of the same sentences, plus ``beta`` times ``hidden_state_loss`` when ``beta`` > 0."""
     def loss_fn(model, batch, indices):
-        student_logits, real = real_token_logits(model, batch["input_ids"], batch["attention_mask"], batches)
+        layers = [] if beta > 0 else None
+        student_logits, real = real_token_logits(model, batch["input_ids"], batch["attention_mask"], batches, layers)
         width = batch["input_ids"].shape[1]
         teacher = padded_teacher_logits(teacher_logits, indices, width).to(student_logits.device)
-        return distillation_loss(student_logits, teacher.flatten(0, 1)[real], batch["labels"].flatten()[real],
+        loss = distillation_loss(student_logits, teacher.flatten(0, 1)[real], batch["labels"].flatten()[real],
                                  temperature, alpha)
+        if beta > 0:
+            loss = loss + beta * hidden_state_loss(layers, teacher_hidden, teacher_layers, indices, width, real)
+        return loss
     return loss_fn
 
 
@@ -100,10 +138,15 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
     if size > inputs.max_params:  # the search samples inside the budget: this is a retrain's guard
         raise ValueError(f"student with {num_layers} layers and E={factor_dim} has {size} parameters, "
                          f"over the budget of {inputs.max_params}")
+    teacher_layers = keep_layers(len(teacher.base_model.encoder.layer), num_layers)
     student = cut_student(teacher, num_layers, factor_dim, inputs.svd)
     del teacher
+    beta = float(hparams.get("beta", 0.0))
+    if beta > 0 and inputs.teacher_hidden is None:
+        raise ValueError(f"beta {beta:g} needs the teacher's hidden states, which prepare computes only when the "
+                         "search space's (or the config's) beta can be above 0")
     loss_fn = student_loss(inputs.teacher_logits, float(hparams["temperature"]), float(hparams["alpha"]),
-                           settings.batches)
+                           settings.batches, beta, inputs.teacher_hidden, teacher_layers)
     yield from fit(student, hparams, task, settings, loss_fn, resume=resume)
 
 
@@ -131,6 +174,6 @@ def student_epochs(profile: Profile) -> int:
 STAGE = Stage(name="student", order=30,
               description="{num_layers}-layer student (E={factor_dim}) distilled from the teacher",
               required=("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha"),
-              optional=("factor_dim", "num_layers"), prepare=prepare, train=train, needs_teacher=True,
+              optional=("factor_dim", "num_layers", "beta"), prepare=prepare, train=train, needs_teacher=True,
               epochs=student_epochs, sized_by=("num_layers", "factor_dim"), size=shape_size,
               budget=student_budget, check=check_budget)
