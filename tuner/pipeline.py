@@ -291,7 +291,7 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     echo(f"stage {stage.name}: {settings.trials} trials over {space.path}")
     trial_settings = train_settings(settings.profile, stage.epochs(settings.profile), settings.seed, threads)
     sampled, shapes = search_plan(stage, space, inputs, settings.objectives)
-    start = warm_start(stage, settings, sampled)
+    start = warm_start(stage, settings, sampled) if search.DEFAULT_METHOD.warm_start else {}
     if start and not resume:
         echo(f"stage {stage.name}: first trial warm-started from the previous stage's best config "
              f"({', '.join(f'{k}={v:.4g}' for k, v in start.items())})")

@@ -58,7 +58,9 @@ class SearchMethod:
     # OptunaSearch tells every trial COMPLETE with its last reported score, a stopped trial's rung score included.
     pruned_trials: bool = True
     scaled_startup: bool = True  # TPE's random start-up trials: a quarter of the budget, not Optuna's fixed 10
-    warm_start: bool = True  # the previous stage's best config (the keys both spaces share) is the first trial
+    # the previous stage's best config (the keys both spaces share) is the first trial. Off by default: on the
+    # student's recorded table it cost a full-length trial and slowed the search (bench/search_efficiency.py)
+    warm_start: bool = False
 
     def label(self) -> str:
         return f"{'TPE' if self.sampler == 'tpe' else 'random'} + {'ASHA' if self.early_stopping else 'no early stop'}"
