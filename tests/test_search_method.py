@@ -191,3 +191,24 @@ def test_search_efficiency_refuses_a_missing_table(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "none.json: no table" in err
     assert not (tmp_path / "out.md").exists()
+
+
+def test_beta_is_searched_only_in_a_front_search(tiny_model):
+    """The hidden-state weight pays off at the front's small end: a search of F1 alone leaves it out (and then
+    caches no teacher layer outputs); a front search samples it."""
+    from tuner import registry
+    from tuner.config import SEARCH_SPACE_DIR
+    from tuner.pipeline import search_plan, single_objective_space
+    from tuner.spaces import load_space, value_ranges
+
+    student = registry.by_name("student")
+    space = load_space(student, SEARCH_SPACE_DIR / "student.yaml")
+    assert "beta" in space.names() and "beta" not in value_ranges(single_objective_space(student, space))
+    from types import SimpleNamespace
+
+    inputs = SimpleNamespace()
+    single, _ = search_plan(student, space, inputs, ("f1",))
+    assert "beta" not in single.names() and "num_layers" not in single.names()
+    front = dataclasses.replace(student, budget=lambda _: None, size=lambda _, shape: 1)
+    several, shapes = search_plan(front, space, inputs, ("f1", "params"))
+    assert "beta" in several.names() and shapes

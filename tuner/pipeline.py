@@ -89,7 +89,8 @@ def search_plan(stage: Stage, space: SearchSpace, inputs, objectives: tuple) -> 
     trial over the budget is ever sampled); with F1 alone, the space without the size hyperparameters the stage
     can do without (it keeps its default shape: the deepest, then widest, model under the budget)."""
     if len(objectives) == 1:
-        kept = tuple(p for p in space.params if p.name not in stage.sized_by or p.name in stage.required)
+        kept = tuple(p for p in single_objective_space(stage, space).params
+                     if p.name not in stage.sized_by or p.name in stage.required)
         return dataclasses.replace(space, params=kept), None
     searched = sized_params(stage, space, objectives)
     budget = stage.budget(inputs)
@@ -102,6 +103,11 @@ def search_plan(stage: Stage, space: SearchSpace, inputs, objectives: tuple) -> 
                          f"{smallest} parameters)")
     rest = tuple(p for p in space.params if p.name not in stage.sized_by)
     return dataclasses.replace(space, params=rest), feasible
+
+
+def single_objective_space(stage: Stage, space: SearchSpace) -> SearchSpace:
+    """``space`` without the hyperparameters a search of F1 alone leaves at their default (``Stage.front_only``)."""
+    return dataclasses.replace(space, params=tuple(p for p in space.params if p.name not in stage.front_only))
 
 
 def search_settings(stage: Stage, settings: RunSettings, space: SearchSpace) -> dict:
@@ -278,7 +284,8 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     """Search one stage (or resume its search), save its best model and refresh the exports."""
     from tuner import search
 
-    inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer), value_ranges(space))
+    searched = space if len(settings.objectives) > 1 else single_objective_space(stage, space)
+    inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer), value_ranges(searched))
     stage_dir = settings.stage_dir(stage.name)
     if settings.overwrite:
         shutil.rmtree(stage_dir / "search", ignore_errors=True)

@@ -71,6 +71,9 @@ class Stage:
     sized_by: tuple[str, ...] = ()
     size: Callable[[object, dict], int] | None = None  # (inputs, hyperparameters) -> parameters
     budget: Callable[[object], int | None] = no_budget  # inputs -> the parameter budget, None: no budget
+    # hyperparameters its space may hold that are searched only with size among the objectives (they pay off at
+    # the front's small end); with F1 alone they keep the stage's default
+    front_only: tuple[str, ...] = ()
     check: Callable[[Profile, "nn.Module | None"], None] = accept  # refuse, before any work, what cannot run
 
     def hyperparameters(self) -> tuple[str, ...]:

@@ -159,7 +159,10 @@ def edges(space: SearchSpace, config: dict, skip: tuple = ()) -> list[str]:
             continue
         scale = math.log if p.type == "loguniform" else float
         low, high, here = scale(p.low), scale(p.high), scale(value)
+        floor, ceiling = BOUNDS.get(p.name, (-math.inf, math.inf))
         for end, distance in (("low", here - low), ("high", high - here)):
+            if (end == "low" and p.low <= floor) or (end == "high" and p.high >= ceiling):
+                continue  # the range already reaches the hard limit there (a weight decay of 0): nothing to widen
             if distance <= EDGE_SHARE * (high - low):
                 found.append(f"{p.name} {value:.3g} is at the {end} end of its range [{p.low:g}, {p.high:g}] in "
                              f"{space.path}: widen params.{p.name}.{end}")
