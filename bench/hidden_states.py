@@ -23,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench import headlines  # noqa: E402
 from bench.common import DEFAULT_DATA, ROOT, require_conll  # noqa: E402
 
 import torch  # noqa: E402
@@ -40,6 +41,23 @@ def shape(text: str) -> tuple[int, int]:
     if not (layers.isdigit() and factor.isdigit()):
         raise ValueError(text)
     return int(layers), int(factor)
+
+
+def headline_entries(runs: list, teacher_size: int, command: str) -> list[dict]:
+    """Per shape and nonzero beta: the mean paired validation and test F1 change against beta 0."""
+    entries = []
+    for layers, factor, beta in sorted({(r["layers"], r["factor_dim"], r["beta"]) for r in runs if r["beta"]}):
+        pairs = [(r, z) for r in runs for z in runs if (r["layers"], r["factor_dim"], r["beta"], r["seed"]) ==
+                 (layers, factor, beta, z["seed"]) and (z["layers"], z["factor_dim"], z["beta"]) == (layers, factor, 0.0)]
+        val = statistics.mean(100 * (r["val_f1"] - z["val_f1"]) for r, z in pairs)
+        test = statistics.mean(100 * (r["test_f1"] - z["test_f1"]) for r, z in pairs)
+        share = pairs[0][0]["parameters"] / teacher_size
+        entries.append(headlines.entry(
+            f"hidden-state term, {layers}-layer E={factor} student ({share:.0%} of the teacher), beta {beta:g} vs 0: "
+            "validation F1 change (mean of paired seeds)", round(val, 2), " points", "> 0 (raises the small end)",
+            val > 0, "the same student without the term (beta 0)", "same config, teacher, sentences and seeds",
+            command, test_points=round(test, 2), seeds=len(pairs)))
+    return entries
 
 
 def scores(rows: list, key: str) -> str:
@@ -118,6 +136,8 @@ def main(argv=None) -> int:
                          f"{statistics.mean(dt):+.2f} ({', '.join(f'{d:+.2f}' for d in dt)}) | "
                          f"{statistics.median(r['seconds'] for r in rows):.0f} |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    headlines.update(headline_entries(runs, teacher_size, lines[2].strip("`;").split("`")[0]),
+                     args.output.with_name("benchmarks.json"))
     args.output.write_text("\n".join(lines) + "\n")
     args.output.with_suffix(".json").write_text(json.dumps(runs, indent=2))
     print("\n".join(lines))

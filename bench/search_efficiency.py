@@ -390,7 +390,8 @@ def compare(args) -> int:
     started = time.perf_counter()
     report = [f"## Search efficiency ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
               f"`python bench/search_efficiency.py{' --quick' if args.quick else ''} --seeds "
-              f"{' '.join(map(str, args.seeds))}` ({{minutes}} min). How a replay runs: the docstring of "
+              f"{' '.join(map(str, args.seeds))}{' --verify' if args.verify else ''}` ({{minutes}} min). How a "
+              "replay runs: the docstring of "
               "`bench/search_efficiency.py`.", ""]
     records = []
     for stage, table in tables.items():
@@ -408,7 +409,8 @@ def compare(args) -> int:
             lines += verify(stage, table, plain, trials[stage], args.seeds[0], warm)
         report += lines
         records.append(record)
-    command = f"python bench/search_efficiency.py{' --quick' if args.quick else ''} --seeds {' '.join(map(str, args.seeds))}"
+    command = (f"python bench/search_efficiency.py{' --quick' if args.quick else ''} --seeds "
+               f"{' '.join(map(str, args.seeds))}{' --verify' if args.verify else ''}")
     headlines.update([headline for record in records for headline in stage_headlines(record, trials, args.seeds,
                                                                                      command)],
                      args.output.with_name("benchmarks.json"))
