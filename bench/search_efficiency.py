@@ -376,8 +376,8 @@ def compare(args) -> int:
 
     plain, ablations = methods()
     if args.quick:
-        tables = {"teacher": synthetic_table("teacher", 10, 3), "student": synthetic_table("student", 10, 4)}
-        trials = {"teacher": 6, "student": 6}
+        tables = {stage: synthetic_table(stage, 10, {"teacher": 3, "student": 4}[stage]) for stage in args.stages}
+        trials = {stage: 6 for stage in tables}
     else:
         tables = {}
         for stage in args.stages:

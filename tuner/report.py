@@ -125,8 +125,10 @@ def write_report(results_dir: Path) -> Path:
                       "![the front](plots/front.png)", ""]
     for stage, record in records.items():
         trials, importances = study_trials(Path(results_dir), stage)
+        stopped = sum(t.get("pruned", False) for t in trials)
         lines += [f"## {stage}", "", f"Best validation F1 {record['val_f1']:.4f}, test F1 {record['test_f1']:.4f}, "
-                  f"{len(trials)} finished trials in the Optuna study (value: the trial's last reported F1).", ""]
+                  f"{len(trials)} trials in the Optuna study, {stopped} of them stopped early (value: a finished "
+                  "trial's best epoch, a stopped one's last).", ""]
         lines += [f"**The search space may be too narrow:** {edge}." for edge in record.get("range_edges", [])]
         lines += [""] if record.get("range_edges") else []
         if trials:
@@ -137,7 +139,7 @@ def write_report(results_dir: Path) -> Path:
             plot_importances(importances, stage, plots / f"{stage}_importances.png")
             lines.append(f"![importances](plots/{stage}_importances.png)")
         elif len({t["value"] for t in trials}) <= 1:
-            lines.append("No importances: every finished trial scored the same.")
+            lines.append("No importances: every trial scored the same.")
         lines.append("")
     report = Path(results_dir) / "report.md"
     report.write_text("\n".join(lines))

@@ -501,8 +501,8 @@ def wait_for_interrupt(echo) -> None:
 
 def study_trials(results_dir: Path, stage: str) -> tuple[list, dict]:
     """A stage's Optuna study from ``optuna.db``: its trials (number, value, params, and ``pruned``: stopped
-    early, valued at its last epoch) and the hyperparameter importances (fANOVA over the finished trials; empty
-    with fewer than two)."""
+    early, valued at its last epoch) and the hyperparameter importances (fANOVA over all of them; empty with
+    fewer than two)."""
     try:
         study = optuna.load_study(study_name=stage, storage=_storage(results_dir))
     except KeyError:
@@ -514,9 +514,15 @@ def study_trials(results_dir: Path, stage: str) -> tuple[list, dict]:
                     + [{"number": t.number, "value": t.intermediate_values[max(t.intermediate_values)],
                         "params": dict(t.params), "pruned": True} for t in pruned], key=lambda t: t["number"])
     importances = {}
-    if len(finished) >= 2:
+    scored = finished + pruned
+    if len(scored) >= 2:  # over every told trial: a stopped one counts with its last epoch (fANOVA reads COMPLETE)
+        proxy = optuna.create_study(directions=study.directions)
+        for t in scored:
+            value = t.values if t.state == optuna.trial.TrialState.COMPLETE else \
+                [t.intermediate_values[max(t.intermediate_values)]]
+            proxy.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, values=value))
         with contextlib.suppress(RuntimeError, ValueError):
             importances = dict(optuna.importance.get_param_importances(
-                study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
+                proxy, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
                 target=lambda trial: trial.values[0]))
     return trials, importances
