@@ -115,10 +115,11 @@ def main(argv=None) -> int:
                                  seconds=time.perf_counter() - began))
                 print(f"{layers}x{factor} seed {seed} beta {beta:g}: val {best['val_f1']:.4f} test "
                       f"{best['test_f1']:.4f} ({runs[-1]['seconds']:.0f} s)", flush=True)
+    command = (f"python bench/hidden_states.py --teacher {args.teacher} --shapes "
+               f"{' '.join(f'{a}x{b}' for a, b in args.shapes)} --betas {' '.join(f'{b:g}' for b in args.betas)} "
+               f"--seeds {' '.join(map(str, args.seeds))}{' --quick' if args.quick else ''}")
     lines = [f"## The hidden-state term at small sizes ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
-             f"`python bench/hidden_states.py --teacher {args.teacher} --shapes "
-             f"{' '.join(f'{a}x{b}' for a, b in args.shapes)} --betas {' '.join(f'{b:g}' for b in args.betas)} "
-             f"--seeds {' '.join(map(str, args.seeds))}{' --quick' if args.quick else ''}`; profile `{profile.name}`, "
+             f"`{command}`; profile `{profile.name}`, "
              f"{threads} threads; config from `{config_file}` "
              f"({', '.join(f'{k}={v:.3g}' for k, v in base.items() if isinstance(v, float))}); the teacher's logits "
              f"and layer outputs took {prepare_seconds:.0f} s once.", "",
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
                          f"{statistics.mean(dt):+.2f} ({', '.join(f'{d:+.2f}' for d in dt)}) | "
                          f"{statistics.median(r['seconds'] for r in rows):.0f} |")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    headlines.update(headline_entries(runs, teacher_size, lines[2].strip("`;").split("`")[0]),
+    headlines.update(headline_entries(runs, teacher_size, command),
                      args.output.with_name("benchmarks.json"))
     args.output.write_text("\n".join(lines) + "\n")
     args.output.with_suffix(".json").write_text(json.dumps(runs, indent=2))

@@ -222,12 +222,10 @@ def search_cpus() -> int:
 
 def warm_start_of(table: dict) -> dict | None:
     """The previous stage's best config the table recorded (``previous_stage_best``), on the keys it shares."""
+    from tuner.spaces import shared_point
+
     previous = table.get("previous_stage_best")
-    if not previous:
-        return None
-    names = {p["name"]: p for p in table["params"]}
-    return {k: v for k, v in previous.items() if k in names and names[k]["type"] != "choice"
-            and names[k]["low"] <= v <= names[k]["high"]} or None
+    return (shared_point(table_space(table["stage"], table), previous) or None) if previous else None
 
 
 # ---- the report ------------------------------------------------------------------------------------------------

@@ -62,9 +62,6 @@ class SearchMethod:
     # student's recorded table it cost a full-length trial and slowed the search (bench/search_efficiency.py)
     warm_start: bool = False
 
-    def label(self) -> str:
-        return f"{'TPE' if self.sampler == 'tpe' else 'random'} + {'ASHA' if self.early_stopping else 'no early stop'}"
-
 
 DEFAULT_METHOD = SearchMethod()
 
@@ -507,20 +504,19 @@ def study_trials(results_dir: Path, stage: str) -> tuple[list, dict]:
         study = optuna.load_study(study_name=stage, storage=_storage(results_dir))
     except KeyError:
         return [], {}
-    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    pruned = [t for t in study.trials if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]
-    trials = sorted([{"number": t.number, "value": t.values[0], "params": dict(t.params), "pruned": False}
-                     for t in finished]  # F1 first
-                    + [{"number": t.number, "value": t.intermediate_values[max(t.intermediate_values)],
-                        "params": dict(t.params), "pruned": True} for t in pruned], key=lambda t: t["number"])
+    # (trial, value, stopped early): a finished trial's value (F1 first), a stopped one's at its last epoch
+    scored = [(t, t.values[0], False) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    scored += [(t, t.intermediate_values[max(t.intermediate_values)], True) for t in study.trials
+               if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]
+    scored.sort(key=lambda item: item[0].number)
+    trials = [{"number": t.number, "value": value, "params": dict(t.params), "pruned": pruned}
+              for t, value, pruned in scored]
     importances = {}
-    scored = finished + pruned
-    if len(scored) >= 2:  # over every told trial: a stopped one counts with its last epoch (fANOVA reads COMPLETE)
+    if len(scored) >= 2:  # over every told trial, a stopped one at its last epoch (fANOVA reads COMPLETE ones)
         proxy = optuna.create_study(directions=study.directions)
-        for t in scored:
-            value = t.values if t.state == optuna.trial.TrialState.COMPLETE else \
-                [t.intermediate_values[max(t.intermediate_values)]]
-            proxy.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, values=value))
+        for t, value, pruned in scored:
+            proxy.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                                      values=[value] if pruned else t.values))
         with contextlib.suppress(RuntimeError, ValueError):
             importances = dict(optuna.importance.get_param_importances(
                 proxy, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),

@@ -39,32 +39,30 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 
 
 @torch.no_grad()
-def compute_teacher_logits(teacher, data: Encoded, batch_size: int, pad_token_id: int, device: str) -> list:
-    """Raw (untempered) teacher logits per sentence, [tokens, labels] each, so every trial can pick its T."""
+def compute_teacher_outputs(teacher, data: Encoded, batch_size: int, pad_token_id: int, device: str,
+                            hidden: bool = False) -> tuple[list, list | None]:
+    """In one pass: raw (untempered) teacher logits per sentence, [tokens, labels] each, so every trial can pick
+    its T; with ``hidden``, also every encoder layer's output per sentence, ``[layers, tokens, hidden]`` in float16
+    (half the memory; the hidden-state term compares them in float32), else None."""
     teacher.eval().to(device)
     logits = [None] * len(data)
+    layers = [None] * len(data) if hidden else None
     for indices in sorted_batches(data.lengths(), batch_size):
         batch = collate(data, indices, pad_token_id, device)
+        out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=hidden)
         # full precision even on GPUs: computed once per search, these are every trial's targets
-        out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().cpu()
+        scores = out.logits.float().cpu()
+        states = torch.stack(out.hidden_states[1:], dim=1).float().cpu() if hidden else None  # [b, layers, w, h]
         for row, i in enumerate(indices):
-            logits[i] = out[row, : len(data.input_ids[i])].clone()
-    return logits
+            logits[i] = scores[row, : len(data.input_ids[i])].clone()
+            if hidden:
+                layers[i] = states[row, :, : len(data.input_ids[i])].to(torch.float16).clone()
+    return logits, layers
 
 
-@torch.no_grad()
-def compute_teacher_hidden(teacher, data: Encoded, batch_size: int, pad_token_id: int, device: str) -> list:
-    """Every encoder layer's output per sentence, ``[layers, tokens, hidden]`` in float16 (half the memory; the
-    hidden-state term compares them in float32), for the ``beta * MSE`` term of ``student_loss``."""
-    teacher.eval().to(device)
-    hidden = [None] * len(data)
-    for indices in sorted_batches(data.lengths(), batch_size):
-        batch = collate(data, indices, pad_token_id, device)
-        out = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True)
-        layers = torch.stack(out.hidden_states[1:], dim=1).float().cpu()  # [batch, layers, width, hidden]
-        for row, i in enumerate(indices):
-            hidden[i] = layers[row, :, : len(data.input_ids[i])].to(torch.float16).clone()
-    return hidden
+def compute_teacher_logits(teacher, data: Encoded, batch_size: int, pad_token_id: int, device: str) -> list:
+    """The teacher's logits alone (``compute_teacher_outputs``)."""
+    return compute_teacher_outputs(teacher, data, batch_size, pad_token_id, device)[0]
 
 
 @dataclass
@@ -84,11 +82,9 @@ def prepare(context: StageContext) -> StudentInputs:
     student under the budget, used when the search space does not search the shape."""
     teacher, profile, task = context.teacher, context.profile, context.task
     num_layers, factor_dim = student_shape(teacher, profile.max_params)
-    logits = compute_teacher_logits(teacher, task.train, profile.eval_batch_size, task.pad_token_id, context.device)
-    hidden = None
-    if context.ranges.get("beta", (0.0, 0.0))[1] > 0:  # a trial may weigh the hidden-state term
-        hidden = compute_teacher_hidden(teacher, task.train, profile.eval_batch_size, task.pad_token_id,
-                                        context.device)
+    logits, hidden = compute_teacher_outputs(teacher, task.train, profile.eval_batch_size, task.pad_token_id,
+                                             context.device,
+                                             hidden=context.ranges.get("beta", (0.0, 0.0))[1] > 0)  # a trial may use it
     teacher.cpu()
     return StudentInputs(ModelState.of(teacher), embedding_svd(teacher.get_input_embeddings().weight), logits,
                          num_layers, factor_dim, profile.max_params, size_parts(teacher), hidden)
