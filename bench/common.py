@@ -21,6 +21,8 @@ from tuner.cli import OneLineParser, int_at_least, positive_int  # noqa: E402
 from tuner.config import RunSettings, resolve_profile  # noqa: E402
 
 BATCH_SIZE = 16
+PEERS = ("default", "tuned")  # the Hugging Face peers' two set-ups (bench/hf_peer.py)
+BATCHINGS = ("random", "length")  # the peers' batchings: random padded batches, or group_by_length
 SEED = 0  # of the first repeat; repeat r runs with seed r on both sides (split, head, data order, dropout)
 SPLIT = "report"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"  # the shared CoNLL-2003 folder beside the checkout

@@ -1,6 +1,6 @@
 """``results/benchmarks.json``: every headline ratio of the benchmarks, with its goal, its peer, its command and its
-date, so figures can be compared run to run. Each benchmark updates the entries it measured (by ``measure``);
-the others stay as their last run left them.
+date, so figures can be compared run to run. Each benchmark updates the entries it measured (by ``measure`` and
+``peer``); the others stay as their last run left them.
 
     python bench/headlines.py            # print the entries as a table
 """
@@ -30,10 +30,10 @@ def entry(measure: str, value: float | None, unit: str, goal: str, met: bool | N
 
 
 def update(entries: list[dict], path: Path = HEADLINES) -> list[dict]:
-    """Replace the entries with the same ``measure``, keep the rest; returns the file's entries."""
+    """Replace the entries with the same ``measure`` and ``peer``, keep the rest; returns the file's entries."""
     current = json.loads(path.read_text())["headlines"] if path.is_file() else []
-    new = {e["measure"] for e in entries}
-    merged = [e for e in current if e["measure"] not in new] + entries
+    new = {(e["measure"], e["peer"]) for e in entries}
+    merged = [e for e in current if (e["measure"], e["peer"]) not in new] + entries
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"headlines": merged}, indent=2) + "\n")
     return merged

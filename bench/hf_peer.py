@@ -2,7 +2,19 @@
 
     search      Trainer.hyperparameter_search(backend="ray") over the teacher search space (the HF NER recipe)
     distill     online distillation: a Trainer whose compute_loss runs the teacher on every step
-    throughput  one epoch of a default Trainer on the teacher stage's model and sentences
+    throughput  one epoch of a Trainer on the teacher stage's model and sentences, then its validation F1
+
+Every sub-command runs the peer configured one of two ways (--peer):
+
+    default     the Hugging Face defaults: an fp32 Trainer (transformers 5's default optimizer, adamw_torch_fused),
+                and for `search` Ray's FIFO over the configs given (no scheduler, as hyperparameter_search runs
+                by default)
+    tuned       as an expert would set it up: bf16 wherever tuner's `auto` precision uses bf16 (a CPU with
+                AVX512-BF16 or AMX, a GPU with bf16), optim="adamw_torch_fused", and for `search` the search tuner
+                runs: OptunaSearch with TPE at the same seed and start-up trials, ASHA with the same rungs, the same
+                trial count
+
+and --batching random (random batches padded per batch, the Trainer's default) or length (group_by_length).
 
 Run by bench/run_benchmarks.py; every sub-command takes --data, the sizes and --out (see bench/common.py).
 """
@@ -18,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, TRAIN_SEED_FLAG, command_parser, non_embedding_parameters,  # noqa: E402
-                          run_settings, selected_sentences, train_seed, write_result)
+from bench.common import (BATCH_SIZE, BATCHINGS, PEERS, TRAIN_SEED_FLAG, command_parser,  # noqa: E402
+                          non_embedding_parameters, positive_int, run_settings, selected_sentences, train_seed, write_result)
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
@@ -27,6 +39,7 @@ from seqeval.metrics import f1_score  # noqa: E402
 from transformers import (AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer,  # noqa: E402
                           TrainerCallback, TrainingArguments)
 
+from bench.probes import THROUGHPUT_HPARAMS  # noqa: E402
 from tuner.config import IGNORE_INDEX  # noqa: E402
 from tuner.data import CONLL_LABELS  # noqa: E402
 from tuner.models import cut_student, load_model, load_tokenizer, packaged_minilm_path  # noqa: E402
@@ -34,7 +47,8 @@ from tuner.spaces import load_space  # noqa: E402
 from tuner.stages import teacher as teacher_stage  # noqa: E402
 from tuner.stages.student import distillation_loss  # noqa: E402
 from tuner.task import load_task  # noqa: E402
-from tuner.training import evaluate  # noqa: E402
+from tuner.training import evaluate, select_device, uses_bf16  # noqa: E402
+
 
 LABELS = list(CONLL_LABELS)
 # transformers 5 has no warmup_ratio argument: a float below 1 in warmup_steps is the warmup ratio.
@@ -94,11 +108,37 @@ def ray_space(space) -> dict:
     return domains
 
 
+def peer_arguments(args, output_dir: str, **fields) -> TrainingArguments:
+    """The peer's TrainingArguments (see the module's docstring), batch size 16, plus ``fields``."""
+    settings = {"train_sampling_strategy": "group_by_length" if args.batching == "length" else "random"}
+    if args.peer == "tuned":
+        device = select_device()  # the Trainer takes bf16 on a CPU only with use_cpu
+        settings.update(bf16=uses_bf16(device), optim="adamw_torch_fused", use_cpu=device == "cpu")
+    return TrainingArguments(output_dir=output_dir, per_device_train_batch_size=BATCH_SIZE, disable_tqdm=True,
+                             **settings, **fields)
+
+
+def tuned_search(trials: int, seed: int, epochs: int) -> dict:
+    """hyperparameter_search's keyword arguments for the search tuner runs, from Ray and Optuna's own classes:
+    OptunaSearch over TPE (tuner's seed and start-up trials) and ASHA (tuner's rungs, on each epoch's evaluation)."""
+    import optuna
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuner.search import DEFAULT_METHOD, REDUCTION_FACTOR, grace_period, startup_trials
+
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(trials, DEFAULT_METHOD))
+    return {"search_alg": OptunaSearch(metric="objective", mode="max", sampler=sampler),
+            "scheduler": ASHAScheduler(metric="objective", mode="max", time_attr="training_iteration", max_t=epochs,
+                                       grace_period=grace_period(epochs), reduction_factor=REDUCTION_FACTOR)}
+
+
 # --- sub-commands ---------------------------------------------------------------------------------------------
 
 def search(args) -> dict:
-    """Trainer.hyperparameter_search with Ray: FIFO, one trial at a time on 2 CPUs, over the given configs (Ray's
-    BasicVariantGenerator with them as points_to_evaluate, instead of its random draws)."""
+    """Trainer.hyperparameter_search with Ray, one trial at a time on all CPUs. The default peer: FIFO over the
+    configs given (Ray's BasicVariantGenerator with them as points_to_evaluate, instead of its random draws), so it
+    trains what tuner's TPE sampled. The tuned peer: its own TPE and ASHA (``tuned_search``), --trials trials."""
     import ray
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
@@ -107,12 +147,17 @@ def search(args) -> dict:
     sentences = selected_sentences(settings)
     max_length = settings.profile.max_length
     domains = ray_space(load_space(teacher_stage.STAGE, settings.space_file(teacher_stage.STAGE.name)))
-    configs = [{HF_NAMES.get(k, k): v for k, v in c.items()} for c in json.loads(args.configs.read_text())]
+    if args.peer == "tuned":
+        trials, algorithms = args.trials, tuned_search(args.trials, args.seed, args.epochs)
+    else:
+        configs = [{HF_NAMES.get(k, k): v for k, v in c.items()} for c in json.loads(args.configs.read_text())]
+        trials, algorithms = len(configs), {"search_alg": BasicVariantGenerator(points_to_evaluate=configs)}
     with tempfile.TemporaryDirectory(prefix="hf-search-") as work:
-        training_args = TrainingArguments(
-            output_dir=work, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=args.epochs,
-            eval_strategy="epoch", warmup_steps=0.0,  # a float, or the trial's ratio is cast to int 0
-            disable_tqdm=True, seed=args.seed)
+        # warmup_steps: a float, or the trial's ratio is cast to int 0. The tuned peer saves no checkpoint (ASHA
+        # resumes nothing; the best config is retrained), the default one keeps the Trainer's checkpointing.
+        training_args = peer_arguments(args, work, num_train_epochs=args.epochs, eval_strategy="epoch",
+                                       do_eval=True, warmup_steps=0.0, seed=args.seed,
+                                       **({"save_strategy": "no"} if args.peer == "tuned" else {}))
         trainer = Trainer(model_init=model_init, args=training_args,
                           train_dataset=hf_dataset(sentences["train"], tokenizer, max_length),
                           eval_dataset=hf_dataset(sentences["validation"], tokenizer, max_length),
@@ -124,17 +169,18 @@ def search(args) -> dict:
             started = time.perf_counter()
             best = trainer.hyperparameter_search(
                 hp_space=lambda _: domains, compute_objective=lambda metrics: metrics["eval_f1"],
-                n_trials=len(configs), direction="maximize", backend="ray",
-                search_alg=BasicVariantGenerator(points_to_evaluate=configs),
+                n_trials=trials, direction="maximize", backend="ray", **algorithms,
                 resources_per_trial={"cpu": os.cpu_count()}, storage_path=work, name="hf_search", verbose=0)
             wall = time.perf_counter() - started
-            trials = best.run_summary.trial_dataframes
+            frames = best.run_summary.trial_dataframes
         finally:
             ray.shutdown()
-    best_f1 = max(float(frame["objective"].max()) for frame in trials.values() if "objective" in frame)
+    best_f1 = max(float(frame["objective"].max()) for frame in frames.values() if "objective" in frame)
     return {"search_wall_seconds": wall, "best_val_f1": best_f1, "best_config": best.hyperparameters,
-            "trials": len(trials), "epochs_run": sum(len(frame) for frame in trials.values()),
-            "configs": [dict(t.config) for t in best.run_summary.trials]}
+            "trials": len(frames), "epochs_run": sum(len(frame) for frame in frames.values()),
+            "configs": [dict(t.config) for t in best.run_summary.trials], "peer": args.peer,
+            "batching": args.batching, "bf16": training_args.bf16,
+            "optim": getattr(training_args.optim, "value", training_args.optim)}
 
 
 class EpochTimer(TrainerCallback):
@@ -190,10 +236,10 @@ def distill(args) -> dict:
     timer = EpochTimer(lambda model: evaluate(model, task.validation, task.labels, settings.profile.eval_batch_size,
                                               task.pad_token_id, "cpu", "fp32")["f1"])  # as it trains: fp32
     with tempfile.TemporaryDirectory(prefix="hf-distill-") as work:
-        training_args = TrainingArguments(
-            output_dir=work, per_device_train_batch_size=BATCH_SIZE, num_train_epochs=args.epochs,
-            learning_rate=hparams["learning_rate"], weight_decay=hparams["weight_decay"],
-            warmup_steps=float(hparams["warmup_ratio"]), disable_tqdm=True, save_strategy="no", seed=seed)
+        training_args = peer_arguments(
+            args, work, num_train_epochs=args.epochs, learning_rate=hparams["learning_rate"],
+            weight_decay=hparams["weight_decay"], warmup_steps=float(hparams["warmup_ratio"]), save_strategy="no",
+            seed=seed)
         trainer = DistillationTrainer(model=student, args=training_args, train_dataset=token_features(task.train),
                                       data_collator=DataCollatorForTokenClassification(tokenizer), callbacks=[timer],
                                       teacher=teacher, temperature=hparams["temperature"], alpha=hparams["alpha"])
@@ -201,7 +247,8 @@ def distill(args) -> dict:
     wall = time.perf_counter() - started
     return {"trial_wall_seconds": wall, "epoch_seconds": timer.seconds, "val_f1_per_epoch": timer.scores,
             "best_val_f1": max(timer.scores), "hyperparameters": hparams,
-            "num_layers": student_result["num_layers"], "factor_dim": student_result["factor_dim"], "train_seed": seed}
+            "num_layers": student_result["num_layers"], "factor_dim": student_result["factor_dim"], "train_seed": seed,
+            "peer": args.peer, "batching": args.batching, "bf16": training_args.bf16}
 
 
 class CountingCollator:
@@ -218,36 +265,52 @@ class CountingCollator:
 
 
 def throughput(args) -> dict:
-    """One epoch of a default Trainer (batch size 16, random batches padded per batch) on the teacher's data."""
+    """One epoch of the peer's Trainer (batch size 16, --batching) on the teacher's data, at tuner's throughput
+    hyperparameters, then its validation F1, so two batchings' speeds are compared at the F1 they reach."""
     settings = run_settings(args)
     tokenizer = load_tokenizer("minilm")
-    train = hf_dataset(selected_sentences(settings)["train"], tokenizer, settings.profile.max_length)
+    sentences = selected_sentences(settings)
+    train = hf_dataset(sentences["train"], tokenizer, settings.profile.max_length)
+    validation = hf_dataset(sentences["validation"], tokenizer, settings.profile.max_length)
     collator, timer = CountingCollator(tokenizer), EpochTimer()
     model = model_init()
     with tempfile.TemporaryDirectory(prefix="hf-throughput-") as work:
-        training_args = TrainingArguments(output_dir=work, per_device_train_batch_size=BATCH_SIZE,
-                                          num_train_epochs=1, disable_tqdm=True, save_strategy="no", seed=args.seed)
-        Trainer(model=model, args=training_args, train_dataset=train, data_collator=collator,
-                callbacks=[timer]).train()
+        training_args = peer_arguments(args, work, num_train_epochs=1, save_strategy="no", seed=args.seed,
+                                       **{HF_NAMES.get(k, k): v for k, v in THROUGHPUT_HPARAMS.items()})
+        trainer = Trainer(model=model, args=training_args, train_dataset=train, eval_dataset=validation,
+                          data_collator=collator, processing_class=tokenizer, compute_metrics=compute_metrics,
+                          callbacks=[timer])
+        trainer.train()
+        real, padded = collator.real, collator.padded  # the evaluation below goes through the collator too
+        val_f1 = trainer.evaluate()["eval_f1"]
     seconds = timer.seconds[0]
-    return {"train_seconds": seconds, "sentences": len(train), "real_tokens": collator.real,
-            "padded_tokens": collator.padded, "tokens_per_second": collator.real / seconds,
-            "sentences_per_second": len(train) / seconds, "non_embedding_parameters": non_embedding_parameters(model),
-            "threads": torch.get_num_threads()}
+    return {"train_seconds": seconds, "sentences": len(train), "real_tokens": real, "padded_tokens": padded,
+            "tokens_per_second": real / seconds, "sentences_per_second": len(train) / seconds, "val_f1": val_f1,
+            "non_embedding_parameters": non_embedding_parameters(model), "threads": torch.get_num_threads(),
+            "peer": args.peer, "batching": args.batching, "bf16": training_args.bf16,
+            "optim": getattr(training_args.optim, "value", training_args.optim)}
 
 
+PEER_FLAGS = {"--peer": {"choices": PEERS, "default": "default", "help": "the peer's settings (see above)"},
+              "--batching": {"choices": BATCHINGS, "default": "random",
+                             "help": "random padded batches (the Trainer's default) or group_by_length"}}
 COMMANDS = {
-    "search": {"--configs": {"type": Path, "required": True,
-                             "help": "JSON list of the configs to train (those tuner's search sampled)"}},
+    "search": {"--configs": {"type": Path, "help": "the default peer: JSON list of the configs to train (those "
+                                                   "tuner's search sampled)"},
+               "--trials": {"type": positive_int, "default": 4, "help": "the tuned peer: trials its TPE samples"},
+               **PEER_FLAGS},
     "distill": {"--teacher": {"type": Path, "required": True}, "--student": {"type": Path, "required": True,
                                                                             "help": "tuner's student/best folder"},
-                "--train-seed": TRAIN_SEED_FLAG},
-    "throughput": {},
+                "--train-seed": TRAIN_SEED_FLAG, **PEER_FLAGS},
+    "throughput": dict(PEER_FLAGS),
 }
 
 
 def main(argv=None) -> int:
-    args = command_parser("python bench/hf_peer.py", __doc__, COMMANDS).parse_args(argv)
+    parser = command_parser("python bench/hf_peer.py", __doc__, COMMANDS)
+    args = parser.parse_args(argv)
+    if args.command == "search" and args.peer == "default" and args.configs is None:
+        parser.error("search --peer default needs --configs (the configs tuner's search sampled)")
     record = {"search": search, "distill": distill, "throughput": throughput}[args.command](args)
     write_result(args.out, record)
     return 0

@@ -7,10 +7,13 @@ trial count, epochs, batch size (16) and search space:
 
 1. teacher search: `python -m tuner.run --stage teacher` vs Trainer.hyperparameter_search(backend="ray");
 2. student search (teacher logits computed once per search) vs online distillation (teacher run every step);
-3. one epoch of tuner.training.fit vs a default Trainer: real tokens/s and sentences/s;
+3. one epoch of tuner.training.fit vs the Trainer: real tokens/s, sentences/s and the F1 the epoch reached;
 4. the share of tuner's search time spent outside training and evaluation;
 5. training FLOP/s (6 x non-embedding parameters x tokens/s) against a matmul's FLOP/s (float32, bf16);
 6. levers on fit's training step: bf16 autocast, torch.compile, two 1-thread processes.
+
+Each is measured against each peer of --peers (bench/hf_peer.py): the Hugging Face defaults, and the same tools
+tuned as an expert would; the report leads with every headline ratio against both.
 
 Each measurement is its own process (bench/probes.py, bench/hf_peer.py, tuner.run). The report is written to
 results/benchmarks.md (results/benchmarks-quick.md with --quick) and printed.
@@ -36,13 +39,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BATCH_SIZE, DEFAULT_DATA, ROOT, OneLineParser, positive_int, require_conll  # noqa: E402
+from bench.common import (BATCH_SIZE, BATCHINGS, DEFAULT_DATA, PEERS, ROOT, OneLineParser,  # noqa: E402
+                          positive_int, require_conll)
 
 # The cpu profile's sizes (3,000 train and 500 validation sentences, 3 epochs, 4 trials): at these the F1s mean
 # something and ASHA has rungs to stop trials at. A repeat takes about 35 minutes on an idle 2-core machine.
 FULL = {"train_sentences": 3000, "eval_sentences": 500, "epochs": 3, "trials": 4, "repeats": 3, "lever_steps": 60}
 QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1, "lever_steps": 2}
 BENCH = Path(__file__).resolve().parent
+F1_TOLERANCE = 0.005  # "equal F1": within half a point
 
 
 class BenchError(Exception):
@@ -138,9 +143,10 @@ def one_repeat(index: int, args, work: Path) -> dict:
     work.mkdir(parents=True)
     (work / "logs").mkdir()
     args = argparse.Namespace(**dict(vars(args), seed=index))  # both sides of a repeat share its seed
-    levers = lever_measurements(args, work)
+    levers = {} if args.no_levers else lever_measurements(args, work)
     record = {"steps": {}} if args.levers_only else comparisons(index, args, work)
-    record["steps"]["training-step levers"] = sum(r["process_wall_seconds"] for r in levers.values())
+    if levers:
+        record["steps"]["training-step levers"] = sum(r["process_wall_seconds"] for r in levers.values())
     return dict(record, levers=levers)
 
 
@@ -154,39 +160,67 @@ def lever_measurements(args, work: Path) -> dict:
 
 
 def comparisons(index: int, args, work: Path) -> dict:
-    """Sections 1 to 5: the searches, distillation, throughput, overhead and the matmul."""
+    """Sections 1 to 5 against each peer of ``args.peers``: the searches, distillation, throughput, overhead and
+    the matmul. The tuned peer's batching is the better of its two in this repeat's throughput step."""
     logs = work / "logs"
     results = work / "tuner"
     peer_first = index % 2 == 1  # alternate which side goes first, so slow drift of the machine evens out
-    # The peer trains the very configs tuner's Optuna sampled so the F1 gap measures the
-    # engines (training loop, ASHA's stops), not two draws of 4 random configs.
     teacher_wall = tuner_search("teacher", args, results, logs)
+    # The default peer trains the very configs tuner's Optuna sampled so the F1 gap measures the
+    # engines (training loop, ASHA's stops), not two draws of 4 random configs. The tuned one runs its own TPE.
     sampled = sampled_configs(results / "teacher" / "trials.csv")
     configs = work / "teacher-configs.json"
     configs.write_text(json.dumps(sampled))
-    hf_search = measure("hf_peer", "search", args, work, "--configs", configs)
-    wanted = sorted(c["learning_rate"] for c in sampled)
-    if sorted(c["learning_rate"] for c in hf_search["configs"]) != wanted:
-        raise BenchError(f"the peer's search trained other configs than {configs}")
     teacher = results / "teacher" / "best"
     student_wall = tuner_search("student", args, results, logs, teacher)
     student = results / "student" / "best"
     logits = measure("probes", "teacher-logits", args, work, "--teacher", teacher)
-    online = measure("hf_peer", "distill", args, work, "--teacher", teacher, "--student", student)
-    tuner_fit, hf_fit = run_pair([lambda: measure("probes", "throughput", args, work),
-                                  lambda: measure("hf_peer", "throughput", args, work)], peer_first)
+    tuner_fit, peer_fits = run_pair([lambda: measure("probes", "throughput", args, work),
+                                     lambda: throughput_fits(args, work)], peer_first)
     tuner_fp32 = measure("probes", "throughput", args, work, "--precision", "fp32", name="probes-throughput-fp32")
     matmul = measure("probes", "matmul", args, work)
-    steps = {"tuner teacher search": teacher_wall, "HF search": hf_search["process_wall_seconds"],
-             "tuner student search": student_wall, "teacher logits": logits["process_wall_seconds"],
-             "online distillation": online["process_wall_seconds"],
-             "tuner fit epoch": tuner_fit["process_wall_seconds"], "HF Trainer epoch": hf_fit["process_wall_seconds"],
-             "tuner fit epoch, fp32": tuner_fp32["process_wall_seconds"],
-             "matmul": matmul["process_wall_seconds"]}
-    return {"steps": steps, "teacher": search_record(results / "teacher", teacher_wall), "hf_search": hf_search,
+    steps = {"tuner teacher search": teacher_wall, "tuner student search": student_wall,
+             "teacher logits": logits["process_wall_seconds"], "tuner fit epoch": tuner_fit["process_wall_seconds"],
+             "tuner fit epoch, fp32": tuner_fp32["process_wall_seconds"], "matmul": matmul["process_wall_seconds"]}
+    peers = {}
+    for peer in args.peers:
+        fits = peer_fits[peer]
+        batching = args.tuned_batching if peer == "tuned" and args.tuned_batching != "auto" else better_batching(fits)
+        flags = ["--peer", peer, "--batching", batching]
+        extra = ["--trials", args.trials] if peer == "tuned" else ["--configs", configs]
+        hf_search = measure("hf_peer", "search", args, work, *flags, *extra, name=f"hf_peer-search-{peer}")
+        if peer == "default" and sorted(c["learning_rate"] for c in hf_search["configs"]) != sorted(
+                c["learning_rate"] for c in sampled):
+            raise BenchError(f"the default peer's search trained other configs than {configs}")
+        online = measure("hf_peer", "distill", args, work, "--teacher", teacher, "--student", student, *flags,
+                         name=f"hf_peer-distill-{peer}")
+        peers[peer] = {"fits": fits, "batching": batching, "search": hf_search, "online": online}
+        steps.update({f"HF {peer}: search": hf_search["process_wall_seconds"],
+                      f"HF {peer}: online distillation": online["process_wall_seconds"],
+                      **{f"HF {peer}: Trainer epoch, {b}": fit["process_wall_seconds"] for b, fit in fits.items()}})
+    return {"steps": steps, "teacher": search_record(results / "teacher", teacher_wall),
             "student": search_record(results / "student", student_wall), "teacher_logits": logits,
-            "online": online, "tuner_fit": tuner_fit, "tuner_fp32_fit": tuner_fp32, "hf_fit": hf_fit,
-            "matmul": matmul}
+            "tuner_fit": tuner_fit, "tuner_fp32_fit": tuner_fp32, "matmul": matmul, "peers": peers}
+
+
+def throughput_fits(args, work: Path) -> dict:
+    """One Trainer epoch per peer and batching: the default peer at its default (random batches), the tuned one
+    with both, to pick its batching."""
+    return {peer: {b: measure("hf_peer", "throughput", args, work, "--peer", peer, "--batching", b,
+                              name=f"hf_peer-throughput-{peer}-{b}")
+                   for b in (BATCHINGS if peer == "tuned" else ("random",))}
+            for peer in args.peers}
+
+
+def better_batching(fits: dict) -> str:
+    """The faster batching when the F1s its epoch reached lie within F1_TOLERANCE of each other; else the one with
+    the higher F1 (equal F1 first, then speed)."""
+    if len(fits) == 1:
+        return next(iter(fits))
+    f1s = [fit["val_f1"] for fit in fits.values()]
+    if max(f1s) - min(f1s) <= F1_TOLERANCE:
+        return max(fits, key=lambda b: fits[b]["tokens_per_second"])
+    return max(fits, key=lambda b: fits[b]["val_f1"])
 
 
 def sampled_configs(trials_csv: Path) -> list:
@@ -209,14 +243,17 @@ def search_record(stage_dir: Path, process_wall: float) -> dict:
             "best_val_f1": result["val_f1"], "trials": trial_epochs(stage_dir / "search")}
 
 
-# --- the numbers per repeat -------------------------------------------------------------------------------------
+# --- the numbers per repeat: keys "tuner_<what>" and "<peer>_<what>" --------------------------------------------
 
 def teacher_numbers(r: dict, epochs: int) -> dict:
-    tuner, hf = r["teacher"], r["hf_search"]
-    return {"tuner_search": tuner["search_wall_seconds"], "hf_search": hf["search_wall_seconds"],
-            "tuner_process": tuner["process_wall_seconds"], "hf_process": hf["process_wall_seconds"],
-            "tuner_epochs": sum(len(t) for t in tuner["trials"]), "hf_epochs": hf["epochs_run"],
-            "tuner_f1": tuner["best_val_f1"], "hf_f1": hf["best_val_f1"]}
+    tuner = r["teacher"]
+    numbers = {"tuner_search": tuner["search_wall_seconds"], "tuner_process": tuner["process_wall_seconds"],
+               "tuner_epochs": sum(len(t) for t in tuner["trials"]), "tuner_f1": tuner["best_val_f1"]}
+    for peer, sides in r["peers"].items():
+        hf = sides["search"]
+        numbers.update({f"{peer}_search": hf["search_wall_seconds"], f"{peer}_process": hf["process_wall_seconds"],
+                        f"{peer}_epochs": hf["epochs_run"], f"{peer}_f1": hf["best_val_f1"]})
+    return numbers
 
 
 def full_length(trials: list, epochs: int) -> list:
@@ -225,25 +262,37 @@ def full_length(trials: list, epochs: int) -> list:
 
 
 def student_numbers(r: dict, epochs: int) -> dict:
-    trials, online = r["student"]["trials"], r["online"]
+    trials = r["student"]["trials"]
     full = [t[-1]["time_total_s"] for t in full_length(trials, epochs)]
-    epoch_walls = [line["time_this_iter_s"] for t in trials for line in t]
-    return {"tuner_trial": statistics.mean(full) if full else float("nan"),
-            "online_trial": online["trial_wall_seconds"],
-            "tuner_epoch": statistics.mean(epoch_walls), "online_epoch": online["trial_wall_seconds"] / epochs,
-            "tuner_train": statistics.mean(line["train_seconds"] for t in trials for line in t),
-            "online_train": statistics.mean(online["epoch_seconds"]),
-            "logits": r["teacher_logits"]["seconds"],
-            "tuner_amortized": r["student"]["search_wall_seconds"] / len(trials),
-            "tuner_f1": r["student"]["best_val_f1"], "online_f1": online["best_val_f1"]}
+    numbers = {"tuner_trial": statistics.mean(full) if full else float("nan"),
+               "tuner_epoch": statistics.mean(line["time_this_iter_s"] for t in trials for line in t),
+               "tuner_train": statistics.mean(line["train_seconds"] for t in trials for line in t),
+               "logits": r["teacher_logits"]["seconds"],
+               "tuner_amortized": r["student"]["search_wall_seconds"] / len(trials),
+               "tuner_f1": r["student"]["best_val_f1"]}
+    for peer, sides in r["peers"].items():
+        online = sides["online"]
+        numbers.update({f"{peer}_trial": online["trial_wall_seconds"],
+                        f"{peer}_epoch": online["trial_wall_seconds"] / epochs,
+                        f"{peer}_train": statistics.mean(online["epoch_seconds"]), f"{peer}_f1": online["best_val_f1"]})
+    return numbers
+
+
+def fit_sides(r: dict) -> dict:
+    """Every one-epoch throughput measurement of a repeat by side: tuner's two, each peer's batchings, and each
+    peer's chosen batching again as ``<peer>_chosen``."""
+    sides = {"tuner": r["tuner_fit"], "tuner_fp32": r["tuner_fp32_fit"]}
+    for peer, measured in r["peers"].items():
+        sides.update({f"{peer}_{b}": fit for b, fit in measured["fits"].items()})
+        sides[f"{peer}_chosen"] = measured["fits"][measured["batching"]]
+    return sides
 
 
 def throughput_numbers(r: dict, epochs: int) -> dict:
     numbers = {}
-    for side in ("tuner", "tuner_fp32", "hf"):
-        fit = r[f"{side}_fit"]
+    for side, fit in fit_sides(r).items():
         numbers.update({f"{side}_tokens": fit["tokens_per_second"], f"{side}_sentences": fit["sentences_per_second"],
-                        f"{side}_seconds": fit["train_seconds"],
+                        f"{side}_seconds": fit["train_seconds"], f"{side}_f1": fit.get("val_f1", float("nan")),
                         f"{side}_padding": 1 - fit["real_tokens"] / fit["padded_tokens"]})
     return numbers
 
@@ -279,8 +328,7 @@ def overhead_numbers(r: dict, epochs: int) -> dict:
 def machine_numbers(r: dict, epochs: int) -> dict:
     peaks = {False: r["matmul"]["flops_per_second"], True: r["matmul"]["bf16_flops_per_second"]}
     numbers = {"matmul": peaks[False] / 1e9, "bf16_matmul": peaks[True] / 1e9}
-    for side in ("tuner", "tuner_fp32", "hf"):
-        fit = r[f"{side}_fit"]
+    for side, fit in fit_sides(r).items():
         flops = 6 * fit["non_embedding_parameters"] * fit["tokens_per_second"]
         numbers.update({f"{side}_gflops": flops / 1e9, f"{side}_fraction": flops / peaks[bool(fit.get("bf16"))]})
     return numbers
@@ -291,7 +339,8 @@ def lever_numbers(r: dict) -> dict:
     base = levers["fp32"]["tokens_per_second"]
     numbers = {}
     for name, lever in levers.items():
-        numbers.update({f"{name}|tokens": lever["tokens_per_second"], f"{name}|ratio": lever["tokens_per_second"] / base,
+        numbers.update({f"{name}|tokens": lever["tokens_per_second"],
+                        f"{name}|ratio": lever["tokens_per_second"] / base,
                         f"{name}|warmup": lever["warmup_seconds"], f"{name}|first_loss": lever["first_loss"],
                         f"{name}|last_loss": lever["last_loss"]})
         if "overlap" in lever:
@@ -329,37 +378,61 @@ def column(per_repeat: list, key: str) -> list:
     return [numbers[key] for numbers in per_repeat]
 
 
-def pair_rows(n: list, rows: list) -> list:
-    """Rows comparing two keys: (label, key a, key b, format, how the two compare)."""
-    return [[label, cell(column(n, a), spec), cell(column(n, b), spec), how(column(n, b), column(n, a))]
-            for label, a, b, spec, how in rows]
+def peer_rows(n: list, peers: list, rows: list) -> list:
+    """Rows of (label, key, format, how the peer compares): tuner's cell, each peer's, then each peer against
+    tuner (``how(peer, tuner)``)."""
+    return [[label, cell(column(n, f"tuner_{key}"), spec), *(cell(column(n, f"{p}_{key}"), spec) for p in peers),
+             *(how(column(n, f"{p}_{key}"), column(n, f"tuner_{key}")) for p in peers)]
+            for label, key, spec, how in rows]
+
+
+def peer_label(peer: str) -> str:
+    return f"HF {peer}"
+
+
+FIT_LABELS = {"tuner": "tuner fit (default precision)", "tuner_fp32": "tuner fit, fp32",
+              "default_random": "HF default (random batches)", "tuned_random": "HF tuned, random batches",
+              "tuned_length": "HF tuned, group_by_length"}
 
 
 def comparison_sections(repeats: list, epochs: int) -> list:
     """Sections 1 to 5: (title, intro, markdown table) per comparison."""
+    peers = list(repeats[0]["peers"])
+    labels = [peer_label(p) for p in peers]
+    versus = [f"{label} vs tuner" for label in labels]
     n = [teacher_numbers(r, epochs) for r in repeats]
-    teacher = table(["", "tuner", "HF Trainer + Ray", "HF vs tuner"], pair_rows(n, [
-        ["search wall time, s (Tune run only)", "tuner_search", "hf_search", ".1f", ratio],
-        ["whole command wall time, s", "tuner_process", "hf_process", ".1f", ratio],
-        ["trial-epochs trained", "tuner_epochs", "hf_epochs", ".0f", ratio],
-        ["best validation F1", "tuner_f1", "hf_f1", ".4f", points]]))
+    teacher = table(["", "tuner", *labels, *versus], peer_rows(n, peers, [
+        ["search wall time, s (Tune run only)", "search", ".1f", ratio],
+        ["whole command wall time, s", "process", ".1f", ratio],
+        ["trial-epochs trained", "epochs", ".0f", ratio],
+        ["best validation F1", "f1", ".4f", points]]))
     n = [student_numbers(r, epochs) for r in repeats]
-    student = table(["", "tuner (teacher logits once)", "online distillation (Trainer)", "online vs tuner"],
-                    pair_rows(n, [["wall time of a full-length trial, s", "tuner_trial", "online_trial", ".1f", ratio],
-                                  ["wall time per trial-epoch, s", "tuner_epoch", "online_epoch", ".1f", ratio],
-                                  ["training time per epoch, s", "tuner_train", "online_train", ".1f", ratio],
-                                  ["best validation F1", "tuner_f1", "online_f1", ".4f", points]])
-                    + [["teacher logits, once per search, s", cell(column(n, "logits"), ".1f"), "", ""],
-                       ["search wall time / trials, s", cell(column(n, "tuner_amortized"), ".1f"), "", ""]])
+    student = table(["", "tuner (teacher logits once)", *(f"online, {label}" for label in labels),
+                     *(f"online, {v}" for v in versus)],
+                    peer_rows(n, peers, [["wall time of a full-length trial, s", "trial", ".1f", ratio],
+                                         ["wall time per trial-epoch, s", "epoch", ".1f", ratio],
+                                         ["training time per epoch, s", "train", ".1f", ratio],
+                                         ["best validation F1", "f1", ".4f", points]])
+                    + [["teacher logits, once per search, s", cell(column(n, "logits"), ".1f"), *[""] * 2 * len(peers)],
+                       ["search wall time / trials, s", cell(column(n, "tuner_amortized"), ".1f"),
+                        *[""] * 2 * len(peers)]])
     n = [throughput_numbers(r, epochs) for r in repeats]
-    throughput = table(["", "tuner fit (default precision)", "tuner fit, fp32", "HF Trainer default",
-                        "tuner vs HF", "tuner fp32 vs HF"], [
-        [label, *(cell(column(n, f"{side}_{key}"), spec) for side in ("tuner", "tuner_fp32", "hf")),
-         *((ratio(column(n, f"{side}_{key}"), column(n, f"hf_{key}")) if key != "padding" else "")
-           for side in ("tuner", "tuner_fp32"))]
+    sides = [side for side in fit_sides(repeats[0]) if not side.endswith("_chosen")]
+    hf_sides = [side for side in sides if not side.startswith("tuner")] + [f"{p}_chosen" for p in peers]
+    chosen = {p: ", ".join(r["peers"][p]["batching"] for r in repeats) for p in peers}
+    measured = table(["", *(FIT_LABELS.get(side, side) for side in sides)], [
+        [label, *(cell(column(n, f"{side}_{key}"), spec) for side in sides)]
         for label, key, spec in [("real tokens / s", "tokens", ".0f"), ("sentences / s", "sentences", ".2f"),
                                  ("epoch training time, s", "seconds", ".1f"),
-                                 ("padding share of batch tokens", "padding", ".1%")]])
+                                 ("padding share of batch tokens", "padding", ".1%"),
+                                 ("validation F1 after the epoch", "f1", ".4f")]])
+    against = table(["tuner against", "tuner fit: real tokens / s ratio", "F1, tuner - HF",
+                     "tuner fit, fp32: ratio", "F1, tuner - HF"], [
+        [FIT_LABELS.get(side, f"{peer_label(side[:-7])} at its chosen batching ({chosen[side[:-7]]})"),
+         *(f(column(n, f"{mine}_{key}"), column(n, f"{side}_{key}"))
+           for mine in ("tuner", "tuner_fp32") for f, key in ((ratio, "tokens"), (points, "f1")))]
+        for side in hf_sides])
+    throughput = measured + "\n\n" + against
     n = [overhead_numbers(r, epochs) for r in repeats]
     overhead = table(["", "seconds", "outside training and evaluation"], [
         ["a trial (median trial)", cell(column(n, "trial_wall"), ".1f"), cell(column(n, "trial_share"), ".1%")],
@@ -370,33 +443,40 @@ def comparison_sections(repeats: list, epochs: int) -> list:
         ["the whole command", cell(column(n, "process_wall"), ".1f"), cell(column(n, "process_share"), ".1%")],
         ["sum of the trials' train + eval", cell(column(n, "work"), ".1f"), ""]])
     n = [machine_numbers(r, epochs) for r in repeats]
-    bf16 = "bf16" if repeats[0]["tuner_fit"].get("bf16") else "float32"
+    fits = fit_sides(repeats[0])
     machine = table(["", "GFLOP/s", "fraction of its precision's matmul"], [
         ["float32 2048^3 matmul", cell(column(n, "matmul"), ".1f"), "100%"],
         ["bf16 2048^3 matmul", cell(column(n, "bf16_matmul"), ".1f"), "100%"],
-        [f"tuner fit training step, default precision ({bf16} here)", cell(column(n, "tuner_gflops"), ".2f"),
-         cell(column(n, "tuner_fraction"), ".1%")],
-        ["tuner fit training step, fp32", cell(column(n, "tuner_fp32_gflops"), ".2f"),
-         cell(column(n, "tuner_fp32_fraction"), ".1%")],
-        ["HF Trainer training step (float32)", cell(column(n, "hf_gflops"), ".2f"), cell(column(n, "hf_fraction"), ".1%")]])
+        *[[f"{FIT_LABELS.get(side, side)} training step ({'bf16' if fits[side].get('bf16') else 'float32'})",
+           cell(column(n, f"{side}_gflops"), ".2f"), cell(column(n, f"{side}_fraction"), ".1%")] for side in sides]])
     return [
         ("1. Teacher search", "`python -m tuner.run --stage teacher` (Optuna TPE + ASHA, a checkpoint per epoch) "
-         "vs `Trainer.hyperparameter_search(backend=\"ray\")` (FIFO, the HF NER recipe: first-sub-token labels "
-         "as tuner's default, random batches as tuner's default (which trains them unpadded), "
-         "DataCollatorForTokenClassification, seqeval F1, evaluation each "
-         "epoch). The peer trains the configs "
-         "tuner's TPE sampled (Ray's BasicVariantGenerator with them as points_to_evaluate), so both sides train "
-         "the same configs and differ only in the engine: training loop, and ASHA stopping trials early. "
+         "vs `Trainer.hyperparameter_search(backend=\"ray\")` (the HF NER recipe: first-sub-token labels as tuner's "
+         "default, DataCollatorForTokenClassification, seqeval F1, evaluation each epoch). The default peer runs "
+         "FIFO and trains the configs tuner's TPE sampled (Ray's BasicVariantGenerator with them as "
+         "points_to_evaluate), so the two differ only in the engine: training loop, and ASHA stopping trials early. "
+         "The tuned peer runs the search tuner runs with Ray's and Optuna's own classes (OptunaSearch, TPE at the "
+         "same seed and start-up trials, ASHA with the same rungs, the same trial count), bf16 where tuner uses it, "
+         "adamw_torch_fused, no checkpoints, and the batching chosen in 3. "
          "F1: best over all trials and epochs; ratio: HF / tuner; difference: HF minus tuner.", teacher),
         ("2. Student search vs online distillation", "tuner's student trials read teacher logits computed once "
-         "per search and train random batches unpadded (tuner's student default); the online run is a Trainer "
-         "whose compute_loss runs the teacher on every step (random batches, padded), with tuner's best student "
+         "per search and train random batches unpadded (tuner's student default); the online runs are Trainers "
+         "whose compute_loss runs the teacher on every step (padded batches: random for the default peer; the "
+         "tuned one with bf16 where tuner uses it, adamw_torch_fused and the batching chosen in 3.), with tuner's "
+         "best student "
          "config, initialisation (cut_student) and distillation_loss, scored by tuner's "
          "evaluate each epoch. Ratio: online / tuner.", student),
         ("3. Training throughput (one epoch, teacher model)", "tuner.training.fit (its default: random batches "
-         "trained unpadded; padding counts the attention groups' pads) at its default precision (auto: bf16 autocast where the CPU or GPU has native bf16) and "
-         "forced to fp32, vs a default Trainer (float32, random batches, DataCollatorForTokenClassification), "
-         f"batch size {BATCH_SIZE}, real (non-pad) tokens counted on both sides. Ratio: tuner / HF.", throughput),
+         "trained unpadded; padding counts the attention groups' pads) at its default precision (auto: bf16 autocast "
+         "where the CPU or GPU has native bf16) and forced to fp32, vs the Trainer: the default peer (float32, random "
+         "batches) and the tuned one (bf16 where tuner uses it, adamw_torch_fused) with random batches and with "
+         "group_by_length; "
+         f"batch size {BATCH_SIZE}, the same learning rate, weight decay and warmup on every side, real (non-pad) "
+         "tokens counted on both sides, then the validation F1 the epoch reached. The tuned peer's batching for 1. "
+         "and 2. is the faster of its two where their F1s lie within "
+         f"{100 * F1_TOLERANCE:.1f} points, else the one with the higher F1 (unless --tuned-batching fixed it); it "
+         "ran, per repeat: "
+         f"{'; '.join(f'{p}: {c}' for p, c in chosen.items())}. Second table: tuner / HF.", throughput),
         ("4. tuner's overhead (teacher search)", "Time outside the trials' `train_seconds + eval_seconds`: per "
          "trial against Ray's `time_total_s`, split by the timings each trial reports (`setup_seconds`, "
          "`checkpoint_seconds`, `report_seconds`), each share the median over trials; for the search against its "
@@ -405,6 +485,104 @@ def comparison_sections(repeats: list, epochs: int) -> list:
         ("5. Against the machine", "Training FLOP/s = 6 x non-embedding parameters x real tokens/s (from 3.), "
          "against a matmul of the step's precision timed in the same run with the same thread count.", machine),
     ]
+
+
+# --- the headline ratios against each peer ----------------------------------------------------------------------
+
+PEER_SETTINGS = {
+    "default": "the Hugging Face defaults: an fp32 Trainer (transformers 5's default optimizer, adamw_torch_fused), "
+               "random padded batches, hyperparameter_search(backend='ray') with FIFO over tuner's sampled configs, "
+               "online distillation running the teacher every step",
+    "tuned": "as an expert would set it up: a {precision} Trainer (bf16 wherever tuner's auto precision uses it), "
+             "optim=adamw_torch_fused, the better of random and group_by_length batches at equal F1, "
+             "hyperparameter_search(backend='ray') with OptunaSearch (TPE, tuner's seed and start-up trials) and "
+             "ASHA (tuner's rungs), no checkpoints; online distillation with the same settings"}
+GOALS = {"teacher": 1.5, "student": 3.0, "throughput": 1.3, "bf16_step": 0.35}  # against the tuned peer (issue 20)
+
+
+def peer_settings(peer: str, repeats: list) -> str:
+    """PEER_SETTINGS[peer], with the precision the tuned peer's search ran at."""
+    bf16 = repeats[0]["peers"][peer]["search"].get("bf16")
+    return PEER_SETTINGS[peer].format(precision="bf16" if bf16 else "float32")
+
+
+def medians(n: list) -> dict:
+    return {key: statistics.median(column(n, key)) for key in n[0]}
+
+
+def headline_figures(repeats: list, epochs: int) -> list:
+    """Per headline and peer: (key, peer, ratio or fraction, F1 difference tuner - peer in points or None)."""
+    t = medians([teacher_numbers(r, epochs) for r in repeats])
+    s = medians([student_numbers(r, epochs) for r in repeats])
+    f = medians([throughput_numbers(r, epochs) for r in repeats])
+    m = medians([machine_numbers(r, epochs) for r in repeats])
+    figures = []
+    for p in repeats[0]["peers"]:
+        figures += [("teacher", p, t[f"{p}_search"] / t["tuner_search"], 100 * (t["tuner_f1"] - t[f"{p}_f1"])),
+                    ("student", p, s[f"{p}_trial"] / s["tuner_trial"], 100 * (s["tuner_f1"] - s[f"{p}_f1"])),
+                    ("throughput", p, f["tuner_tokens"] / f[f"{p}_chosen_tokens"],
+                     100 * (f["tuner_f1"] - f[f"{p}_chosen_f1"])),
+                    ("bf16_step", p, m["tuner_fraction"], None)]
+    return figures
+
+
+def met(key: str, value: float, f1_points: float | None) -> bool:
+    return value >= GOALS[key] and (key == "bf16_step" or f1_points is None or f1_points >= -100 * F1_TOLERANCE)
+
+
+HEADLINE_TEXT = {  # key: (table label, goal text)
+    "teacher": ("teacher search, HF hyperparameter_search / tuner wall time (F1 tuner - HF)",
+                f">= {GOALS['teacher']}x, F1 within {100 * F1_TOLERANCE:.1f} points"),
+    "student": ("student trial, online distillation / tuner full-length trial (F1 tuner - online)",
+                f">= {GOALS['student']:.0f}x, F1 within {100 * F1_TOLERANCE:.1f} points"),
+    "throughput": ("training throughput, tuner fit / Trainer real tokens/s (F1 after the epoch, tuner - HF)",
+                   f">= {GOALS['throughput']}x at equal F1"),
+    "bf16_step": ("tuner's bf16 training step against the machine's bf16 matmul (FLOP/s)",
+                  f">= {100 * GOALS['bf16_step']:.0f}%")}
+
+
+def lead_section(repeats: list, epochs: int) -> tuple:
+    """Section 0: each headline against the default peer and the tuned one, the goal read against the tuned one."""
+    peers = list(repeats[0]["peers"])
+    figures = {(key, p): (value, f1) for key, p, value, f1 in headline_figures(repeats, epochs)}
+    rows = []
+    for key, (label, goal) in HEADLINE_TEXT.items():
+        cells = []
+        for p in peers:
+            value, f1 = figures[key, p]
+            cells.append(f"{100 * value:.1f}%" if key == "bf16_step" else
+                         f"**{value:.2f}x**" + ("" if f1 is None else f" ({f1:+.2f} points)"))
+        verdict = ("yes" if met(key, *figures[key, "tuned"]) else "no") if "tuned" in peers else "n/a (tuned not run)"
+        rows.append([label, goal, *cells, verdict])
+    body = table(["measure", "goal (against the tuned peer)", *(f"against the {p} peer" for p in peers), "met?"], rows)
+    settings = "; ".join(f"**{p}**: {peer_settings(p, repeats)}" for p in peers)
+    return ("Headline ratios against each peer", "Medians over the repeats; the bf16 row is tuner's own step "
+            f"(the same in every column). Settings each peer used: {settings}.", body)
+
+
+def headline_entries(args, repeats: list, epochs: int, date: str) -> list:
+    from bench import headlines
+
+    n = len(repeats)
+    command = shlex.join(["python", "bench/run_benchmarks.py", *args.argv])
+    measures = {"teacher": f"teacher search speed, HF hyperparameter_search / tuner (cpu profile, {args.trials} "
+                           f"trials, median of {n} seeds)",
+                "student": f"student trial speed, online distillation / tuner (cpu profile, median of {n} seeds)",
+                "throughput": "training throughput, tuner fit / Trainer (real tokens/s, equal F1)",
+                "bf16_step": "training step FLOP/s against the machine's matmul of the same precision (bf16)"}
+    entries = []
+    for key, peer, value, f1 in headline_figures(repeats, epochs):
+        if key == "bf16_step" and peer != args.peers[-1]:
+            continue  # tuner's own figure: once
+        percent = key == "bf16_step"
+        entries.append(headlines.entry(
+            measures[key], round(100 * value if percent else value, 3), "%" if percent else "x",
+            HEADLINE_TEXT[key][1] + " (issue 20, against the tuned peer)",
+            met(key, value, f1) if peer == "tuned" or percent else None,
+            "the machine's bf16 matmul" if percent else peer,
+            "2048^3 bf16 matmul, same threads" if percent else peer_settings(peer, repeats), command, date,
+            **({} if f1 is None else {"f1_points": round(f1, 2)})))
+    return entries
 
 
 def lever_section(repeats: list) -> tuple:
@@ -432,8 +610,9 @@ def sections(repeats: list, epochs: int) -> list:
     """(title, intro, markdown table) per section the run measured, then each process's wall time."""
     steps = table(["process", "wall time, s"], [[name, cell([r["steps"][name] for r in repeats], ".1f")]
                                                  for name in repeats[0]["steps"]])
-    found = comparison_sections(repeats, epochs) if "teacher" in repeats[0] else []
-    return found + [lever_section(repeats), ("Where the run's time went", "Wall time of each measurement process, per "
+    found = [lead_section(repeats, epochs), *comparison_sections(repeats, epochs)] if "teacher" in repeats[0] else []
+    levers = [lever_section(repeats)] if repeats[0]["levers"] else []
+    return found + levers + [("Where the run's time went", "Wall time of each measurement process, per "
                                              "repeat; sizes scale the search, distillation and epoch rows roughly "
                                              "linearly.", steps)]
 
@@ -486,6 +665,15 @@ def report(args, repeats: list, started: str, load_before: str, seconds: float) 
 
 # --- command line -----------------------------------------------------------------------------------------------
 
+def peer_list(text: str) -> list:
+    peers = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in peers if p not in PEERS]
+    if unknown or not peers:
+        name = unknown[0] if unknown else text
+        raise argparse.ArgumentTypeError(f"unknown peer {name!r} (known: {', '.join(PEERS)})")
+    return [p for p in PEERS if p in peers]
+
+
 def parse_args(argv: list) -> argparse.Namespace:
     parser = OneLineParser(prog="python bench/run_benchmarks.py", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a tiny run to check the plumbing (about 4 minutes)")
@@ -497,6 +685,15 @@ def parse_args(argv: list) -> argparse.Namespace:
     parser.add_argument("--lever-steps", type=positive_int,
                         help=f"timed training steps per lever of section 6 (default {FULL['lever_steps']})")
     parser.add_argument("--levers-only", action="store_true", help="measure section 6 only (minutes, no searches)")
+    parser.add_argument("--no-levers", action="store_true", help="skip section 6")
+    parser.add_argument("--peers", type=peer_list, default=list(PEERS),
+                        help=f"comma-separated peers to measure against (default {','.join(PEERS)}; see "
+                             "bench/hf_peer.py)")
+    parser.add_argument("--tuned-batching", choices=("auto", *BATCHINGS), default="auto",
+                        help="the tuned peer's batching in its search and distillation: auto (default) picks it per "
+                             "repeat from section 3's two epochs (the faster at equal F1); random or length fixes it")
+    parser.add_argument("--headlines", action="store_true",
+                        help="update results/benchmarks.json with this run's headline ratios")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")
     parser.add_argument("--output", type=Path, help="report file (default results/benchmarks.md, "
                                                     "results/benchmarks-quick.md with --quick)")
@@ -505,6 +702,8 @@ def parse_args(argv: list) -> argparse.Namespace:
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    if args.levers_only and args.no_levers:
+        parser.error("--levers-only and --no-levers leave nothing to measure")
     if args.output is None:
         args.output = ROOT / "results" / ("benchmarks-quick.md" if args.quick else "benchmarks.md")
     require_conll(parser, args.data)
@@ -534,6 +733,11 @@ def main(argv=None) -> int:
     text = report(args, repeats, started, load_before, time.time() - clock)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
+    if args.headlines and "teacher" in repeats[0]:
+        from bench import headlines
+
+        date = datetime.strptime(started, "%Y-%m-%d %H:%M UTC").strftime("%Y-%m-%dT%H:%MZ")
+        headlines.update(headline_entries(args, repeats, args.epochs, date))
     print(text)
     print(f"written to {args.output}" + (f"; work folder {work}" if args.keep else ""))
     if not args.keep:

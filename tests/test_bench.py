@@ -27,6 +27,7 @@ def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
     proc = run_bench("--quick", "--data", conll_dir, "--output", report, "--keep")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     work = Path(re.search(r"work folder (\S+)", proc.stdout).group(1))
+    work_files = {path.name: path.read_text() for path in work.glob("repeat-1/*.json")}
     try:
         student_epochs_table(work, conll_dir, tmp_path / "student-epochs.md")
         student_seeds_table(work, conll_dir, tmp_path / "student-seeds.md")
@@ -37,17 +38,53 @@ def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
                   "4. tuner's overhead", "5. Against the machine", "6. Levers on the training step"):
         assert f"## {title}" in text
     # each side-by-side row ends in a measured ratio; each F1 row in a signed difference
-    for row in ("search wall time, s (Tune run only)", "wall time of a full-length trial, s", "real tokens / s"):
+    for row in ("search wall time, s (Tune run only)", "wall time of a full-length trial, s"):
         assert re.search(rf"\| {re.escape(row)} (\| [0-9.]+ )+\| [0-9.]+x \|", text), row
+    assert re.search(r"^\| real tokens / s( \| [0-9]+){5} \|$", text, re.MULTILINE)
+    for side in ("HF default (random batches)", "HF tuned, group_by_length", "HF tuned at its chosen batching"):
+        assert re.search(rf"^\| {re.escape(side)}[^|]* \| [0-9.]+x \| [+-][0-9.]+ points \| [0-9.]+x \| "
+                         r"[+-][0-9.]+ points \|$", text, re.MULTILINE), side
     # the trial's time outside training and evaluation, split by what each trial reports
     for part in ("model and optimizer built", "checkpoints written", "tune.report", "the rest (Ray"):
         assert re.search(rf"\| - of which {re.escape(part)}[^|]* \|  \| -?[0-9.]+% \|", text), part
-    assert re.search(r"\| tuner fit training step, fp32 \| [0-9.]+ \| [0-9.]+% \|", text)
-    assert re.search(r"\| best validation F1 \| [0-9.]+ \| [0-9.]+ \| [+-][0-9.]+ points \|", text)
+    assert re.search(r"\| tuner fit, fp32 training step \(float32\) \| [0-9.]+ \| [0-9.]+% \|", text)
+    # tuner, the default peer, the tuned peer, then each peer against tuner
+    assert re.search(r"\| best validation F1 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [+-][0-9.]+ points \| "
+                     r"[+-][0-9.]+ points \|", text)
+    tuned_peer_measured(work_files, text)
     for lever in ("bf16 autocast on the CPU", "torch.compile (inductor, dynamic shapes)", "two processes of 1 thread"):
         assert re.search(rf"\| [^|]*{re.escape(lever)}[^|]* \| [0-9]+[^|]* \| [0-9.]+x[^|]* \|", text), lever
     assert "python bench/run_benchmarks.py --quick" in text
     assert snapshot(ROOT / "results") == before  # --output elsewhere: the committed report is untouched
+
+
+def tuned_peer_measured(work_files: dict, text: str) -> None:
+    """The tuned peer ran as set up: bf16 where tuner's auto precision uses it, the fused optimizer, its own TPE +
+    ASHA search, both batchings timed with their F1, and the lead table holds both peers' ratios."""
+    import json
+
+    from tuner.training import uses_bf16
+
+    for name in ("hf_peer-throughput-tuned-random.json", "hf_peer-throughput-tuned-length.json",
+                 "hf_peer-search-tuned.json", "hf_peer-distill-tuned.json"):
+        record = json.loads(work_files[name])
+        assert record["peer"] == "tuned" and record["bf16"] == uses_bf16("cpu"), name
+        if "optim" in record:
+            assert record["optim"] == "adamw_torch_fused", name
+        if name.startswith("hf_peer-throughput"):
+            assert 0.0 <= record["val_f1"] <= 1.0 and record["tokens_per_second"] > 0
+    default_search = json.loads(work_files["hf_peer-search-default.json"])
+    assert default_search["peer"] == "default" and default_search["bf16"] is False
+    assert json.loads(work_files["hf_peer-search-tuned.json"])["trials"] == 2  # --quick's trial count, its own TPE
+    lead = text.split("## Headline ratios against each peer", 1)[1].split("\n## ", 1)[0]
+    assert ("| measure | goal (against the tuned peer) | against the default peer | against the tuned peer "
+            "| met? |") in lead
+    for label in ("teacher search", "student trial", "training throughput"):
+        assert re.search(rf"^\| {label}[^|]* \| >= [^|]+ \| \*\*[0-9.]+x\*\* [^|]*\| \*\*[0-9.]+x\*\* [^|]*\| "
+                         r"(yes|no) \|$", lead, re.MULTILINE), label
+    assert "nan" not in lead
+    assert re.search(r"\| validation F1 after the epoch( \| 0\.[0-9]{4}){5} \|", text)
+    assert re.search(r"it ran, per repeat: default: random; tuned: (random|length)\.", text)
 
 
 def student_epochs_table(work: Path, conll_dir, report: Path) -> None:
@@ -105,6 +142,44 @@ def test_bad_flag_is_one_line_error(capsys):
     assert status == 2 and len(err.strip().splitlines()) == 1 and "--repeats" in err
 
 
+def test_unknown_peer_is_one_line_error(capsys):
+    from bench import run_benchmarks
+
+    status, _, err = run_main(run_benchmarks.main, "--peers", "default,expert", capsys=capsys)
+    assert status == 2 and err.strip().splitlines() == [err.strip()] and "unknown peer 'expert'" in err
+
+
+def test_default_peer_search_needs_the_configs(tmp_path, capsys):
+    from bench import hf_peer
+
+    status, _, err = run_main(hf_peer.main, "search", "--data", tmp_path, "--train-sentences", "8",
+                              "--eval-sentences", "8", "--epochs", "1", "--out", tmp_path / "x.json", capsys=capsys)
+    assert status == 2 and err.strip().splitlines() == [err.strip()] and "--configs" in err
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_tuned_peer_batching_is_the_faster_at_equal_f1():
+    from bench.run_benchmarks import better_batching
+
+    fits = {"random": {"val_f1": 0.800, "tokens_per_second": 1000.0},
+            "length": {"val_f1": 0.797, "tokens_per_second": 1400.0}}
+    assert better_batching(fits) == "length"  # 0.3 points apart: equal F1, the faster wins
+    fits["length"]["val_f1"] = 0.790  # a point lower: the higher F1 wins, however fast the other
+    assert better_batching(fits) == "random"
+    assert better_batching({"random": fits["random"]}) == "random"
+
+
+def test_headlines_keep_one_entry_per_measure_and_peer(tmp_path):
+    from bench import headlines
+
+    path = tmp_path / "benchmarks.json"
+    first = [headlines.entry("speed", 2.0, "x", ">= 1.5x", True, peer, "", "cmd", "2026-01-01T00:00Z")
+             for peer in ("default", "tuned")]
+    headlines.update(first, path)
+    merged = headlines.update([headlines.entry("speed", 1.2, "x", ">= 1.5x", False, "tuned", "", "cmd")], path)
+    assert [(e["peer"], e["value"]) for e in merged] == [("default", 2.0), ("tuned", 1.2)]
+
+
 def test_negative_seed_offset_is_one_line_error(tmp_path, capsys):
     from bench import student_seeds
 
@@ -138,4 +213,32 @@ def test_alignment_ablation_bad_data_is_one_line_error(tmp_path, capsys):
     from bench import alignment
 
     status, _, err = run_main(alignment.main, "--quick", "--data", tmp_path, capsys=capsys)
+    assert status == 2 and err.strip().splitlines() == [err.strip()] and str(tmp_path) in err
+
+
+def test_quick_step_profile_splits_the_step(tmp_path, conll_dir):
+    """bench/step_profile.py's smoke mode: the step's phases and operator kinds add up, and its matmul figures are
+    measured against the 2048^3 matmul of the step's precision."""
+    import json
+
+    report = tmp_path / "profile.md"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "bench/step_profile.py", "--quick", "--data", conll_dir, "--output",
+                           report], capture_output=True, text=True, timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads(report.with_suffix(".json").read_text())
+    assert sum(record["kinds"].values()) == pytest.approx(1.0)
+    assert record["kinds"]["matmul"] > 0 and record["matmul_flops_per_second"] > 0
+    assert 0 < sum(record["phases"].values()) <= 1.05  # nested in the profiled wall time
+    assert record["phases"]["forward"] > 0 and record["phases"]["optimizer"] > 0
+    text = report.read_text()
+    assert re.search(r"\| step FLOP/s .* \| [0-9.]+ G \([0-9.]+% of the 2048\^3 matmul's [0-9]+ G\) \|", text)
+    assert re.search(r"\| a lone matmul of the shape the step's matmuls spend most time in \([0-9]+ x [0-9]+ @ "
+                     r"[0-9]+ x [0-9]+\) \|", text)
+
+
+def test_step_profile_bad_data_is_one_line_error(tmp_path, capsys):
+    from bench import step_profile
+
+    status, _, err = run_main(step_profile.main, "--quick", "--data", tmp_path, capsys=capsys)
     assert status == 2 and err.strip().splitlines() == [err.strip()] and str(tmp_path) in err
