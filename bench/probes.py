@@ -103,16 +103,22 @@ def matmul(args) -> dict:
     torch.set_num_threads(THREADS)
     record = {"size": MATMUL_SIZE, "threads": THREADS}
     for key, dtype in (("flops_per_second", torch.float32), ("bf16_flops_per_second", torch.bfloat16)):
-        a, b = (torch.randn(MATMUL_SIZE, MATMUL_SIZE).to(dtype) for _ in range(2))
-        for _ in range(MATMUL_WARMUP):
-            a @ b
-        seconds = []
-        for _ in range(MATMUL_REPEATS):
-            started = time.perf_counter()
-            a @ b
-            seconds.append(time.perf_counter() - started)
-        record[key] = 2 * MATMUL_SIZE**3 / statistics.median(seconds)
+        record[key] = matmul_flops(MATMUL_SIZE, MATMUL_SIZE, MATMUL_SIZE, dtype)
     return record
+
+
+def matmul_flops(m: int, k: int, n: int, dtype, repeats: int = MATMUL_REPEATS) -> float:
+    """FLOP/s of an (m x k) @ (k x n) matmul at ``dtype``: the median of ``repeats`` timed runs after
+    MATMUL_WARMUP untimed ones."""
+    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
+    for _ in range(MATMUL_WARMUP):
+        a @ b
+    seconds = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        seconds.append(time.perf_counter() - started)
+    return 2 * m * k * n / statistics.median(seconds)
 
 
 def steps(args) -> dict:

@@ -11,7 +11,8 @@ the `cpu` profile's sentences), timed without a profiler first, then run again u
 - the step's operators by kind (matmuls; bf16 casts and copies; the optimizer; attention; everything else) as
   shares of the profiled operator time;
 - the FLOP/s the step's matmuls reach while they run (the profiler's FLOP counts over their own time), against a
-  2048^3 matmul and against a lone matmul of the shape the step's matmuls spend most time in, both timed here at the same precision.
+  2048^3 matmul and against a lone matmul of the shape the step's matmuls spend most time in, both timed here at
+  the same precision.
 
 The gap from the whole step's FLOP/s (6 x non-embedding parameters x real tokens/s, as bench/run_benchmarks.py's
 section 5) to the 2048^3 matmul's splits into: the time outside matmuls, and how far the step's small matmuls fall
@@ -21,7 +22,6 @@ below a large one. Results: --output (markdown) and the same name with .json.
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from collections import defaultdict
@@ -30,14 +30,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BATCH_SIZE, DEFAULT_DATA, ROOT, non_embedding_parameters, require_conll  # noqa: E402
-from bench.probes import MATMUL_SIZE, THROUGHPUT_HPARAMS  # noqa: E402
+from bench.common import (BATCH_SIZE, DEFAULT_DATA, ROOT, non_embedding_parameters, require_conll,  # noqa: E402
+                          run_settings)
+from bench.probes import MATMUL_SIZE, THROUGHPUT_HPARAMS, matmul_flops  # noqa: E402
 
 import torch  # noqa: E402
 
-from tuner import registry  # noqa: E402
 from tuner.cli import OneLineParser, positive_int  # noqa: E402
-from tuner.config import BATCH_ORDERS, PRECISIONS, RunSettings, default_threads, resolve_profile  # noqa: E402
+from tuner.config import BATCH_ORDERS, PRECISIONS, default_threads  # noqa: E402
 from tuner.data import length_grouped_batches, random_batches  # noqa: E402
 from tuner.models import initial_token_classifier  # noqa: E402
 from tuner.task import load_task  # noqa: E402
@@ -46,6 +46,8 @@ from tuner.training import MAX_GRAD_NORM, autocast, build_optimizer, collate, re
 
 FULL = {"train_sentences": 3000, "steps": 40, "warmup": 5}
 QUICK = {"train_sentences": 64, "steps": 3, "warmup": 1}
+# run_settings' other sizes: evaluation and the epoch count do not enter the profiled step
+SETTINGS = {"eval_sentences": 32, "epochs": 1, "seed": 0}
 PHASES = ("data", "forward", "backward", "clip", "optimizer")
 # operator kinds, by the aten names the profiler records (first match wins)
 KINDS = [("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
@@ -84,25 +86,8 @@ def step(model, optimizer, task, indices, precision: str, batches: str, record) 
     return int(batch["attention_mask"].sum())
 
 
-def matmul_flops(m: int, k: int, n: int, dtype, repeats: int = 20) -> float:
-    """FLOP/s of an (m x k) @ (k x n) matmul at ``dtype``, median of ``repeats`` after 3 warm-up runs."""
-    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-    for _ in range(3):
-        a @ b
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - started)
-    return 2 * m * k * n / statistics.median(seconds)
-
-
 def measure(args) -> dict:
-    profile = resolve_profile("cpu", False, model="minilm", batch_size=BATCH_SIZE,
-                              train_sentences=args.train_sentences, eval_sentences=32)
-    settings = RunSettings(stages=(registry.by_name("teacher"),), trials=1, profile=profile, data=str(args.data),
-                           split="report", seed=0)
-    task, tokenizer = load_task(settings, None)
+    task, tokenizer = load_task(run_settings(args), None)
     threads = default_threads(0)
     torch.set_num_threads(threads)
     precision = resolved_precision("cpu", args.precision)
@@ -140,10 +125,10 @@ def measure(args) -> dict:
             if len(dims) >= 2 and event.key in ("aten::mm", "aten::addmm"):
                 shapes[(dims[-2], dims[-1])] += event.self_cpu_time_total
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    big = matmul_flops(MATMUL_SIZE, MATMUL_SIZE, MATMUL_SIZE, dtype, repeats=10)
+    big = matmul_flops(MATMUL_SIZE, MATMUL_SIZE, MATMUL_SIZE, dtype)
     typical = max(shapes, key=shapes.get) if shapes else ((BATCH_SIZE * 16, 384), (384, 1536))
     (m, k), (_, n) = typical
-    small = matmul_flops(m, k, n, dtype)
+    small = matmul_flops(m, k, n, dtype, repeats=20)
     parameters = non_embedding_parameters(model)
     total_ops = sum(kinds.values())
     return {"precision": precision, "batches": args.batches, "threads": threads, "cpu": cpu_name(), "steps": len(timed),
@@ -197,7 +182,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "step_profile.md",
                         help="markdown report; the record goes beside it as .json")
     args = parser.parse_args(argv)
-    for key, value in (QUICK if args.quick else FULL).items():
+    for key, value in {**(QUICK if args.quick else FULL), **SETTINGS}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     require_conll(parser, args.data)
