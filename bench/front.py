@@ -1,14 +1,15 @@
 """One F1-vs-size front search against single-objective student searches at fixed budgets, side by side.
 
     python bench/front.py --teacher results/teacher/best [--trials 40] [--budgets 0.30 0.22 0.15]
-                          [--front-max 0.60] [--output results/front.md] [--quick]
+                          [--front-max 0.60] [--output results/front.md] [--front-only] [--quick]
 
 From one searched teacher (its data, split and seed), it runs ``tuner.run --stage student --objectives
 f1,params`` with ``--trials`` trials under ``--front-max`` of the teacher's parameters, then one ``tuner.run
 --stage student`` (F1 alone) per budget, sharing the same total trial count (``--trials`` divided among the
-budgets). It reports, per budget, the best front member under it against that budget's own search (validation and
-test F1), the wall time of each side, and the front's members as shares of the teacher's size and F1. ``--quick``
-is its smoke mode (the smoke profile's tiny model, seconds to minutes; the slow tests run it).
+budgets; ``--front-only`` skips them). It reports, per budget, the best front member under it against that
+budget's own search (validation and test F1), the wall time of each side, and the front's members as shares of
+the teacher's size and F1. ``--quick`` is its smoke mode (the smoke profile's tiny model, seconds to minutes;
+the slow tests run it).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def run(args) -> dict:
     front = search("front", work, args.teacher, args, "--objectives", "f1,params", "--trials", args.trials,
                    "--max-params", int(args.front_max * size))
     per_budget = max(1, args.trials // len(args.budgets))
-    singles = {budget: search(f"single-{budget:.2f}", work, args.teacher, args, "--trials", per_budget,
-                              "--max-params", int(budget * size)) for budget in args.budgets}
+    singles = {} if args.front_only else {
+        budget: search(f"single-{budget:.2f}", work, args.teacher, args, "--trials", per_budget,
+                       "--max-params", int(budget * size)) for budget in args.budgets}
     with open(front["results"] / "student" / "pareto.csv") as handle:
         members = [dict(row, parameters=int(row["parameters"]), val_f1=float(row["val_f1"]),
                         test_f1=float(row["test_f1"])) for row in csv.DictReader(handle)]
@@ -93,10 +95,13 @@ def report(record: dict, command: str, started: str, minutes: float) -> str:
         f"- teacher: {teacher['folder']}, {size:,} parameters, test F1 {f1:.4f} (validation {teacher['val_f1']:.4f})",
         f"- front search: {front['trials']} trials, `--objectives f1,params`, shapes up to "
         f"{front['max_share']:.0%} of the teacher; {front['wall_seconds'] / 60:.1f} minutes",
-        f"- single-objective searches: {record['per_budget_trials']} trials at each budget, F1 alone (the "
-        f"deepest, then widest, student under the budget); {single_wall / 60:.1f} minutes in all", "",
-        "| budget | front: best member under it (val / test F1) | its size | single search (val / test F1) | its size "
-        "| front - single, test F1 points | single search wall time, min |", "|---|---|---|---|---|---|---|"]
+        (f"- single-objective searches: {record['per_budget_trials']} trials at each budget, F1 alone (the "
+         f"deepest, then widest, student under the budget); {single_wall / 60:.1f} minutes in all"
+         if record["budgets"] else "- single-objective searches: not run (`--front-only`)"), ""]
+    if record["budgets"]:
+        lines += ["| budget | front: best member under it (val / test F1) | its size | single search (val / test F1) "
+                  "| its size | front - single, test F1 points | single search wall time, min |",
+                  "|---|---|---|---|---|---|---|"]
     for row in record["budgets"]:
         if row["front_member"] is None:
             front_cells = "no member | -"
@@ -105,8 +110,9 @@ def report(record: dict, command: str, started: str, minutes: float) -> str:
             front_cells = (f"{row['front_val_f1']:.4f} / {row['front_test_f1']:.4f} | "
                            f"{share(row['front_parameters'], size)}")
             gap = f"{(row['front_test_f1'] - row['single_test_f1']) * 100:+.2f}"
-        lines.append(f"| {row['budget']:.0%} | {front_cells} | {row['single_val_f1']:.4f} / {row['single_test_f1']:.4f} "
-                     f"| {share(row['single_parameters'], size)} | {gap} | {row['single_wall_seconds'] / 60:.1f} |")
+        lines.append(f"| {row['budget']:.0%} | {front_cells} | {row['single_val_f1']:.4f} / "
+                     f"{row['single_test_f1']:.4f} | {share(row['single_parameters'], size)} | {gap} | "
+                     f"{row['single_wall_seconds'] / 60:.1f} |")
     lines += ["", f"Front members ({len(front['members'])}), as shares of the teacher:", "",
               "| member | parameters | share | validation F1 | test F1 | test F1 / teacher's | batch 1, ms |",
               "|---|---|---|---|---|---|---|"]
@@ -134,6 +140,9 @@ def main(argv=None) -> int:
     parser.add_argument("--front-max", type=float, default=0.60, help="the front search's budget, as a share")
     parser.add_argument("--work", type=Path, help="where the searches go (default: a folder beside --output)")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "front.md")
+    parser.add_argument("--front-only", action="store_true",
+                        help="run the front search alone, without the single-objective searches: its members "
+                             "against the teacher and the budgets (half the time)")
     parser.add_argument("--quick", action="store_true", help="smoke mode: a few sentences, 2 epochs")
     args = parser.parse_args(argv)
     if not (args.teacher / "result.json").is_file():
