@@ -273,6 +273,7 @@ def throughput(args) -> dict:
     train = hf_dataset(sentences["train"], tokenizer, settings.profile.max_length)
     validation = hf_dataset(sentences["validation"], tokenizer, settings.profile.max_length)
     collator, timer = CountingCollator(tokenizer), EpochTimer()
+    torch.manual_seed(args.seed)  # the classifier head's initialisation: the Trainer seeds only after it is built
     model = model_init()
     with tempfile.TemporaryDirectory(prefix="hf-throughput-") as work:
         training_args = peer_arguments(args, work, num_train_epochs=1, save_strategy="no", seed=args.seed,

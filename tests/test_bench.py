@@ -242,3 +242,32 @@ def test_step_profile_bad_data_is_one_line_error(tmp_path, capsys):
 
     status, _, err = run_main(step_profile.main, "--quick", "--data", tmp_path, capsys=capsys)
     assert status == 2 and err.strip().splitlines() == [err.strip()] and str(tmp_path) in err
+
+
+@pytest.mark.slow
+def test_quick_allocator_compares_both_sides_both_ways(tmp_path, conll_dir):
+    """bench/allocator.py's smoke mode: tuner's epoch and the tuned peer's, with glibc's allocator as it is and kept,
+    one table; the setting changes no arithmetic, so tuner's F1 is the same both ways."""
+    import json
+
+    report = tmp_path / "allocator.md"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "bench/allocator.py", "--quick", "--data", conll_dir, "--output", report],
+                          capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads(report.with_suffix(".json").read_text())
+    assert set(record) == {"tuner", "peer, random batches", "peer, group_by_length"}
+    for side in record.values():
+        assert [r["seed"] for r in side["off"]] == [r["seed"] for r in side["on"]] == [0]
+        assert all(r["tokens_per_second"] > 0 for r in side["off"] + side["on"])
+    assert record["tuner"]["off"][0]["val_f1"] == record["tuner"]["on"][0]["val_f1"]
+    text = report.read_text()
+    assert re.search(r"\| tuner \| [0-9,]+ \| [0-9,]+ \| [0-9.]+x \|", text)
+    assert re.search(r"\| against the peer, group_by_length \| [0-9.]+x \| [0-9.]+x \| [0-9.]+x \|", text)
+
+
+def test_allocator_bad_data_is_one_line_error(tmp_path, capsys):
+    from bench import allocator
+
+    status, _, err = run_main(allocator.main, "--quick", "--data", tmp_path, capsys=capsys)
+    assert status == 2 and err.strip().splitlines() == [err.strip()] and str(tmp_path) in err

@@ -184,3 +184,45 @@ def test_release_memory_frees_cycles_and_trims_where_glibc_runs():
         assert alive() is None
     finally:
         gc.enable()
+
+
+KEEP_PROBE = """
+import ctypes, sys, torch
+from tuner.training import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+mallinfo2 = ctypes.CDLL(None).mallinfo2
+mallinfo2.restype = MallInfo2
+kept = keep_freed_memory()
+before = mallinfo2().hblkhd
+gradient = torch.zeros(30522, 384)  # MiniLM's word-embedding gradient, 47 MB
+mapped = mallinfo2().hblkhd - before
+del gradient
+print(kept, mapped)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt and mallinfo2 are glibc's")
+@pytest.mark.parametrize("setting", ["default", "0"])
+def test_keep_freed_memory_serves_the_embedding_gradient_from_the_heap(setting):
+    """fit's allocator setting: with it, a 47 MB tensor comes from glibc's heap (no mmap to page in again on every
+    step); with ``TUNER_KEEP_FREED_MEMORY=0`` glibc maps it, as by default."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    if setting == "0":
+        env["TUNER_KEEP_FREED_MEMORY"] = "0"
+    else:
+        env.pop("TUNER_KEEP_FREED_MEMORY", None)
+    proc = subprocess.run([sys.executable, "-c", KEEP_PROBE], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kept, mapped = proc.stdout.split()
+    if setting == "0":
+        assert kept == "False" and int(mapped) >= 30522 * 384 * 4
+    else:
+        assert kept == "True" and int(mapped) == 0
