@@ -1,6 +1,7 @@
 """glibc's allocator kept or not, for tuner's training epoch and the tuned peer's, side by side in one run.
 
-    python bench/allocator.py [--seeds 0 1 2] [--train-sentences 3000] [--output results/allocator.md] [--quick]
+    python bench/allocator.py [--seeds 0 1 2] [--train-sentences 3000] [--output results/allocator.md]
+                              [--headlines] [--quick]
 
 By default glibc serves each allocation over 32 MB with a fresh ``mmap`` and unmaps it when freed, so a training
 step's word-embedding gradient (V x H float32, 47 MB for MiniLM) is page-faulted in again every step.
@@ -12,7 +13,8 @@ and with length-grouped batches) in a fresh process with the allocator as glibc 
 ("on"), in alternating order. It reports real tokens/s per side and setting (medians over seeds), the gain of
 each side, tuner against each peer batching with both sides off and both on, and each epoch's validation F1 (the
 setting changes no arithmetic, so each pair's F1 should match). ``--quick`` is its smoke mode (a few sentences,
-one seed; the tests run it). The table goes to ``--output`` and the record beside it as .json.
+one seed; the tests run it). The table goes to ``--output`` and the record beside it as .json; ``--headlines``
+updates ``results/benchmarks.json`` with tuner against each peer batching, both sides kept.
 """
 
 from __future__ import annotations
@@ -105,6 +107,31 @@ def report(records: dict, command: str, started: str, minutes: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+THROUGHPUT_GOAL, F1_TOLERANCE = 1.3, 0.005  # issue 20's throughput goal against the tuned peer, "equal F1"
+
+
+def headline_entries(records: dict, command: str) -> list:
+    """``results/benchmarks.json`` entries: tuner against each peer batching with the allocator kept on both
+    sides (the like-for-like figure), F1 difference in points as a detail."""
+    from bench import headlines
+
+    tuner, entries = records["tuner"], []
+    for side, runs in records.items():
+        if side == "tuner":
+            continue
+        ratio = median_rate(tuner["on"]) / median_rate(runs["on"])
+        f1 = statistics.median(t["val_f1"] - p["val_f1"] for t, p in zip(tuner["on"], runs["on"]))
+        entries.append(headlines.entry(
+            f"training throughput, glibc's freed memory kept on both sides, tuner fit / Trainer on "
+            f"{side.split(', ')[1]} (real tokens/s, median of {len(runs['on'])} seeds)", round(ratio, 3), "x",
+            ">= 1.3x at equal F1 (issue 20, against the tuned peer)",
+            ratio >= THROUGHPUT_GOAL and f1 >= -F1_TOLERANCE, "tuned",
+            f"bf16 Trainer, adamw_torch_fused, {side.split(', ')[1]}, MALLOC_MMAP_MAX_=0 "
+            f"MALLOC_TRIM_THRESHOLD_={2**31 - 1}", command,
+            f1_points=round(100 * f1, 2), peer_off_ratio=round(median_rate(tuner["on"]) / median_rate(runs["off"]), 3)))
+    return entries
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = OneLineParser(prog="python bench/allocator.py", description=__doc__.strip().splitlines()[0])
@@ -115,6 +142,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", type=Path, help="markdown report (default results/allocator.md, "
                                                     "results/allocator-quick.md with --quick)")
     parser.add_argument("--quick", action="store_true", help="a few sentences, one seed (a minute or two)")
+    parser.add_argument("--headlines", action="store_true",
+                        help="update results/benchmarks.json with tuner against each peer batching, both kept")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
         if getattr(args, key) is None:
@@ -127,7 +156,12 @@ def main(argv=None) -> int:
     except RuntimeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    text = report(records, " ".join(["python", "bench/allocator.py", *argv]), started, (time.time() - clock) / 60)
+    command = " ".join(["python", "bench/allocator.py", *argv])
+    text = report(records, command, started, (time.time() - clock) / 60)
+    if args.headlines:
+        from bench import headlines
+
+        headlines.update(headline_entries(records, command))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
     args.output.with_suffix(".json").write_text(json.dumps(records, indent=2) + "\n")
