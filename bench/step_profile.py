@@ -5,7 +5,7 @@
 
 The step is `tuner.training.fit`'s (its default random batches trained unpadded, or with `--batches length`
 length-grouped batches through the padded forward; gradient clipping, fused AdamW, batch size 16, the teacher model,
-the `cpu` profile's sentences), timed without a profiler first, then run again under `torch.profiler`. It reports:
+the `cpu` profile's sentences, glibc's freed memory kept as fit keeps it unless `TUNER_KEEP_FREED_MEMORY=0`), timed without a profiler first, then run again under `torch.profiler`. It reports:
 
 - the step's phases (forward, backward, clipping, optimizer) as shares of the profiled wall time;
 - the step's operators by kind (matmuls; bf16 casts and copies; the optimizer; attention; everything else) as
@@ -42,7 +42,8 @@ from tuner.data import length_grouped_batches, random_batches  # noqa: E402
 from tuner.models import initial_token_classifier  # noqa: E402
 from tuner.task import load_task  # noqa: E402
 from tuner.timing import cpu_name  # noqa: E402
-from tuner.training import MAX_GRAD_NORM, autocast, build_optimizer, collate, resolved_precision, token_cross_entropy  # noqa: E402,E501
+from tuner.training import (MAX_GRAD_NORM, autocast, build_optimizer, collate, keep_freed_memory,  # noqa: E402
+                            resolved_precision, token_cross_entropy)
 
 FULL = {"train_sentences": 3000, "steps": 40, "warmup": 5}
 QUICK = {"train_sentences": 64, "steps": 3, "warmup": 1}
@@ -90,6 +91,7 @@ def measure(args) -> dict:
     task, tokenizer = load_task(run_settings(args), None)
     threads = default_threads(0)
     torch.set_num_threads(threads)
+    kept = keep_freed_memory()  # as fit sets it (TUNER_KEEP_FREED_MEMORY=0: glibc's defaults)
     precision = resolved_precision("cpu", args.precision)
     model = initial_token_classifier("minilm", task.labels, 0, len(tokenizer)).train()
     optimizer = build_optimizer(model, THROUGHPUT_HPARAMS["learning_rate"], THROUGHPUT_HPARAMS["weight_decay"])
@@ -131,7 +133,8 @@ def measure(args) -> dict:
     small = matmul_flops(m, k, n, dtype, repeats=20)
     parameters = non_embedding_parameters(model)
     total_ops = sum(kinds.values())
-    return {"precision": precision, "batches": args.batches, "threads": threads, "cpu": cpu_name(), "steps": len(timed),
+    return {"precision": precision, "batches": args.batches, "threads": threads, "freed_memory_kept": kept,
+            "cpu": cpu_name(), "steps": len(timed),
             "tokens_per_second": tokens / seconds, "step_seconds": seconds / len(timed),
             "profiled_step_seconds": profiled_seconds / len(profiled_batches),
             "step_flops_per_second": 6 * parameters * tokens / seconds, "non_embedding_parameters": parameters,
@@ -147,6 +150,7 @@ def report(record: dict, command: str) -> str:
     m, k, n = record["typical_shape"]
     lines = [f"- command: `{command}`; {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {record['cpu']}, "
              f"{record['threads']} threads; precision {record['precision']}; {record['batches']} batches; "
+             f"glibc's freed memory {'kept' if record['freed_memory_kept'] else 'as glibc leaves it'}; "
              f"{record['steps']} steps timed, as many profiled",
              "", "| the step | value |", "|---|---|",
              f"| real tokens / s (unprofiled) | {record['tokens_per_second']:.0f} |",
