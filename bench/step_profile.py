@@ -4,8 +4,9 @@
     python bench/step_profile.py --quick          # smoke mode: a few steps on a few sentences
 
 The step is `tuner.training.fit`'s (its default random batches trained unpadded, or with `--batches length`
-length-grouped batches through the padded forward; gradient clipping, fused AdamW, batch size 16, the teacher model,
-the `cpu` profile's sentences, glibc's freed memory kept as fit keeps it unless `TUNER_KEEP_FREED_MEMORY=0`), timed without a profiler first, then run again under `torch.profiler`. It reports:
+length-grouped batches through the padded forward; gradient clipping, fused AdamW, batch size 16, the teacher
+model, the `cpu` profile's sentences, glibc's freed memory kept as fit keeps it unless
+`TUNER_KEEP_FREED_MEMORY=0`), timed without a profiler first, then run again under `torch.profiler`. It reports:
 
 - the step's phases (forward, backward, clipping, optimizer) as shares of the profiled wall time;
 - the step's operators by kind (matmuls; bf16 casts and copies; the optimizer; attention; everything else) as

@@ -224,3 +224,20 @@ def test_front_benchmark_quick_compares_the_front_with_budgeted_searches(front_r
         assert f"| {row['budget']:.0%} | " in text
     assert all(m["parameters"] <= 0.60 * record["teacher"]["parameters"] for m in record["front"]["members"])
     assert "Members between 15% and 60% of the teacher's parameters:" in text
+
+
+def test_front_only_report_lists_members_against_the_budgets_without_a_budget_table():
+    """bench/front.py --front-only: no single-objective searches, so no per-budget table, but every member as a
+    share of the teacher and the best test F1 under each budget."""
+    from bench.front import report
+
+    members = [{"name": name, "parameters": size, "val_f1": f1 + 0.01, "test_f1": f1, "batch_1_median_ms": "1.5"}
+               for name, size, f1 in [("a", 3_000_000, 0.70), ("b", 6_000_000, 0.78), ("c", 12_000_000, 0.81)]]
+    record = {"teacher": {"parameters": 20_000_000, "test_f1": 0.80, "val_f1": 0.82, "folder": "T"},
+              "front": {"trials": 40, "max_share": 0.60, "wall_seconds": 600.0, "members": members},
+              "per_budget_trials": None, "budgets": []}
+    text = report(record, "python bench/front.py --front-only", "2026-12-03 08:00 UTC", 10.0)
+    assert "not run (`--front-only`)" in text and "| budget |" not in text and "\n\n\n" not in text
+    assert "Members between 15% and 60% of the teacher's parameters: 3." in text
+    assert "At 30% or less of the teacher: best test F1 0.7800, 0.975x the teacher's." in text
+    assert "At 15% or less of the teacher: best test F1 0.7000, 0.875x the teacher's." in text

@@ -90,20 +90,23 @@ KEEP_FREED_MEMORY_ENV = "TUNER_KEEP_FREED_MEMORY"  # "0" turns keep_freed_memory
 @functools.cache
 def keep_freed_memory() -> bool:
     """Make glibc keep freed memory for the next step instead of handing it back to the system; True where that
-    was set (glibc, not turned off by ``TUNER_KEEP_FREED_MEMORY=0``).
+    was set (glibc, not turned off by ``TUNER_KEEP_FREED_MEMORY=0``, read on the first call in a process).
 
     By default glibc serves every allocation over 32 MB with a fresh ``mmap`` and unmaps it when freed. A training
     step allocates and frees the word-embedding gradient (V x H float32: 47 MB for MiniLM, 89 MB for
-    ``bert-base-cased``) every step, so every step page-faults it in again (about a tenth of a ``cpu`` step in
-    system time). ``M_MMAP_MAX=0`` serves it from the heap and ``M_TRIM_THRESHOLD`` keeps the freed heap for the
-    next step. The process's resident memory stays at its peak; ``release_memory`` still hands it back between
-    trials. bench/allocator.py measures it against the same settings given to the Hugging Face peer."""
+    ``bert-base-cased``) every step, so every step page-faults it in again. ``M_MMAP_MAX=0`` serves it from the
+    heap and ``M_TRIM_THRESHOLD`` keeps the freed heap for the next step. The process's resident memory stays at its
+    peak; ``release_memory`` still hands it back between trials. One limit: in a thread other than the main one
+    (Ray Tune runs a trial in one), glibc's heaps hold at most 64 MB per allocation, so a larger gradient
+    (``bert-base-cased`` trained on a CPU) is still mapped; on a GPU the gradient is not glibc's at all.
+    bench/allocator.py measures the setting against the same one given to the Hugging Face peer."""
     if os.environ.get(KEEP_FREED_MEMORY_ENV, "1") == "0":
         return False
     libc = _libc()
     mallopt = getattr(libc, "mallopt", None) if libc is not None else None
     if mallopt is None or _malloc_trim() is None:  # mallopt alone is not glibc's (musl has a no-op one)
         return False
+    # both or neither in practice: glibc refuses neither value (mallopt returns 0 only for out-of-range values)
     return bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
 
 
