@@ -1,15 +1,17 @@
 """One F1-vs-size front search against single-objective student searches at fixed budgets, side by side.
 
     python bench/front.py --teacher results/teacher/best [--trials 40] [--budgets 0.30 0.22 0.15]
-                          [--front-max 0.60] [--output results/front.md] [--front-only] [--quick]
+                          [--front-max 0.60] [--train-sentences N] [--output results/front.md] [--front-only]
+                          [--quick]
 
 From one searched teacher (its data, split and seed), it runs ``tuner.run --stage student --objectives
 f1,params`` with ``--trials`` trials under ``--front-max`` of the teacher's parameters, then one ``tuner.run
 --stage student`` (F1 alone) per budget, sharing the same total trial count (``--trials`` divided among the
-budgets; ``--front-only`` skips them). It reports, per budget, the best front member under it against that
-budget's own search (validation and test F1), the wall time of each side, and the front's members as shares of
-the teacher's size and F1. ``--quick`` is its smoke mode (the smoke profile's tiny model, seconds to minutes;
-the slow tests run it).
+budgets, the remainder to the first ones; ``--front-only`` skips them). ``--train-sentences`` trains every
+search on fewer (or more) training sentences than its profile, to fit the comparison in less time. It reports,
+per budget, the best front member under it against that budget's own search (validation and test F1), the
+wall time of each side, and the front's members as shares of the teacher's size and F1. ``--quick`` is its
+smoke mode (the smoke profile's tiny model, seconds to minutes; the slow tests run it).
 """
 
 from __future__ import annotations
@@ -54,14 +56,18 @@ def run(args) -> dict:
     args.sizes = ["--seed", teacher["seed"], "--split", teacher["split"]]
     if args.quick:
         args.sizes += ["--train-sentences", 120, "--eval-sentences", 60, "--test-sentences", 60, "--epochs", 2]
+    if args.train_sentences:
+        args.sizes += ["--train-sentences", args.train_sentences]
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     front = search("front", work, args.teacher, args, "--objectives", "f1,params", "--trials", args.trials,
                    "--max-params", int(args.front_max * size))
-    per_budget = max(1, args.trials // len(args.budgets))
+    shares = [args.trials // len(args.budgets) + (i < args.trials % len(args.budgets))
+              for i in range(len(args.budgets))]  # the same total as the front's, as evenly as it divides
     singles = {} if args.front_only else {
-        budget: search(f"single-{budget:.2f}", work, args.teacher, args, "--trials", per_budget,
-                       "--max-params", int(budget * size)) for budget in args.budgets}
+        budget: dict(search(f"single-{budget:.2f}", work, args.teacher, args, "--trials", max(1, trials),
+                            "--max-params", int(budget * size)), trials=max(1, trials))
+        for budget, trials in zip(args.budgets, shares)}
     with open(front["results"] / "student" / "pareto.csv") as handle:
         members = [dict(row, parameters=int(row["parameters"]), val_f1=float(row["val_f1"]),
                         test_f1=float(row["test_f1"])) for row in csv.DictReader(handle)]
@@ -72,13 +78,14 @@ def run(args) -> dict:
         chosen = max(under, key=lambda m: m["val_f1"]) if under else None
         rows.append({"budget": budget, "single_val_f1": best["val_f1"], "single_test_f1": best["test_f1"],
                      "single_parameters": best["parameters"], "single_wall_seconds": single["wall_seconds"],
+                     "single_trials": single["trials"],
                      "front_val_f1": chosen and chosen["val_f1"], "front_test_f1": chosen and chosen["test_f1"],
                      "front_parameters": chosen and chosen["parameters"], "front_member": chosen and chosen["name"]})
     return {"teacher": {"parameters": size, "test_f1": teacher["test_f1"], "val_f1": teacher["val_f1"],
                         "folder": str(args.teacher)},
             "front": {"trials": args.trials, "max_share": args.front_max, "wall_seconds": front["wall_seconds"],
                       "members": members},
-            "per_budget_trials": None if args.front_only else per_budget, "budgets": rows}
+            "train_sentences": args.train_sentences, "budgets": rows}
 
 
 def share(value, whole) -> str:
@@ -95,8 +102,10 @@ def report(record: dict, command: str, started: str, minutes: float) -> str:
         f"- teacher: {teacher['folder']}, {size:,} parameters, test F1 {f1:.4f} (validation {teacher['val_f1']:.4f})",
         f"- front search: {front['trials']} trials, `--objectives f1,params`, shapes up to "
         f"{front['max_share']:.0%} of the teacher; {front['wall_seconds'] / 60:.1f} minutes",
-        (f"- single-objective searches: {record['per_budget_trials']} trials at each budget, F1 alone (the "
-         f"deepest, then widest, student under the budget); {single_wall / 60:.1f} minutes in all"
+        f"- training sentences per search: {record.get('train_sentences') or 'the profile' + chr(39) + 's'}",
+        (f"- single-objective searches: {' + '.join(str(row['single_trials']) for row in record['budgets'])} "
+         f"trials at the budgets, F1 alone (the deepest, then widest, student under the budget); "
+         f"{single_wall / 60:.1f} minutes in all"
          if record["budgets"] else "- single-objective searches: not run (`--front-only`)")]
     if record["budgets"]:
         lines += ["", "| budget | front: best member under it (val / test F1) | its size | single search "
@@ -139,6 +148,8 @@ def main(argv=None) -> int:
                         help="single-objective budgets, as shares of the teacher's parameters")
     parser.add_argument("--front-max", type=float, default=0.60, help="the front search's budget, as a share")
     parser.add_argument("--work", type=Path, help="where the searches go (default: a folder beside --output)")
+    parser.add_argument("--train-sentences", type=positive_int,
+                        help="every search's training sentences (default: the profile's)")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "front.md")
     parser.add_argument("--front-only", action="store_true",
                         help="run the front search alone, without the single-objective searches: its members "

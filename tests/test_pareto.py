@@ -218,7 +218,8 @@ def test_front_benchmark_quick_compares_the_front_with_budgeted_searches(front_r
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     text = report.read_text()
     record = json.loads(report.with_suffix(".json").read_text())
-    assert [row["budget"] for row in record["budgets"]] == [0.30, 0.22, 0.15] and record["per_budget_trials"] == 1
+    assert [row["budget"] for row in record["budgets"]] == [0.30, 0.22, 0.15]
+    assert [row["single_trials"] for row in record["budgets"]] == [1, 1, 1]
     for row in record["budgets"]:
         assert row["single_parameters"] <= row["budget"] * record["teacher"]["parameters"]
         assert f"| {row['budget']:.0%} | " in text
@@ -235,7 +236,7 @@ def test_front_only_report_lists_members_against_the_budgets_without_a_budget_ta
                for name, size, f1 in [("a", 3_000_000, 0.70), ("b", 6_000_000, 0.78), ("c", 12_000_000, 0.81)]]
     record = {"teacher": {"parameters": 20_000_000, "test_f1": 0.80, "val_f1": 0.82, "folder": "T"},
               "front": {"trials": 40, "max_share": 0.60, "wall_seconds": 600.0, "members": members},
-              "per_budget_trials": None, "budgets": []}
+              "train_sentences": None, "budgets": []}
     text = report(record, "python bench/front.py --front-only", "2026-12-03 08:00 UTC", 10.0)
     assert "not run (`--front-only`)" in text and "| budget |" not in text and "\n\n\n" not in text
     assert "Members between 15% and 60% of the teacher's parameters: 3." in text
