@@ -25,13 +25,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_DATA, ROOT, OneLineParser, positive_int, require_conll  # noqa: E402
+from bench.common import (DEFAULT_DATA, ROOT, BenchError, OneLineParser, command_line,  # noqa: E402
+                          measure_and_publish, positive_int, require_conll)
 
 from tuner.training import KEEP_FREED_MEMORY_ENV  # noqa: E402
 
@@ -67,7 +66,7 @@ def epoch(side: str, setting: str, seed: int, args, work: Path) -> dict:
                           text=True)
     if proc.returncode != 0:
         lines = [line for line in (proc.stdout + proc.stderr).splitlines() if line.strip()]
-        raise RuntimeError(f"{side} ({setting}, seed {seed}) exited {proc.returncode}: "
+        raise BenchError(f"{side} ({setting}, seed {seed}) exited {proc.returncode}: "
                            f"{lines[-1] if lines else 'no output'}")
     return json.loads(out.read_text())
 
@@ -155,22 +154,15 @@ def main(argv=None) -> int:
             setattr(args, key, value)
     args.output = args.output or ROOT / "results" / ("allocator-quick.md" if args.quick else "allocator.md")
     require_conll(parser, args.data)
-    started, clock = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.time()
-    try:
-        records = run(args)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    command = command_line("allocator.py", argv)
+    records = measure_and_publish(args.output, lambda: run(args),
+                                  lambda found, started, minutes: report(found, command, started, minutes))
+    if records is None:
         return 1
-    command = " ".join(["python", "bench/allocator.py", *argv])
-    text = report(records, command, started, (time.time() - clock) / 60)
     if args.headlines:
         from bench import headlines
 
         headlines.update(headline_entries(records, command))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    args.output.with_suffix(".json").write_text(json.dumps(records, indent=2) + "\n")
-    print(text)
     return 0
 
 

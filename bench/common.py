@@ -10,7 +10,10 @@ import argparse
 import json
 import os
 import sys
+import time
+from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tuner` and `bench` import from the checkout
@@ -26,6 +29,10 @@ BATCHINGS = ("random", "length")  # the peers' batchings: random padded batches,
 SEED = 0  # of the first repeat; repeat r runs with seed r on both sides (split, head, data order, dropout)
 SPLIT = "report"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"  # the shared CoNLL-2003 folder beside the checkout
+
+
+class BenchError(RuntimeError):
+    """A step that failed; its message is the one line the run ends with."""
 
 
 def size_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,3 +99,33 @@ def non_embedding_parameters(model) -> int:
 def write_result(path: Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=2))
+
+
+def command_line(script: str, argv: list) -> str:
+    """How a report names the command that produced it: ``python bench/<script> <argv>``."""
+    return " ".join(["python", f"bench/{script}", *map(str, argv)])
+
+
+def utc_minute() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def publish(output: Path, text: str, record) -> None:
+    """Write the markdown report to ``output`` and its record beside it as .json, then print the report."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(text)
+    output.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
+    print(text)
+
+
+def measure_and_publish(output: Path, measure: Callable[[], object], report: Callable[[object, str, float], str]):
+    """Run ``measure()``, then ``publish`` ``report(record, started, minutes)``; the record, or None after a
+    failed step (a ``BenchError``), whose one-line message is printed and nothing written."""
+    started, clock = utc_minute(), time.time()
+    try:
+        record = measure()
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
+    publish(output, report(record, started, (time.time() - clock) / 60), record)
+    return record

@@ -21,12 +21,11 @@ import json
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, OneLineParser, positive_int  # noqa: E402
+from bench.common import ROOT, BenchError, OneLineParser, command_line, measure_and_publish, positive_int  # noqa: E402
 
 PROFILE = {False: ["--profile", "cpu"], True: ["--profile", "smoke", "--model", "minilm"]}
 
@@ -41,7 +40,7 @@ def search(name: str, work: Path, teacher: Path, args, *extra) -> dict:
     wall = time.perf_counter() - started
     (work / f"{name}.log").write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
-        raise RuntimeError(f"{name}: tuner.run exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
+        raise BenchError(f"{name}: tuner.run exited {proc.returncode}: {proc.stderr.strip().splitlines()[-1:]}")
     return {"wall_seconds": wall, "results": results}
 
 
@@ -161,19 +160,10 @@ def main(argv=None) -> int:
     if not all(0 < b <= 1 for b in args.budgets + [args.front_max]):
         parser.error("--budgets and --front-max are shares of the teacher's parameters, in (0, 1]")
     args.work = args.work or args.output.parent / (args.output.stem + "-work")
-    started, clock = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.time()
-    try:
-        record = run(args)
-    except RuntimeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    command = "python bench/front.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    text = report(record, command, started, (time.time() - clock) / 60)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    args.output.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str))
-    print(text)
-    return 0
+    command = command_line("front.py", argv if argv is not None else sys.argv[1:])
+    found = measure_and_publish(args.output, lambda: run(args),
+                                lambda record, started, minutes: report(record, command, started, minutes))
+    return 0 if found is not None else 1
 
 
 if __name__ == "__main__":

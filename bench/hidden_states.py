@@ -18,13 +18,12 @@ import json
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import headlines  # noqa: E402
-from bench.common import DEFAULT_DATA, ROOT, require_conll  # noqa: E402
+from bench.common import DEFAULT_DATA, ROOT, publish, require_conll, utc_minute  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -118,7 +117,7 @@ def main(argv=None) -> int:
     command = (f"python bench/hidden_states.py --teacher {args.teacher} --shapes "
                f"{' '.join(f'{a}x{b}' for a, b in args.shapes)} --betas {' '.join(f'{b:g}' for b in args.betas)} "
                f"--seeds {' '.join(map(str, args.seeds))}{' --quick' if args.quick else ''}")
-    lines = [f"## The hidden-state term at small sizes ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
+    lines = [f"## The hidden-state term at small sizes ({utc_minute()})", "",
              f"`{command}`; profile `{profile.name}`, "
              f"{threads} threads; config from `{config_file}` "
              f"({', '.join(f'{k}={v:.3g}' for k, v in base.items() if isinstance(v, float))}); the teacher's logits "
@@ -136,12 +135,9 @@ def main(argv=None) -> int:
                          f"{statistics.mean(dv):+.2f} ({', '.join(f'{d:+.2f}' for d in dv)}) | "
                          f"{statistics.mean(dt):+.2f} ({', '.join(f'{d:+.2f}' for d in dt)}) | "
                          f"{statistics.median(r['seconds'] for r in rows):.0f} |")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
     headlines.update(headline_entries(runs, teacher_size, command),
                      args.output.with_name("benchmarks.json"))
-    args.output.write_text("\n".join(lines) + "\n")
-    args.output.with_suffix(".json").write_text(json.dumps(runs, indent=2))
-    print("\n".join(lines))
+    publish(args.output, "\n".join(lines) + "\n", runs)
     return 0
 
 

@@ -34,13 +34,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, BATCHINGS, DEFAULT_DATA, PEERS, ROOT, OneLineParser,  # noqa: E402
-                          positive_int, require_conll)
+from bench.common import (BATCH_SIZE, BATCHINGS, DEFAULT_DATA, PEERS, ROOT, BenchError, OneLineParser,  # noqa: E402
+                          positive_int, require_conll, utc_minute)
 
 # The cpu profile's sizes (3,000 train and 500 validation sentences, 3 epochs, 4 trials): at these the F1s mean
 # something and ASHA has rungs to stop trials at. A repeat takes about 35 minutes on an idle 2-core machine.
@@ -48,10 +48,6 @@ FULL = {"train_sentences": 3000, "eval_sentences": 500, "epochs": 3, "trials": 4
 QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1, "lever_steps": 2}
 BENCH = Path(__file__).resolve().parent
 F1_TOLERANCE = 0.005  # "equal F1": within half a point
-
-
-class BenchError(Exception):
-    """A step that failed; its message is the one line the run ends with."""
 
 
 # --- running the steps ------------------------------------------------------------------------------------------
@@ -716,7 +712,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tuner-bench-"))
-    started, load_before, clock = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), load_average(), time.time()
+    started, load_before, clock = utc_minute(), load_average(), time.time()
     repeats = []
     try:
         for index in range(args.repeats):

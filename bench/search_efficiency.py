@@ -31,13 +31,12 @@ import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import headlines  # noqa: E402
-from bench.common import ROOT, OneLineParser, positive_int  # noqa: E402
+from bench.common import ROOT, OneLineParser, positive_int, publish, utc_minute  # noqa: E402
 
 TABLES = ROOT / "bench" / "tables"
 DEFAULT_TABLES = {"teacher": TABLES / "teacher_cpu.json", "student": TABLES / "student_cpu.json"}
@@ -386,11 +385,10 @@ def compare(args) -> int:
         trials = {stage: args.trials or DEFAULT_TRIALS[stage] for stage in tables}
     logging.getLogger("optuna").setLevel(logging.WARNING)  # one "A new study created" line per replay
     started = time.perf_counter()
-    report = [f"## Search efficiency ({datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC)", "",
-              f"`python bench/search_efficiency.py{' --quick' if args.quick else ''} --seeds "
-              f"{' '.join(map(str, args.seeds))}{' --verify' if args.verify else ''}` ({{minutes}} min). How a "
-              "replay runs: the docstring of "
-              "`bench/search_efficiency.py`.", ""]
+    command = (f"python bench/search_efficiency.py{' --quick' if args.quick else ''} --seeds "
+               f"{' '.join(map(str, args.seeds))}{' --verify' if args.verify else ''}")
+    report = [f"## Search efficiency ({utc_minute()})", "",
+              f"`{command}` ({{minutes}} min). How a replay runs: the docstring of `bench/search_efficiency.py`.", ""]
     records = []
     for stage, table in tables.items():
         warm = warm_start_of(table)
@@ -407,16 +405,11 @@ def compare(args) -> int:
             lines += verify(stage, table, plain, trials[stage], args.seeds[0], warm)
         report += lines
         records.append(record)
-    command = (f"python bench/search_efficiency.py{' --quick' if args.quick else ''} --seeds "
-               f"{' '.join(map(str, args.seeds))}{' --verify' if args.verify else ''}")
     headlines.update([headline for record in records for headline in stage_headlines(record, trials, args.seeds,
                                                                                      command)],
                      args.output.with_name("benchmarks.json"))
     text = "\n".join(report).replace("{minutes}", f"{(time.perf_counter() - started) / 60:.1f}")
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text + "\n")
-    args.output.with_suffix(".json").write_text(json.dumps(records, indent=2, default=str))
-    print(text)
+    publish(args.output, text + "\n", records)
     return 0
 
 

@@ -22,7 +22,6 @@ below a large one. Results: --output (markdown) and the same name with .json.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections import defaultdict
@@ -31,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, DEFAULT_DATA, ROOT, non_embedding_parameters, require_conll,  # noqa: E402
-                          run_settings)
+from bench.common import (BATCH_SIZE, DEFAULT_DATA, ROOT, command_line, non_embedding_parameters,  # noqa: E402
+                          publish, require_conll, run_settings)
 from bench.probes import MATMUL_SIZE, THROUGHPUT_HPARAMS, matmul_flops  # noqa: E402
 
 import torch  # noqa: E402
@@ -192,11 +191,7 @@ def main(argv=None) -> int:
             setattr(args, key, value)
     require_conll(parser, args.data)
     record = measure(args)
-    text = report(record, " ".join(["python", "bench/step_profile.py", *argv]))
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(text)
-    args.output.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    print(text)
+    publish(args.output, report(record, command_line("step_profile.py", argv)), record)
     return 0
 
 

@@ -15,17 +15,15 @@ batch order, so both orders can be compared against the same online runs' kind.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_DATA, ROOT, OneLineParser, positive_int, require_conll  # noqa: E402
-from bench.run_benchmarks import (FULL, QUICK, BenchError, full_length, machine_lines, measure,  # noqa: E402
+from bench.common import (DEFAULT_DATA, ROOT, OneLineParser, measure_and_publish, positive_int,  # noqa: E402
+                          require_conll)
+from bench.run_benchmarks import (FULL, QUICK, full_length, machine_lines, measure,  # noqa: E402
                                   search_record, tuner_search)
 from tuner.config import BATCH_ORDERS  # noqa: E402
 
@@ -55,18 +53,9 @@ def kept_work_args(parser: argparse.ArgumentParser, argv: list, defaults) -> tup
 def run_and_report(args, rows, report) -> int:
     """Run ``rows()`` (the measurements), then write ``--output`` (and its rows as JSON beside it) and print it.
     A failed step ends the script with its one-line message and exit code 1."""
-    started, clock = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), time.time()
-    try:
-        found = rows()
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(found, indent=1))
-    text = report(args, found, started, (time.time() - clock) / 60)
-    args.output.write_text(text)
-    print(text)
-    return 0
+    found = measure_and_publish(args.output, rows, lambda found, started, minutes: report(args, found, started,
+                                                                                            minutes))
+    return 0 if found is not None else 1
 
 
 def one_seed(seed: int, teacher: Path, args) -> dict:

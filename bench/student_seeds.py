@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DEFAULT_DATA, ROOT, OneLineParser, int_at_least, positive_int  # noqa: E402
-from bench.run_benchmarks import FULL, QUICK, BenchError, machine_lines, measure  # noqa: E402
+from bench.common import DEFAULT_DATA, ROOT, BenchError, OneLineParser, int_at_least, positive_int  # noqa: E402
+from bench.run_benchmarks import FULL, QUICK, machine_lines, measure  # noqa: E402
 from bench.student_epochs import kept_work_args, run_and_report  # noqa: E402
 
 SEED_STEP = 10  # student seeds seed, seed + 10, ...: apart from every repeat's own seed (0, 1, 2)
