@@ -242,3 +242,37 @@ def test_front_only_report_lists_members_against_the_budgets_without_a_budget_ta
     assert "Members between 15% and 60% of the teacher's parameters: 3." in text
     assert "At 30% or less of the teacher: best test F1 0.7800, 0.975x the teacher's." in text
     assert "At 15% or less of the teacher: best test F1 0.7000, 0.875x the teacher's." in text
+
+
+def test_a_front_search_starts_from_shapes_that_span_the_sizes(tmp_path):
+    """The start-up shapes: at evenly spaced size levels, the deepest, then widest, shape under each (the one a
+    budgeted search trains), each once; the searcher queues them, in that order, as its first trials."""
+    import dataclasses
+
+    import optuna
+
+    from tuner import registry
+    from tuner.pipeline import spanning_shapes
+    from tuner.search import DEFAULT_METHOD, SHAPE, search_algorithms, shape_label
+    from tuner.spaces import load_space
+
+    size = {(1, 16): 10, (1, 64): 30, (2, 16): 20, (2, 64): 40, (3, 16): 31, (3, 64): 51}  # (layers, E): size
+    shapes = [{"num_layers": n, "factor_dim": e} for n, e in size]
+    stage = SimpleNamespace(sized_by=("num_layers", "factor_dim"),
+                            size=lambda inputs, s: size[(s["num_layers"], s["factor_dim"])])
+    chosen = spanning_shapes(stage, None, shapes, 5)  # levels 10, 20.25, 30.5, 40.75, 51; 30.5 repeats (2, 16)
+    assert [(s["num_layers"], s["factor_dim"]) for s in chosen] == [(1, 16), (2, 16), (3, 16), (3, 64)]
+    assert spanning_shapes(stage, None, shapes, 1) == [{"num_layers": 1, "factor_dim": 16}]  # the smallest alone
+
+    student = registry.by_name("student")
+    space = load_space(student, ROOT / "search_spaces" / "smoke" / "student.yaml")
+    rest = dataclasses.replace(space, params=tuple(p for p in space.params if p.name not in student.sized_by))
+    searcher, *_ = search_algorithms(student, rest, 2, 0, tmp_path, ("f1", "params"), shapes, 8,
+                                     DEFAULT_METHOD, start_shapes=chosen)
+    queued = searcher._ot_study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert [t.system_attrs["fixed_params"] for t in queued] == [{SHAPE: shape_label(s)} for s in chosen]
+    off = dataclasses.replace(DEFAULT_METHOD, spanning_startup=False)
+    (tmp_path / "off").mkdir()
+    searcher, *_ = search_algorithms(student, rest, 2, 0, tmp_path / "off", ("f1", "params"), shapes, 8, off,
+                                     start_shapes=chosen)
+    assert not searcher._ot_study.get_trials(states=(optuna.trial.TrialState.WAITING,))

@@ -61,6 +61,9 @@ class SearchMethod:
     # the previous stage's best config (the keys both spaces share) is the first trial. Off by default: on the
     # student's recorded table it cost a full-length trial and slowed the search (bench/search_efficiency.py)
     warm_start: bool = False
+    # A front search's start-up trials train shapes that span the sizes (``spanning_shapes``) instead of random
+    # ones: the 40-trial front benchmark's random draws never tried the shape a 22% budget's search trains.
+    spanning_startup: bool = True
 
 
 DEFAULT_METHOD = SearchMethod()
@@ -122,8 +125,10 @@ class EpochOptunaSearch(OptunaSearch):
     study's first trial; the sampler draws the keys it lacks. Single-objective only: Optuna has no intermediate
     values for several objectives, so a multi-objective study keeps Ray's behaviour."""
 
-    def __init__(self, space, *, epochs: int, pruned_trials: bool, warm_start: dict | None = None, **kwargs):
+    def __init__(self, space, *, epochs: int, pruned_trials: bool, warm_start: dict | None = None,
+                 start_shapes: list[dict] | None = None, **kwargs):
         self._epochs, self._pruned_trials, self._warm_start = epochs, pruned_trials, warm_start
+        self._start_shapes = start_shapes or []
         self._best: dict[str, float] = {}  # trial id -> its best epoch's score
         self._reported: dict[str, set] = {}  # trial id -> epochs told to the study
         super().__init__(space, **kwargs)
@@ -132,6 +137,8 @@ class EpochOptunaSearch(OptunaSearch):
         super()._setup_study(mode)
         if self._warm_start:
             self._ot_study.enqueue_trial(dict(self._warm_start), skip_if_exists=True)
+        for shape in self._start_shapes:  # the shape fixed, the other hyperparameters drawn by the sampler
+            self._ot_study.enqueue_trial({SHAPE: shape_label(shape)}, skip_if_exists=True)
 
     def _epoch_aware(self) -> bool:
         return self._pruned_trials and not isinstance(self.metric, list)
@@ -391,11 +398,12 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
            results_dir: Path, cpus_per_trial: float, gpus_per_trial: float, max_failures: int, resume: bool,
            quiet: bool, reuse_actors: bool = True, objectives: tuple[str, ...] = ("f1",),
            shapes: list[dict] | None = None, method: SearchMethod = DEFAULT_METHOD,
-           warm_start: dict | None = None) -> SearchOutcome:
+           warm_start: dict | None = None, start_shapes: list[dict] | None = None) -> SearchOutcome:
     """Run (or resume) the Tune search of one stage; returns its best trial's config, metrics and checkpoint,
     and every trial's best checkpoint. With several ``objectives`` the study is multi-objective (Optuna's TPE
     over a list of metrics), ``shapes`` are the size combinations it may sample, and ParetoASHA stops trials.
-    ``method`` picks the sampler and early stopping; ``warm_start`` is a partial config to try first."""
+    ``method`` picks the sampler and early stopping; ``warm_start`` is a partial config to try first, and
+    ``start_shapes`` the shapes of a front search's first trials (with ``method.spanning_startup``)."""
     stage_dir = (results_dir / stage.name).resolve()
     experiment_dir = stage_dir / EXPERIMENT
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -412,7 +420,7 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
     else:
         searcher, scheduler, metric, mode = search_algorithms(stage, space, settings.epochs, seed, results_dir,
                                                               objectives, shapes, trials=trials, method=method,
-                                                              warm_start=warm_start)
+                                                              warm_start=warm_start, start_shapes=start_shapes)
         run_config = tune.RunConfig(
             name=EXPERIMENT, storage_path=str(stage_dir), verbose=0 if quiet else 1,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=METRIC,
@@ -444,7 +452,8 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
 
 def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, results_dir: Path,
                       objectives: tuple[str, ...], shapes: list[dict] | None, trials: int,
-                      method: SearchMethod = DEFAULT_METHOD, warm_start: dict | None = None):
+                      method: SearchMethod = DEFAULT_METHOD, warm_start: dict | None = None,
+                      start_shapes: list[dict] | None = None):
     """(searcher, scheduler, Tune's metric, Tune's mode): Optuna's TPE (or random search) and ASHA on F1, or,
     with several objectives, TPE over their list and ParetoASHA (Tune then has no single metric); FIFO, which
     stops nothing, without early stopping."""
@@ -463,7 +472,8 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
         return searcher, scheduler, METRIC, MODE
     metrics, modes = zip(*(OBJECTIVES[name] for name in objectives))
     searcher = EpochOptunaSearch(ShapedSpace(space, shapes), epochs=epochs, pruned_trials=False,
-                                 warm_start=warm_start, metric=list(metrics), mode=list(modes), sampler=sampler,
+                                 warm_start=warm_start, start_shapes=start_shapes if method.spanning_startup else None,
+                                 metric=list(metrics), mode=list(modes), sampler=sampler,
                                  study_name=stage.name, storage=_storage(results_dir))
     scheduler = ParetoASHA(list(zip(metrics, modes)), max_t=epochs, rungs=rung_epochs(epochs),
                            reduction_factor=REDUCTION_FACTOR) if method.early_stopping else FIFOScheduler()
