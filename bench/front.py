@@ -61,11 +61,11 @@ def run(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     front = search("front", work, args.teacher, args, "--objectives", "f1,params", "--trials", args.trials,
                    "--max-params", int(args.front_max * size))
-    shares = [args.trials // len(args.budgets) + (i < args.trials % len(args.budgets))
+    shares = [max(1, args.trials // len(args.budgets) + (i < args.trials % len(args.budgets)))
               for i in range(len(args.budgets))]  # the same total as the front's, as evenly as it divides
     singles = {} if args.front_only else {
-        budget: dict(search(f"single-{budget:.2f}", work, args.teacher, args, "--trials", max(1, trials),
-                            "--max-params", int(budget * size)), trials=max(1, trials))
+        budget: dict(search(f"single-{budget:.2f}", work, args.teacher, args, "--trials", trials,
+                            "--max-params", int(budget * size)), trials=trials)
         for budget, trials in zip(args.budgets, shares)}
     with open(front["results"] / "student" / "pareto.csv") as handle:
         members = [dict(row, parameters=int(row["parameters"]), val_f1=float(row["val_f1"]),
@@ -101,7 +101,7 @@ def report(record: dict, command: str, started: str, minutes: float) -> str:
         f"- teacher: {teacher['folder']}, {size:,} parameters, test F1 {f1:.4f} (validation {teacher['val_f1']:.4f})",
         f"- front search: {front['trials']} trials, `--objectives f1,params`, shapes up to "
         f"{front['max_share']:.0%} of the teacher; {front['wall_seconds'] / 60:.1f} minutes",
-        f"- training sentences per search: {record.get('train_sentences') or 'the profile' + chr(39) + 's'}",
+        f"- training sentences per search: {record.get('train_sentences') or 'as the profile sets'}",
         (f"- single-objective searches: {' + '.join(str(row['single_trials']) for row in record['budgets'])} "
          f"trials at the budgets, F1 alone (the deepest, then widest, student under the budget); "
          f"{single_wall / 60:.1f} minutes in all"

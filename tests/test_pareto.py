@@ -252,8 +252,7 @@ def test_a_front_search_starts_from_shapes_that_span_the_sizes(tmp_path):
     import optuna
 
     from tuner import registry
-    from tuner.pipeline import spanning_shapes
-    from tuner.search import DEFAULT_METHOD, SHAPE, search_algorithms, shape_label
+    from tuner.search import DEFAULT_METHOD, SHAPE, search_algorithms, shape_label, spanning_shapes
     from tuner.spaces import load_space
 
     size = {(1, 16): 10, (1, 64): 30, (2, 16): 20, (2, 64): 40, (3, 16): 31, (3, 64): 51}  # (layers, E): size

@@ -105,22 +105,6 @@ def search_plan(stage: Stage, space: SearchSpace, inputs, objectives: tuple) -> 
     return dataclasses.replace(space, params=rest), feasible
 
 
-def spanning_shapes(stage: Stage, inputs, shapes: list[dict], count: int) -> list[dict]:
-    """Up to ``count`` shapes that span the sizes, for a front search's start-up trials: at ``count`` evenly spaced
-    size levels from the smallest shape to the largest, the one a budgeted search would train at that level (the
-    largest in ``stage.sized_by`` order, for the student the deepest, then widest, under it), each once."""
-    sized = [(stage.size(inputs, shape), shape) for shape in shapes]
-    low, high = min(size for size, _ in sized), max(size for size, _ in sized)
-    chosen = []
-    for i in range(count):
-        level = low + (high - low) * i / max(1, count - 1)
-        under = [shape for size, shape in sized if size <= level]
-        best = max(under, key=lambda shape: tuple(shape[name] for name in stage.sized_by if name in shape))
-        if best not in chosen:
-            chosen.append(best)
-    return chosen
-
-
 def single_objective_space(stage: Stage, space: SearchSpace) -> SearchSpace:
     """``space`` without the hyperparameters a search of F1 alone leaves at their default (``Stage.front_only``)."""
     return dataclasses.replace(space, params=tuple(p for p in space.params if p.name not in stage.front_only))
@@ -322,9 +306,7 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
                             results_dir=Path(settings.results_dir), cpus_per_trial=cpus,
                             gpus_per_trial=settings.gpus_per_trial, max_failures=settings.max_failures,
                             reuse_actors=not settings.process_per_trial, resume=resume, quiet=settings.quiet,
-                            objectives=settings.objectives, shapes=shapes, warm_start=start,
-                            start_shapes=shapes and spanning_shapes(
-                                stage, inputs, shapes, search.startup_trials(settings.trials, search.DEFAULT_METHOD)))
+                            objectives=settings.objectives, shapes=shapes, warm_start=start)
     front = None if shapes is None else save_front(
         settings.stage_dir(stage.name), outcome.kept, task, tokenizer, settings.profile.eval_batch_size,
         settings.profile.precision, echo)

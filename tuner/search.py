@@ -97,6 +97,22 @@ def shape_label(shape: dict) -> str:
     return ",".join(f"{name}={value}" for name, value in sorted(shape.items()))
 
 
+def spanning_shapes(stage: Stage, inputs, shapes: list[dict], count: int) -> list[dict]:
+    """Up to ``count`` shapes that span the sizes, for a front search's start-up trials: at ``count`` evenly spaced
+    size levels from the smallest shape to the largest, the one a budgeted search would train at that level (the
+    largest in ``stage.sized_by`` order, for the student the deepest, then widest, under it), each once."""
+    sized = [(stage.size(inputs, shape), shape) for shape in shapes]
+    low, high = min(size for size, _ in sized), max(size for size, _ in sized)
+    chosen = []
+    for i in range(count):
+        level = low + (high - low) * i / max(1, count - 1)
+        under = [shape for size, shape in sized if size <= level]
+        best = max(under, key=lambda shape: tuple(shape[name] for name in stage.sized_by if name in shape))
+        if best not in chosen:
+            chosen.append(best)
+    return chosen
+
+
 class ShapedSpace:
     """An Optuna define-by-run space that samples only models inside the budget: the YAML's hyperparameters,
     plus one categorical ``shape`` over the size combinations that fit (``num_layers=3,factor_dim=64``); the
@@ -398,12 +414,12 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
            results_dir: Path, cpus_per_trial: float, gpus_per_trial: float, max_failures: int, resume: bool,
            quiet: bool, reuse_actors: bool = True, objectives: tuple[str, ...] = ("f1",),
            shapes: list[dict] | None = None, method: SearchMethod = DEFAULT_METHOD,
-           warm_start: dict | None = None, start_shapes: list[dict] | None = None) -> SearchOutcome:
+           warm_start: dict | None = None) -> SearchOutcome:
     """Run (or resume) the Tune search of one stage; returns its best trial's config, metrics and checkpoint,
     and every trial's best checkpoint. With several ``objectives`` the study is multi-objective (Optuna's TPE
     over a list of metrics), ``shapes`` are the size combinations it may sample, and ParetoASHA stops trials.
-    ``method`` picks the sampler and early stopping; ``warm_start`` is a partial config to try first, and
-    ``start_shapes`` the shapes of a front search's first trials (with ``method.spanning_startup``)."""
+    ``method`` picks the sampler and early stopping; ``warm_start`` is a partial config to try first. A front
+    search's start-up trials train ``spanning_shapes`` (with ``method.spanning_startup``)."""
     stage_dir = (results_dir / stage.name).resolve()
     experiment_dir = stage_dir / EXPERIMENT
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -418,6 +434,7 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
         tuner = tune.Tuner.restore(str(experiment_dir), trainable, resume_unfinished=True,
                                    resume_errored=False)  # errored trials stay errored: --max-failures retries
     else:
+        start_shapes = shapes and spanning_shapes(stage, inputs, shapes, startup_trials(trials, method))
         searcher, scheduler, metric, mode = search_algorithms(stage, space, settings.epochs, seed, results_dir,
                                                               objectives, shapes, trials=trials, method=method,
                                                               warm_start=warm_start, start_shapes=start_shapes)
