@@ -18,7 +18,8 @@ nearest recorded config's, and the real search's best and wall time against the 
 Methods: tuner's default (``tuner.search.DEFAULT_METHOD``: TPE + ASHA), random + ASHA, TPE without early stopping,
 random without early stopping (``hyperparameter_search``'s default), and tuner's default with each of its three TPE
 settings turned off (per-epoch intermediate values with stopped trials PRUNED, start-up trials scaled to the
-budget, the warm start from the previous stage), and with all three off (tuner before them).
+budget, the warm start from the previous stage), with all three off (tuner before them), and with ASHA's other
+usual reduction factor (3 if tuner's is 2: the top third of a rung goes on, rungs at grace x 3^k).
 """
 
 from __future__ import annotations
@@ -43,12 +44,13 @@ DEFAULT_TABLES = {"teacher": TABLES / "teacher_cpu.json", "student": TABLES / "s
 DEFAULT_TRIALS = {"teacher": 20, "student": 20}  # trials a search: more than the tables hold configs
 WARM_ABLATION = "tuner, no warm start"
 WARM_LABELS = (WARM_ABLATION, "tuner, with the warm start")
+ETA_WORDS = {2: "half", 3: "third"}
 TARGET_POINTS = 0.5  # "within 0.5 points of the best F1 any method found"
 
 
 def methods():
     """The four methods the issue compares, and tuner's default with each of its three TPE settings flipped (the
-    label says which way), plus all three off (tuner before them)."""
+    label says which way), plus all three off (tuner before them), and with ASHA's other usual reduction factor."""
     from tuner.search import DEFAULT_METHOD, SearchMethod
 
     plain = {"tuner (TPE + ASHA)": DEFAULT_METHOD,
@@ -62,6 +64,9 @@ def methods():
                  dataclasses.replace(DEFAULT_METHOD, **{name: not getattr(DEFAULT_METHOD, name)}) for name in labels}
     ablations["tuner before the three TPE changes"] = SearchMethod(pruned_trials=False, scaled_startup=False,
                                                                    warm_start=False)
+    eta = 3 if DEFAULT_METHOD.reduction_factor == 2 else 2  # ASHA's other usual setting
+    ablations[f"tuner, ASHA keeps the top {ETA_WORDS[eta]} (eta {eta})"] = dataclasses.replace(
+        DEFAULT_METHOD, reduction_factor=eta)
     return plain, ablations
 
 
@@ -161,7 +166,7 @@ def replay_search(stage_name: str, table: dict, method, trials: int, seed: int, 
     stage = registry.by_name(stage_name)
     replay = replay_inputs(table, Path())
     epochs = table["epochs"]
-    rungs = search.rung_epochs(epochs)
+    rungs = search.rung_epochs(epochs, method.reduction_factor)
     lines = []
     with tempfile.TemporaryDirectory(prefix="replay-") as folder:
         searcher, scheduler, metric, mode = search.search_algorithms(

@@ -8,6 +8,7 @@ import json
 import math
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -212,3 +213,21 @@ def test_beta_is_searched_only_in_a_front_search(tiny_model):
     front = dataclasses.replace(student, budget=lambda _: None, size=lambda _, shape: 1)
     several, shapes = search_plan(front, space, inputs, ("f1", "params"))
     assert "beta" in several.names() and shapes
+
+
+def test_ashas_reduction_factor_is_the_methods(tmp_path):
+    """ASHA's eta is a setting of the method: its rungs (grace x eta^k) and the share of a rung that goes on."""
+    from tuner.search import DEFAULT_METHOD, SearchMethod, rung_epochs
+
+    assert rung_epochs(10, 2) == {3, 6} and rung_epochs(10, 3) == {3, 9} and rung_epochs(3, 3) == {1}
+    assert rung_epochs(10) == rung_epochs(10, DEFAULT_METHOD.reduction_factor)
+    decisions = {}
+    for eta in (2, 3):  # five trials reach the first rung; the last one's F1 is the rung's median
+        _, scheduler, _, _ = algorithms(tmp_path / str(eta), SearchMethod(reduction_factor=eta))
+        scheduler.set_search_properties("val_f1", "max")
+        for number, f1 in enumerate((0.70, 0.80, 0.90, 0.60, 0.78)):
+            trial = SimpleNamespace(trial_id=str(number))
+            scheduler.on_trial_add(None, trial)
+            decision = scheduler.on_trial_result(None, trial, {"val_f1": f1, "epoch": 1, "training_iteration": 1})
+        decisions[eta] = decision
+    assert decisions == {2: "CONTINUE", 3: "STOP"}  # the top half keeps the median; the top third does not

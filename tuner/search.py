@@ -64,6 +64,7 @@ class SearchMethod:
     # A front search's start-up trials train shapes that span the sizes (``spanning_shapes``) instead of random
     # ones: the 40-trial front benchmark's random draws never tried the shape a 22% budget's search trains.
     spanning_startup: bool = True
+    reduction_factor: int = REDUCTION_FACTOR  # ASHA's eta: the top 1/eta of a rung goes on; rungs at grace x eta^k
 
 
 DEFAULT_METHOD = SearchMethod()
@@ -283,7 +284,8 @@ def stop_ray() -> None:
     ray.shutdown()
 
 
-def _trial(config: dict, stage: Stage, task, inputs, settings: TrainSettings, use_gpu: bool) -> None:
+def _trial(config: dict, stage: Stage, task, inputs, settings: TrainSettings, use_gpu: bool,
+           rungs: frozenset = frozenset()) -> None:
     """The Tune trainable: run one stage config and report each epoch; checkpoint only an epoch that beats the
     trial's best so far, so the one checkpoint kept per trial is both its best model and where it resumes.
 
@@ -302,7 +304,6 @@ def _trial(config: dict, stage: Stage, task, inputs, settings: TrainSettings, us
     entered = time.perf_counter()
     release_memory()  # a reused process: the previous trial's freed heap slowed this one's training
     settings = dataclasses.replace(settings, device=select_device(use_gpu))
-    rungs = rung_epochs(settings.epochs)
     checkpoint = tune.get_checkpoint()
     best = checkpoint.get_metadata().get(METRIC, -math.inf) if checkpoint else -math.inf
     node_id = ray.get_runtime_context().get_node_id()
@@ -392,13 +393,13 @@ def grace_period(epochs: int) -> int:
     return max(1, math.ceil(epochs / 4))
 
 
-def rung_epochs(epochs: int) -> set[int]:
-    """The epochs below the budget at which ASHA may stop a trial: the grace period times powers of
-    REDUCTION_FACTOR (3 and 6 of 10 epochs, 1 and 2 of 3)."""
+def rung_epochs(epochs: int, reduction_factor: int = REDUCTION_FACTOR) -> set[int]:
+    """The epochs below the budget at which ASHA may stop a trial: the grace period times powers of the
+    reduction factor (at 2: 3 and 6 of 10 epochs, 1 and 2 of 3; at 3: 3 and 9 of 10, 1 of 3)."""
     rungs, epoch = set(), grace_period(epochs)
     while epoch < epochs:
         rungs.add(epoch)
-        epoch *= REDUCTION_FACTOR
+        epoch *= reduction_factor
     return rungs
 
 
@@ -425,7 +426,8 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
     stage_dir.mkdir(parents=True, exist_ok=True)
     trainable = tune.with_resources(
         tune.with_parameters(_trial, stage=stage, task=task, inputs=inputs, settings=settings,
-                             use_gpu=gpus_per_trial > 0),
+                             use_gpu=gpus_per_trial > 0,
+                             rungs=frozenset(rung_epochs(settings.epochs, method.reduction_factor))),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if quiet:  # before the searcher: creating its study logs "A new study created"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -484,16 +486,18 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
                                      warm_start=warm_start, metric=METRIC, mode=MODE, sampler=sampler,
                                      study_name=stage.name, storage=_storage(results_dir))
         # time_attr "epoch", not training_iteration: a rung's epoch can be reported twice (see _trial)
-        scheduler = ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace_period(epochs),
-                                  reduction_factor=REDUCTION_FACTOR) if method.early_stopping else FIFOScheduler()
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace_period(epochs),
+                                   reduction_factor=method.reduction_factor)
+                     if method.early_stopping else FIFOScheduler())
         return searcher, scheduler, METRIC, MODE
     metrics, modes = zip(*(OBJECTIVES[name] for name in objectives))
     searcher = EpochOptunaSearch(ShapedSpace(space, shapes), epochs=epochs, pruned_trials=False,
                                  warm_start=warm_start, start_shapes=start_shapes if method.spanning_startup else None,
                                  metric=list(metrics), mode=list(modes), sampler=sampler,
                                  study_name=stage.name, storage=_storage(results_dir))
-    scheduler = ParetoASHA(list(zip(metrics, modes)), max_t=epochs, rungs=rung_epochs(epochs),
-                           reduction_factor=REDUCTION_FACTOR) if method.early_stopping else FIFOScheduler()
+    scheduler = ParetoASHA(list(zip(metrics, modes)), max_t=epochs,
+                           rungs=rung_epochs(epochs, method.reduction_factor),
+                           reduction_factor=method.reduction_factor) if method.early_stopping else FIFOScheduler()
     return searcher, scheduler, None, None
 
 
