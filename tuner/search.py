@@ -285,13 +285,14 @@ def stop_ray() -> None:
 
 
 def _trial(config: dict, stage: Stage, task, inputs, settings: TrainSettings, use_gpu: bool,
-           rungs: frozenset = frozenset()) -> None:
+           rungs: frozenset) -> None:
     """The Tune trainable: run one stage config and report each epoch; checkpoint only an epoch that beats the
     trial's best so far, so the one checkpoint kept per trial is both its best model and where it resumes.
 
-    At an ASHA rung the epoch is reported first without a checkpoint. ``tune.report`` returns only once the
-    scheduler lets the trial go on; the checkpoint then follows in a second report of the same epoch (its scores
-    again, ``rereport: true``, training and evaluation seconds 0). A trial ASHA stops writes no checkpoint for
+    At an ASHA rung (``rungs``, from the method's reduction factor) the epoch is reported first without a
+    checkpoint. ``tune.report`` returns only once the scheduler lets the trial go on; the checkpoint then follows
+    in a second report of the same epoch (its scores again, ``rereport: true``, training and evaluation seconds
+    0). A trial ASHA stops writes no checkpoint for
     its last epoch, which cannot be the search's best: ASHA stops only a score below the rung's cutoff, and the
     search's best is above every score recorded there. A trial's last epoch is checkpointed without AdamW's
     moments, since nothing continues from it: a third of the bytes.
