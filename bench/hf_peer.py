@@ -130,7 +130,7 @@ def tuned_search(trials: int, seed: int, epochs: int) -> dict:
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(trials, DEFAULT_METHOD))
     return {"search_alg": OptunaSearch(metric="objective", mode="max", sampler=sampler),
             "scheduler": ASHAScheduler(metric="objective", mode="max", time_attr="training_iteration", max_t=epochs,
-                                       grace_period=grace_period(epochs),
+                                       grace_period=grace_period(epochs, DEFAULT_METHOD.grace_share),
                                        reduction_factor=DEFAULT_METHOD.reduction_factor)}
 
 

@@ -45,6 +45,8 @@ DEFAULT_TRIALS = {"teacher": 20, "student": 20}  # trials a search: more than th
 WARM_ABLATION = "tuner, no warm start"
 WARM_LABELS = (WARM_ABLATION, "tuner, with the warm start")
 ETA_WORDS = {2: "half", 3: "third"}
+GRACE_SHARE_EARLY = 0.1  # ASHA's first rung at epoch 1 of 10 (the student); the teacher's 3 epochs: epoch 1 either way
+GRACE_ABLATION = "tuner, first rung at a tenth of the epochs (student: epoch 1, rungs 1, 2, 4, 8)"
 TARGET_POINTS = 0.5  # "within 0.5 points of the best F1 any method found"
 
 
@@ -67,6 +69,7 @@ def methods():
     eta = 3 if DEFAULT_METHOD.reduction_factor == 2 else 2  # ASHA's other usual setting
     ablations[f"tuner, ASHA keeps the top {ETA_WORDS[eta]} (eta {eta})"] = dataclasses.replace(
         DEFAULT_METHOD, reduction_factor=eta)
+    ablations[GRACE_ABLATION] = dataclasses.replace(DEFAULT_METHOD, grace_share=GRACE_SHARE_EARLY)
     return plain, ablations
 
 
@@ -166,7 +169,7 @@ def replay_search(stage_name: str, table: dict, method, trials: int, seed: int, 
     stage = registry.by_name(stage_name)
     replay = replay_inputs(table, Path())
     epochs = table["epochs"]
-    rungs = search.rung_epochs(epochs, method.reduction_factor)
+    rungs = search.rung_epochs(epochs, method.reduction_factor, method.grace_share)
     lines = []
     with tempfile.TemporaryDirectory(prefix="replay-") as folder:
         searcher, scheduler, metric, mode = search.search_algorithms(

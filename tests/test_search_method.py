@@ -231,3 +231,27 @@ def test_ashas_reduction_factor_is_the_methods(tmp_path):
             decision = scheduler.on_trial_result(None, trial, {"val_f1": f1, "epoch": 1, "training_iteration": 1})
         decisions[eta] = decision
     assert decisions == {2: "CONTINUE", 3: "STOP"}  # the top half keeps the median; the top third does not
+
+
+def test_ashas_first_rung_is_the_methods_share_of_the_epochs(tmp_path):
+    """ASHA's grace period is a share of the epochs (rounded up): at a tenth, a 10-epoch trial meets its first rung
+    at epoch 1, where the default (a quarter) lets every trial reach epoch 3."""
+    from tuner import registry, search
+    from tuner.search import DEFAULT_METHOD, SearchMethod, grace_period, rung_epochs
+
+    assert rung_epochs(10, 2, 0.1) == {1, 2, 4, 8} and rung_epochs(10, 2, 0.3) == {3, 6}
+    assert grace_period(3) == grace_period(3, 0.1) == 1 and grace_period(10) == 3 == grace_period(10, 0.3)
+    decisions = {}
+    for share in (DEFAULT_METHOD.grace_share, 0.1):  # the second of two trials at epoch 1, below the first
+        folder = tmp_path / str(share)
+        folder.mkdir()
+        _, scheduler, _, _ = search.search_algorithms(registry.by_name("teacher"), teacher_space(), 10, 0, folder,
+                                                      ("f1",), None, trials=8,
+                                                      method=SearchMethod(grace_share=share, reduction_factor=2))
+        scheduler.set_search_properties("val_f1", "max")
+        for number, f1 in enumerate((0.80, 0.50, 0.60)):
+            trial = SimpleNamespace(trial_id=str(number))
+            scheduler.on_trial_add(None, trial)
+            decisions.setdefault(share, []).append(
+                scheduler.on_trial_result(None, trial, {"val_f1": f1, "epoch": 1, "training_iteration": 1}))
+    assert decisions == {DEFAULT_METHOD.grace_share: ["CONTINUE"] * 3, 0.1: ["CONTINUE", "STOP", "STOP"]}

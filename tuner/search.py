@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 EXPERIMENT = "search"  # results/<stage>/search holds Ray's experiment folder
 AUTH_TOKEN = Path.home() / ".ray" / "auth_token"
 REDUCTION_FACTOR = 2  # ASHA keeps the top half of the trials at each rung
+GRACE_SHARE = 0.25  # ASHA's first rung: this share of the epoch budget, rounded up
 OPTUNA_STARTUP_TRIALS = 10  # TPESampler's default number of random trials before it models the results
 
 
@@ -65,6 +66,7 @@ class SearchMethod:
     # ones: the 40-trial front benchmark's random draws never tried the shape a 22% budget's search trains.
     spanning_startup: bool = True
     reduction_factor: int = REDUCTION_FACTOR  # ASHA's eta: the top 1/eta of a rung goes on; rungs at grace x eta^k
+    grace_share: float = GRACE_SHARE  # ASHA's grace period (its first rung) as a share of the epochs, rounded up
 
 
 DEFAULT_METHOD = SearchMethod()
@@ -388,16 +390,16 @@ def _storage(results_dir: Path) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{(results_dir / 'optuna.db').resolve()}")
 
 
-def grace_period(epochs: int) -> int:
-    """ASHA's first rung: a quarter of the epoch budget, rounded up (3 of 10, 2 of 6, 1 of 3), so a trial with a
-    high learning rate or temperature, slow in its first epoch, is not judged on it alone."""
-    return max(1, math.ceil(epochs / 4))
+def grace_period(epochs: int, share: float = GRACE_SHARE) -> int:
+    """ASHA's first rung: ``share`` of the epoch budget, rounded up (at a quarter: 3 of 10, 2 of 6, 1 of 3), so a
+    trial with a high learning rate or temperature, slow in its first epoch, is not judged on it alone."""
+    return max(1, math.ceil(round(epochs * share, 9)))  # round: 10 x 0.3 is 3.0000000000000004
 
 
-def rung_epochs(epochs: int, reduction_factor: int = REDUCTION_FACTOR) -> set[int]:
+def rung_epochs(epochs: int, reduction_factor: int = REDUCTION_FACTOR, grace_share: float = GRACE_SHARE) -> set[int]:
     """The epochs below the budget at which ASHA may stop a trial: the grace period times powers of the
     reduction factor (at 2: 3 and 6 of 10 epochs, 1 and 2 of 3; at 3: 3 and 9 of 10, 1 of 3)."""
-    rungs, epoch = set(), grace_period(epochs)
+    rungs, epoch = set(), grace_period(epochs, grace_share)
     while epoch < epochs:
         rungs.add(epoch)
         epoch *= reduction_factor
@@ -428,7 +430,8 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
     trainable = tune.with_resources(
         tune.with_parameters(_trial, stage=stage, task=task, inputs=inputs, settings=settings,
                              use_gpu=gpus_per_trial > 0,
-                             rungs=frozenset(rung_epochs(settings.epochs, method.reduction_factor))),
+                             rungs=frozenset(rung_epochs(settings.epochs, method.reduction_factor,
+                                                         method.grace_share))),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if quiet:  # before the searcher: creating its study logs "A new study created"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -487,7 +490,8 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
                                      warm_start=warm_start, metric=METRIC, mode=MODE, sampler=sampler,
                                      study_name=stage.name, storage=_storage(results_dir))
         # time_attr "epoch", not training_iteration: a rung's epoch can be reported twice (see _trial)
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs, grace_period=grace_period(epochs),
+        scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs,
+                                   grace_period=grace_period(epochs, method.grace_share),
                                    reduction_factor=method.reduction_factor)
                      if method.early_stopping else FIFOScheduler())
         return searcher, scheduler, METRIC, MODE
@@ -497,7 +501,7 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
                                  metric=list(metrics), mode=list(modes), sampler=sampler,
                                  study_name=stage.name, storage=_storage(results_dir))
     scheduler = ParetoASHA(list(zip(metrics, modes)), max_t=epochs,
-                           rungs=rung_epochs(epochs, method.reduction_factor),
+                           rungs=rung_epochs(epochs, method.reduction_factor, method.grace_share),
                            reduction_factor=method.reduction_factor) if method.early_stopping else FIFOScheduler()
     return searcher, scheduler, None, None
 
