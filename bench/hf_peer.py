@@ -125,12 +125,12 @@ def tuned_search(trials: int, seed: int, epochs: int) -> dict:
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from tuner.search import DEFAULT_METHOD, grace_period, startup_trials
+    from tuner.search import DEFAULT_METHOD, startup_trials
 
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(trials, DEFAULT_METHOD))
     return {"search_alg": OptunaSearch(metric="objective", mode="max", sampler=sampler),
             "scheduler": ASHAScheduler(metric="objective", mode="max", time_attr="training_iteration", max_t=epochs,
-                                       grace_period=grace_period(epochs, DEFAULT_METHOD.grace_share),
+                                       grace_period=DEFAULT_METHOD.grace(epochs),
                                        reduction_factor=DEFAULT_METHOD.reduction_factor)}
 
 

@@ -169,7 +169,7 @@ def replay_search(stage_name: str, table: dict, method, trials: int, seed: int, 
     stage = registry.by_name(stage_name)
     replay = replay_inputs(table, Path())
     epochs = table["epochs"]
-    rungs = search.rung_epochs(epochs, method.reduction_factor, method.grace_share)
+    rungs = method.rungs(epochs)
     lines = []
     with tempfile.TemporaryDirectory(prefix="replay-") as folder:
         searcher, scheduler, metric, mode = search.search_algorithms(

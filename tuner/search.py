@@ -68,6 +68,15 @@ class SearchMethod:
     reduction_factor: int = REDUCTION_FACTOR  # ASHA's eta: the top 1/eta of a rung goes on; rungs at grace x eta^k
     grace_share: float = GRACE_SHARE  # ASHA's grace period (its first rung) as a share of the epochs, rounded up
 
+    def grace(self, epochs: int) -> int:
+        """ASHA's grace period for ``epochs`` (``grace_period``)."""
+        return grace_period(epochs, self.grace_share)
+
+    def rungs(self, epochs: int) -> set[int]:
+        """The epochs at which ASHA may stop a trial (``rung_epochs``): what the scheduler, ``_trial``'s rung
+        re-report and the replay must agree on."""
+        return rung_epochs(epochs, self.reduction_factor, self.grace_share)
+
 
 DEFAULT_METHOD = SearchMethod()
 
@@ -291,7 +300,7 @@ def _trial(config: dict, stage: Stage, task, inputs, settings: TrainSettings, us
     """The Tune trainable: run one stage config and report each epoch; checkpoint only an epoch that beats the
     trial's best so far, so the one checkpoint kept per trial is both its best model and where it resumes.
 
-    At an ASHA rung (``rungs``, from the method's reduction factor) the epoch is reported first without a
+    At an ASHA rung (``rungs``: ``SearchMethod.rungs``) the epoch is reported first without a
     checkpoint. ``tune.report`` returns only once the scheduler lets the trial go on; the checkpoint then follows
     in a second report of the same epoch (its scores again, ``rereport: true``, training and evaluation seconds
     0). A trial ASHA stops writes no checkpoint for
@@ -430,8 +439,7 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
     trainable = tune.with_resources(
         tune.with_parameters(_trial, stage=stage, task=task, inputs=inputs, settings=settings,
                              use_gpu=gpus_per_trial > 0,
-                             rungs=frozenset(rung_epochs(settings.epochs, method.reduction_factor,
-                                                         method.grace_share))),
+                             rungs=frozenset(method.rungs(settings.epochs))),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if quiet:  # before the searcher: creating its study logs "A new study created"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -491,7 +499,7 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
                                      study_name=stage.name, storage=_storage(results_dir))
         # time_attr "epoch", not training_iteration: a rung's epoch can be reported twice (see _trial)
         scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs,
-                                   grace_period=grace_period(epochs, method.grace_share),
+                                   grace_period=method.grace(epochs),
                                    reduction_factor=method.reduction_factor)
                      if method.early_stopping else FIFOScheduler())
         return searcher, scheduler, METRIC, MODE
@@ -501,7 +509,7 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
                                  metric=list(metrics), mode=list(modes), sampler=sampler,
                                  study_name=stage.name, storage=_storage(results_dir))
     scheduler = ParetoASHA(list(zip(metrics, modes)), max_t=epochs,
-                           rungs=rung_epochs(epochs, method.reduction_factor, method.grace_share),
+                           rungs=method.rungs(epochs),
                            reduction_factor=method.reduction_factor) if method.early_stopping else FIFOScheduler()
     return searcher, scheduler, None, None
 
