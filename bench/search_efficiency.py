@@ -136,13 +136,15 @@ def costs(table: dict) -> tuple[float, float, float]:
 def anytime(lines: list[dict], table: dict) -> dict:
     """The clock of a replayed search: (seconds, best validation F1 so far) after every epoch trained."""
     start, setup, epoch_seconds = costs(table)
-    clock, best, curve = start, -math.inf, []
+    clock, best, curve, started, trial_numbers = start, -math.inf, [], 0, []
     for line in lines:
+        started += line["epoch"] == 1
         clock += (setup if line["epoch"] == 1 else 0.0) + epoch_seconds
         best = max(best, line["val_f1"])
         curve.append((clock, best))
-    return {"curve": curve, "seconds": clock, "best": best, "trials": sum(1 for x in lines if x["epoch"] == 1),
-            "epochs": len(lines)}
+        trial_numbers.append(started)
+    return {"curve": curve, "seconds": clock, "best": best, "trials": started, "epochs": len(lines),
+            "started": trial_numbers}
 
 
 def table_space(stage_name: str, table: dict):
@@ -247,6 +249,12 @@ def time_to(curve: list, target: float) -> float:
     return next((t for t, f1 in curve if f1 >= target), math.inf)
 
 
+def trials_to(run: dict, target: float) -> float:
+    """How many trials a search had started when it reached ``target`` (the one that reached it included): what
+    its sampler found, apart from the epochs its scheduler saved."""
+    return next((n for (_, f1), n in zip(run["curve"], run["started"]) if f1 >= target), math.inf)
+
+
 def summarise(runs: dict, table: dict) -> dict:
     """Per method: its seeds' times to the target, final bests and wall times; the target; the anytime check."""
     target = max(r["best"] for seeds in runs.values() for r in seeds) - TARGET_POINTS / 100
@@ -255,6 +263,7 @@ def summarise(runs: dict, table: dict) -> dict:
         times = [time_to(r["curve"], target) for r in seeds]
         rows[name] = {"time_to_target": times, "median_time_to_target": statistics.median(times),
                       "reached": sum(math.isfinite(t) for t in times), "best": [r["best"] for r in seeds],
+                      "trials_to_target": [trials_to(r, target) for r in seeds],
                       "seconds": [r["seconds"] for r in seeds], "trials": [r["trials"] for r in seeds],
                       "epochs": [r["epochs"] for r in seeds]}
     return {"target": target, "rows": rows, "table_best": max(max(c) for c in replay_inputs(table, Path()).curves)}
@@ -305,6 +314,11 @@ def speed_line(ratio: float) -> str:
     return f"tuner's default reached the target **{ratio:.2f}x** sooner than random search without early stopping"
 
 
+def trials_cell(counts: list) -> str:
+    median = statistics.median(counts)
+    return "not reached" if not math.isfinite(median) else f"{median:g}"
+
+
 def minutes(seconds: float) -> str:
     return "not reached" if not math.isfinite(seconds) else f"{seconds / 60:.1f}"
 
@@ -327,13 +341,15 @@ def stage_report(stage: str, table: dict, runs: dict, ablations: set, trials: in
              f"best any method found (the table's best config scores {summary['table_best']:.4f}).", "",
              "| method | reached the target | median minutes to the target | mean minutes to the target (not "
              "reached: its wall time) | best val F1 over the budget's last 3/4 (mean) | final best val F1 (median) "
-             f"| wall minutes (median) | epochs trained of {trials * table['epochs']} (median) |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"| wall minutes (median) | epochs trained of {trials * table['epochs']} (median) "
+             "| trials started when it reached the target (median) |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         capped = statistics.mean(t if math.isfinite(t) else s for t, s in zip(row["time_to_target"], row["seconds"]))
         lines.append(f"| {name} | {row['reached']}/{len(seeds)} | {minutes(row['median_time_to_target'])} | "
                      f"{capped / 60:.1f} | {area[name]:.4f} | {statistics.median(row['best']):.4f} "
-                     f"| {statistics.median(row['seconds']) / 60:.1f} | {statistics.median(row['epochs']):.0f} |")
+                     f"| {statistics.median(row['seconds']) / 60:.1f} | {statistics.median(row['epochs']):.0f} "
+                     f"| {trials_cell(row['trials_to_target'])} |")
     lines += ["", f"- {speed_line(speedup)} (median over seeds; goal 2x: {'met' if speedup >= 2 else 'missed'}).",
               f"- After the first quarter of its budget ({budget / 60:.1f} min, its median wall time), tuner's mean "
               f"anytime curve was at most **{gap * 100:.2f} points** below random + ASHA's (goal 0.5: "

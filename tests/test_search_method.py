@@ -146,7 +146,7 @@ def test_replay_maps_a_config_to_the_nearest_recorded_one_on_the_spaces_scale():
 
 
 def test_anytime_curve_and_time_to_target():
-    from bench.search_efficiency import anytime, best_at, time_to
+    from bench.search_efficiency import anytime, best_at, time_to, trials_to
 
     table = {"prepare_seconds": 5.0, "configs": [
         {"setup_seconds": 1.0, "epochs": [{"train_seconds": 9.0, "eval_seconds": 1.0}] * 3}]}
@@ -155,6 +155,8 @@ def test_anytime_curve_and_time_to_target():
     result = anytime(lines, table)
     assert result["curve"] == [(16.0, 0.5), (26.0, 0.7), (37.0, 0.7), (48.0, 0.8)]
     assert result["trials"] == 3 and result["epochs"] == 4 and result["best"] == 0.8
+    assert result["started"] == [1, 1, 2, 3]
+    assert trials_to(result, 0.65) == 1 and trials_to(result, 0.75) == 3 and math.isinf(trials_to(result, 0.9))
     assert time_to(result["curve"], 0.75) == 48.0 and math.isinf(time_to(result["curve"], 0.9))
     assert best_at(result["curve"], 30.0) == 0.7 and best_at(result["curve"], 10.0) == -math.inf
 
