@@ -7,7 +7,8 @@
                     first), at a kept search's best config (--student) and --train-seed
     matmul          2048 x 2048 @ 2048 x 2048 FLOP/s in float32 and bf16, torch.set_num_threads(THREADS), after warmup
     steps           the levers of issue 6 on fit's padded training step (``--batches length``, length-grouped
-                    batches): --variant fp32, bf16 (CPU autocast) or compile (torch.compile, dynamic shapes),
+                    batches): --variant fp32, bf16 (CPU autocast), compile (torch.compile, dynamic shapes) or
+                    compile-bf16 (both),
                     --threads N, over the same first --steps batches
 
 Run by bench/run_benchmarks.py; every sub-command takes --data, the sizes and --out (see bench/common.py).
@@ -130,8 +131,8 @@ def steps(args) -> dict:
     torch.manual_seed(args.seed)
     model = initial_token_classifier("minilm", task.labels, args.seed, len(tokenizer)).train()
     optimizer = build_optimizer(model, THROUGHPUT_HPARAMS["learning_rate"], THROUGHPUT_HPARAMS["weight_decay"])
-    forward = torch.compile(model, dynamic=True) if args.variant == "compile" else model
-    precision = autocast("cpu", "bf16" if args.variant.startswith("bf16") else "fp32")
+    forward = torch.compile(model, dynamic=True) if args.variant.startswith("compile") else model
+    precision = autocast("cpu", "bf16" if "bf16" in args.variant else "fp32")
     epoch = length_grouped_batches(task.train.lengths(), BATCH_SIZE, args.seed)
     batches = [epoch[i % len(epoch)] for i in range(WARMUP_STEPS + args.steps)]  # a small --train-sentences wraps
     timed_tokens, losses, started = 0, [], time.perf_counter()
@@ -155,13 +156,14 @@ def steps(args) -> dict:
 
 
 WARMUP_STEPS = 5
+LEVERS = ["fp32", "bf16", "compile", "compile-bf16"]
 COMMANDS = {"throughput": {"--precision": {"choices": PRECISIONS, "default": "auto"}},
             "teacher-logits": {"--teacher": {"type": Path, "required": True}},
             "student-trial": {"--teacher": {"type": Path, "required": True},
                               "--student": {"type": Path, "required": True, "help": "tuner's student/best folder"},
                               "--train-seed": TRAIN_SEED_FLAG},
             "matmul": {},
-            "steps": {"--variant": {"choices": ["fp32", "bf16", "compile"], "required": True},
+            "steps": {"--variant": {"choices": LEVERS, "required": True},
                       "--threads": {"type": int, "default": THREADS}, "--steps": {"type": int, "default": 60}}}
 
 

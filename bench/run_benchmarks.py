@@ -10,7 +10,7 @@ trial count, epochs, batch size (16) and search space:
 3. one epoch of tuner.training.fit vs the Trainer: real tokens/s, sentences/s and the F1 the epoch reached;
 4. the share of tuner's search time spent outside training and evaluation;
 5. training FLOP/s (6 x non-embedding parameters x tokens/s) against a matmul's FLOP/s (float32, bf16);
-6. levers on fit's training step: bf16 autocast, torch.compile, two 1-thread processes.
+6. levers on fit's training step: bf16 autocast, torch.compile (fp32 and bf16), two 1-thread processes.
 
 Each is measured against each peer of --peers (bench/hf_peer.py): the Hugging Face defaults, and the same tools
 tuned as an expert would; the report leads with every headline ratio against both.
@@ -149,7 +149,7 @@ def one_repeat(index: int, args, work: Path) -> dict:
 def lever_measurements(args, work: Path) -> dict:
     levers = {variant: measure("probes", "steps", args, work, "--variant", variant, "--steps", args.lever_steps,
                                name=f"steps-{variant}")
-              for variant in ("fp32", "bf16", "compile")}
+              for variant in ("fp32", "bf16", "compile", "compile-bf16")}
     levers["fp32, 2 processes"] = measure_together("probes", "steps", args, work, 2, "--variant", "fp32",
                                                    "--threads", 1, "--steps", args.lever_steps)
     return levers
@@ -588,7 +588,8 @@ def lever_section(repeats: list) -> tuple:
     for name, label in [("fp32", f"fp32, one process, {repeats[0]['levers']['fp32']['threads']} threads"),
                         ("fp32, 2 processes", "fp32, two processes of 1 thread at once (two trials per node), summed"),
                         ("bf16", "bf16 autocast on the CPU (fit's default where the CPU has native bf16)"),
-                        ("compile", "torch.compile (inductor, dynamic shapes)")]:
+                        ("compile", "torch.compile (inductor, dynamic shapes)"),
+                        ("compile-bf16", "torch.compile (inductor, dynamic shapes) under bf16 autocast")]:
         losses = f"{cell(column(n, f'{name}|first_loss'), '.4f')} to {cell(column(n, f'{name}|last_loss'), '.4f')}"
         rows.append([label, cell(column(n, f"{name}|tokens"), ".0f"), cell(column(n, f"{name}|ratio"), ".2f", "x"),
                      cell(column(n, f"{name}|warmup"), ".1f"), losses])

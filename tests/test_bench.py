@@ -52,7 +52,8 @@ def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
     assert re.search(r"\| best validation F1 \| [0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [+-][0-9.]+ points \| "
                      r"[+-][0-9.]+ points \|", text)
     tuned_peer_measured(work_files, text)
-    for lever in ("bf16 autocast on the CPU", "torch.compile (inductor, dynamic shapes)", "two processes of 1 thread"):
+    for lever in ("bf16 autocast on the CPU", "torch.compile (inductor, dynamic shapes)", "two processes of 1 thread",
+                  "dynamic shapes) under bf16 autocast"):
         assert re.search(rf"\| [^|]*{re.escape(lever)}[^|]* \| [0-9]+[^|]* \| [0-9.]+x[^|]* \|", text), lever
     assert "python bench/run_benchmarks.py --quick" in text
     assert snapshot(ROOT / "results") == before  # --output elsewhere: the committed report is untouched
