@@ -96,6 +96,7 @@ BAD_SPACES = {
     "space_log_low_zero": "params: {learning_rate: {type: loguniform, low: 0.0, high: 0.01}}\n",
     "space_empty_choice": "params: {learning_rate: {type: choice, values: []}}\n",
     "space_python_tag": "!!python/object/apply:os.system ['touch pwned']\n",
+    "space_infinite": "params: {learning_rate: {type: loguniform, low: 1.0e-5, high: .inf}}\n",
 }
 CASES = {  # case -> what the one-line error must name
     "trials0": "--trials", "trials_negative": "--trials", "unknown_stage": "--stage", "no_teacher": "--stage teacher",
@@ -105,7 +106,9 @@ CASES = {  # case -> what the one-line error must name
     "space_unknown_key": "step", "space_wrong_type": "learning_rate.low", "space_low_gt_high": "low (0.1) > high",
     "space_log_low_zero": "low > 0", "space_empty_choice": "values", "space_python_tag": "teacher.yaml:1",
     "factorized_teacher": "not a teacher", "teacher_with_all": "--teacher", "seed_mismatch": "--seed 0",
-    "too_many_cpus": "--cpus-per-trial 64", "bad_precision": "--precision",
+    "too_many_cpus": "--cpus-per-trial 64", "bad_precision": "--precision", "space_infinite": "finite number",
+    "seed_negative": "--seed", "seed_too_large": "--seed", "cpus_nan": "--cpus-per-trial",
+    "teacher_record_not_json": "result.json:1: not valid JSON", "teacher_record_not_object": "expected a JSON object",
 }
 
 
@@ -146,7 +149,7 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir, c
     elif case == "missing_teacher":
         stage = "factorized"
         extra = ["--teacher", tmp_path / "gone"]
-    elif case in ("factorized_teacher", "seed_mismatch"):
+    elif case in ("factorized_teacher", "seed_mismatch", "teacher_record_not_json", "teacher_record_not_object"):
         stage = "student"
         from tuner.models import factorize, initial_token_classifier, load_tokenizer, save_model
 
@@ -154,13 +157,20 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir, c
         if case == "factorized_teacher":
             factorize(model, 8)
         save_model(model, tmp_path / "teacher", load_tokenizer("minilm"))
-        write(tmp_path / "teacher" / "result.json", '{"seed": 0, "split": "report"}')
+        record = {"teacher_record_not_json": '{"seed": 0, "spl', "teacher_record_not_object": "[0]"}
+        write(tmp_path / "teacher" / "result.json", record.get(case, '{"seed": 0, "split": "report"}'))
         extra = ["--teacher", tmp_path / "teacher", "--seed", "1"]
     elif case == "teacher_with_all":
         stage = "all"
         extra = ["--teacher", tmp_path / "teacher"]
     elif case == "too_many_cpus":
         extra = ["--cpus-per-trial", "64"]
+    elif case == "cpus_nan":
+        extra = ["--cpus-per-trial", "nan"]
+    elif case == "seed_negative":
+        extra = ["--seed", "-1"]
+    elif case == "seed_too_large":
+        extra = ["--seed", str(2**32)]
     elif case == "bad_precision":
         extra = ["--precision", "fp16"]
     elif case == "corrupt_teacher":

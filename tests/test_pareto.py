@@ -106,7 +106,9 @@ def test_a_front_search_samples_only_shapes_under_the_budget(tiny_model, tmp_pat
 
 
 @pytest.mark.parametrize("case", ["unknown_objective", "teacher_fixed_size", "space_without_shape",
-                                  "budget_too_small"])
+                                  "budget_too_small",
+                                  # refused once the teacher's sizes are read, after Ray starts: a subprocess
+                                  pytest.param("budget_below_the_space_overwrite", marks=pytest.mark.slow)])
 def test_bad_front_input_is_one_line(case, tmp_path, tiny_model, tokenizer, conll_dir, capsys):
     from tuner import run
     from tuner.models import save_model
@@ -127,13 +129,30 @@ def test_bad_front_input_is_one_line(case, tmp_path, tiny_model, tokenizer, conl
         args += ["--space-dir", spaces]
     elif case == "budget_too_small":
         args += ["--max-params", 1000]
+    elif case == "budget_below_the_space_overwrite":
+        # a budget some student fits (1 layer, E 8) but none of the space's (E 16), over an earlier search that
+        # --overwrite would replace: refused before the earlier search is touched
+        from tuner.models import student_parameters
+
+        spaces = tmp_path / "spaces"
+        text = (ROOT / "search_spaces" / "smoke" / "student.yaml").read_text()
+        write(spaces / "student.yaml", text.replace("values: [8, 16]", "values: [16]"))
+        write(results / "student" / "search" / "experiment_state.json", "{}")
+        budget = student_parameters(tiny_model, 1, 8)
+        assert budget < student_parameters(tiny_model, 1, 16)
+        args += ["--space-dir", spaces, "--max-params", budget, "--overwrite"]
     before = snapshot(results)
-    status, _, err = run_main(run.main, *args, capsys=capsys)
+    if case == "budget_below_the_space_overwrite":
+        proc = run_cli(*args, "--quiet")
+        status, err = proc.returncode, proc.stderr
+    else:
+        status, _, err = run_main(run.main, *args, capsys=capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1, err
     expected = {"unknown_objective": "--objectives: unknown objective 'foo'",
                 "teacher_fixed_size": "stage teacher has a fixed size",
                 "space_without_shape": "student.yaml: searches none of num_layers, factor_dim",
-                "budget_too_small": "--max-params 1000: the smallest student"}[case]
+                "budget_too_small": "--max-params 1000: the smallest student",
+                "budget_below_the_space_overwrite": "student.yaml fits (the smallest has"}[case]
     assert expected in err, err
     assert snapshot(results) == before
 

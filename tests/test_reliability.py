@@ -75,6 +75,43 @@ def test_resume_after_sigkill(tmp_path, conll_dir):
 
 
 @pytest.mark.slow
+def test_ctrl_c_saves_nothing_as_the_result_and_resume_finishes(tmp_path, conll_dir):
+    """Ctrl-C ends Tune's loop as if the search had finished: tuner says it was interrupted (one line, status
+    130), saves no best model, keeps the unfinished trials' optimizer state, and --resume then finishes it."""
+    from tuner.training import OPTIMIZER_FILE
+
+    results = tmp_path / "results"
+    args = ["--stage", "teacher", "--trials", 3, "--profile", "smoke", "--epochs", 4, "--train-sentences", 200,
+            "--data", conll_dir, "--results-dir", results, "--seed", 1, "--quiet"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    driver = subprocess.Popen([sys.executable, "-m", "tuner.run", *map(str, args)], cwd=ROOT, env=env, text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    experiment = results / "teacher" / "search"
+    deadline = time.time() + 300
+    while time.time() < deadline:  # interrupt once a trial has checkpointed an epoch before its last
+        reports = trial_results(experiment) if experiment.is_dir() else {}
+        if any(r and not r[-1].get("done") and r[-1]["epoch"] < 4 and any(x["checkpointed"] for x in r)
+               for r in reports.values()):
+            break
+        time.sleep(0.2)
+    else:
+        driver.kill()
+        pytest.fail("the search never reached a running trial with a checkpoint")
+    os.kill(driver.pid, signal.SIGINT)  # the driver alone, as a terminal's Ctrl-C reaches Python
+    _, err = driver.communicate(timeout=300)
+    assert driver.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: stage teacher: search interrupted with") and "--resume" in last, last
+    assert not (results / "teacher" / "best").exists()
+    assert any((c / OPTIMIZER_FILE).is_file() for c in experiment.glob("*/checkpoint_*"))  # nothing pruned
+    proc = run_cli(*args, "--resume")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(trial_results(experiment)) == 3
+    assert (results / "teacher" / "best" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
 def test_failing_trials_are_recorded_and_skipped(tmp_path, conll_dir):
     spaces = tmp_path / "spaces"
     for stage in ("teacher", "factorized", "student"):
@@ -182,22 +219,43 @@ def test_a_finished_search_drops_optimizer_states_and_keeps_what_is_asked(tmp_pa
     assert best.is_dir() and not other.exists()
 
 
+@pytest.mark.parametrize("front_search", [False, True])
+def test_a_new_search_clears_what_describes_an_earlier_best(tmp_path, front_search):
+    """After a search, an earlier search's deployed model goes (it was the old best's), and after a search of F1
+    alone so does an earlier front (a front search writes its own); the new best and the search stay."""
+    from tuner.pipeline import clear_stale_outputs
+
+    for name in ("deploy/deploy.json", "pareto/1.0M-L1-E8/config.json", "pareto.csv", "best/result.json",
+                 "search/experiment_state.json", "search_settings.yaml"):
+        write(tmp_path / name, "{}")
+    clear_stale_outputs(tmp_path, front_search=front_search)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    front = ["pareto.csv", "pareto/1.0M-L1-E8/config.json"] if front_search else []
+    assert left == sorted(["best/result.json", "search/experiment_state.json", "search_settings.yaml", *front])
+
+
 def test_best_checkpoint_skips_a_score_reported_without_one():
     """A trial that errored (or was interrupted) between a rung's report and the one carrying its checkpoint has
-    the top score but no checkpoint of it: the search's best is the best score that has a checkpoint."""
+    the top score but no checkpoint of it: the search's best is the best score that has a checkpoint, from a
+    trial that ended without error while there is one (an errored config, retrained, fails again)."""
     from types import SimpleNamespace
 
     from tuner.errors import TunerError
     from tuner.search import best_checkpoint
 
-    def trial(name, checkpoints):
-        return SimpleNamespace(config={"name": name}, best_checkpoints=[
+    def trial(name, checkpoints, error=None):
+        return SimpleNamespace(config={"name": name}, error=error, best_checkpoints=[
             (SimpleNamespace(path=f"/{name}/{f1}"), {"val_f1": f1}) for f1 in checkpoints])
 
-    cut_short = trial("cut short", [0.80])  # reported 0.90 at a rung, errored before its checkpoint
+    cut_short = trial("cut short", [0.80], RuntimeError("x"))  # reported 0.90 at a rung, errored before saving it
     grid = [cut_short, trial("finished", [0.70, 0.85]), trial("stopped", []), trial("nan", [float("nan")])]
     result, checkpoint, metrics = best_checkpoint(grid, "teacher", Path("/x"))
     assert result.config["name"] == "finished" and checkpoint.path == "/finished/0.85" and metrics["val_f1"] == 0.85
+    diverged = trial("diverged", [0.90], FloatingPointError("non-finite loss at epoch 3"))  # best at epoch 2
+    result, checkpoint, _ = best_checkpoint([diverged, trial("finished", [0.85])], "teacher", Path("/x"))
+    assert result.config["name"] == "finished" and checkpoint.path == "/finished/0.85"
+    result, checkpoint, _ = best_checkpoint([diverged, trial("stopped", [])], "teacher", Path("/x"))
+    assert checkpoint.path == "/diverged/0.9"  # no other checkpoint: the errored trial's is kept, not lost
     with pytest.raises(TunerError, match="no trial saved a checkpoint"):
         best_checkpoint([trial("stopped", [])], "teacher", Path("/x"))
 

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from tuner.config import Profile, RunSettings, profile_overrides
-from tuner.errors import TunerError
+from tuner.errors import Interrupted, TunerError
 
 BAD_INPUT = 2  # the exit status of a refused input, argparse's too
 
@@ -30,8 +30,9 @@ def results_parser(prog: str, doc: str) -> OneLineParser:
     return parser
 
 
-def int_at_least(minimum: int):
-    """An argparse type: an integer no smaller than ``minimum``, or a one-line error saying which bound failed."""
+def int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: an integer no smaller than ``minimum`` (and no larger than ``maximum``), or a one-line
+    error saying which bound failed."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -39,12 +40,15 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
         return value
-    parse.__name__ = f"integer >= {minimum}"
+    parse.__name__ = f"integer >= {minimum}" if maximum is None else f"integer in [{minimum}, {maximum}]"
     return parse
 
 
 positive_int = int_at_least(1)
+seed_int = int_at_least(0, 2**32 - 1)  # what numpy's RandomState, which Optuna's samplers seed, accepts
 FLAG_TYPES = {"int": positive_int, "int | None": positive_int, "Path": Path, "str": str}  # by annotation
 
 
@@ -86,12 +90,15 @@ def flag_hint(key: str) -> str:
 
 def entry_point(main):
     """Wrap a command's ``main(argv) -> int``: a ``TunerError`` becomes ``error: <message>`` on stderr, one line,
-    and exit status 2, with no traceback."""
+    and its exit status (2 for bad input), with no traceback; so does Ctrl-C (status 130)."""
     @functools.wraps(main)
     def wrapped(argv=None) -> int:
         try:
             return main(argv)
         except TunerError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return BAD_INPUT
+            return exc.status
+        except KeyboardInterrupt:
+            print("error: interrupted", file=sys.stderr)
+            return Interrupted.status
     return wrapped

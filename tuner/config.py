@@ -7,6 +7,7 @@ is also a flag of the same name (``--batch-size`` sets ``batch_size``), generate
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,8 +150,9 @@ class RunSettings:
             problems.append(f"--trials must be >= 1 (got {self.trials})")
         if self.split not in SPLITS:
             problems.append(f"--split must be one of {', '.join(SPLITS)} (got {self.split!r})")
-        if self.cpus_per_trial < 0 or self.gpus_per_trial < 0:
-            problems.append("--cpus-per-trial and --gpus-per-trial must be >= 0")
+        if not (0 <= self.cpus_per_trial < math.inf and 0 <= self.gpus_per_trial < math.inf):  # NaN fails too
+            problems.append(f"--cpus-per-trial and --gpus-per-trial must be finite numbers >= 0 (got "
+                            f"{self.cpus_per_trial} and {self.gpus_per_trial})")
         if self.max_failures < 0:
             problems.append(f"--max-failures must be >= 0 (got {self.max_failures})")
         if self.keep_checkpoints not in KEEP_CHECKPOINTS:

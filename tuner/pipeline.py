@@ -23,7 +23,8 @@ from tuner.cli import flag_hint
 from tuner.config import METRIC, RunSettings, default_threads, train_settings
 from tuner.data import TaskData
 from tuner.errors import TunerError
-from tuner.front import save_front
+from tuner.deploy import DEPLOY
+from tuner.front import FRONT_CSV, FRONT_DIR, save_front
 from tuner.models import count_parameters, load_model, save_model
 from tuner.registry import Stage
 from tuner.spaces import SearchSpace, edges, load_space, shared_point, value_ranges
@@ -287,6 +288,7 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     searched = space if len(settings.objectives) > 1 else single_objective_space(stage, space)
     inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer), value_ranges(searched))
     stage_dir = settings.stage_dir(stage.name)
+    sampled, shapes = search_plan(stage, space, inputs, settings.objectives)  # refuses a budget before any change
     if settings.overwrite:
         shutil.rmtree(stage_dir / "search", ignore_errors=True)
     resume = settings.resume and (stage_dir / "search").is_dir()  # else: start it
@@ -297,7 +299,6 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
             yaml.safe_dump(search_settings(stage, settings, space), sort_keys=False))
     echo(f"stage {stage.name}: {settings.trials} trials over {space.path}")
     trial_settings = train_settings(settings.profile, stage.epochs(settings.profile), settings.seed, threads)
-    sampled, shapes = search_plan(stage, space, inputs, settings.objectives)
     start = warm_start(stage, settings, sampled) if search.DEFAULT_METHOD.warm_start else {}
     if start and not resume:
         echo(f"stage {stage.name}: first trial warm-started from the previous stage's best config "
@@ -307,6 +308,7 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
                             gpus_per_trial=settings.gpus_per_trial, max_failures=settings.max_failures,
                             reuse_actors=not settings.process_per_trial, resume=resume, quiet=settings.quiet,
                             objectives=settings.objectives, shapes=shapes, warm_start=start)
+    clear_stale_outputs(stage_dir, front_search=shapes is not None)
     front = None if shapes is None else save_front(
         settings.stage_dir(stage.name), outcome.kept, task, tokenizer, settings.profile.eval_batch_size,
         settings.profile.precision, echo)
@@ -314,6 +316,16 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     record = save_best(stage, settings, outcome, task, tokenizer, space, front, pruned)
     export.write_exports(Path(settings.results_dir))
     return record
+
+
+def clear_stale_outputs(stage_dir: Path, front_search: bool) -> None:
+    """Once a search has ended, drop what an earlier search of the stage left that would now describe another
+    model: its deployed model (``tuner.deploy`` writes it again for the new best) and, after a search of F1
+    alone, an earlier front search's members and table (a front search replaces them itself)."""
+    shutil.rmtree(stage_dir / DEPLOY, ignore_errors=True)
+    if not front_search:
+        shutil.rmtree(stage_dir / FRONT_DIR, ignore_errors=True)
+        (stage_dir / FRONT_CSV).unlink(missing_ok=True)
 
 
 def warm_start(stage: Stage, settings: RunSettings, space: SearchSpace) -> dict:

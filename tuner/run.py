@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from tuner import registry
-from tuner.cli import OneLineParser, add_profile_flags, entry_point, overrides_from, positive_int
+from tuner.cli import OneLineParser, add_profile_flags, entry_point, overrides_from, positive_int, seed_int
 from tuner.config import KEEP_CHECKPOINTS, OBJECTIVES, PROFILES, SPLITS, RunSettings, resolve_profile
 
 ALL = "all"  # --stage all: every registered stage, in order
@@ -35,7 +35,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", type=Path, help="teacher folder for the stages that read one (default: RESULTS/teacher/best)")
     p.add_argument("--split", choices=SPLITS, default="report",
                    help="report: 80/10/10 of train, seeded; official: the corpus's validation and test files")
-    p.add_argument("--seed", type=int, default=0, help="seeds the split, the sampler, the heads and the data order")
+    p.add_argument("--seed", type=seed_int, default=0, help="seeds the split, the sampler, the heads and the data order")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--cpus-per-trial", type=float, default=0.0, help="CPUs per trial; 0: all of one node")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 with CUDA, else 0)")

@@ -33,7 +33,7 @@ from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from tuner import pareto  # noqa: E402
 from tuner.config import METRIC, MODE, OBJECTIVES, TrainSettings  # noqa: E402
-from tuner.errors import TunerError  # noqa: E402
+from tuner.errors import Interrupted, TunerError  # noqa: E402
 from tuner.registry import Stage  # noqa: E402
 from tuner.spaces import SearchSpace  # noqa: E402
 from tuner.training import release_memory, save_checkpoint, select_device  # noqa: E402
@@ -467,6 +467,10 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
     with contextlib.redirect_stdout(io.StringIO()) if quiet else contextlib.nullcontext():
         grid = tuner.fit()  # Tune prints its progress tables to stdout whatever its verbosity
     wall_seconds = time.perf_counter() - started
+    ended = grid.num_terminated + grid.num_errors
+    if ended < trials:  # Ctrl-C: Tune saves the experiment's state and returns as if the search had ended
+        raise Interrupted(f"stage {stage.name}: search interrupted with {ended} of {trials} trials ended; nothing "
+                          f"is saved as its result: continue it with the same flags and --resume ({experiment_dir})")
     errored = [(trial_id(r), r.config, first_line(r.error)) for r in grid if r.error]
     finished = [r for r in grid if not r.error and r.metrics and METRIC in r.metrics]
     if not finished:
@@ -515,16 +519,18 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
 
 
 def best_checkpoint(grid, stage: str, experiment_dir: Path) -> tuple:
-    """(result, checkpoint, its metrics) of the best-scoring checkpoint of any trial. Not simply the best
-    trial's: a trial that errored or was interrupted between a rung's first report and the second one that
-    carries its checkpoint has a reported score without a checkpoint (see _trial)."""
-    kept = [(metrics[METRIC], index, result, checkpoint, metrics) for index, result in enumerate(grid)
-            for checkpoint, metrics in (result.best_checkpoints or [])
+    """(result, checkpoint, its metrics) of the best-scoring checkpoint of any trial that ended without error.
+    Not simply the best trial's: a trial interrupted between a rung's first report and the second one that
+    carries its checkpoint has a reported score without a checkpoint (see _trial). An errored trial's
+    checkpoints count only when no other trial saved one: its config, retrained from the start
+    (``tuner.retrain``), would fail again."""
+    kept = [(not result.error, metrics[METRIC], index, result, checkpoint, metrics)
+            for index, result in enumerate(grid) for checkpoint, metrics in (result.best_checkpoints or [])
             if isinstance(metrics.get(METRIC), (int, float)) and math.isfinite(metrics[METRIC])]
     if not kept:
         raise TunerError(f"stage {stage}: no trial saved a checkpoint; see {experiment_dir}")
     sign = 1 if MODE == "max" else -1
-    _, _, result, checkpoint, metrics = max(kept, key=lambda item: (sign * item[0], -item[1]))
+    *_, result, checkpoint, metrics = max(kept, key=lambda item: (item[0], sign * item[1], -item[2]))
     return result, checkpoint, metrics
 
 

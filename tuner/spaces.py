@@ -58,6 +58,8 @@ class SearchSpace:
 def _number(value, where: str, integer: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TunerError(f"{where}: expected a number, got {value!r}")
+    if not math.isfinite(value):
+        raise TunerError(f"{where}: expected a finite number, got {value!r}")
     if integer and int(value) != value:
         raise TunerError(f"{where}: expected an integer, got {value!r}")
     return int(value) if integer else float(value)
@@ -68,6 +70,8 @@ def _check_bounds(name: str, values, where: str) -> None:
     for value in values:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TunerError(f"{where}: expected numbers, got {value!r}")
+        if not math.isfinite(value):
+            raise TunerError(f"{where}: expected finite numbers, got {value!r}")
         if not low <= value <= high:
             raise TunerError(f"{where}: {value!r} outside the allowed range [{low}, {high}] for {name}")
 

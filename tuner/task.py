@@ -4,7 +4,6 @@ build them here."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from torch import nn
@@ -12,6 +11,7 @@ from torch import nn
 from tuner.config import Profile, RunSettings, default_threads
 from tuner.data import TaskData, encode, label_list, load_corpus, split_sentences, subsample
 from tuner.errors import TunerError
+from tuner.export import read_json
 from tuner.models import load_model, load_tokenizer, model_labels
 from tuner.registry import Stage, StageContext, teacher_stage
 from tuner.training import select_device
@@ -69,7 +69,10 @@ def check_teacher(settings: RunSettings, stage: Stage) -> nn.Module:
     record_file = folder / RESULT_FILE
     if not record_file.is_file():
         return teacher  # a teacher trained elsewhere: nothing to compare
-    record = json.loads(record_file.read_text())
+    record = read_json(record_file)
+    if not isinstance(record, dict):
+        raise TunerError(f"{record_file}: expected a JSON object (a teacher's result record), got "
+                         f"{type(record).__name__}")
     for key, value in {"seed": settings.seed, "split": settings.split}.items():
         if record.get(key) != value:
             raise TunerError(f"{record_file}: the teacher used {key} {record.get(key)!r}, this run {value!r}; "
