@@ -74,6 +74,40 @@ def test_pareto_asha_decides_on_fronts_at_its_rungs():
     assert 0.70 not in f1_only[:2]
 
 
+def test_rung_records_survive_a_resume(tmp_path):
+    """``--resume`` gets the scheduler Ray pickled when the search started, with empty rungs: both of tuner's
+    schedulers read what they recorded back from their memory file, so a trial reaching a rung after the resume
+    is judged against the trials recorded there before it, as in an uninterrupted search."""
+    import pickle
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner.search import ParetoASHA, RememberingASHA
+
+    def trial(name):
+        return SimpleNamespace(trial_id=name)
+
+    asha = RememberingASHA(time_attr="epoch", metric="val_f1", mode="max", max_t=10, grace_period=3,
+                           reduction_factor=2, memory=tmp_path / "asha.json")
+    front = ParetoASHA([("val_f1", "max"), ("parameters", "min")], max_t=10, rungs={3, 6}, reduction_factor=2,
+                       memory=tmp_path / "front.json")
+    for scheduler in (asha, front):
+        started = pickle.dumps(scheduler)  # what Ray's tuner.pkl holds: the scheduler before any result
+        for name, f1, params in (("a", 0.90, 20e6), ("b", 0.80, 12e6)):
+            scheduler.on_trial_add(None, trial(name))
+            scheduler.on_trial_result(None, trial(name), {"epoch": 3, "val_f1": f1, "parameters": params})
+        late = {"epoch": 3, "val_f1": 0.50, "parameters": 25e6}  # behind both, on F1 and on size
+        restored, forgetful = pickle.loads(started), pickle.loads(started)
+        forgetful._memory = None  # Ray's own behaviour: the rung is empty after the resume
+        for resumed, action in ((restored, TrialScheduler.STOP), (forgetful, TrialScheduler.CONTINUE)):
+            resumed.on_trial_add(None, trial("late"))
+            assert resumed.on_trial_result(None, trial("late"), dict(late)) == action, type(resumed).__name__
+        older = pickle.loads(started)  # pickled by a tuner before this memory: no such fields, Ray's behaviour
+        del older._memory, older._recalled
+        older.on_trial_add(None, trial("late"))
+        assert older.on_trial_result(None, trial("late"), dict(late)) == TrialScheduler.CONTINUE
+
+
 def test_a_front_search_samples_only_shapes_under_the_budget(tiny_model, tmp_path):
     """The space the searcher samples: every feasible combination once, none over the budget, and nothing else."""
     from tuner import registry

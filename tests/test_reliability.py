@@ -40,13 +40,18 @@ def test_resume_after_sigkill(tmp_path, conll_dir):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     experiment = results / "teacher" / "search"
     deadline = time.time() + 300
-    # kill once a trial has finished and the next has checkpointed an epoch but not finished
+    seen = {}  # trial -> when its first checkpointed epoch was seen
+    # kill once a trial has finished and the next has checkpointed an epoch but not finished, and Tune has saved
+    # the experiment's state since (at most a second later: what a resume reads a trial's checkpoint from)
     while time.time() < deadline:
         reports = trial_results(experiment) if experiment.is_dir() else {}
         done = [t for t, r in reports.items() if r and r[-1].get("done")]
         partial = [t for t, r in reports.items()
                    if r and not r[-1].get("done") and r[-1]["epoch"] < 4 and any(x["checkpointed"] for x in r)]
-        if done and partial:
+        for t in partial:
+            seen.setdefault(t, time.time())
+        saved = max((p.stat().st_mtime for p in experiment.glob("experiment_state-*.json")), default=0)
+        if done and any(saved > seen[t] for t in partial):
             break
         time.sleep(0.2)
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import json
 import logging
 import math
 import os
@@ -23,6 +24,10 @@ os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # trials keep the driver's
 # 127.0.0.1; without it, ray.init(_node_ip_address="127.0.0.1") still listens on all interfaces.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# The experiment's state (which checkpoint each trial holds) is saved at most this often; Ray's "auto" waits 10 s
+# or more, so a driver killed in between resumes trials from older checkpoints, or from scratch. Local storage
+# makes a save a few milliseconds.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
@@ -41,6 +46,7 @@ from tuner.training import release_memory, save_checkpoint, select_device  # noq
 log = logging.getLogger(__name__)
 
 EXPERIMENT = "search"  # results/<stage>/search holds Ray's experiment folder
+RUNG_MEMORY = "rungs.json"  # in it: what the early-stopping scheduler recorded at its rungs (RungMemory)
 AUTH_TOKEN = Path.home() / ".ray" / "auth_token"
 REDUCTION_FACTOR = 2  # ASHA keeps the top half of the trials at each rung
 GRACE_SHARE = 0.25  # ASHA's first rung: this share of the epoch budget, rounded up
@@ -201,19 +207,96 @@ class EpochOptunaSearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-class ParetoASHA(FIFOScheduler):
+class RungMemory:
+    """What a scheduler recorded at its rungs, kept in a JSON file (``memory``) as it changes. Ray saves no
+    scheduler state: ``--resume`` unpickles the scheduler as it was when the search started, with empty rungs,
+    so restarted trials would be judged only against those reaching a rung after the resume. A scheduler with
+    this mixin reads the file back before its first decision after a restore."""
+
+    def _start_memory(self, memory: Path | None) -> None:
+        self._memory, self._recalled = (None if memory is None else str(memory)), False
+
+    def _records(self) -> list | dict:
+        raise NotImplementedError
+
+    def _load_records(self, records) -> None:
+        raise NotImplementedError
+
+    def _recall(self) -> None:
+        # getattr: a search started by a tuner without this mixin unpickles a scheduler without these fields
+        if getattr(self, "_recalled", True):
+            return
+        self._recalled = True
+        if self._memory and os.path.isfile(self._memory):
+            try:
+                with open(self._memory) as handle:
+                    self._load_records(json.load(handle))
+            except (OSError, ValueError, TypeError, AttributeError) as exc:  # unreadable: Ray's empty rungs
+                log.warning("%s: rung records not read back (%s); the rungs start empty", self._memory, exc)
+
+    def _remember(self) -> None:
+        memory = getattr(self, "_memory", None)
+        if memory and os.path.isdir(os.path.dirname(memory)):
+            partial = memory + ".partial"
+            with open(partial, "w") as handle:
+                json.dump(self._records(), handle)
+            os.replace(partial, memory)  # a driver killed mid-write leaves the last whole file
+
+
+class RememberingASHA(RungMemory, ASHAScheduler):
+    """Ray's ASHA whose rung records survive ``--resume`` (``RungMemory``)."""
+
+    def __init__(self, *args, memory: Path | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._start_memory(memory)
+
+    def _records(self) -> list:
+        return [[recorded for _, recorded in bracket._rungs] for bracket in self._brackets]
+
+    def _load_records(self, records: list) -> None:
+        for bracket, rungs in zip(self._brackets, records):
+            for (_, recorded), saved in zip(bracket._rungs, rungs):
+                recorded.update(saved)
+
+    def on_trial_add(self, tune_controller, trial) -> None:
+        self._recall()
+        super().on_trial_add(tune_controller, trial)
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._recall()
+        action = super().on_trial_result(tune_controller, trial, result)
+        self._remember()
+        return action
+
+    def on_trial_complete(self, tune_controller, trial, result: dict) -> None:
+        super().on_trial_complete(tune_controller, trial, result)
+        self._remember()
+
+
+class ParetoASHA(RungMemory, FIFOScheduler):
     """ASHA for several objectives (MO-ASHA): at each rung a trial goes on only if it is among the best
     1/``reduction_factor`` of the trials recorded there, ranked by non-dominated front (``tuner.pareto``), not
     by F1 alone. A small student on the front of (F1, parameters) survives a rung that a plain ASHA would stop
-    it at; a dominated one stops. The rung epochs are ASHA's (``rung_epochs``); the last epoch stops a trial."""
+    it at; a dominated one stops. The rung epochs are ASHA's (``rung_epochs``); the last epoch stops a trial.
+    Its rung records survive ``--resume`` (``RungMemory``)."""
 
     def __init__(self, objectives: list[tuple[str, str]], max_t: int, rungs: set[int],
-                 reduction_factor: float = 2, time_attr: str = "epoch"):
+                 reduction_factor: float = 2, time_attr: str = "epoch", memory: Path | None = None):
         super().__init__()
         self._objectives, self._max_t, self._time_attr = list(objectives), max_t, time_attr
         self._reduction_factor = reduction_factor
         self._rungs = {epoch: {} for epoch in sorted(rungs)}  # epoch -> trial id -> its point there
         self._stopped = 0
+        self._start_memory(memory)
+
+    def _records(self) -> dict:
+        return {str(epoch): {trial: list(point) for trial, point in recorded.items()}
+                for epoch, recorded in self._rungs.items()}
+
+    def _load_records(self, records: dict) -> None:
+        for epoch, recorded in records.items():
+            if int(epoch) in self._rungs:
+                self._rungs[int(epoch)].update({trial: tuple(point) for trial, point in recorded.items()})
 
     def set_search_properties(self, metric, mode, **spec) -> bool:
         return metric is None and mode is None  # its objectives are its own
@@ -223,6 +306,7 @@ class ParetoASHA(FIFOScheduler):
         return tuple(result[name] if mode == "max" else -result[name] for name, mode in self._objectives)
 
     def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        self._recall()
         if self._time_attr not in result or any(name not in result for name, _ in self._objectives):
             return TrialScheduler.CONTINUE
         epoch = result[self._time_attr]
@@ -232,6 +316,7 @@ class ParetoASHA(FIFOScheduler):
         if recorded is None or trial.trial_id in recorded:  # not a rung, or decided at its first report
             return TrialScheduler.CONTINUE
         recorded[trial.trial_id] = self.point(result)
+        self._remember()
         ids = list(recorded)
         if pareto.keeps([recorded[i] for i in ids], ids.index(trial.trial_id), self._reduction_factor):
             return TrialScheduler.CONTINUE
@@ -497,14 +582,15 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     warm_start = warm_start if method.warm_start else None
+    memory = (Path(results_dir) / stage.name / EXPERIMENT / RUNG_MEMORY).resolve()
     if len(objectives) == 1:
         searcher = EpochOptunaSearch(optuna_distributions(space), epochs=epochs, pruned_trials=method.pruned_trials,
                                      warm_start=warm_start, metric=METRIC, mode=MODE, sampler=sampler,
                                      study_name=stage.name, storage=_storage(results_dir))
         # time_attr "epoch", not training_iteration: a rung's epoch can be reported twice (see _trial)
-        scheduler = (ASHAScheduler(time_attr="epoch", max_t=epochs,
-                                   grace_period=method.grace(epochs),
-                                   reduction_factor=method.reduction_factor)
+        scheduler = (RememberingASHA(time_attr="epoch", max_t=epochs,
+                                     grace_period=method.grace(epochs),
+                                     reduction_factor=method.reduction_factor, memory=memory)
                      if method.early_stopping else FIFOScheduler())
         return searcher, scheduler, METRIC, MODE
     metrics, modes = zip(*(OBJECTIVES[name] for name in objectives))
@@ -513,8 +599,8 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
                                  metric=list(metrics), mode=list(modes), sampler=sampler,
                                  study_name=stage.name, storage=_storage(results_dir))
     scheduler = ParetoASHA(list(zip(metrics, modes)), max_t=epochs,
-                           rungs=method.rungs(epochs),
-                           reduction_factor=method.reduction_factor) if method.early_stopping else FIFOScheduler()
+                           rungs=method.rungs(epochs), reduction_factor=method.reduction_factor,
+                           memory=memory) if method.early_stopping else FIFOScheduler()
     return searcher, scheduler, None, None
 
 
