@@ -235,12 +235,18 @@ class RungMemory:
                 log.warning("%s: rung records not read back (%s); the rungs start empty", self._memory, exc)
 
     def _remember(self) -> None:
+        """Write the records if they changed since the last write (most results are at no rung)."""
         memory = getattr(self, "_memory", None)
-        if memory and os.path.isdir(os.path.dirname(memory)):
-            partial = memory + ".partial"
-            with open(partial, "w") as handle:
-                json.dump(self._records(), handle)
-            os.replace(partial, memory)  # a driver killed mid-write leaves the last whole file
+        if not memory or not os.path.isdir(os.path.dirname(memory)):
+            return
+        text = json.dumps(self._records())
+        if text == getattr(self, "_written", None):
+            return
+        partial = memory + ".partial"
+        with open(partial, "w") as handle:
+            handle.write(text)
+        os.replace(partial, memory)  # a driver killed mid-write leaves the last whole file
+        self._written = text
 
 
 class RememberingASHA(RungMemory, ASHAScheduler):
