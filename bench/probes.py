@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, TRAIN_SEED_FLAG, command_parser, non_embedding_parameters,  # noqa: E402
+from bench.common import (BATCH_SIZE, LEVERS, TRAIN_SEED_FLAG, command_parser, non_embedding_parameters,  # noqa: E402
                           run_settings, train_seed, write_result)
 
 import torch  # noqa: E402
@@ -156,7 +156,6 @@ def steps(args) -> dict:
 
 
 WARMUP_STEPS = 5
-LEVERS = ["fp32", "bf16", "compile", "compile-bf16"]
 COMMANDS = {"throughput": {"--precision": {"choices": PRECISIONS, "default": "auto"}},
             "teacher-logits": {"--teacher": {"type": Path, "required": True}},
             "student-trial": {"--teacher": {"type": Path, "required": True},

@@ -39,8 +39,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, BATCHINGS, DEFAULT_DATA, PEERS, ROOT, BenchError, OneLineParser,  # noqa: E402
-                          positive_int, require_conll, utc_minute)
+from bench.common import (BATCH_SIZE, BATCHINGS, DEFAULT_DATA, LEVERS, PEERS, ROOT, BenchError,  # noqa: E402
+                          OneLineParser, positive_int, require_conll, utc_minute)
 
 # The cpu profile's sizes (3,000 train and 500 validation sentences, 3 epochs, 4 trials): at these the F1s mean
 # something and ASHA has rungs to stop trials at. A repeat takes about 35 minutes on an idle 2-core machine.
@@ -149,7 +149,7 @@ def one_repeat(index: int, args, work: Path) -> dict:
 def lever_measurements(args, work: Path) -> dict:
     levers = {variant: measure("probes", "steps", args, work, "--variant", variant, "--steps", args.lever_steps,
                                name=f"steps-{variant}")
-              for variant in ("fp32", "bf16", "compile", "compile-bf16")}
+              for variant in LEVERS}
     levers["fp32, 2 processes"] = measure_together("probes", "steps", args, work, 2, "--variant", "fp32",
                                                    "--threads", 1, "--steps", args.lever_steps)
     return levers

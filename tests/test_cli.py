@@ -109,6 +109,9 @@ CASES = {  # case -> what the one-line error must name
     "too_many_cpus": "--cpus-per-trial 64", "bad_precision": "--precision", "space_infinite": "finite number",
     "seed_negative": "--seed", "seed_too_large": "--seed", "cpus_nan": "--cpus-per-trial",
     "teacher_record_not_json": "result.json:1: not valid JSON", "teacher_record_not_object": "expected a JSON object",
+    # a rank the teacher this run trains (tiny: hidden 32) cannot be factorized to, refused before it is trained
+    "rank_not_below_hidden": "factorized.yaml: params.factor_dim: 32 is outside [1, 31] (E must be below the "
+                             "teacher's hidden size 32)",
 }
 
 
@@ -173,6 +176,13 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir, c
         extra = ["--seed", str(2**32)]
     elif case == "bad_precision":
         extra = ["--precision", "fp16"]
+    elif case == "rank_not_below_hidden":
+        stage, spaces = "all", tmp_path / "spaces"
+        for name in STAGES:
+            write(spaces / f"{name}.yaml", (ROOT / "search_spaces" / "smoke" / f"{name}.yaml").read_text())
+        text = (spaces / "factorized.yaml").read_text()
+        write(spaces / "factorized.yaml", text.replace("values: [16, 24]", "values: [16, 32]"))
+        extra = ["--space-dir", spaces]
     elif case == "corrupt_teacher":
         stage = "factorized"
         write(tmp_path / "teacher" / "config.json", "{}")

@@ -140,7 +140,7 @@ def test_a_front_search_samples_only_shapes_under_the_budget(tiny_model, tmp_pat
 
 
 @pytest.mark.parametrize("case", ["unknown_objective", "teacher_fixed_size", "space_without_shape",
-                                  "budget_too_small",
+                                  "budget_too_small", "space_deeper_than_teacher",
                                   # refused once the teacher's sizes are read, after Ray starts: a subprocess
                                   pytest.param("budget_below_the_space_overwrite", marks=pytest.mark.slow)])
 def test_bad_front_input_is_one_line(case, tmp_path, tiny_model, tokenizer, conll_dir, capsys):
@@ -163,6 +163,11 @@ def test_bad_front_input_is_one_line(case, tmp_path, tiny_model, tokenizer, conl
         args += ["--space-dir", spaces]
     elif case == "budget_too_small":
         args += ["--max-params", 1000]
+    elif case == "space_deeper_than_teacher":  # the tiny teacher has 2 layers: no 3-layer student to cut from it
+        spaces = tmp_path / "spaces"
+        text = (ROOT / "search_spaces" / "smoke" / "student.yaml").read_text()
+        write(spaces / "student.yaml", text.replace("low: 1\n    high: 2", "low: 1\n    high: 3"))
+        args += ["--space-dir", spaces]
     elif case == "budget_below_the_space_overwrite":
         # a budget some student fits (1 layer, E 8) but none of the space's (E 16), over an earlier search that
         # --overwrite would replace: refused before the earlier search is touched
@@ -186,6 +191,8 @@ def test_bad_front_input_is_one_line(case, tmp_path, tiny_model, tokenizer, conl
                 "teacher_fixed_size": "stage teacher has a fixed size",
                 "space_without_shape": "student.yaml: searches none of num_layers, factor_dim",
                 "budget_too_small": "--max-params 1000: the smallest student",
+                "space_deeper_than_teacher": "student.yaml: params.num_layers: 3 is outside [1, 2] (the teacher has "
+                                             "2 layers)",
                 "budget_below_the_space_overwrite": "student.yaml fits (the smallest has"}[case]
     assert expected in err, err
     assert snapshot(results) == before

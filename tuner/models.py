@@ -133,6 +133,23 @@ def cut_student(teacher: nn.Module, num_layers: int, factor_dim: int, svd=None) 
     return factorize(student, factor_dim, svd)
 
 
+def shape_limits(config) -> dict[str, tuple[int, int, str]]:
+    """The shapes a teacher of ``config`` can give a student or a factorized model: (low, high, why) per size
+    hyperparameter. Deeper than the teacher there are no layers to keep; at E >= H a factorization saves nothing."""
+    return {"num_layers": (1, config.num_hidden_layers, f"the teacher has {config.num_hidden_layers} layers"),
+            "factor_dim": (1, config.hidden_size - 1, f"E must be below the teacher's hidden size {config.hidden_size}")}
+
+
+def base_config(name: str):
+    """The configuration of ``--model``, the teacher before fine-tuning: its shape, read before any training."""
+    if name == TINY:
+        return tiny_config(1, ["O"])
+    try:
+        return AutoConfig.from_pretrained(model_source(name))
+    except (OSError, ValueError) as exc:
+        raise TunerError(f"--model {name}: cannot load its config ({str(exc).splitlines()[0][:160]})") from None
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 

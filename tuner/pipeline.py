@@ -25,7 +25,7 @@ from tuner.data import TaskData
 from tuner.errors import TunerError
 from tuner.deploy import DEPLOY
 from tuner.front import FRONT_CSV, FRONT_DIR, save_front
-from tuner.models import count_parameters, load_model, save_model
+from tuner.models import base_config, count_parameters, load_model, save_model
 from tuner.registry import Stage
 from tuner.spaces import SearchSpace, edges, load_space, shared_point, value_ranges
 from tuner.task import BEST, RESULT_FILE, check_teacher, data_source, load_task, stage_inputs, teacher_folder
@@ -48,10 +48,15 @@ def check_inputs(settings: RunSettings):
                          "is the one this run trains")
     readers = [stage for stage in settings.stages if stage.needs_teacher]
     teacher = check_teacher(settings, readers[0]) if readers and not trains_teacher else None
+    config = teacher.config if teacher is not None else None  # the teacher's shape bounds the stages' shapes
+    if trains_teacher and any(stage.sized_by for stage in settings.stages):
+        config = base_config(settings.profile.model)
     for stage in settings.stages:
         stage.check(settings.profile, teacher)
         if len(settings.objectives) > 1:
             sized_params(stage, spaces[stage.name], settings.objectives)
+        if config is not None:
+            check_shapes(stage, spaces[stage.name], settings.objectives, config)
     if settings.address is None:  # a local Ray gets this machine's CPUs and GPUs
         check_resources(settings, os.cpu_count() or 1, torch.cuda.device_count())
     experiments = {stage.name: settings.stage_dir(stage.name) / "search" for stage in settings.stages}
@@ -84,15 +89,35 @@ def sized_params(stage: Stage, space: SearchSpace, objectives: tuple) -> list:
     return searched
 
 
+def searched_params(stage: Stage, space: SearchSpace, objectives: tuple) -> tuple:
+    """The hyperparameters a search of ``objectives`` samples: all of the space's with size among them; with F1
+    alone, all but those left at the stage's default (``Stage.front_only``, and size hyperparameters it can do
+    without: it keeps the deepest, then widest, model under the budget)."""
+    if len(objectives) > 1:
+        return space.params
+    return tuple(p for p in single_objective_space(stage, space).params
+                 if p.name not in stage.sized_by or p.name in stage.required)
+
+
+def check_shapes(stage: Stage, space: SearchSpace, objectives: tuple, config) -> None:
+    """Refuse a space whose searched size hyperparameters reach shapes the teacher (of ``config``) cannot give, such
+    as more layers than it has, before any trial is sampled into one."""
+    limits = stage.limits(config)
+    for p in searched_params(stage, space, objectives):
+        if p.name in limits:
+            low, high, why = limits[p.name]
+            values = p.grid() if p.type in ("int", "choice") else (p.low, p.high)
+            outside = [v for v in values if not low <= v <= high]
+            if outside:
+                raise TunerError(f"{space.path}: params.{p.name}: {outside[0]:g} is outside [{low}, {high}] ({why})")
+
+
 def search_plan(stage: Stage, space: SearchSpace, inputs, objectives: tuple) -> tuple[SearchSpace, list | None]:
     """What the search samples: with size among the objectives, the space without its size hyperparameters and
     every combination of them inside the stage's budget (each to be one choice of a single categorical, so no
-    trial over the budget is ever sampled); with F1 alone, the space without the size hyperparameters the stage
-    can do without (it keeps its default shape: the deepest, then widest, model under the budget)."""
+    trial over the budget is ever sampled); with F1 alone, ``searched_params``."""
     if len(objectives) == 1:
-        kept = tuple(p for p in single_objective_space(stage, space).params
-                     if p.name not in stage.sized_by or p.name in stage.required)
-        return dataclasses.replace(space, params=kept), None
+        return dataclasses.replace(space, params=searched_params(stage, space, objectives)), None
     searched = sized_params(stage, space, objectives)
     budget = stage.budget(inputs)
     shapes = [dict(zip((p.name for p in searched), values))

@@ -52,6 +52,10 @@ def accept(profile: Profile, teacher: nn.Module | None) -> None:
     return None
 
 
+def no_limits(config) -> dict:
+    return {}
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of the pipeline, as everything outside its module sees it."""
@@ -74,6 +78,8 @@ class Stage:
     # hyperparameters its space may hold that are searched only with size among the objectives (they pay off at
     # the front's small end); with F1 alone they keep the stage's default
     front_only: tuple[str, ...] = ()
+    # the teacher's config -> {size hyperparameter: (low, high, why)}: the shapes that teacher can give
+    limits: Callable[[object], dict] = no_limits
     check: Callable[[Profile, "nn.Module | None"], None] = accept  # refuse, before any work, what cannot run
 
     def hyperparameters(self) -> tuple[str, ...]:

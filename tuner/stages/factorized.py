@@ -9,7 +9,8 @@ from typing import Iterator
 
 from tuner.config import TrainSettings
 from tuner.data import TaskData
-from tuner.models import ModelState, embedding_svd, factorize, model_from_state, parameters_from_parts, size_parts
+from tuner.models import (ModelState, embedding_svd, factorize, model_from_state, parameters_from_parts,
+                          shape_limits, size_parts)
 from tuner.registry import Stage, StageContext
 from tuner.training import EpochResult, fit, set_seed
 
@@ -45,4 +46,5 @@ def rank_size(inputs: FactorizedInputs, hparams: dict) -> int:
 STAGE = Stage(name="factorized", order=20,
               description="teacher with SVD-factorized word embeddings (E={factor_dim}), fine-tuned",
               required=("learning_rate", "weight_decay", "warmup_ratio", "factor_dim"), optional=(),
-              prepare=prepare, train=train, needs_teacher=True, sized_by=("factor_dim",), size=rank_size)
+              prepare=prepare, train=train, needs_teacher=True, sized_by=("factor_dim",), size=rank_size,
+              limits=shape_limits)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from tuner.config import IGNORE_INDEX, Profile, TrainSettings
 from tuner.data import Encoded, TaskData, sorted_batches
 from tuner.models import (ModelState, cut_student, embedding_svd, keep_layers, model_from_state,
-                          parameters_from_parts, size_parts, student_shape)
+                          parameters_from_parts, shape_limits, size_parts, student_shape)
 from tuner.registry import Stage, StageContext
 from tuner.training import EpochResult, LossFn, collate, fit, set_seed
 from tuner.unpadded import real_token_logits
@@ -173,4 +173,4 @@ STAGE = Stage(name="student", order=30,
               required=("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha"),
               optional=("factor_dim", "num_layers", "beta"), prepare=prepare, train=train, needs_teacher=True,
               epochs=student_epochs, sized_by=("num_layers", "factor_dim"), front_only=("beta",), size=shape_size,
-              budget=student_budget, check=check_budget)
+              budget=student_budget, check=check_budget, limits=shape_limits)
