@@ -110,6 +110,8 @@ CASES = {  # case -> what the one-line error must name
     "seed_negative": "--seed", "seed_too_large": "--seed", "cpus_nan": "--cpus-per-trial",
     "teacher_record_not_json": "result.json:1: not valid JSON", "teacher_record_not_object": "expected a JSON object",
     # a rank the teacher this run trains (tiny: hidden 32) cannot be factorized to, refused before it is trained
+    "address_unreachable": "--address 127.0.0.1:1: nothing answers there",
+    "budget_below_smallest_student": "--max-params 1000: the smallest student",  # before the teacher is trained
     "rank_not_below_hidden": "factorized.yaml: params.factor_dim: 32 is outside [1, 31] (E must be below the "
                              "teacher's hidden size 32)",
 }
@@ -176,6 +178,10 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir, c
         extra = ["--seed", str(2**32)]
     elif case == "bad_precision":
         extra = ["--precision", "fp16"]
+    elif case == "address_unreachable":  # refused at once, not after Ray's minutes of retries
+        extra = ["--address", "127.0.0.1:1"]
+    elif case == "budget_below_smallest_student":
+        stage, extra = "all", ["--max-params", "1000"]
     elif case == "rank_not_below_hidden":
         stage, spaces = "all", tmp_path / "spaces"
         for name in STAGES:

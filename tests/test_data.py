@@ -110,6 +110,15 @@ def test_encode_refuses_unknown_label(tokenizer):
         encode([Sentence(("x",), ("B-GENE",))], tokenizer, list(CONLL_LABELS), 16, "all")
 
 
+def test_unknown_label_in_a_file_names_its_line(tokenizer, tmp_path):
+    """A tag the training data never has, in the validation file: the file and line where it is."""
+    path = write(tmp_path / "validation.txt", "-DOCSTART- O\n\nEU B-ORG\n\nPeter B-PER\nLeeds B-FOO\n")
+    sentences = read_conll(path)
+    assert [s.where for s in sentences] == [f"{path}:3", f"{path}:5"]
+    with pytest.raises(TunerError, match=r"validation\.txt:6: tag 'B-FOO' is not among the labels"):
+        encode(sentences, tokenizer, list(CONLL_LABELS), 16, "all")
+
+
 def test_length_grouped_batches_cover_all_and_group_lengths():
     lengths = [i % 37 + 1 for i in range(500)]
     batches = length_grouped_batches(lengths, 8, seed=0)

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import STAGES, run_cli, run_main
+from tests.conftest import STAGES, run_cli, run_main, snapshot, write
 
 
 @pytest.mark.slow
@@ -73,6 +73,33 @@ def test_retrain_refuses_missing_entry(tmp_path, capsys):
     assert status == 2 and "no entry for stage 'student'" in err
     status, _, err = run_main(main, "--stage", "teacher", "--config", tmp_path / "best_configs.yaml", capsys=capsys)
     assert status == 2 and "teacher.hyperparameters is missing" in err
+
+
+@pytest.mark.parametrize("hyperparameters, message", [
+    ("{learning_rat: 1.0e-4, weight_decay: 0.0, warmup_ratio: 0.1}", "teacher.hyperparameters.learning_rat: unknown key"),
+    ("{weight_decay: 0.0, warmup_ratio: 0.1}", "teacher.hyperparameters.learning_rate is required"),
+    ("{learning_rate: fast, weight_decay: 0.0, warmup_ratio: 0.1}", "learning_rate: expected numbers, got 'fast'"),
+    ("{learning_rate: 1.0e-4, weight_decay: 0.0, warmup_ratio: 1.5}", "warmup_ratio: 1.5 outside the allowed range"),
+])
+def test_retrain_refuses_bad_hyperparameters(hyperparameters, message, tmp_path, capsys):
+    """Checked before any training, in one line naming the key (not a traceback from the optimizer)."""
+    from tuner.retrain import main
+
+    (tmp_path / "best_configs.yaml").write_text(f"teacher: {{seed: 0, hyperparameters: {hyperparameters}}}\n")
+    status, _, err = run_main(main, "--stage", "teacher", "--config", tmp_path / "best_configs.yaml",
+                              "--results-dir", tmp_path, capsys=capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best_configs.yaml"]
+
+
+def test_export_refuses_a_damaged_record_before_writing(tmp_path, capsys):
+    from tuner.export import main
+
+    write(tmp_path / "teacher" / "best" / "result.json", '{"stage": "teacher", "hyperparameters": {}}')
+    before = snapshot(tmp_path)
+    status, _, err = run_main(main, "--results-dir", tmp_path, capsys=capsys)
+    assert status == 2 and "teacher/best/result.json: parameters: expected a number, got None" in err, err
+    assert snapshot(tmp_path) == before
 
 
 @pytest.mark.slow

@@ -44,6 +44,14 @@ def test_good_space(tmp_path):
     assert space.sha256 != load_space(TEACHER, write(tmp_path / "u.yaml", GOOD.replace("0.2}", "0.3}"))).sha256
 
 
+def test_exponent_without_a_dot_is_a_number(tmp_path):
+    """YAML 1.1 (PyYAML) reads 1e-4 as a string; a space written that way means the number."""
+    text = GOOD.replace("low: 1.0e-5", "low: 1e-5").replace("high: 1.0e-4", "high: 1E-4")
+    text = text.replace("{type: uniform, low: 0.0, high: 0.1}", "{type: choice, values: [0, 1e-2]}")
+    space = load_space(TEACHER, write(tmp_path / "t.yaml", text))
+    assert [(p.low, p.high, p.values) for p in space.params][:2] == [(1e-5, 1e-4, None), (None, None, (0, 0.01))]
+
+
 @pytest.mark.parametrize("text, message", [
     (GOOD.replace("type: uniform, low: 0.0, high: 0.1", "type: uniform, low: 0.0, high: 0.1, step: 2"),
      "params.weight_decay: unknown key 'step'"),
@@ -51,6 +59,7 @@ def test_good_space(tmp_path):
     (GOOD.replace("low: 0.0, high: 0.1", "low: 0.2, high: 0.1"), r"params.weight_decay: low \(0.2\) > high \(0.1\)"),
     (GOOD.replace("low: 1.0e-5", "low: 0.0"), "params.learning_rate.low: a log scale needs low > 0"),
     (GOOD.replace("low: 0.0, high: 0.1", "low: zero, high: 0.1"), "params.weight_decay.low: expected a number"),
+    (GOOD.replace("low: 0.0, high: 0.1", "low: 1e-x, high: 0.1"), "params.weight_decay.low: expected a number"),
     (GOOD.replace("high: 1.0e-4", "high: .inf"), r"params.learning_rate.high: expected a finite number, got inf"),
     (GOOD.replace("{type: uniform, low: 0.0, high: 0.1}", "{type: choice, values: [0.0, .nan]}"),
      "params.weight_decay.values: expected finite numbers"),

@@ -24,8 +24,8 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def results_parser(prog: str, doc: str) -> OneLineParser:
-    """A command's parser, described by its module docstring's first line, with ``--results-dir``."""
-    parser = OneLineParser(prog=prog, description=doc.strip().splitlines()[0])
+    """A command's parser, described by its module docstring's first paragraph, with ``--results-dir``."""
+    parser = OneLineParser(prog=prog, description=" ".join(doc.strip().split("\n\n")[0].split()))
     parser.add_argument("--results-dir", type=Path, default=Path("results"), help="the results folder")
     return parser
 

@@ -68,9 +68,11 @@ class Profile:
         for name in ("epochs", "batch_size", "max_length", "eval_batch_size", "max_params", "student_epochs",
                      "train_sentences", "eval_sentences", "test_sentences"):
             value = getattr(self, name)
-            if value is not None and value < 1:
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):  # from a YAML record
+                problems.append(f"{name} must be an integer (got {value!r})")
+            elif value is not None and value < 1:
                 problems.append(f"{name} must be >= 1 (got {value})")
-        if self.max_length < 8:
+        if isinstance(self.max_length, int) and self.max_length < 8:
             problems.append(f"max_length must be >= 8 (got {self.max_length})")
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")

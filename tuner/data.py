@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuner.config import IGNORE_INDEX
@@ -27,6 +27,12 @@ SPLIT_FILES = {"train": "train.txt", "validation": "validation.txt", "test": "te
 class Sentence:
     words: tuple[str, ...]
     tags: tuple[str, ...]
+    where: str = field(default="", compare=False)  # "file:line" of its first word, for errors ("" from the Hub)
+
+    def tag_place(self, index: int) -> str:
+        """Where the ``index``-th word's tag is read from: its file and line (a word a line), or the sentence."""
+        path, _, line = self.where.rpartition(":")
+        return f"{path}:{int(line) + index}" if line.isdigit() else self.where or "a sentence of the data"
 
 
 @dataclass(frozen=True)
@@ -53,21 +59,22 @@ def read_conll(path: Path) -> list[Sentence]:
         raise TunerError(f"{path}:{line}: not UTF-8 text") from None
     except OSError as exc:
         raise TunerError(f"{path}: cannot read ({exc.strerror})") from None
-    sentences, words, tags = [], [], []
+    sentences, words, tags, start = [], [], [], 0
     for number, line in enumerate(text.splitlines(), start=1):
         fields = line.split()
         if not fields or fields[0] == "-DOCSTART-":
             if words:
-                sentences.append(Sentence(tuple(words), tuple(tags)))
+                sentences.append(Sentence(tuple(words), tuple(tags), f"{path}:{start}"))
                 words, tags = [], []
             continue
         if len(fields) < 2:
             raise TunerError(f"{path}:{number}: expected 'word ... tag', got {line.strip()!r}")
         _check_tag(fields[-1], f"{path}:{number}")
+        start = start if words else number
         words.append(fields[0])
         tags.append(fields[-1])
     if words:
-        sentences.append(Sentence(tuple(words), tuple(tags)))
+        sentences.append(Sentence(tuple(words), tuple(tags), f"{path}:{start}"))
     return sentences
 
 
@@ -212,9 +219,11 @@ def encode(sentences, tokenizer, labels: list[str], max_length: int, label_subto
     if label_subtokens not in ("first", "all"):
         raise ValueError(f"label_subtokens must be 'first' or 'all', got {label_subtokens!r}")
     label_to_id = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({tag for s in sentences for tag in s.tags} - set(label_to_id))
-    if unknown:
-        raise TunerError(f"tag {unknown[0]!r} is not among the labels of the training data: {', '.join(labels)}")
+    for sentence in sentences:
+        for index, tag in enumerate(sentence.tags):
+            if tag not in label_to_id:
+                raise TunerError(f"{sentence.tag_place(index)}: tag {tag!r} is not among the labels of the training "
+                                 f"data: {', '.join(labels)}")
     batch = tokenizer([list(s.words) for s in sentences], is_split_into_words=True, truncation=True,
                       max_length=max_length)
     input_ids, aligned, starts = [], [], []

@@ -87,26 +87,33 @@ def gate(baseline_f1: float, quantizations, quantized, max_f1_drop: float):
     return tries, None
 
 
-def deploy_stage(stage, results_dir: Path, max_f1_drop: float, threads: int, latency_sentences: int,
-                 pareto: bool = False, echo=print) -> list[dict]:
-    """Deploy a searched stage's best model into ``results/<stage>/deploy``, or with ``pareto`` every member of
-    its front into ``results/<stage>/pareto/<name>/deploy``; returns each deploy.json record."""
+def load_stage(stage, results_dir: Path, pareto: bool = False) -> tuple[list, object, object]:
+    """What deploying a searched stage reads, loaded (so checked) before anything is written: each model to deploy
+    as (model, tokenizer, its folder, its deploy folder), the stage's best model or with ``pareto`` every member
+    of its front, and the search's sentences, encoded once (every model of the stage is scored on them), with
+    the profile they were searched under."""
     from tuner.front import FRONT_DIR
     from tuner.models import load_model, load_tokenizer, model_labels
 
     best = Path(results_dir) / stage.name / BEST
     model, tokenizer, record = load_saved(best)
-    # the search's sentences, encoded once: every model of the stage (its front included) is scored on them
     task, profile = scoring_task(stage, record, best, Path(results_dir), tokenizer, model_labels(model))
     if not pareto:
-        return [deploy_model(stage, model, tokenizer, best, best.parent / DEPLOY, task, profile, max_f1_drop,
-                             threads, latency_sentences, echo)]
+        return [(model, tokenizer, best, best.parent / DEPLOY)], task, profile
     members = sorted(path.parent for path in (best.parent / FRONT_DIR).glob("*/result.json"))
     if not members:
         raise TunerError(f"{best.parent / FRONT_DIR}: no front to deploy (search the stage with "
                          "--objectives f1,params)")
-    return [deploy_model(stage, load_model(member), load_tokenizer(str(member)), member, member / DEPLOY, task,
-                         profile, max_f1_drop, threads, latency_sentences, echo) for member in members]
+    return [(load_model(m), load_tokenizer(str(m)), m, m / DEPLOY) for m in members], task, profile
+
+
+def deploy_stage(stage, loaded: tuple, max_f1_drop: float, threads: int, latency_sentences: int,
+                 echo=print) -> list[dict]:
+    """Deploy what ``load_stage`` loaded: the best model into ``results/<stage>/deploy``, or each front member into
+    ``results/<stage>/pareto/<name>/deploy``; returns each deploy.json record."""
+    models, task, profile = loaded
+    return [deploy_model(stage, model, tokenizer, folder, target, task, profile, max_f1_drop, threads,
+                         latency_sentences, echo) for model, tokenizer, folder, target in models]
 
 
 def deploy_model(stage, model, tokenizer, folder: Path, target: Path, task, profile, max_f1_drop: float,
@@ -208,8 +215,9 @@ def main(argv=None) -> int:
             raise TunerError(f"{args.results_dir}: no searched stage to deploy (run python -m tuner.run first)")
     else:
         stages = [registry.by_name(args.stage)]
-    reports = [report for stage in stages for report in deploy_stage(
-        stage, args.results_dir, args.max_f1_drop, args.threads, args.latency_sentences, args.pareto)]
+    loaded = [(stage, load_stage(stage, args.results_dir, args.pareto)) for stage in stages]  # all, before writing
+    reports = [report for stage, found in loaded
+               for report in deploy_stage(stage, found, args.max_f1_drop, args.threads, args.latency_sentences)]
     from tuner import export
 
     export.write_exports(args.results_dir)  # summary.md gains the deployed rows

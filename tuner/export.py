@@ -35,7 +35,30 @@ def read_results(results_dir: Path) -> dict:
     order = {name: position for position, name in enumerate(registry.names())}
     paths = sorted(Path(results_dir).glob("*/best/result.json"),
                    key=lambda p: (order.get(p.parent.parent.name, len(order)), p.parent.parent.name))
-    return {path.parent.parent.name: read_json(path) for path in paths}
+    return {path.parent.parent.name: checked_record(path, read_json(path)) for path in paths}
+
+
+RECORD_NUMBERS = ("parameters", "val_f1", "test_f1", "search_wall_seconds")  # what the summary and report print
+MEMBER_NUMBERS = ("parameters", "val_f1", "test_f1", "batch_1_median_ms")
+
+
+def checked_record(path: Path, record) -> dict:
+    """A stage's result record, refused (naming the file and key) unless it holds what the exports read, so that
+    a damaged file stops an export before anything is written."""
+    if not isinstance(record, dict):
+        raise TunerError(f"{path}: expected a JSON object (a stage's result record), got {type(record).__name__}")
+    if not isinstance(record.get("hyperparameters"), dict):
+        raise TunerError(f"{path}: hyperparameters: expected a mapping, got {record.get('hyperparameters')!r}")
+    members = record.get("pareto") or []
+    if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
+        raise TunerError(f"{path}: pareto: expected a list of members")
+    for where, found, keys in [("", record, RECORD_NUMBERS),
+                               *((f"pareto[{i}].", m, MEMBER_NUMBERS) for i, m in enumerate(members))]:
+        for key in keys:
+            value = found.get(key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TunerError(f"{path}: {where}{key}: expected a number, got {value!r}")
+    return record
 
 
 def description(stage: str, record: dict) -> str:
@@ -55,8 +78,8 @@ def summary_table(records: dict, deployed: dict | None = None) -> str:
                      f"{record['val_f1']:.4f} | {record['test_f1']:.4f} | {record['search_wall_seconds'] / 60:.1f} min |")
     if deployed:
         lines += ["", "## Deployed (python -m tuner.deploy)", "",
-                  "F1 of each format scored as in the search; latency on the CPU, one sentence at a time and in "
-                  "batches of 32 (length-sorted).", "",
+                  "F1 of each format on the search's sentences (PyTorch in float32, without the search's bf16 "
+                  "autocast); latency on the CPU, one sentence at a time and in batches of 32 (length-sorted).", "",
                   "| Model | Format | Size on disk | Validation F1 | Test F1 | Batch 1, median ms | Batch 1, p95 ms "
                   "| Batch 32, sentences/s | Threads, CPU |", "|---|---|---|---|---|---|---|---|---|"]
         for stage, report in deployed.items():

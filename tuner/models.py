@@ -143,11 +143,20 @@ def shape_limits(config) -> dict[str, tuple[int, int, str]]:
 def base_config(name: str):
     """The configuration of ``--model``, the teacher before fine-tuning: its shape, read before any training."""
     if name == TINY:
-        return tiny_config(1, ["O"])
+        return tiny_config(len(load_tokenizer(TINY)), ["O"])
     try:
         return AutoConfig.from_pretrained(model_source(name))
     except (OSError, ValueError) as exc:
         raise TunerError(f"--model {name}: cannot load its config ({str(exc).splitlines()[0][:160]})") from None
+
+
+def shape_model(config) -> nn.Module:
+    """A token classifier of ``config``'s shape with one label and no storage (meta device): the smallest model
+    of that shape, for parameter counts before the teacher is trained."""
+    config = copy.deepcopy(config)
+    config.update(label_maps(["O"]))
+    with torch.device("meta"):
+        return AutoModelForTokenClassification.from_config(config)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -25,7 +25,7 @@ from tuner.data import TaskData
 from tuner.errors import TunerError
 from tuner.deploy import DEPLOY
 from tuner.front import FRONT_CSV, FRONT_DIR, save_front
-from tuner.models import base_config, count_parameters, load_model, save_model
+from tuner.models import base_config, count_parameters, load_model, save_model, shape_model
 from tuner.registry import Stage
 from tuner.spaces import SearchSpace, edges, load_space, shared_point, value_ranges
 from tuner.task import BEST, RESULT_FILE, check_teacher, data_source, load_task, stage_inputs, teacher_folder
@@ -51,8 +51,10 @@ def check_inputs(settings: RunSettings):
     config = teacher.config if teacher is not None else None  # the teacher's shape bounds the stages' shapes
     if trains_teacher and any(stage.sized_by for stage in settings.stages):
         config = base_config(settings.profile.model)
+    # a teacher this run trains: checked at its shape with one label, the fewest parameters it can have
+    shaped = teacher if teacher is not None or config is None else shape_model(config)
     for stage in settings.stages:
-        stage.check(settings.profile, teacher)
+        stage.check(settings.profile, shaped)
         if len(settings.objectives) > 1:
             sized_params(stage, spaces[stage.name], settings.objectives)
         if config is not None:

@@ -15,7 +15,7 @@ from tuner import registry
 from tuner.cli import entry_point, results_parser
 from tuner.config import METRIC, train_settings
 from tuner.errors import TunerError
-from tuner.spaces import read_yaml
+from tuner.spaces import check_config, read_yaml
 
 
 def entry_from(config_file: Path, stage_name: str, member: str | None = None) -> dict:
@@ -27,11 +27,14 @@ def entry_from(config_file: Path, stage_name: str, member: str | None = None) ->
     if not isinstance(entry, dict) or not isinstance(entry.get("hyperparameters"), dict):
         raise TunerError(f"{config_file}: {stage_name}.hyperparameters is missing")
     if member is None:
-        return entry
+        return dict(entry, hyperparameters=check_config(registry.by_name(stage_name), entry["hyperparameters"],
+                                                         f"{config_file}: {stage_name}.hyperparameters"))
     found = [m for m in entry.get("pareto") or [] if isinstance(m, dict) and m.get("name") == member]
     if not found:
         names = ", ".join(str(m.get("name")) for m in entry.get("pareto") or [] if isinstance(m, dict)) or "none"
         raise TunerError(f"{config_file}: {stage_name}.pareto has no member {member!r} (members: {names})")
+    where = f"{config_file}: {stage_name}.pareto[{member}].config"
+    check_config(registry.by_name(stage_name), found[0].get("config"), where)
     # a member may be a trial early stopping ended: train its config up to the epoch its checkpoint holds
     return dict(entry, hyperparameters=found[0]["config"], val_f1=found[0]["val_f1"], last_epoch=found[0]["epoch"])
 

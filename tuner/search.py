@@ -362,6 +362,7 @@ def start_ray(address: str | None, dashboard_host: str, quiet: bool) -> ClusterI
     kwargs = dict(include_dashboard=True, dashboard_host=dashboard_host, log_to_driver=not quiet,
                   logging_level=logging.ERROR if quiet else logging.WARNING, configure_logging=True)
     if address:
+        check_reachable(address)
         try:
             context = ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -375,6 +376,19 @@ def start_ray(address: str | None, dashboard_host: str, quiet: bool) -> ClusterI
     return ClusterInfo(f"http://{url}" if url and "://" not in url else url,
                        max(int(n.get("CPU", 0)) for n in nodes), max(n.get("GPU", 0.0) for n in nodes),
                        AUTH_TOKEN if AUTH_TOKEN.is_file() else None)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Refuse a ``host:port`` address (or ``ray://host:port``) nothing answers at, before ``ray.init`` retries it
+    for minutes; ``auto`` and other forms are left to Ray."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise TunerError(f"--address {address}: nothing answers there ({exc.strerror or type(exc).__name__}); "
+                         "give the head node's GCS address (host:port, as `ray start --head` prints it) or auto") from None
 
 
 def first_line(error) -> str:
@@ -642,6 +656,7 @@ def study_trials(results_dir: Path, stage: str) -> tuple[list, dict]:
     """A stage's Optuna study from ``optuna.db``: its trials (number, value, params, and ``pruned``: stopped
     early, valued at its last epoch) and the hyperparameter importances (fANOVA over all of them; empty with
     fewer than two)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per in-memory proxy study
     try:
         study = optuna.load_study(study_name=stage, storage=_storage(results_dir))
     except KeyError:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,17 @@ class SearchSpace:
         return tuple(p.name for p in self.params)
 
 
+# PyYAML follows YAML 1.1, where a float needs a dot: ``1e-4`` arrives as a string. Numbers written that way are
+# taken as numbers; any other string stays an error.
+EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def _yaml_number(value):
+    return float(value) if isinstance(value, str) and EXPONENT.fullmatch(value.strip()) else value
+
+
 def _number(value, where: str, integer: bool = False) -> float:
+    value = _yaml_number(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TunerError(f"{where}: expected a number, got {value!r}")
     if not math.isfinite(value):
@@ -67,7 +78,7 @@ def _number(value, where: str, integer: bool = False) -> float:
 
 def _check_bounds(name: str, values, where: str) -> None:
     low, high = BOUNDS.get(name, (-math.inf, math.inf))
-    for value in values:
+    for value in map(_yaml_number, values):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise TunerError(f"{where}: expected numbers, got {value!r}")
         if not math.isfinite(value):
@@ -93,7 +104,7 @@ def _parse_param(name: str, spec, where: str) -> Param:
         if not isinstance(values, list) or not values:
             raise TunerError(f"{where}.values: expected a non-empty list, got {values!r}")
         _check_bounds(name, values, f"{where}.values")
-        return Param(name, kind, values=tuple(values))
+        return Param(name, kind, values=tuple(map(_yaml_number, values)))
     integer = kind == "int"
     low = _number(spec["low"], f"{where}.low", integer)
     high = _number(spec["high"], f"{where}.high", integer)
@@ -103,6 +114,22 @@ def _parse_param(name: str, spec, where: str) -> Param:
         raise TunerError(f"{where}.low: a log scale needs low > 0 (got {low})")
     _check_bounds(name, (low, high), where)
     return Param(name, kind, low=low, high=high)
+
+
+def check_config(stage, config: dict, where: str) -> dict:
+    """A config to train ``stage`` with once (``tuner.retrain``): every hyperparameter it requires, none it does not
+    know, each a finite number inside its hard limits; ``where`` names the mapping in errors."""
+    if not isinstance(config, dict):
+        raise TunerError(f"{where}: expected a mapping of hyperparameters, got {type(config).__name__}")
+    for name, value in config.items():
+        if name not in stage.hyperparameters():
+            raise TunerError(f"{where}.{name}: unknown key for stage {stage.name} "
+                             f"(known: {', '.join(stage.hyperparameters())})")
+        _check_bounds(name, [value], f"{where}.{name}")
+    missing = [name for name in stage.required if name not in config]
+    if missing:
+        raise TunerError(f"{where}.{missing[0]} is required for stage {stage.name}")
+    return {name: _yaml_number(value) for name, value in config.items()}
 
 
 def parse_space(stage, document, path: Path) -> SearchSpace:

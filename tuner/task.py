@@ -49,7 +49,7 @@ def recorded_settings(record: dict, stage: Stage, results_dir: Path, where: str,
     threads = training.pop("threads", None) or default_threads(0)
     try:
         profile = Profile(**training)
-    except TypeError as exc:  # a key this version does not know, or one it needs and the record lacks
+    except (TypeError, TunerError) as exc:  # a key this version does not know, one it lacks, or a bad value
         raise TunerError(f"{where}: training: {exc}") from None
     settings = RunSettings(stages=(stage,), trials=1, profile=profile, data=data or data_argument(record["data"]),
                            split=record["split"], seed=record["seed"], results_dir=results_dir, teacher=teacher)
