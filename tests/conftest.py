@@ -14,7 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data" / "conll2003"
+# ../shared beside the checkout (CI, a developer's machine), else shared/ inside it (a copy that carries it, as
+# scripts/gpu_check.sh accepts too)
+SHARED_DATA = next((folder / "data" / "conll2003" for folder in (ROOT.parent / "shared", ROOT / "shared")
+                    if (folder / "data" / "conll2003" / "train.txt").is_file()),
+                   ROOT.parent / "shared" / "data" / "conll2003")
 
 def _stage_names() -> tuple:
     from tuner import registry

@@ -32,5 +32,18 @@ def test_gpu_check_dry_run_writes_its_report(tmp_path):
         assert float(row.group(1).replace(",", "")) > 0, row.group(0)
     assert re.search(r"^\| search \| [0-9.]+ \| [0-9]+ \| ok \|", text, re.M)
     assert re.search(r"best F1: validation [0-9.]+, test [0-9.]+", text)
-    assert re.search(rf"^gpu profile default batching: ({'|'.join(BATCHINGS)})\b", text, re.M)
+    assert re.search(rf"^the batching the gpu profile should default to \(today: random\): ({'|'.join(BATCHINGS)})\b",
+                     text, re.M)
     assert snapshot(ROOT / "results") == before  # --output elsewhere: nothing lands in the checkout
+
+
+def test_gpu_check_without_a_gpu_stops_at_once():
+    """Not a dry run, on a machine whose interpreters see no GPU: one line and exit 2 before any step, rather
+    than a report of failed steps."""
+    before = snapshot(ROOT / "results")
+    env = dict(os.environ, HF_HUB_OFFLINE="1", CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "no interpreter here whose torch sees a GPU" in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not proc.stdout
+    assert snapshot(ROOT / "results") == before

@@ -184,6 +184,14 @@ def check_resources(settings: RunSettings, cpus_per_node: int, gpus_per_node: fl
                          f"{gpus_per_node:g} GPUs at most); trials would wait forever")
 
 
+def default_cpus(gpus_per_trial: float, cpus_per_node: int, gpus_per_node: float) -> int:
+    """CPUs per trial when --cpus-per-trial is not given: all of a node, one trial at a time; with a share of a GPU
+    per trial, the same share of the node's CPUs, so that --gpus-per-trial 0.25 runs four trials at once."""
+    if gpus_per_trial > 0 and gpus_per_node > 0:
+        return max(1, int(cpus_per_node * min(1.0, gpus_per_trial / gpus_per_node)))
+    return cpus_per_node
+
+
 def versions() -> dict:
     found = {}
     for name in VERSIONED:
@@ -291,7 +299,7 @@ def run(settings: RunSettings, echo=print) -> dict:
     except TunerError:
         search.stop_ray()
         raise
-    cpus = settings.cpus_per_trial or cluster.cpus_per_node
+    cpus = settings.cpus_per_trial or default_cpus(settings.gpus_per_trial, cluster.cpus_per_node, cluster.gpus_per_node)
     threads = default_threads(cpus)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     records = {}

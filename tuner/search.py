@@ -32,6 +32,7 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import ray  # noqa: E402
+import torch  # noqa: E402
 from ray import tune  # noqa: E402
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
@@ -369,7 +370,8 @@ def start_ray(address: str | None, dashboard_host: str, quiet: bool) -> ClusterI
             raise TunerError(f"--address {address}: cannot join a Ray cluster ({first_line(exc)})") from None
     else:
         # "local": a new Ray of our own, even when a cluster started by `ray start` is running here
-        context = ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1",
+        context = ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
+                           _node_ip_address="127.0.0.1",
                            dashboard_port=dashboard_port(dashboard_host), **kwargs)
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
     url = context.dashboard_url or ""

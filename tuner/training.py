@@ -35,8 +35,16 @@ from tuner.unpadded import real_token_logits
 log = logging.getLogger(__name__)
 
 MAX_GRAD_NORM = 1.0
+CHECK_STEPS = 50  # on a GPU, steps between reads of the loss (each read waits for the device)
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "training_state.json"
+
+
+def check_finite(loss_sum: torch.Tensor, epoch: int, step: int, hparams: dict) -> None:
+    """Stop a trial whose loss went NaN or infinite (a sum of the epoch's losses so far is, from then on)."""
+    if not torch.isfinite(loss_sum):
+        raise FloatingPointError(f"non-finite loss at epoch {epoch + 1}, by step {step + 1}: learning rate "
+                                 f"{hparams['learning_rate']:.3g} is likely too high")
 
 
 def select_device(use_gpu: bool = True) -> str:
@@ -47,7 +55,7 @@ def native_bf16(device: str) -> bool:
     """Whether ``device`` multiplies bf16 in hardware: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX
     (elsewhere bf16 is emulated and slower than float32)."""
     if device.startswith("cuda"):
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
@@ -252,27 +260,35 @@ def fit(model: nn.Module, hparams: dict, data, settings: TrainSettings, loss_fn:
     for epoch in range(first_epoch, settings.epochs):
         set_seed(settings.seed + epoch)  # dropout draws per epoch: a resumed trial repeats an uninterrupted one
         model.train()
-        started, losses, tokens = time.perf_counter(), [], 0
+        # loss and tokens summed where they are computed: on a GPU, reading them each step would make the host
+        # wait for every step before queueing the next; the loss is checked for NaN or inf every step on the CPU,
+        # where reading costs nothing, and every CHECK_STEPS steps (and at the epoch's end) on a GPU
+        started, steps = time.perf_counter(), 0
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        tokens = torch.zeros((), dtype=torch.long, device=device)
+        check_every = 1 if device == "cpu" else CHECK_STEPS
         for step, indices in enumerate(batches(lengths, settings.batch_size, settings.seed + epoch)):
             batch = collate(data.train, indices, data.pad_token_id, device)
             with autocast(device, precision):
                 loss = loss_fn(model, batch, indices)
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}: "
-                                         f"learning rate {hparams['learning_rate']:.3g} is likely too high")
+            loss_sum += loss.detach()
+            if (step + 1) % check_every == 0:
+                check_finite(loss_sum, epoch, step, hparams)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.item())
-            tokens += int(batch["attention_mask"].sum())
+            tokens += batch["attention_mask"].sum()
+            steps += 1
+        check_finite(loss_sum, epoch, steps - 1, hparams)
+        tokens = int(tokens)
         train_seconds = time.perf_counter() - started
         started = time.perf_counter()
         scores = evaluate(model, data.validation, data.labels, settings.eval_batch_size, data.pad_token_id, device,
                           precision)
         metrics = {"val_f1": scores["f1"], "val_precision": scores["precision"], "val_recall": scores["recall"],
-                   "train_loss": sum(losses) / len(losses), "epoch": epoch + 1, "train_seconds": train_seconds,
+                   "train_loss": float(loss_sum) / steps, "epoch": epoch + 1, "train_seconds": train_seconds,
                    "eval_seconds": time.perf_counter() - started, "train_tokens_per_second": tokens / train_seconds,
                    "bf16": precision == "bf16", SIZE_METRIC: count_parameters(model)}
         log.info("epoch %d: %s", epoch + 1, metrics)

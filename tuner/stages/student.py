@@ -103,7 +103,7 @@ def hidden_state_loss(student_layers: list, teacher_hidden: list, teacher_layers
     for layer, source in zip(student_layers, teacher_layers):
         rows = [F.pad(teacher_hidden[i][source].float(), (0, 0, 0, width - teacher_hidden[i].shape[1]))
                 for i in indices]  # float32 before stacking: CPU autocast refuses float16 inputs
-        target = torch.stack(rows).flatten(0, 1)[real].to(layer.device)
+        target = torch.stack(rows).to(layer.device).flatten(0, 1)[real]  # cached on the CPU, ``real`` on the device
         losses.append(F.mse_loss(layer.float(), target))
     return torch.stack(losses).mean()
 
