@@ -109,7 +109,8 @@ def main(argv=None) -> int:
                         test = evaluate(result.model, task.test, task.labels, profile.eval_batch_size,
                                         task.pad_token_id, "cpu", profile.precision)
                         best = {"val_f1": result.metrics["val_f1"], "test_f1": test["f1"],
-                                "epoch": result.metrics["epoch"], "parameters": count_parameters(result.model)}
+                                "epoch": result.metrics["epoch"], "parameters": count_parameters(result.model),
+                                "train_loss": result.metrics["train_loss"]}  # with the term's MSE where beta > 0
                 runs.append(dict(best, layers=layers, factor_dim=factor, seed=seed, beta=beta,
                                  seconds=time.perf_counter() - began))
                 print(f"{layers}x{factor} seed {seed} beta {beta:g}: val {best['val_f1']:.4f} test "

@@ -230,6 +230,9 @@ def test_quick_step_profile_splits_the_step(tmp_path, conll_dir):
     record = json.loads(report.with_suffix(".json").read_text())
     assert sum(record["kinds"].values()) == pytest.approx(1.0)
     assert record["kinds"]["matmul"] > 0 and record["matmul_flops_per_second"] > 0
+    # the operators are sorted into their kinds, not all counted as one (the shares add up to 1 by construction)
+    assert record["kinds"]["optimizer (fused AdamW, clipping's norms)"] > 0
+    assert record["kinds"]["layer norm, GELU, dropout"] > 0 and record["kinds"]["matmul"] < 1
     assert 0 < sum(record["phases"].values()) <= 1.05  # nested in the profiled wall time
     assert record["phases"]["forward"] > 0 and record["phases"]["optimizer"] > 0
     text = report.read_text()
@@ -266,6 +269,39 @@ def test_quick_allocator_compares_both_sides_both_ways(tmp_path, conll_dir):
     text = report.read_text()
     assert re.search(r"\| tuner \| [0-9,]+ \| [0-9,]+ \| [0-9.]+x \|", text)
     assert re.search(r"\| against the peer, group_by_length \| [0-9.]+x \| [0-9.]+x \| [0-9.]+x \|", text)
+
+
+def test_peer_arguments_tuned_and_default(monkeypatch, tmp_path):
+    """The tuned peer sets bf16 where tuner's auto precision uses it and the fused AdamW explicitly (not through
+    transformers' default, which may change); the default peer sets neither; both take the batching asked for."""
+    from argparse import Namespace
+
+    from bench import hf_peer
+    from tuner.training import select_device, uses_bf16
+
+    monkeypatch.setattr(hf_peer, "TrainingArguments", lambda **fields: fields)
+    tuned = hf_peer.peer_arguments(Namespace(peer="tuned", batching="length"), str(tmp_path))
+    assert tuned["optim"] == "adamw_torch_fused" and tuned["bf16"] is uses_bf16(select_device())
+    assert tuned["train_sampling_strategy"] == "group_by_length"
+    default = hf_peer.peer_arguments(Namespace(peer="default", batching="random"), str(tmp_path))
+    assert "optim" not in default and "bf16" not in default and default["train_sampling_strategy"] == "random"
+
+
+def test_allocator_sides_differ_only_in_the_setting(monkeypatch):
+    """What each child process of bench/allocator.py gets: "off" is glibc's defaults (tuner told not to keep freed
+    memory), "on" is tuner's own default and glibc's environment variables for the peer; nothing inherited leaks."""
+    from bench import allocator
+    from tuner.training import KEEP_FREED_MEMORY_ENV
+
+    monkeypatch.setenv("MALLOC_MMAP_MAX_", "7")  # inherited from the caller: never passed on as it is
+    monkeypatch.setenv(KEEP_FREED_MEMORY_ENV, "1")
+    for side in allocator.SIDES:
+        off, on = allocator.environment(side, "off"), allocator.environment(side, "on")
+        assert "MALLOC_MMAP_MAX_" not in off and "MALLOC_TRIM_THRESHOLD_" not in off
+        assert off[KEEP_FREED_MEMORY_ENV] == "0"
+        assert KEEP_FREED_MEMORY_ENV not in on
+        glibc = {k: on.get(k) for k in allocator.GLIBC_KEEP}
+        assert glibc == (dict.fromkeys(allocator.GLIBC_KEEP) if side == "tuner" else allocator.GLIBC_KEEP), side
 
 
 def test_allocator_bad_data_is_one_line_error(tmp_path, capsys):

@@ -54,3 +54,6 @@ def test_quick_hidden_state_comparison_pairs_each_beta_with_beta_zero(pipeline_r
     runs = json.loads(out.with_suffix(".json").read_text())
     assert [(r["beta"], r["layers"], r["factor_dim"]) for r in runs] == [(0.0, 1, 8), (1.0, 1, 8)]
     assert "| 1 layers, E=8 |" in out.read_text() and "+0.00 (+0.00)" in out.read_text()  # beta 0 against itself
+    assert runs[0]["train_loss"] != runs[1]["train_loss"]  # beta 1 trained with the term, beta 0 without
+    gap = 100 * (runs[1]["val_f1"] - runs[0]["val_f1"])
+    assert f"| 1 | " in out.read_text() and f"{gap:+.2f} ({gap:+.2f})" in out.read_text()  # beta 1 against beta 0

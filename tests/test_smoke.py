@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.conftest import STAGES, run_cli
+from tests.conftest import ROOT, STAGES, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -20,6 +20,11 @@ def test_pipeline_writes_three_best_models(pipeline_run):
         for name in ("model.safetensors", "config.json", "tokenizer.json", "result.json", "run_config.yaml",
                      "search_space.yaml"):
             assert (best / name).is_file(), f"{best / name} missing"
+        # beside the model: the space that produced it and the run's resolved settings
+        assert (best / "search_space.yaml").read_bytes() == \
+            (ROOT / "search_spaces" / "smoke" / f"{stage}.yaml").read_bytes()
+        run_config = yaml.safe_load((best / "run_config.yaml").read_text())
+        assert run_config["profile"]["name"] == "smoke" and run_config["settings"]["trials"] == 2
         assert (results / stage / "trials.csv").read_text().count("\n") == 3  # header + 2 trials
         assert (results / stage / "search").is_dir()
     assert "Ray dashboard: http://127.0.0.1:" in proc.stdout

@@ -106,18 +106,55 @@ def test_real_token_logits_picks_the_path_by_batch_order_and_model(tiny_model, m
     assert taken == ["unpadded"] and logits.shape == (int(mask.sum()), 9)
 
 
-def test_fit_loss_on_random_batches_equals_the_padded_cross_entropy(tiny_model):
-    """fit's default loss, unpadded, is the model's own padded loss over the labelled tokens."""
+def test_fit_loss_on_random_batches_equals_the_padded_cross_entropy(tiny_model, monkeypatch):
+    """fit's default loss, unpadded, is the model's own padded loss over the labelled tokens; only random
+    batches take the unpadded path."""
+    import tuner.unpadded
     from tuner.training import token_cross_entropy
 
+    taken = []
+    monkeypatch.setattr(tuner.unpadded, "unpadded_logits", lambda *a: taken.append(1) or unpadded_logits(*a))
     tiny_model.eval()
     ids, mask = ragged_batch(LENGTHS)
     labels = torch.randint(0, tiny_model.config.num_labels, ids.shape).masked_fill(mask == 0, -100)
     labels[:, 0] = -100  # [CLS]
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
     expected = tiny_model(**batch).loss
-    for batches in ("random", "length"):
+    for batches, calls in (("random", 1), ("length", 1)):
         assert torch.allclose(token_cross_entropy(tiny_model, batch, [], batches), expected, atol=1e-5)
+        assert len(taken) == calls, batches
+
+
+def test_fit_and_the_student_train_random_batches_unpadded(tiny_model, tokenizer, monkeypatch):
+    """Through fit and the student stage's own train: the profile's batch order reaches the loss, so random
+    batches go through the unpadded forward and length-grouped ones never do."""
+    import tuner.unpadded
+    from tuner.config import TrainSettings
+    from tuner.data import CONLL_LABELS, Sentence, TaskData, encode
+    from tuner.registry import StageContext
+    from tuner.stages import student
+    from tuner.training import fit
+
+    taken = []
+    monkeypatch.setattr(tuner.unpadded, "unpadded_logits", lambda *a: taken.append(1) or unpadded_logits(*a))
+    sentences = [Sentence(("EU", "rejects", "German", "call"), ("B-ORG", "O", "B-MISC", "O")),
+                 Sentence(("Peter", "Blackburn"), ("B-PER", "I-PER"))] * 2
+    data = encode(sentences, tokenizer, list(CONLL_LABELS), 16, "first")
+    task = TaskData(list(CONLL_LABELS), data, data, data, tokenizer.pad_token_id, "mem")
+    hparams = {"learning_rate": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 2.0, "alpha": 0.5,
+               "num_layers": 1, "factor_dim": 8}
+    from tuner.config import resolve_profile
+
+    inputs = student.STAGE.prepare(StageContext(resolve_profile("smoke", False, max_params=10**9), task, 0,
+                                                tiny_model, len(tokenizer), "cpu"))
+    for batches in ("length", "random"):
+        settings = TrainSettings(epochs=1, batch_size=2, eval_batch_size=8, seed=0, threads=1, precision="fp32",
+                                 batches=batches)
+        for run in (lambda: fit(tiny_model, hparams, task, settings), lambda: student.train(hparams, task, inputs,
+                                                                                           settings)):
+            taken.clear()
+            list(run())
+            assert len(taken) == (2 if batches == "random" else 0), (batches, run)  # 4 sentences, 2 a batch
 
 
 def test_attention_groups_pad_each_group_to_its_own_longest():
