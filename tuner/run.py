@@ -37,7 +37,9 @@ def parser() -> argparse.ArgumentParser:
                    help="report: 80/10/10 of train, seeded; official: the corpus's validation and test files")
     p.add_argument("--seed", type=seed_int, default=0, help="seeds the split, the sampler, the heads and the data order")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
-    p.add_argument("--cpus-per-trial", type=float, default=0.0, help="CPUs per trial; 0: all of one node")
+    p.add_argument("--cpus-per-trial", type=float, default=0.0,
+                   help="CPUs per trial; 0: all of one node, or with --gpus-per-trial below a node's GPUs the same "
+                        "share of its CPUs")
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 with CUDA, else 0)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or 127.0.0.1:6379)")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="interface the Ray dashboard listens on")
