@@ -97,3 +97,18 @@ def test_a_best_value_at_a_range_end_is_named(tmp_path):
     assert edges(space, {"learning_rate": 3e-4, "weight_decay": 0.099})[0].startswith("weight_decay 0.099 is at the high")
     assert edges(space, {"learning_rate": 3e-4, "weight_decay": 0.05, "warmup_ratio": 0.1}) == []
     assert edges(space, {"learning_rate": 4.9e-4}, skip=("learning_rate",)) == []
+
+
+def test_a_retrained_config_is_checked_and_a_front_shape_label_dropped():
+    """tuner.retrain's check: a front member's config carries the sampler's shape label beside num_layers and
+    factor_dim (accepted and dropped for a sized stage); a stage of fixed size has no such key."""
+    from tuner.spaces import check_config
+
+    student = registry.by_name("student")
+    config = {"learning_rate": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.1, "temperature": 2.0, "alpha": 0.5,
+              "shape": "factor_dim=8,num_layers=1", "num_layers": 1, "factor_dim": 8}
+    assert check_config(student, config, "c.yaml: student") == {k: v for k, v in config.items() if k != "shape"}
+    teacher = {"learning_rate": "1e-4", "weight_decay": 0.0, "warmup_ratio": 0.1}
+    assert check_config(TEACHER, teacher, "c.yaml: teacher")["learning_rate"] == 1e-4  # YAML 1.1's string
+    with pytest.raises(TunerError, match=r"c\.yaml: teacher\.shape: unknown key for stage teacher"):
+        check_config(TEACHER, dict(teacher, shape="x"), "c.yaml: teacher")

@@ -26,6 +26,9 @@ IGNORE_INDEX = -100
 METRIC = "val_f1"  # the metric every search maximises, declared once
 MODE = "max"
 SIZE_METRIC = "parameters"  # every trial reports its model's parameter count under this name
+# a front search's one categorical over the feasible size combinations (tuner.search.ShapedSpace); its label rides
+# along in each trial's config beside the size hyperparameters it stands for
+SHAPE = "shape"
 # --objectives: what a search optimises, by name: the metric each trial reports, and its direction
 OBJECTIVES = {"f1": (METRIC, MODE), "params": (SIZE_METRIC, "min")}
 SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"

@@ -38,7 +38,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler  # 
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
 from tuner import pareto  # noqa: E402
-from tuner.config import METRIC, MODE, OBJECTIVES, TrainSettings  # noqa: E402
+from tuner.config import METRIC, MODE, OBJECTIVES, SHAPE, TrainSettings  # noqa: E402
 from tuner.errors import Interrupted, TunerError  # noqa: E402
 from tuner.registry import Stage  # noqa: E402
 from tuner.spaces import SearchSpace  # noqa: E402
@@ -109,7 +109,6 @@ def optuna_distributions(space: SearchSpace) -> dict:
     return domains
 
 
-SHAPE = "shape"  # the one categorical over the feasible size combinations (see ShapedSpace)
 
 
 def shape_label(shape: dict) -> str:

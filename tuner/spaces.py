@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from tuner.config import SHAPE
 from tuner.errors import TunerError
 
 PARAM_TYPES = ("loguniform", "uniform", "int", "choice")
@@ -121,6 +122,8 @@ def check_config(stage, config: dict, where: str) -> dict:
     know, each a finite number inside its hard limits; ``where`` names the mapping in errors."""
     if not isinstance(config, dict):
         raise TunerError(f"{where}: expected a mapping of hyperparameters, got {type(config).__name__}")
+    if stage.sized_by:  # a front search's shape label: its size hyperparameters are in the config as well
+        config = {name: value for name, value in config.items() if name != SHAPE}
     for name, value in config.items():
         if name not in stage.hyperparameters():
             raise TunerError(f"{where}.{name}: unknown key for stage {stage.name} "
