@@ -26,17 +26,17 @@ def entry_from(config_file: Path, stage_name: str, member: str | None = None) ->
     entry = document[stage_name]
     if not isinstance(entry, dict) or not isinstance(entry.get("hyperparameters"), dict):
         raise TunerError(f"{config_file}: {stage_name}.hyperparameters is missing")
+    stage = registry.by_name(stage_name)
     if member is None:
-        return dict(entry, hyperparameters=check_config(registry.by_name(stage_name), entry["hyperparameters"],
+        return dict(entry, hyperparameters=check_config(stage, entry["hyperparameters"],
                                                          f"{config_file}: {stage_name}.hyperparameters"))
     found = [m for m in entry.get("pareto") or [] if isinstance(m, dict) and m.get("name") == member]
     if not found:
         names = ", ".join(str(m.get("name")) for m in entry.get("pareto") or [] if isinstance(m, dict)) or "none"
         raise TunerError(f"{config_file}: {stage_name}.pareto has no member {member!r} (members: {names})")
-    where = f"{config_file}: {stage_name}.pareto[{member}].config"
-    check_config(registry.by_name(stage_name), found[0].get("config"), where)
+    config = check_config(stage, found[0].get("config"), f"{config_file}: {stage_name}.pareto[{member}].config")
     # a member may be a trial early stopping ended: train its config up to the epoch its checkpoint holds
-    return dict(entry, hyperparameters=found[0]["config"], val_f1=found[0]["val_f1"], last_epoch=found[0]["epoch"])
+    return dict(entry, hyperparameters=config, val_f1=found[0]["val_f1"], last_epoch=found[0]["epoch"])
 
 
 def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path, data: str | None,

@@ -109,8 +109,6 @@ def optuna_distributions(space: SearchSpace) -> dict:
     return domains
 
 
-
-
 def shape_label(shape: dict) -> str:
     return ",".join(f"{name}={value}" for name, value in sorted(shape.items()))
 

@@ -125,14 +125,23 @@ def check_config(stage, config: dict, where: str) -> dict:
     if stage.sized_by:  # a front search's shape label: its size hyperparameters are in the config as well
         config = {name: value for name, value in config.items() if name != SHAPE}
     for name, value in config.items():
-        if name not in stage.hyperparameters():
-            raise TunerError(f"{where}.{name}: unknown key for stage {stage.name} "
-                             f"(known: {', '.join(stage.hyperparameters())})")
+        _check_known(stage, name, where)
         _check_bounds(name, [value], f"{where}.{name}")
-    missing = [name for name in stage.required if name not in config]
+    _check_required(stage, config, where)
+    return {name: _yaml_number(value) for name, value in config.items()}
+
+
+def _check_known(stage, name: str, where: str) -> None:
+    """``name`` is a hyperparameter ``stage`` reads; ``where`` names the mapping (a space's params, a config)."""
+    if name not in stage.hyperparameters():
+        raise TunerError(f"{where}.{name}: unknown key for stage {stage.name} "
+                         f"(known: {', '.join(stage.hyperparameters())})")
+
+
+def _check_required(stage, names, where: str) -> None:
+    missing = [name for name in stage.required if name not in names]
     if missing:
         raise TunerError(f"{where}.{missing[0]} is required for stage {stage.name}")
-    return {name: _yaml_number(value) for name, value in config.items()}
 
 
 def parse_space(stage, document, path: Path) -> SearchSpace:
@@ -143,14 +152,9 @@ def parse_space(stage, document, path: Path) -> SearchSpace:
         raise TunerError(f"{path}: expected one top-level key 'params' mapping names to ranges (got {keys})")
     params = []
     for name, spec in document["params"].items():
-        where = f"{path}: params.{name}"
-        if name not in stage.hyperparameters():
-            raise TunerError(f"{where}: unknown key for stage {stage.name} "
-                             f"(known: {', '.join(stage.hyperparameters())})")
-        params.append(_parse_param(name, spec, where))
-    missing = [name for name in stage.required if name not in document["params"]]
-    if missing:
-        raise TunerError(f"{path}: params.{missing[0]} is required for stage {stage.name}")
+        _check_known(stage, name, f"{path}: params")
+        params.append(_parse_param(name, spec, f"{path}: params.{name}"))
+    _check_required(stage, document["params"], f"{path}: params")
     digest = hashlib.sha256(yaml.safe_dump(document, sort_keys=True).encode()).hexdigest()
     return SearchSpace(stage.name, Path(path), tuple(params), digest)
 
