@@ -199,3 +199,45 @@ def test_the_hidden_state_term_compares_each_student_layer_with_the_teacher_laye
     mse = sum(F.mse_loss(ours[j][mask], theirs[t][mask]).item() for j, t in enumerate((1, 3))) / 2
     assert mse > 1e-3
     assert math.isclose(stage_loss(0.5) - stage_loss(0.0), 0.5 * mse, rel_tol=2e-3)
+
+
+def test_a_depth_scaled_learning_rate_trains_shallower_students_at_higher_rates(tokenizer, monkeypatch):
+    """With ``lr_depth_power`` p, the stage's ``train`` hands ``fit`` the rate ``learning_rate * (teacher layers /
+    num_layers) ** p`` (a 4-layer teacher: 2x for a 1-layer student at p = 0.5, 4x at p = 1, 1x for a 4-layer
+    one); without the key, or at 0, the configured rate itself, so configs from before it train as they did."""
+    from transformers import BertForTokenClassification
+
+    from tuner.config import TrainSettings, resolve_profile
+    from tuner.data import TaskData
+    from tuner.models import tiny_config
+    from tuner.registry import StageContext
+    from tuner.stages import student
+
+    labels = list(CONLL_LABELS)
+    config = tiny_config(len(tokenizer), labels)
+    config.num_hidden_layers = 4
+    torch.manual_seed(0)
+    teacher = BertForTokenClassification(config).eval()
+    data = encode([Sentence(("Peter", "Blackburn"), ("B-PER", "I-PER"))], tokenizer, labels, 32, "first")
+    task = TaskData(labels, data, data, data, tokenizer.pad_token_id, "mem")
+    inputs = student.STAGE.prepare(StageContext(resolve_profile("smoke", False, max_params=10**9), task, 0,
+                                                teacher, len(tokenizer), "cpu"))
+    settings = TrainSettings(epochs=1, batch_size=1, eval_batch_size=8, seed=0, threads=1, precision="fp32")
+    handed = []
+    monkeypatch.setattr(student, "fit", lambda model, hparams, *args, **kwargs: iter(handed.append(hparams) or ()))
+
+    def rate(num_layers, **power):
+        handed.clear()
+        hparams = {"learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 2.0,
+                   "alpha": 0.5, "num_layers": num_layers, "factor_dim": 8, **power}
+        list(student.train(hparams, task, inputs, settings))
+        (seen,) = handed
+        assert seen["num_layers"] == num_layers  # the rest of the config passes through unchanged
+        return seen["learning_rate"]
+
+    assert math.isclose(rate(1), 1e-3)
+    assert math.isclose(rate(1, lr_depth_power=0.0), 1e-3)
+    assert math.isclose(rate(1, lr_depth_power=0.5), 2e-3)
+    assert math.isclose(rate(1, lr_depth_power=1.0), 4e-3)
+    assert math.isclose(rate(2, lr_depth_power=1.0), 2e-3)
+    assert math.isclose(rate(4, lr_depth_power=0.5), 1e-3)

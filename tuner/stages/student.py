@@ -135,9 +135,11 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
     if size > inputs.max_params:  # the search samples inside the budget: this is a retrain's guard
         raise ValueError(f"student with {num_layers} layers and E={factor_dim} has {size} parameters, "
                          f"over the budget of {inputs.max_params}")
-    teacher_layers = keep_layers(len(teacher.base_model.encoder.layer), num_layers)
+    depth = len(teacher.base_model.encoder.layer)
+    teacher_layers = keep_layers(depth, num_layers)
     student = cut_student(teacher, num_layers, factor_dim, inputs.svd)
     del teacher
+    hparams = {**hparams, "learning_rate": trained_learning_rate(hparams, depth, num_layers)}
     beta = float(hparams.get("beta", 0.0))
     if beta > 0 and inputs.teacher_hidden is None:
         raise ValueError(f"beta {beta:g} needs the teacher's hidden states, which prepare computes only when the "
@@ -145,6 +147,16 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
     loss_fn = student_loss(inputs.teacher_logits, float(hparams["temperature"]), float(hparams["alpha"]),
                            settings.batches, beta, inputs.teacher_hidden, teacher_layers)
     yield from fit(student, hparams, task, settings, loss_fn, resume=resume)
+
+
+def trained_learning_rate(hparams: dict, teacher_layers: int, num_layers: int) -> float:
+    """The rate a student trains at. With ``lr_depth_power`` p, ``learning_rate`` is the rate of a student as deep
+    as the teacher, and one with fewer layers trains at ``learning_rate * (teacher_layers / num_layers) ** p``:
+    the best rate falls with depth (1-layer students on the cpu profile peaked near 5.4e-4, 2-layer ones near
+    3.5e-4 and failed above 6e-4; results/benchmarks.md), and one range of base rates then suits every depth of a
+    front search. Without it (or at 0) the student trains at ``learning_rate`` itself."""
+    power = float(hparams.get("lr_depth_power", 0.0))
+    return float(hparams["learning_rate"]) * (teacher_layers / num_layers) ** power
 
 
 def shape_size(inputs: StudentInputs, hparams: dict) -> int:
@@ -171,6 +183,6 @@ def student_epochs(profile: Profile) -> int:
 STAGE = Stage(name="student", order=30,
               description="{num_layers}-layer student (E={factor_dim}) distilled from the teacher",
               required=("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha"),
-              optional=("factor_dim", "num_layers", "beta"), prepare=prepare, train=train, needs_teacher=True,
+              optional=("factor_dim", "num_layers", "beta", "lr_depth_power"), prepare=prepare, train=train, needs_teacher=True,
               epochs=student_epochs, sized_by=("num_layers", "factor_dim"), front_only=("beta",), size=shape_size,
               budget=student_budget, check=check_budget, limits=shape_limits)
