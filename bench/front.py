@@ -1,14 +1,15 @@
 """One F1-vs-size front search against single-objective student searches at fixed budgets, side by side.
 
     python bench/front.py --teacher results/teacher/best [--trials 40] [--budgets 0.30 0.22 0.15]
-                          [--front-max 0.60] [--train-sentences N] [--output results/front.md] [--front-only]
-                          [--quick]
+                          [--front-max 0.60] [--train-sentences N] [--space-dir DIR] [--output results/front.md]
+                          [--front-only] [--quick]
 
 From one searched teacher (its data, split and seed), it runs ``tuner.run --stage student --objectives
 f1,params`` with ``--trials`` trials under ``--front-max`` of the teacher's parameters, then one ``tuner.run
 --stage student`` (F1 alone) per budget, sharing the same total trial count (``--trials`` divided among the
 budgets, the remainder to the first ones; ``--front-only`` skips them). ``--train-sentences`` trains every
-search on fewer (or more) training sentences than its profile, to fit the comparison in less time. It reports,
+search on fewer (or more) training sentences than its profile, to fit the comparison in less time; ``--space-dir``
+gives every search the same other ``student.yaml``. It reports,
 per budget, the best front member under it against that budget's own search (validation and test F1), the
 wall time of each side, and the front's members as shares of the teacher's size and F1. ``--quick`` is its
 smoke mode (the smoke profile's tiny model, seconds to minutes; the slow tests run it).
@@ -57,6 +58,8 @@ def run(args) -> dict:
         args.sizes += ["--train-sentences", 120, "--eval-sentences", 60, "--test-sentences", 60, "--epochs", 2]
     if args.train_sentences:
         args.sizes += ["--train-sentences", args.train_sentences]
+    if args.space_dir:
+        args.sizes += ["--space-dir", args.space_dir.resolve()]
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     front = search("front", work, args.teacher, args, "--objectives", "f1,params", "--trials", args.trials,
@@ -149,6 +152,8 @@ def main(argv=None) -> int:
     parser.add_argument("--work", type=Path, help="where the searches go (default: a folder beside --output)")
     parser.add_argument("--train-sentences", type=positive_int,
                         help="every search's training sentences (default: the profile's)")
+    parser.add_argument("--space-dir", type=Path,
+                        help="a folder whose student.yaml every search uses (default: search_spaces/)")
     parser.add_argument("--output", type=Path, default=ROOT / "results" / "front.md")
     parser.add_argument("--front-only", action="store_true",
                         help="run the front search alone, without the single-objective searches: its members "
@@ -157,6 +162,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not (args.teacher / "result.json").is_file():
         parser.error(f"--teacher {args.teacher}: no result.json (a searched teacher's best folder)")
+    if args.space_dir and not (args.space_dir / "student.yaml").is_file():
+        parser.error(f"--space-dir {args.space_dir}: no student.yaml")
     if not all(0 < b <= 1 for b in args.budgets + [args.front_max]):
         parser.error("--budgets and --front-max are shares of the teacher's parameters, in (0, 1]")
     args.work = args.work or args.output.parent / (args.output.stem + "-work")
