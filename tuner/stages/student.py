@@ -183,6 +183,7 @@ def student_epochs(profile: Profile) -> int:
 STAGE = Stage(name="student", order=30,
               description="{num_layers}-layer student (E={factor_dim}) distilled from the teacher",
               required=("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha"),
-              optional=("factor_dim", "num_layers", "beta", "lr_depth_power"), prepare=prepare, train=train, needs_teacher=True,
+              optional=("factor_dim", "num_layers", "beta", "lr_depth_power"), prepare=prepare, train=train,
+              needs_teacher=True,
               epochs=student_epochs, sized_by=("num_layers", "factor_dim"), front_only=("beta",), size=shape_size,
               budget=student_budget, check=check_budget, limits=shape_limits)
