@@ -39,6 +39,13 @@ def test_keeps_the_top_share_by_front():
     assert pareto.keeps(POINTS, 2, reduction_factor=2)  # small, low F1, on the front: kept
     assert not pareto.keeps(POINTS, 3, reduction_factor=2)  # dominated: stopped
     assert not pareto.keeps(POINTS, 4, reduction_factor=2)
+    # 3 places of 6: the front's two ends, then the first of the two equal members between them
+    assert pareto.keeps(POINTS, 1, reduction_factor=2) and not pareto.keeps(POINTS, 5, reduction_factor=2)
+    # 2 places of 6 (the top third): the front's ends alone; a member between them stops, on the front or not
+    assert [pareto.keeps(POINTS, i, reduction_factor=3) for i in range(6)] == [True, False, True, False, False, False]
+    # the ends go on whatever the places: a lone small trial beside 5 better, bigger ones
+    tail = [(0.95, -30.0), (0.94, -29.0), (0.93, -28.0), (0.92, -27.0), (0.91, -26.0), (0.20, -1.0)]
+    assert pareto.keeps(tail, 5, reduction_factor=6) and not pareto.keeps(tail, 1, reduction_factor=6)
     assert pareto.keeps([(0.1, -1.0)], 0, reduction_factor=2)  # the first trial at a rung goes on, as in ASHA
     # two trials: where one dominates, only it goes on; where each is better in one objective, both do
     assert pareto.keeps([(0.5, -5.0), (0.6, -4.0)], 1, 2) and not pareto.keeps([(0.5, -5.0), (0.6, -4.0)], 0, 2)
@@ -51,10 +58,12 @@ def test_keeps_the_top_share_by_front():
 def test_pareto_asha_decides_on_fronts_at_its_rungs():
     from ray.tune.schedulers import TrialScheduler
 
+    from tuner import search
     from tuner.search import ParetoASHA
 
     scheduler = ParetoASHA([("val_f1", "max"), ("parameters", "min")], max_t=10, rungs={3, 6}, reduction_factor=2)
     assert scheduler.set_search_properties(None, None)
+    assert search.DEFAULT_METHOD.front_reduction_factor == 3  # what a front search uses; 2 here: more places
 
     def report(name, epoch, f1, params):
         return scheduler.on_trial_result(None, SimpleNamespace(trial_id=name), {"epoch": epoch, "val_f1": f1,
@@ -62,9 +71,10 @@ def test_pareto_asha_decides_on_fronts_at_its_rungs():
 
     assert report("big", 1, 0.5, 20e6) == TrialScheduler.CONTINUE  # not a rung
     assert report("big", 3, 0.90, 20e6) == TrialScheduler.CONTINUE  # the first at rung 3
-    assert report("small", 3, 0.70, 3e6) == TrialScheduler.CONTINUE  # low F1 but on the front: an extreme
-    assert report("middle", 3, 0.80, 12e6) == TrialScheduler.CONTINUE  # on the front
-    assert report("dominated", 3, 0.75, 15e6) == TrialScheduler.STOP  # behind "middle" in both
+    assert report("small", 3, 0.70, 3e6) == TrialScheduler.CONTINUE  # low F1 but on the front: an end
+    assert report("middle", 3, 0.80, 12e6) == TrialScheduler.STOP  # on the front, between its ends, not in 2 places
+    assert report("better", 3, 0.92, 8e6) == TrialScheduler.CONTINUE  # the best F1 now, and smaller than "big"
+    assert report("dominated", 3, 0.75, 15e6) == TrialScheduler.STOP  # behind "better" in both
     assert report("small", 3, 0.70, 3e6) == TrialScheduler.CONTINUE  # a rung's second report: decided already
     assert report("big", 6, 0.91, 20e6) == TrialScheduler.CONTINUE
     assert report("big", 10, 0.92, 20e6) == TrialScheduler.STOP  # the last epoch

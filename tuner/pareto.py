@@ -57,9 +57,12 @@ def promotion_order(points: list[tuple]) -> list[int]:
 
 
 def keeps(points: list[tuple], index: int, reduction_factor: float) -> bool:
-    """At a rung holding ``points`` (``index`` the trial arriving now), whether that trial goes on: every trial on
-    the rung's Pareto front does (so a small model with a low F1 is not stopped for its F1 alone), and so do the
-    first ``ceil(n / reduction_factor)`` of ``promotion_order``, as ASHA keeps its top 1/eta. A dominated trial
-    outside those places stops."""
+    """At a rung holding ``points`` (``index`` the trial arriving now), whether that trial goes on: the first
+    ``ceil(n / reduction_factor)`` of ``promotion_order`` do, as ASHA keeps its top 1/eta, and so do the ends of
+    the rung's Pareto front whatever the places (the best F1 and the smallest model: a small model with a low F1
+    is not stopped for its F1 alone). Any other trial outside those places stops, on the front or not."""
     places = math.ceil(len(points) / reduction_factor)
-    return index in pareto_front(points) or index in promotion_order(points)[:places]
+    if index in promotion_order(points)[:places]:
+        return True
+    front = pareto_front(points)
+    return index in front and crowding(points, front)[index] == math.inf
