@@ -291,7 +291,8 @@ class ParetoASHA(RungMemory, FIFOScheduler):
     records survive ``--resume`` (``RungMemory``)."""
 
     def __init__(self, objectives: list[tuple[str, str]], max_t: int, rungs: set[int],
-                 reduction_factor: float = 2, time_attr: str = "epoch", memory: Path | None = None):
+                 reduction_factor: float = FRONT_REDUCTION_FACTOR, time_attr: str = "epoch",
+                 memory: Path | None = None):
         super().__init__()
         self._objectives, self._max_t, self._time_attr = list(objectives), max_t, time_attr
         self._reduction_factor = reduction_factor
