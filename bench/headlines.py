@@ -30,10 +30,11 @@ def entry(measure: str, value: float | None, unit: str, goal: str, met: bool | N
 
 
 def update(entries: list[dict], path: Path = HEADLINES) -> list[dict]:
-    """Replace the entries with the same ``measure`` and ``peer``, keep the rest; returns the file's entries."""
+    """Replace the entries with the same ``measure`` and ``peer`` where they stand, keep the rest, add new ones at
+    the end; returns the file's entries."""
     current = json.loads(path.read_text())["headlines"] if path.is_file() else []
-    new = {(e["measure"], e["peer"]) for e in entries}
-    merged = [e for e in current if (e["measure"], e["peer"]) not in new] + entries
+    new = {(e["measure"], e["peer"]): e for e in entries}
+    merged = [new.pop((e["measure"], e["peer"]), e) for e in current] + list(new.values())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"headlines": merged}, indent=2) + "\n")
     return merged

@@ -179,6 +179,11 @@ def test_headlines_keep_one_entry_per_measure_and_peer(tmp_path):
     headlines.update(first, path)
     merged = headlines.update([headlines.entry("speed", 1.2, "x", ">= 1.5x", False, "tuned", "", "cmd")], path)
     assert [(e["peer"], e["value"]) for e in merged] == [("default", 2.0), ("tuned", 1.2)]
+    # replaced where it stands: the file's order (the table's) does not change run to run
+    merged = headlines.update([headlines.entry("speed", 2.5, "x", ">= 1.5x", True, "default", "", "cmd"),
+                               headlines.entry("size", 0.5, "x", ">= 1x", False, "tuned", "", "cmd")], path)
+    assert [(e["measure"], e["peer"], e["value"]) for e in merged] == [
+        ("speed", "default", 2.5), ("speed", "tuned", 1.2), ("size", "tuned", 0.5)]
 
 
 def test_negative_seed_offset_is_one_line_error(tmp_path, capsys):

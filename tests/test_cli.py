@@ -106,6 +106,7 @@ CASES = {  # case -> what the one-line error must name
     "space_unknown_key": "step", "space_wrong_type": "learning_rate.low", "space_low_gt_high": "low (0.1) > high",
     "space_log_low_zero": "low > 0", "space_empty_choice": "values", "space_python_tag": "teacher.yaml:1",
     "factorized_teacher": "not a teacher", "teacher_with_all": "--teacher", "seed_mismatch": "--seed 0",
+    "hub_run_local_teacher": "the teacher used data '/elsewhere/conll', this run 'conll2003'; use --data /elsewhere",
     "too_many_cpus": "--cpus-per-trial 64", "bad_precision": "--precision", "space_infinite": "finite number",
     "seed_negative": "--seed", "seed_too_large": "--seed", "cpus_nan": "--cpus-per-trial",
     "teacher_record_not_json": "result.json:1: not valid JSON", "teacher_record_not_object": "expected a JSON object",
@@ -154,7 +155,8 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir, c
     elif case == "missing_teacher":
         stage = "factorized"
         extra = ["--teacher", tmp_path / "gone"]
-    elif case in ("factorized_teacher", "seed_mismatch", "teacher_record_not_json", "teacher_record_not_object"):
+    elif case in ("factorized_teacher", "seed_mismatch", "teacher_record_not_json", "teacher_record_not_object",
+                  "hub_run_local_teacher"):
         stage = "student"
         from tuner.models import factorize, initial_token_classifier, load_tokenizer, save_model
 
@@ -162,9 +164,12 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir, c
         if case == "factorized_teacher":
             factorize(model, 8)
         save_model(model, tmp_path / "teacher", load_tokenizer("minilm"))
-        record = {"teacher_record_not_json": '{"seed": 0, "spl', "teacher_record_not_object": "[0]"}
+        record = {"teacher_record_not_json": '{"seed": 0, "spl', "teacher_record_not_object": "[0]",
+                  "hub_run_local_teacher": '{"seed": 1, "split": "report", "data": "/elsewhere/conll"}'}
         write(tmp_path / "teacher" / "result.json", record.get(case, '{"seed": 0, "split": "report"}'))
         extra = ["--teacher", tmp_path / "teacher", "--seed", "1"]
+        if case == "hub_run_local_teacher":  # refused before the Hub is asked for the data
+            data = "conll2003"
     elif case == "teacher_with_all":
         stage = "all"
         extra = ["--teacher", tmp_path / "teacher"]

@@ -77,9 +77,11 @@ def check_teacher(settings: RunSettings, stage: Stage) -> nn.Module:
         if record.get(key) != value:
             raise TunerError(f"{record_file}: the teacher used {key} {record.get(key)!r}, this run {value!r}; "
                              f"use --{key} {record.get(key)} so the test split stays unseen")
-    data = data_source(settings)
-    if settings.data != "conll2003" and record.get("data") not in (data, settings.data):
-        raise TunerError(f"{record_file}: the teacher used data {record.get('data')!r}, this run {data!r}")
+    data, recorded = data_source(settings), str(record.get("data"))
+    # the Hub's source is recorded with its revision (hub:<id>@<revision>): any Hub teacher fits a Hub run
+    if not (recorded.startswith("hub:") if data == "conll2003" else recorded in (data, settings.data)):
+        raise TunerError(f"{record_file}: the teacher used data {record.get('data')!r}, this run {data!r}; "
+                         f"use --data {data_argument(recorded)} so the test split stays unseen")
     return teacher
 
 
