@@ -55,6 +55,21 @@ def test_keeps_the_top_share_by_front():
     assert [pareto.keeps(crowd, i, 2) for i in range(6)] == [True, True, True, False, False, False]
 
 
+def test_a_margin_keeps_a_bigger_trial_that_trails_a_smaller_one_by_noise():
+    # the seed-1 front benchmark's epoch-6 rung: 1 layer at E 32 (F1 0.561) behind 1 layer at E 16 (0.564)
+    close = [(0.564, -2_470_569.0), (0.561, -2_965_065.0)]
+    assert pareto.dominates(close[0], close[1]) and not pareto.dominates(close[0], close[1], margin=0.01)
+    assert not pareto.keeps(close, 1, reduction_factor=3)  # exact dominance: stopped
+    assert pareto.keeps(close, 1, reduction_factor=3, margin=0.01)  # both on the front, both its ends
+    assert pareto.fronts(close, margin=0.01) == [[0, 1]] and pareto.fronts(close) == [[0], [1]]
+    # a lead beyond the margin still dominates, and a smaller, better trial still ranks first
+    clear = [(0.58, -2_470_569.0), (0.561, -2_965_065.0)]
+    assert not pareto.keeps(clear, 1, reduction_factor=3, margin=0.01) and pareto.keeps(clear, 0, 3, margin=0.01)
+    # the same shape: within the margin neither dominates; beyond it, the better one does
+    assert not pareto.dominates((0.605, -5.0), (0.60, -5.0), margin=0.01)
+    assert pareto.dominates((0.62, -5.0), (0.60, -5.0), margin=0.01)
+
+
 def test_pareto_asha_decides_on_fronts_at_its_rungs():
     from ray.tune.schedulers import TrialScheduler
 

@@ -11,16 +11,21 @@ from __future__ import annotations
 import math
 
 
-def dominates(a: tuple, b: tuple) -> bool:
-    """``a`` is at least as good as ``b`` in every objective and better in one."""
+def dominates(a: tuple, b: tuple, margin: float = 0.0) -> bool:
+    """``a`` is at least as good as ``b`` in every objective and better in one. With a ``margin``, ``a`` must
+    also be better in the first objective by more than it: a lead within the margin (noise) dominates nothing."""
+    if margin:
+        return all(x >= y for x, y in zip(a, b)) and a[0] > b[0] + margin
     return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
 
 
-def fronts(points: list[tuple]) -> list[list[int]]:
-    """Indices of ``points`` by non-dominated front: the Pareto front first, then the front of what remains..."""
+def fronts(points: list[tuple], margin: float = 0.0) -> list[list[int]]:
+    """Indices of ``points`` by non-dominated front: the Pareto front first, then the front of what remains...
+    (``margin``: as in ``dominates``)."""
     remaining, ordered = list(range(len(points))), []
     while remaining:
-        front = [i for i in remaining if not any(dominates(points[j], points[i]) for j in remaining if j != i)]
+        front = [i for i in remaining
+                 if not any(dominates(points[j], points[i], margin) for j in remaining if j != i)]
         ordered.append(front)
         remaining = [i for i in remaining if i not in front]
     return ordered
@@ -46,23 +51,27 @@ def crowding(points: list[tuple], front: list[int]) -> dict[int, float]:
     return distance
 
 
-def promotion_order(points: list[tuple]) -> list[int]:
-    """All indices, best first: by front, then by crowding distance within the front (larger first), then by
-    the first objective."""
+def promotion_order(points: list[tuple], margin: float = 0.0) -> list[int]:
+    """All indices, best first: by front (``margin``: as in ``dominates``), then by crowding distance within the
+    front (larger first), then by the first objective."""
+    return _in_order(points, fronts(points, margin))
+
+
+def _in_order(points: list[tuple], sorted_fronts: list[list[int]]) -> list[int]:
     order = []
-    for front in fronts(points):
+    for front in sorted_fronts:
         distance = crowding(points, front)
         order += sorted(front, key=lambda i: (-distance[i], -points[i][0], i))
     return order
 
 
-def keeps(points: list[tuple], index: int, reduction_factor: float) -> bool:
+def keeps(points: list[tuple], index: int, reduction_factor: float, margin: float = 0.0) -> bool:
     """At a rung holding ``points`` (``index`` the trial arriving now), whether that trial goes on: the first
     ``ceil(n / reduction_factor)`` of ``promotion_order`` do, as ASHA keeps its top 1/eta, and so do the ends of
     the rung's Pareto front whatever the places (the best F1 and the smallest model: a small model with a low F1
-    is not stopped for its F1 alone). Any other trial outside those places stops, on the front or not."""
-    places = math.ceil(len(points) / reduction_factor)
-    if index in promotion_order(points)[:places]:
+    is not stopped for its F1 alone). Any other trial outside those places stops, on the front or not. The
+    fronts take ``margin`` (``dominates``): a trial is not ranked behind one that leads it in F1 by less."""
+    sorted_fronts = fronts(points, margin)
+    if index in _in_order(points, sorted_fronts)[:math.ceil(len(points) / reduction_factor)]:
         return True
-    front = pareto_front(points)
-    return index in front and crowding(points, front)[index] == math.inf
+    return index in sorted_fronts[0] and crowding(points, sorted_fronts[0])[index] == math.inf

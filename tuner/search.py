@@ -54,6 +54,10 @@ REDUCTION_FACTOR = 2  # ASHA keeps the top half of the trials at each rung
 # non-dominated far more often than it is above one metric's median: at a half the 40-trial front trained 1.22x the
 # epochs of budgeted searches of the same trial count, at a third 1.05x (results/benchmarks.md, 2026-12-04)
 FRONT_REDUCTION_FACTOR = 3
+# ...and ranks a trial behind another at a rung only if that one is no larger and leads it in validation F1 by more
+# than this: at the seed-1 front benchmark's epoch-6 rung a 1-layer student at E 32 (F1 0.561) stopped as dominated
+# by one at E 16 (0.564), a lead well inside a 500-sentence validation set's noise
+FRONT_MARGIN = 0.01
 GRACE_SHARE = 0.25  # ASHA's first rung: this share of the epoch budget, rounded up
 OPTUNA_STARTUP_TRIALS = 10  # TPESampler's default number of random trials before it models the results
 
@@ -79,6 +83,7 @@ class SearchMethod:
     reduction_factor: int = REDUCTION_FACTOR  # ASHA's eta: the top 1/eta of a rung goes on; rungs at grace x eta^k
     grace_share: float = GRACE_SHARE  # ASHA's grace period (its first rung) as a share of the epochs, rounded up
     front_reduction_factor: int = FRONT_REDUCTION_FACTOR  # ParetoASHA: the top 1/this of a rung goes on
+    front_margin: float = FRONT_MARGIN  # ParetoASHA: an F1 lead within this dominates nothing at a rung
 
     def grace(self, epochs: int) -> int:
         """ASHA's grace period for ``epochs`` (``grace_period``)."""
@@ -285,17 +290,18 @@ class RememberingASHA(RungMemory, ASHAScheduler):
 class ParetoASHA(RungMemory, FIFOScheduler):
     """ASHA for several objectives (MO-ASHA): at each rung a trial goes on only if it is among the best
     1/``reduction_factor`` of the trials recorded there, ranked by non-dominated front (``tuner.pareto``), not
-    by F1 alone, or at an end of the rung's front. The smallest student on the front of (F1, parameters) survives
-    a rung that a plain ASHA would stop it at; a dominated one stops, as does a front member between the ends
-    outside those places. The rung epochs are ASHA's (``rung_epochs``); the last epoch stops a trial. Its rung
+    by F1 alone, or at an end of the rung's front. A trial dominates another there only if it leads it in the
+    first objective by more than ``margin`` (``pareto.dominates``). The smallest student on the front of (F1,
+    parameters) survives a rung that a plain ASHA would stop it at; a dominated one stops, as does a front member
+    between the ends outside those places. The rung epochs are ASHA's (``rung_epochs``); the last epoch stops a trial. Its rung
     records survive ``--resume`` (``RungMemory``)."""
 
     def __init__(self, objectives: list[tuple[str, str]], max_t: int, rungs: set[int],
-                 reduction_factor: float = FRONT_REDUCTION_FACTOR, time_attr: str = "epoch",
-                 memory: Path | None = None):
+                 reduction_factor: float = FRONT_REDUCTION_FACTOR, margin: float = FRONT_MARGIN,
+                 time_attr: str = "epoch", memory: Path | None = None):
         super().__init__()
         self._objectives, self._max_t, self._time_attr = list(objectives), max_t, time_attr
-        self._reduction_factor = reduction_factor
+        self._reduction_factor, self._margin = reduction_factor, margin
         self._rungs = {epoch: {} for epoch in sorted(rungs)}  # epoch -> trial id -> its point there
         self._stopped = 0
         self._start_memory(memory)
@@ -329,7 +335,8 @@ class ParetoASHA(RungMemory, FIFOScheduler):
         recorded[trial.trial_id] = self.point(result)
         self._remember()
         ids = list(recorded)
-        if pareto.keeps([recorded[i] for i in ids], ids.index(trial.trial_id), self._reduction_factor):
+        if pareto.keeps([recorded[i] for i in ids], ids.index(trial.trial_id), self._reduction_factor,
+                        self._margin):
             return TrialScheduler.CONTINUE
         self._stopped += 1
         return TrialScheduler.STOP
@@ -626,7 +633,7 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
                                  study_name=stage.name, storage=_storage(results_dir))
     scheduler = ParetoASHA(list(zip(metrics, modes)), max_t=epochs,
                            rungs=method.rungs(epochs), reduction_factor=method.front_reduction_factor,
-                           memory=memory) if method.early_stopping else FIFOScheduler()
+                           margin=method.front_margin, memory=memory) if method.early_stopping else FIFOScheduler()
     return searcher, scheduler, None, None
 
 
