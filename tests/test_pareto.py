@@ -94,6 +94,12 @@ def test_pareto_asha_decides_on_fronts_at_its_rungs():
     assert report("big", 6, 0.91, 20e6) == TrialScheduler.CONTINUE
     assert report("big", 10, 0.92, 20e6) == TrialScheduler.STOP  # the last epoch
     assert report("new", 3, 0.50, 25e6) == TrialScheduler.STOP  # dominated by all the others
+    # the default F1 margin (a front search's): at rung 6, a bigger trial 0.3 points behind a smaller one goes on
+    assert search.DEFAULT_METHOD.front_margin == search.FRONT_MARGIN == 0.01
+    scheduler = ParetoASHA([("val_f1", "max"), ("parameters", "min")], max_t=10, rungs={6}, reduction_factor=3)
+    assert report("e16", 6, 0.564, 2_470_569) == TrialScheduler.CONTINUE
+    assert report("e32", 6, 0.561, 2_965_065) == TrialScheduler.CONTINUE  # within the margin: not dominated
+    assert report("e32-worse", 6, 0.55, 2_965_065) == TrialScheduler.STOP  # 1.4 points behind "e16": dominated
     # Ray's ASHA on F1 alone, with the same rungs, stops "small" on the same results
     from ray.tune.schedulers import ASHAScheduler
 
