@@ -293,8 +293,8 @@ class ParetoASHA(RungMemory, FIFOScheduler):
     by F1 alone, or at an end of the rung's front. A trial dominates another there only if it leads it in the
     first objective by more than ``margin`` (``pareto.dominates``). The smallest student on the front of (F1,
     parameters) survives a rung that a plain ASHA would stop it at; a dominated one stops, as does a front member
-    between the ends outside those places. The rung epochs are ASHA's (``rung_epochs``); the last epoch stops a trial. Its rung
-    records survive ``--resume`` (``RungMemory``)."""
+    between the ends outside those places. The rung epochs are ASHA's (``rung_epochs``); the last epoch stops a
+    trial. Its rung records survive ``--resume`` (``RungMemory``)."""
 
     def __init__(self, objectives: list[tuple[str, str]], max_t: int, rungs: set[int],
                  reduction_factor: float = FRONT_REDUCTION_FACTOR, margin: float = FRONT_MARGIN,

@@ -77,11 +77,11 @@ def check_teacher(settings: RunSettings, stage: Stage) -> nn.Module:
         if record.get(key) != value:
             raise TunerError(f"{record_file}: the teacher used {key} {record.get(key)!r}, this run {value!r}; "
                              f"use --{key} {record.get(key)} so the test split stays unseen")
-    data, recorded = data_source(settings), str(record.get("data"))
+    data, recorded = data_source(settings), record.get("data")
     # the Hub's source is recorded with its revision (hub:<id>@<revision>): any Hub teacher fits a Hub run
-    if not (recorded.startswith("hub:") if data == "conll2003" else recorded in (data, settings.data)):
-        raise TunerError(f"{record_file}: the teacher used data {record.get('data')!r}, this run {data!r}; "
-                         f"use --data {data_argument(recorded)} so the test split stays unseen")
+    if not (str(recorded).startswith("hub:") if data == "conll2003" else recorded in (data, settings.data)):
+        fix = f"; use --data {data_argument(recorded)} so the test split stays unseen" if recorded else ""
+        raise TunerError(f"{record_file}: the teacher used data {recorded!r}, this run {data!r}{fix}")
     return teacher
 
 
