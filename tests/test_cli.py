@@ -4,6 +4,7 @@ the flag behind a recorded setting, and every bad input refused in one line with
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import yaml
@@ -97,6 +98,7 @@ BAD_SPACES = {
     "space_empty_choice": "params: {learning_rate: {type: choice, values: []}}\n",
     "space_python_tag": "!!python/object/apply:os.system ['touch pwned']\n",
     "space_infinite": "params: {learning_rate: {type: loguniform, low: 1.0e-5, high: .inf}}\n",
+    "space_number_key": "params: {learning_rate: {type: uniform, low: 0.1, high: 0.2, 1: x}}\n",
 }
 CASES = {  # case -> what the one-line error must name
     "trials0": "--trials", "trials_negative": "--trials", "unknown_stage": "--stage", "no_teacher": "--stage teacher",
@@ -110,6 +112,11 @@ CASES = {  # case -> what the one-line error must name
     "too_many_cpus": "--cpus-per-trial 64", "bad_precision": "--precision", "space_infinite": "finite number",
     "seed_negative": "--seed", "seed_too_large": "--seed", "cpus_nan": "--cpus-per-trial",
     "teacher_record_not_json": "result.json:1: not valid JSON", "teacher_record_not_object": "expected a JSON object",
+    "space_number_key": "unknown key '1'",
+    # what the run's exports will read, and its study database: refused before --overwrite drops anything
+    "damaged_study_db": "optuna.db: not a readable Optuna database (file is not a database)",
+    "damaged_other_record": "student/best/result.json: expected a JSON object",
+    "damaged_other_deploy": "student/deploy/deploy.json: formats: expected a mapping",
     # a rank the teacher this run trains (tiny: hidden 32) cannot be factorized to, refused before it is trained
     "address_unreachable": "--address 127.0.0.1:1: nothing answers there",
     "budget_below_smallest_student": "--max-params 1000: the smallest student",  # before the teacher is trained
@@ -194,6 +201,15 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir, c
         text = (spaces / "factorized.yaml").read_text()
         write(spaces / "factorized.yaml", text.replace("values: [16, 24]", "values: [16, 32]"))
         extra = ["--space-dir", spaces]
+    elif case == "damaged_study_db":
+        write(results / "optuna.db", "not a database, only text standing in for one")
+        write(results / "teacher" / "search" / "kept", "an earlier search")
+        extra = ["--overwrite"]
+    elif case in ("damaged_other_record", "damaged_other_deploy"):
+        record = {"hyperparameters": {}, "parameters": 1, "val_f1": 0.5, "test_f1": 0.5, "search_wall_seconds": 1}
+        write(results / "student" / "best" / "result.json",
+              "[]" if case == "damaged_other_record" else json.dumps(record))
+        write(results / "student" / "deploy" / "deploy.json", '{"threads": 2, "cpu": "x", "formats": []}')
     elif case == "corrupt_teacher":
         stage = "factorized"
         write(tmp_path / "teacher" / "config.json", "{}")

@@ -92,6 +92,60 @@ def test_retrain_refuses_bad_hyperparameters(hyperparameters, message, tmp_path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best_configs.yaml"]
 
 
+def test_retrain_refuses_a_member_without_its_scores(tmp_path, capsys):
+    from tuner.retrain import main
+
+    member = {"name": "m1", "config": {"learning_rate": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.1,
+                                       "temperature": 2.0, "alpha": 0.5, "num_layers": 1, "factor_dim": 8},
+              "epoch": 2}
+    write(tmp_path / "best_configs.yaml", yaml.safe_dump({"student": {"hyperparameters": {}, "pareto": [member]}}))
+    status, _, err = run_main(main, "--stage", "student", "--member", "m1", "--config", tmp_path / "best_configs.yaml",
+                              "--results-dir", tmp_path, capsys=capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert "student.pareto[m1].val_f1: expected a number, got None" in err, err
+
+
+@pytest.mark.parametrize("shape, message", [
+    ({"num_layers": 3, "factor_dim": 8}, "student.hyperparameters.num_layers: 3 is outside [1, 2]"),
+    ({"num_layers": 2, "factor_dim": 24}, "over the recorded budget of 300000 (training.max_params)"),
+])
+def test_retrain_refuses_a_shape_the_teacher_cannot_give(shape, message, tmp_path, conll_dir, tokenizer, capsys):
+    """Checked in one line before training (not a ValueError from cutting the student)."""
+    from tuner.config import PROFILE_DEFAULTS
+    from tuner.data import CONLL_LABELS
+    from tuner.models import initial_token_classifier, save_model
+    from tuner.pipeline import training_record
+    from tuner.retrain import main
+
+    teacher = tmp_path / "teacher" / "best"
+    save_model(initial_token_classifier("tiny", list(CONLL_LABELS), seed=0, vocab_size=len(tokenizer)), teacher,
+               tokenizer)
+    write(teacher / "result.json", json.dumps({"seed": 0, "split": "report", "data": str(conll_dir)}))
+    profile = PROFILE_DEFAULTS["smoke"]  # a budget of 300,000: a 2-layer student at E 24 has about 800,000
+    config = {"learning_rate": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.1, "temperature": 2.0, "alpha": 0.5,
+              **shape}
+    entry = {"seed": 0, "data": str(conll_dir), "split": "report", "training": training_record(profile, 1),
+             "hyperparameters": config}
+    write(tmp_path / "best_configs.yaml", yaml.safe_dump({"student": entry}))
+    before = snapshot(tmp_path)
+    status, _, err = run_main(main, "--stage", "student", "--config", tmp_path / "best_configs.yaml",
+                              "--results-dir", tmp_path, capsys=capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert snapshot(tmp_path) == before
+
+
+def test_predict_refuses_standard_input_that_is_not_utf8(tmp_path, capsys, monkeypatch):
+    import io
+    import sys
+
+    from tuner.predict import main
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"M\xfcller visits Paris\n")))
+    status, _, err = run_main(main, "--model", tmp_path / "anything", capsys=capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert "standard input: not UTF-8 text (invalid start byte at byte 1)" in err, err
+
+
 def test_export_refuses_a_damaged_record_before_writing(tmp_path, capsys):
     from tuner.export import main
 
@@ -100,6 +154,45 @@ def test_export_refuses_a_damaged_record_before_writing(tmp_path, capsys):
     status, _, err = run_main(main, "--results-dir", tmp_path, capsys=capsys)
     assert status == 2 and "teacher/best/result.json: parameters: expected a number, got None" in err, err
     assert snapshot(tmp_path) == before
+
+
+RECORD = {"stage": "teacher", "hyperparameters": {}, "parameters": 10, "val_f1": 0.5, "test_f1": 0.5,
+          "search_wall_seconds": 1.0}
+
+
+@pytest.mark.parametrize("deployed, message", [
+    ("{}", "deploy.json: threads is missing"),
+    ('{"threads": 2, "cpu": "x", "formats": {"onnx_float32": {"validation": 0.5, "test": 0.5, "bytes": 1}}}',
+     "deploy.json: formats.onnx_float32.latency: expected a mapping, got None"),
+    ("\xff", "deploy.json: not UTF-8 text"),
+])
+def test_export_refuses_a_damaged_deploy_record_before_writing(deployed, message, tmp_path, capsys):
+    """Every file the exports read is checked before best_configs.yaml or summary.md is written."""
+    from tuner.export import main
+
+    write(tmp_path / "teacher" / "best" / "result.json", json.dumps(RECORD))
+    write(tmp_path / "teacher" / "deploy" / "deploy.json", deployed, encoding="latin-1")
+    before = snapshot(tmp_path)
+    status, _, err = run_main(main, "--results-dir", tmp_path, capsys=capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert snapshot(tmp_path) == before
+
+
+def test_report_refuses_a_damaged_study_before_plotting_and_creates_none(tmp_path, capsys):
+    from tuner.report import main
+
+    write(tmp_path / "teacher" / "best" / "result.json", json.dumps(RECORD))
+    write(tmp_path / "optuna.db", "not a database, only text standing in for one")
+    before = snapshot(tmp_path)
+    status, _, err = run_main(main, "--results-dir", tmp_path, capsys=capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert "optuna.db: not a readable Optuna database (file is not a database)" in err, err
+    assert snapshot(tmp_path) == before  # no plots/ folder, no plot
+    (tmp_path / "optuna.db").unlink()  # without a study: the report says so, and creates no empty database
+    status, _, err = run_main(main, "--results-dir", tmp_path, capsys=capsys)
+    assert status == 0, err
+    assert "0 trials in the Optuna study" in (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "optuna.db").exists()
 
 
 @pytest.mark.slow

@@ -24,18 +24,29 @@ FRONT_KEYS = ("objectives", "pareto")  # a multi-objective search's, exported wh
 def read_json(path: Path) -> dict:
     """A results JSON file; one that does not parse is a TunerError naming the file and line."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise TunerError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except UnicodeDecodeError as exc:
+        raise TunerError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise TunerError(f"{path}: cannot read ({exc.strerror})") from None
 
 
-def read_results(results_dir: Path) -> dict:
-    """stage name -> the record ``results/<stage>/best/result.json`` holds, for every stage that has one, in
-    pipeline order (stages the registry does not know last, by name)."""
+def read_results(results_dir: Path, skip: tuple = ()) -> dict:
+    """stage name -> the record ``results/<stage>/best/result.json`` holds, for every stage that has one (but
+    ``skip``), in pipeline order (stages the registry does not know last, by name)."""
     order = {name: position for position, name in enumerate(registry.names())}
-    paths = sorted(Path(results_dir).glob("*/best/result.json"),
+    paths = sorted((p for p in Path(results_dir).glob("*/best/result.json") if p.parent.parent.name not in skip),
                    key=lambda p: (order.get(p.parent.parent.name, len(order)), p.parent.parent.name))
     return {path.parent.parent.name: checked_record(path, read_json(path)) for path in paths}
+
+
+def check_exports(results_dir: Path, replaced: tuple) -> None:
+    """Refuse, before a run writes anything, the records and deployed models its exports will read: every
+    stage's but those of ``replaced``, the stages it searches again."""
+    kept = read_results(results_dir, skip=replaced)
+    read_deployed(results_dir, kept)
 
 
 RECORD_NUMBERS = ("parameters", "val_f1", "test_f1", "search_wall_seconds")  # what the summary and report print
@@ -59,6 +70,33 @@ def checked_record(path: Path, record) -> dict:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TunerError(f"{path}: {where}{key}: expected a number, got {value!r}")
     return record
+
+
+FORMAT_NUMBERS = ("validation", "test", "bytes")  # what the summary prints of each deployed format
+LATENCY_NUMBERS = ("batch_1_median_ms", "batch_1_p95_ms", "batch_32_sentences_per_second")
+
+
+def checked_deployed(path: Path, report) -> dict:
+    """A stage's ``deploy.json``, refused (naming the file and key) unless it holds what the summary reads."""
+    if not isinstance(report, dict):
+        raise TunerError(f"{path}: expected a JSON object (a deployed model's record), got {type(report).__name__}")
+    for key in ("threads", "cpu"):
+        if key not in report:
+            raise TunerError(f"{path}: {key} is missing")
+    formats = report.get("formats")
+    if not isinstance(formats, dict) or not all(isinstance(found, dict) for found in formats.values()):
+        raise TunerError(f"{path}: formats: expected a mapping of format names to their scores")
+    for name, found in formats.items():
+        timing = found.get("latency")
+        if not isinstance(timing, dict):
+            raise TunerError(f"{path}: formats.{name}.latency: expected a mapping, got {timing!r}")
+        for where, record, keys in [(f"formats.{name}.", found, FORMAT_NUMBERS),
+                                    (f"formats.{name}.latency.", timing, LATENCY_NUMBERS)]:
+            for key in keys:
+                value = record.get(key)
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise TunerError(f"{path}: {where}{key}: expected a number, got {value!r}")
+    return report
 
 
 def description(stage: str, record: dict) -> str:
@@ -94,7 +132,7 @@ def summary_table(records: dict, deployed: dict | None = None) -> str:
 def read_deployed(results_dir: Path, stages) -> dict:
     """stage name -> its ``<stage>/deploy/deploy.json``, for the stages deployed."""
     paths = {stage: Path(results_dir) / stage / "deploy" / "deploy.json" for stage in stages}
-    return {stage: read_json(path) for stage, path in paths.items() if path.is_file()}
+    return {stage: checked_deployed(path, read_json(path)) for stage, path in paths.items() if path.is_file()}
 
 
 def write_exports(results_dir: Path) -> dict:
@@ -104,8 +142,9 @@ def write_exports(results_dir: Path) -> dict:
     exported = {stage: {**{key: record.get(key) for key in EXPORTED_KEYS},
                         **{key: record[key] for key in FRONT_KEYS if key in record}}
                 for stage, record in records.items()}
+    summary = summary_table(records, read_deployed(results_dir, records))  # everything read before writing
     (Path(results_dir) / "best_configs.yaml").write_text(yaml.safe_dump(exported, sort_keys=False))
-    (Path(results_dir) / "summary.md").write_text(summary_table(records, read_deployed(results_dir, records)))
+    (Path(results_dir) / "summary.md").write_text(summary)
     return exported
 
 

@@ -71,6 +71,7 @@ def check_inputs(settings: RunSettings):
                              "pass --resume to continue it or --overwrite to start again")
         if experiment.is_dir() and settings.resume:
             check_resumable(stage, settings, spaces[stage.name])
+    export.check_exports(Path(settings.results_dir), tuple(stage.name for stage in settings.stages))
     return spaces, teacher
 
 
@@ -288,6 +289,7 @@ def run(settings: RunSettings, echo=print) -> dict:
     from tuner import search  # Ray starts only once the inputs are known to be good
 
     spaces, teacher_model = check_inputs(settings)  # the teacher is loaded once; no stage changes it
+    search.check_storage(Path(settings.results_dir))  # a damaged study database, before --overwrite drops anything
     task, tokenizer = load_task(settings, teacher_model)
     echo(f"data: {task.source} ({settings.split} split): {len(task.train)} train, {len(task.validation)} "
          f"validation, {len(task.test)} test sentences; labels {' '.join(task.labels)}")

@@ -88,7 +88,10 @@ def main(argv=None) -> int:
         except (OSError, UnicodeDecodeError) as exc:
             raise TunerError(f"{args.file}: cannot read ({exc})") from None
     else:
-        lines = sys.stdin.read().splitlines()
+        try:
+            lines = sys.stdin.buffer.read().decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise TunerError(f"standard input: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     results = tag_lines(args.model, lines)
     for line, entities in zip(lines, results):
         print(line)

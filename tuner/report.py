@@ -112,9 +112,14 @@ def write_report(results_dir: Path) -> Path:
     records = read_results(results_dir)
     if not records:
         raise TunerError(f"{results_dir}: no stage results to report on (run python -m tuner.run first)")
+    for stage, record in records.items():
+        if record.get("pareto") and not all(key in record["pareto"][0] for key in ("threads", "cpu")):
+            raise TunerError(f"{results_dir / stage / 'best' / 'result.json'}: pareto[0]: threads or cpu is missing")
+    # everything read (and so checked) before the first plot is written
+    lines = [summary_table(records, read_deployed(results_dir, records)), "![F1 against parameters](plots/tradeoff.png)", ""]
+    studies = {stage: study_trials(Path(results_dir), stage) for stage in records}
     plots = Path(results_dir) / "plots"
     plots.mkdir(exist_ok=True)
-    lines = [summary_table(records, read_deployed(results_dir, records)), "![F1 against parameters](plots/tradeoff.png)", ""]
     plot_tradeoff(records, plots / "tradeoff.png")
     for stage, record in records.items():
         if record.get("pareto"):
@@ -124,7 +129,7 @@ def write_report(results_dir: Path) -> Path:
                       f"{record['pareto'][0]['threads']} threads of {record['pareto'][0]['cpu']}.", "",
                       "![the front](plots/front.png)", ""]
     for stage, record in records.items():
-        trials, importances = study_trials(Path(results_dir), stage)
+        trials, importances = studies[stage]
         stopped = sum(t.get("pruned", False) for t in trials)
         lines += [f"## {stage}", "", f"Best validation F1 {record['val_f1']:.4f}, test F1 {record['test_f1']:.4f}, "
                   f"{len(trials)} trials in the Optuna study, {stopped} of them stopped early (value: a finished "

@@ -35,8 +35,20 @@ def entry_from(config_file: Path, stage_name: str, member: str | None = None) ->
         names = ", ".join(str(m.get("name")) for m in entry.get("pareto") or [] if isinstance(m, dict)) or "none"
         raise TunerError(f"{config_file}: {stage_name}.pareto has no member {member!r} (members: {names})")
     config = check_config(stage, found[0].get("config"), f"{config_file}: {stage_name}.pareto[{member}].config")
+    for key in ("val_f1", "epoch"):
+        value = found[0].get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TunerError(f"{config_file}: {stage_name}.pareto[{member}].{key}: expected a number, got {value!r}")
     # a member may be a trial early stopping ended: train its config up to the epoch its checkpoint holds
     return dict(entry, hyperparameters=config, val_f1=found[0]["val_f1"], last_epoch=found[0]["epoch"])
+
+
+def check_shape(stage: registry.Stage, hyperparameters: dict, config, where: str) -> None:
+    """Refuse a size hyperparameter the teacher (of ``config``) cannot give, such as more layers than it has."""
+    for name, (low, high, why) in stage.limits(config).items():
+        value = hyperparameters.get(name)
+        if value is not None and not low <= value <= high:
+            raise TunerError(f"{where}.hyperparameters.{name}: {value:g} is outside [{low}, {high}] ({why})")
 
 
 def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path, data: str | None,
@@ -50,9 +62,15 @@ def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path,
     settings, threads = recorded_settings(entry, stage, results_dir, where, data, teacher)
     profile = settings.profile
     teacher_model = check_teacher(settings, stage) if stage.needs_teacher else None
+    if teacher_model is not None:
+        check_shape(stage, entry["hyperparameters"], teacher_model.config, where)
     task, tokenizer = load_task(settings, teacher_model)
     inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer),
                           value_ranges(config=entry["hyperparameters"]))
+    budget = stage.budget(inputs)
+    if stage.sized_by and budget is not None and stage.size(inputs, entry["hyperparameters"]) > budget:
+        raise TunerError(f"{where}.hyperparameters: a {stage.name} of {stage.size(inputs, entry['hyperparameters'])} "
+                         f"parameters, over the recorded budget of {budget} (training.max_params)")
     device = select_device()
     best = None
     for result in stage.train(entry["hyperparameters"], task, inputs,

@@ -514,7 +514,22 @@ class SearchOutcome:
 
 
 def _storage(results_dir: Path) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(f"sqlite:///{(results_dir / 'optuna.db').resolve()}")
+    """The results folder's ``optuna.db``; one that is not an Optuna database (damaged, or another program's
+    file) is a TunerError naming it."""
+    import sqlalchemy.exc
+
+    path = (Path(results_dir) / "optuna.db").resolve()
+    try:
+        return optuna.storages.RDBStorage(f"sqlite:///{path}")
+    except (sqlalchemy.exc.SQLAlchemyError, RuntimeError) as exc:
+        why = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise TunerError(f"{path}: not a readable Optuna database ({why}); move it away to start a fresh one") from None
+
+
+def check_storage(results_dir: Path) -> None:
+    """Refuse a damaged ``optuna.db`` before a run changes anything (a missing one is created by the search)."""
+    if (Path(results_dir) / "optuna.db").exists():
+        _storage(results_dir)
 
 
 def grace_period(epochs: int, share: float = GRACE_SHARE) -> int:
@@ -670,6 +685,8 @@ def study_trials(results_dir: Path, stage: str) -> tuple[list, dict]:
     early, valued at its last epoch) and the hyperparameter importances (fANOVA over all of them; empty with
     fewer than two)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # not a line per in-memory proxy study
+    if not (Path(results_dir) / "optuna.db").exists():
+        return [], {}  # (opening the storage would create an empty database)
     try:
         study = optuna.load_study(study_name=stage, storage=_storage(results_dir))
     except KeyError:

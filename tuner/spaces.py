@@ -94,10 +94,10 @@ def _parse_param(name: str, spec, where: str) -> Param:
     kind = spec.get("type")
     if kind not in PARAM_TYPES:
         raise TunerError(f"{where}.type: {kind!r} is not one of {', '.join(PARAM_TYPES)}")
-    unknown = sorted(set(spec) - KEYS_BY_TYPE[kind])
+    unknown = sorted(map(str, set(spec) - KEYS_BY_TYPE[kind]))
     if unknown:
         raise TunerError(f"{where}: unknown key {unknown[0]!r} for type {kind}")
-    missing = sorted(KEYS_BY_TYPE[kind] - set(spec))
+    missing = sorted(map(str, KEYS_BY_TYPE[kind] - set(spec)))
     if missing:
         raise TunerError(f"{where}: missing key {missing[0]!r}")
     if kind == "choice":
@@ -148,7 +148,7 @@ def parse_space(stage, document, path: Path) -> SearchSpace:
     """Validate a loaded YAML document against ``stage`` (a ``tuner.registry.Stage``: the hyperparameters it
     requires and those it reads); every problem names the file and key."""
     if not isinstance(document, dict) or set(document) != {"params"} or not isinstance(document["params"], dict):
-        keys = sorted(document) if isinstance(document, dict) else type(document).__name__
+        keys = sorted(map(str, document)) if isinstance(document, dict) else type(document).__name__
         raise TunerError(f"{path}: expected one top-level key 'params' mapping names to ranges (got {keys})")
     params = []
     for name, spec in document["params"].items():

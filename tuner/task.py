@@ -40,6 +40,8 @@ def recorded_settings(record: dict, stage: Stage, results_dir: Path, where: str,
     """The settings a saved result was trained under (its data, split, seed and ``training`` profile, as
     ``result.json`` and ``best_configs.yaml`` record them) and its trials' thread count; ``where`` names the
     record in errors."""
+    if not isinstance(record, dict):
+        raise TunerError(f"{where}: expected a mapping (a stage's result record), got {type(record).__name__}")
     for key in ("seed", "data", "split", "training"):
         if record.get(key) is None:
             raise TunerError(f"{where}: {key} is missing")
