@@ -114,7 +114,7 @@ CASES = {  # case -> what the one-line error must name
     "teacher_record_not_json": "result.json:1: not valid JSON", "teacher_record_not_object": "expected a JSON object",
     "space_number_key": "unknown key '1'",
     # what the run's exports will read, and its study database: refused before --overwrite drops anything
-    "damaged_study_db": "optuna.db: not a readable Optuna database (file is not a database)",
+    "damaged_study_db": "optuna.db: not a readable Optuna database (file is not a database; move it away",
     "damaged_other_record": "student/best/result.json: expected a JSON object",
     "damaged_other_deploy": "student/deploy/deploy.json: formats: expected a mapping",
     # a rank the teacher this run trains (tiny: hidden 32) cannot be factorized to, refused before it is trained

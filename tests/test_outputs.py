@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from tests.conftest import STAGES, run_cli, run_main, snapshot, write
+from tuner.models import save_model
 
 
 @pytest.mark.slow
@@ -178,6 +179,37 @@ def test_export_refuses_a_damaged_deploy_record_before_writing(deployed, message
     assert snapshot(tmp_path) == before
 
 
+@pytest.mark.slow
+def test_a_run_replaces_the_damaged_records_of_the_stages_it_searches_again(tmp_path, conll_dir):
+    """``--stage all --overwrite`` over a results folder whose student record and deployed model are damaged: the
+    stages before the student export without reading them, and the student's search replaces them."""
+    results = tmp_path / "results"
+    write(results / "student" / "best" / "result.json", "[]")
+    write(results / "student" / "deploy" / "deploy.json", "{}")
+    write(results / "student" / "search" / "kept", "an earlier search")
+    proc = run_cli("--stage", "all", "--trials", 1, "--profile", "smoke", "--data", conll_dir, "--results-dir",
+                   results, "--overwrite", "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((results / "student" / "best" / "result.json").read_text())["stage"] == "student"
+    assert not (results / "student" / "deploy").exists()
+    assert set(yaml.safe_load((results / "best_configs.yaml").read_text())) == set(STAGES)
+
+
+def test_deploy_refuses_a_damaged_record_of_another_stage_before_deploying(tmp_path, tiny_model, tokenizer, capsys):
+    from tuner.deploy import main
+
+    results = tmp_path / "results"
+    save_model(tiny_model, results / "student" / "best", tokenizer)
+    write(results / "student" / "best" / "result.json", json.dumps(dict(RECORD, stage="student")))
+    write(results / "teacher" / "best" / "result.json", json.dumps(RECORD))
+    write(results / "teacher" / "deploy" / "deploy.json", "{}")
+    before = snapshot(results)
+    status, _, err = run_main(main, "--results-dir", results, "--stage", "student", capsys=capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert "teacher/deploy/deploy.json: threads is missing" in err, err
+    assert snapshot(results) == before
+
+
 def test_report_refuses_a_damaged_study_before_plotting_and_creates_none(tmp_path, capsys):
     from tuner.report import main
 
@@ -186,7 +218,7 @@ def test_report_refuses_a_damaged_study_before_plotting_and_creates_none(tmp_pat
     before = snapshot(tmp_path)
     status, _, err = run_main(main, "--results-dir", tmp_path, capsys=capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1, err
-    assert "optuna.db: not a readable Optuna database (file is not a database)" in err, err
+    assert "optuna.db: not a readable Optuna database (file is not a database; move it away" in err, err
     assert snapshot(tmp_path) == before  # no plots/ folder, no plot
     (tmp_path / "optuna.db").unlink()  # without a study: the report says so, and creates no empty database
     status, _, err = run_main(main, "--results-dir", tmp_path, capsys=capsys)

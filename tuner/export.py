@@ -135,8 +135,10 @@ def read_deployed(results_dir: Path, stages) -> dict:
     return {stage: checked_deployed(path, read_json(path)) for stage, path in paths.items() if path.is_file()}
 
 
-def write_exports(results_dir: Path) -> dict:
-    records = read_results(results_dir)
+def write_exports(results_dir: Path, skip: tuple = ()) -> dict:
+    """``best_configs.yaml`` and ``summary.md`` from every stage's record but ``skip``'s (stages a run has yet to
+    search again, whose old records it has not checked)."""
+    records = read_results(results_dir, skip)
     if not records:
         raise TunerError(f"{results_dir}: no stage results (results/<stage>/best/result.json) to export")
     exported = {stage: {**{key: record.get(key) for key in EXPORTED_KEYS},

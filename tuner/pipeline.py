@@ -351,7 +351,8 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
         settings.profile.precision, echo)
     pruned = prune_checkpoints(outcome.experiment_dir, outcome.best_checkpoint, settings.keep_checkpoints)
     record = save_best(stage, settings, outcome, task, tokenizer, space, front, pruned)
-    export.write_exports(Path(settings.results_dir))
+    later = tuple(s.name for s in settings.stages[settings.stages.index(stage) + 1:])  # to be searched again
+    export.write_exports(Path(settings.results_dir), skip=later)
     return record
 
 

@@ -522,8 +522,10 @@ def _storage(results_dir: Path) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(f"sqlite:///{path}")
     except (sqlalchemy.exc.SQLAlchemyError, RuntimeError) as exc:
-        why = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise TunerError(f"{path}: not a readable Optuna database ({why}); move it away to start a fresh one") from None
+        why = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
+        if why == "file is not a database":  # not another version's or a locked study: nothing in it to keep
+            why += "; move it away to start a fresh one"
+        raise TunerError(f"{path}: not a readable Optuna database ({why})") from None
 
 
 def check_storage(results_dir: Path) -> None:
