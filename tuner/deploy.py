@@ -218,9 +218,7 @@ def main(argv=None) -> int:
     from tuner import export
 
     # what the exports read afterwards, checked first: every stage's record, the deployed models this run keeps
-    records = export.read_results(args.results_dir)
-    export.read_deployed(args.results_dir, [name for name in records
-                                            if args.pareto or name not in {stage.name for stage in stages}])
+    export.check_exports(args.results_dir, deployed=() if args.pareto else tuple(stage.name for stage in stages))
     loaded = [(stage, load_stage(stage, args.results_dir, args.pareto)) for stage in stages]  # all, before writing
     reports = [report for stage, found in loaded
                for report in deploy_stage(stage, found, args.max_f1_drop, args.threads, args.latency_sentences)]

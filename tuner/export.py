@@ -42,11 +42,12 @@ def read_results(results_dir: Path, skip: tuple = ()) -> dict:
     return {path.parent.parent.name: checked_record(path, read_json(path)) for path in paths}
 
 
-def check_exports(results_dir: Path, replaced: tuple) -> None:
-    """Refuse, before a run writes anything, the records and deployed models its exports will read: every
-    stage's but those of ``replaced``, the stages it searches again."""
-    kept = read_results(results_dir, skip=replaced)
-    read_deployed(results_dir, kept)
+def check_exports(results_dir: Path, searched: tuple = (), deployed: tuple = ()) -> None:
+    """Refuse, before a command writes anything, the records and deployed models its exports will read: every
+    stage's record but those of ``searched`` (stages it searches again), every ``deploy.json`` but theirs and
+    those of ``deployed`` (stages it deploys again)."""
+    kept = read_results(results_dir, skip=searched)
+    read_deployed(results_dir, [stage for stage in kept if stage not in deployed])
 
 
 RECORD_NUMBERS = ("parameters", "val_f1", "test_f1", "search_wall_seconds")  # what the summary and report print
@@ -63,6 +64,10 @@ def checked_record(path: Path, record) -> dict:
     members = record.get("pareto") or []
     if not isinstance(members, list) or not all(isinstance(m, dict) for m in members):
         raise TunerError(f"{path}: pareto: expected a list of members")
+    for i, member in enumerate(members):
+        for key in ("threads", "cpu"):  # the report's front section names them
+            if key not in member:
+                raise TunerError(f"{path}: pareto[{i}].{key} is missing")
     for where, found, keys in [("", record, RECORD_NUMBERS),
                                *((f"pareto[{i}].", m, MEMBER_NUMBERS) for i, m in enumerate(members))]:
         for key in keys:

@@ -71,7 +71,7 @@ def check_inputs(settings: RunSettings):
                              "pass --resume to continue it or --overwrite to start again")
         if experiment.is_dir() and settings.resume:
             check_resumable(stage, settings, spaces[stage.name])
-    export.check_exports(Path(settings.results_dir), tuple(stage.name for stage in settings.stages))
+    export.check_exports(Path(settings.results_dir), searched=tuple(stage.name for stage in settings.stages))
     return spaces, teacher
 
 

@@ -112,9 +112,6 @@ def write_report(results_dir: Path) -> Path:
     records = read_results(results_dir)
     if not records:
         raise TunerError(f"{results_dir}: no stage results to report on (run python -m tuner.run first)")
-    for stage, record in records.items():
-        if record.get("pareto") and not all(key in record["pareto"][0] for key in ("threads", "cpu")):
-            raise TunerError(f"{results_dir / stage / 'best' / 'result.json'}: pareto[0]: threads or cpu is missing")
     # everything read (and so checked) before the first plot is written
     lines = [summary_table(records, read_deployed(results_dir, records)), "![F1 against parameters](plots/tradeoff.png)", ""]
     studies = {stage: study_trials(Path(results_dir), stage) for stage in records}

@@ -68,9 +68,10 @@ def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path,
     inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer),
                           value_ranges(config=entry["hyperparameters"]))
     budget = stage.budget(inputs)
-    if stage.sized_by and budget is not None and stage.size(inputs, entry["hyperparameters"]) > budget:
-        raise TunerError(f"{where}.hyperparameters: a {stage.name} of {stage.size(inputs, entry['hyperparameters'])} "
-                         f"parameters, over the recorded budget of {budget} (training.max_params)")
+    size = stage.size(inputs, entry["hyperparameters"]) if stage.sized_by else None
+    if budget is not None and size is not None and size > budget:
+        raise TunerError(f"{where}.hyperparameters: a {stage.name} of {size} parameters, over the recorded budget "
+                         f"of {budget} (training.max_params)")
     device = select_device()
     best = None
     for result in stage.train(entry["hyperparameters"], task, inputs,
