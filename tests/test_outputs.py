@@ -108,10 +108,19 @@ def test_retrain_refuses_a_member_without_its_scores(tmp_path, capsys):
 
 @pytest.mark.parametrize("shape, message", [
     ({"num_layers": 3, "factor_dim": 8}, "student.hyperparameters.num_layers: 3 is outside [1, 2]"),
-    ({"num_layers": 2, "factor_dim": 24}, "over the recorded budget of 300000 (training.max_params)"),
+    ({"num_layers": 2, "factor_dim": 24}, "over the budget of 300000 (the recorded training.max_params)"),
 ])
-def test_retrain_refuses_a_shape_the_teacher_cannot_give(shape, message, tmp_path, conll_dir, tokenizer, capsys):
-    """Checked in one line before training (not a ValueError from cutting the student)."""
+def test_retrain_refuses_a_shape_the_teacher_cannot_give(shape, message, tmp_path, conll_dir, tokenizer, capsys,
+                                                         monkeypatch):
+    """Checked in one line before any work: no data read, no teacher logits (not a ValueError from cutting the
+    student)."""
+    import tuner.task
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the data or the teacher's logits were computed before the refusal")
+
+    monkeypatch.setattr(tuner.task, "load_task", no_work)
+    monkeypatch.setattr(tuner.task, "stage_inputs", no_work)
     from tuner.config import PROFILE_DEFAULTS
     from tuner.data import CONLL_LABELS
     from tuner.models import initial_token_classifier, save_model

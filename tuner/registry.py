@@ -48,7 +48,7 @@ def no_budget(inputs) -> None:
     return None
 
 
-def accept(profile: Profile, teacher: nn.Module | None) -> None:
+def accept(profile: Profile, teacher: nn.Module | None, hyperparameters: dict | None = None) -> None:
     return None
 
 
@@ -80,7 +80,9 @@ class Stage:
     front_only: tuple[str, ...] = ()
     # the teacher's config -> {size hyperparameter: (low, high, why)}: the shapes that teacher can give
     limits: Callable[[object], dict] = no_limits
-    check: Callable[[Profile, "nn.Module | None"], None] = accept  # refuse, before any work, what cannot run
+    # refuse, before any work, what cannot run: (profile, teacher) a budget no config meets; with a config's
+    # hyperparameters too (a retrain), that config (TunerError, one line)
+    check: Callable[..., None] = accept
 
     def hyperparameters(self) -> tuple[str, ...]:
         return self.required + self.optional

@@ -62,16 +62,15 @@ def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path,
     settings, threads = recorded_settings(entry, stage, results_dir, where, data, teacher)
     profile = settings.profile
     teacher_model = check_teacher(settings, stage) if stage.needs_teacher else None
-    if teacher_model is not None:
+    if teacher_model is not None:  # before any work: the teacher's logits take minutes on a full teacher
         check_shape(stage, entry["hyperparameters"], teacher_model.config, where)
+    try:
+        stage.check(profile, teacher_model, entry["hyperparameters"])
+    except TunerError as error:
+        raise TunerError(f"{where}.hyperparameters: {error} (the recorded training.max_params)") from None
     task, tokenizer = load_task(settings, teacher_model)
     inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer),
                           value_ranges(config=entry["hyperparameters"]))
-    budget = stage.budget(inputs)
-    size = stage.size(inputs, entry["hyperparameters"]) if stage.sized_by else None
-    if budget is not None and size is not None and size > budget:
-        raise TunerError(f"{where}.hyperparameters: a {stage.name} of {size} parameters, over the recorded budget "
-                         f"of {budget} (training.max_params)")
     device = select_device()
     best = None
     for result in stage.train(entry["hyperparameters"], task, inputs,

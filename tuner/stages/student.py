@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from tuner.config import IGNORE_INDEX, Profile, TrainSettings
 from tuner.data import Encoded, TaskData, sorted_batches
+from tuner.errors import TunerError
 from tuner.models import (ModelState, cut_student, embedding_svd, keep_layers, model_from_state,
                           parameters_from_parts, shape_limits, size_parts, student_shape)
 from tuner.registry import Stage, StageContext
@@ -169,10 +170,20 @@ def student_budget(inputs: StudentInputs) -> int:
     return inputs.max_params
 
 
-def check_budget(profile: Profile, teacher) -> None:
-    """--max-params below the smallest student is refused before any work (student_shape says so)."""
-    if teacher is not None:
-        student_shape(teacher, profile.max_params)
+def check_budget(profile: Profile, teacher, hyperparameters: dict | None = None) -> None:
+    """--max-params below the smallest student is refused before any work (student_shape says so); with a config's
+    hyperparameters (a retrain), a config over the budget is too, before the teacher's logits are computed."""
+    if teacher is None:
+        return
+    shape = dict(hyperparameters or {})
+    if not {"num_layers", "factor_dim"} <= shape.keys():  # what the config leaves out, the stage's default fills
+        num_layers, factor_dim = student_shape(teacher, profile.max_params)
+        shape = {"num_layers": num_layers, "factor_dim": factor_dim, **shape}
+    if hyperparameters is None:
+        return
+    size = parameters_from_parts(size_parts(teacher), int(shape["num_layers"]), int(shape["factor_dim"]))
+    if size > profile.max_params:
+        raise TunerError(f"a student of {size} parameters, over the budget of {profile.max_params}")
 
 
 def student_epochs(profile: Profile) -> int:
