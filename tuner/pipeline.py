@@ -105,14 +105,9 @@ def searched_params(stage: Stage, space: SearchSpace, objectives: tuple) -> tupl
 def check_shapes(stage: Stage, space: SearchSpace, objectives: tuple, config) -> None:
     """Refuse a space whose searched size hyperparameters reach shapes the teacher (of ``config``) cannot give, such
     as more layers than it has, before any trial is sampled into one."""
-    limits = stage.limits(config)
-    for p in searched_params(stage, space, objectives):
-        if p.name in limits:
-            low, high, why = limits[p.name]
-            values = p.grid() if p.type in ("int", "choice") else (p.low, p.high)
-            outside = [v for v in values if not low <= v <= high]
-            if outside:
-                raise TunerError(f"{space.path}: params.{p.name}: {outside[0]:g} is outside [{low}, {high}] ({why})")
+    values = {p.name: p.grid() if p.type in ("int", "choice") else (p.low, p.high)
+              for p in searched_params(stage, space, objectives)}
+    stage.check_limits(config, values, f"{space.path}: params.")
 
 
 def search_plan(stage: Stage, space: SearchSpace, inputs, objectives: tuple) -> tuple[SearchSpace, list | None]:

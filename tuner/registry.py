@@ -19,6 +19,7 @@ from torch import nn
 
 from tuner.config import Profile, TrainSettings
 from tuner.data import TaskData
+from tuner.errors import TunerError
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,14 @@ class Stage:
 
     def hyperparameters(self) -> tuple[str, ...]:
         return self.required + self.optional
+
+    def check_limits(self, config, values: dict, where: str) -> None:
+        """Refuse a size hyperparameter value the teacher (of ``config``) cannot give, such as more layers than it
+        has: ``values`` maps names to the values a space or a config may take, ``where`` prefixes the name."""
+        for name, (low, high, why) in self.limits(config).items():
+            outside = [v for v in values.get(name, ()) if not low <= v <= high]
+            if outside:
+                raise TunerError(f"{where}{name}: {outside[0]:g} is outside [{low}, {high}] ({why})")
 
 
 STAGE_PACKAGE = "tuner.stages"

@@ -43,14 +43,6 @@ def entry_from(config_file: Path, stage_name: str, member: str | None = None) ->
     return dict(entry, hyperparameters=config, val_f1=found[0]["val_f1"], last_epoch=found[0]["epoch"])
 
 
-def check_shape(stage: registry.Stage, hyperparameters: dict, config, where: str) -> None:
-    """Refuse a size hyperparameter the teacher (of ``config``) cannot give, such as more layers than it has."""
-    for name, (low, high, why) in stage.limits(config).items():
-        value = hyperparameters.get(name)
-        if value is not None and not low <= value <= high:
-            raise TunerError(f"{where}.hyperparameters.{name}: {value:g} is outside [{low}, {high}] ({why})")
-
-
 def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path, data: str | None,
             teacher: Path | None, echo=print, where: str = "the entry") -> dict:
     """Train ``entry``'s hyperparameters once under its recorded settings; keep the best epoch at ``output``."""
@@ -63,7 +55,8 @@ def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path,
     profile = settings.profile
     teacher_model = check_teacher(settings, stage) if stage.needs_teacher else None
     if teacher_model is not None:  # before any work: the teacher's logits take minutes on a full teacher
-        check_shape(stage, entry["hyperparameters"], teacher_model.config, where)
+        stage.check_limits(teacher_model.config, {name: [value] for name, value in entry["hyperparameters"].items()},
+                           f"{where}.hyperparameters.")
     try:
         stage.check(profile, teacher_model, entry["hyperparameters"])
     except TunerError as error:
