@@ -255,7 +255,7 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
     from tuner.models import load_model, load_tokenizer, model_labels, student_parameters
     from tuner.task import build_task, recorded_settings
     from tuner import registry
-    from tuner.training import evaluate
+    from tuner.training import STATE_FILE, evaluate
 
     results = front_run
     with open(results / "student" / "pareto.csv") as handle:
@@ -268,6 +268,15 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
         assert int(float(trial["parameters"])) <= 5_000_000
         assert int(float(trial["parameters"])) == student_parameters(
             teacher, int(float(trial["config/num_layers"])), int(float(trial["config/factor_dim"])))
+    stopped = 0
+    for folder in (results / "student" / "search").glob("_trial_*"):  # every trial's best epoch has its model,
+        reports = [json.loads(line) for line in (folder / "result.json").read_text().splitlines() if line.strip()]
+        best = max(reports, key=lambda r: r["val_f1"])  # a trial stopped at a rung included: it may be on the front
+        checkpoints = list(folder.glob("checkpoint_*"))
+        assert len(checkpoints) == 1, f"{folder.name}: {len(checkpoints)} checkpoints"
+        assert json.loads((checkpoints[0] / STATE_FILE).read_text())["epoch"] + 1 == best["epoch"], folder.name
+        stopped += reports[-1]["epoch"] < 2
+    assert stopped, "ParetoASHA stopped no trial at the rung: the test did not exercise a stopped trial's model"
     points = [(float(t["val_f1"]), -float(t["parameters"])) for t in trials]
     for row in rows:  # every row is non-dominated among all trials' best epochs
         mine = (float(row["val_f1"]), -float(row["parameters"]))

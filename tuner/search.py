@@ -423,7 +423,9 @@ def _trial(config: dict, stage: Stage, task, inputs, settings: TrainSettings, us
     in a second report of the same epoch (its scores again, ``rereport: true``, training and evaluation seconds
     0). A trial ASHA stops writes no checkpoint for
     its last epoch, which cannot be the search's best: ASHA stops only a score below the rung's cutoff, and the
-    search's best is above every score recorded there. A trial's last epoch is checkpointed without AdamW's
+    search's best is above every score recorded there. A front search passes no ``rungs``: ParetoASHA may stop a
+    trial whose rung epoch is on the front, and the front needs that epoch's model, so every epoch that beats
+    the trial's best is checkpointed in its one report. A trial's last epoch is checkpointed without AdamW's
     moments, since nothing continues from it: a third of the bytes.
 
     Besides the stage's metrics, each report carries where the trial's time outside training and evaluation
@@ -574,7 +576,7 @@ def search(stage: Stage, space: SearchSpace, task, inputs, settings: TrainSettin
     trainable = tune.with_resources(
         tune.with_parameters(_trial, stage=stage, task=task, inputs=inputs, settings=settings,
                              use_gpu=gpus_per_trial > 0,
-                             rungs=frozenset(method.rungs(settings.epochs))),
+                             rungs=frozenset(method.rungs(settings.epochs) if len(objectives) == 1 else ())),
         {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
     if quiet:  # before the searcher: creating its study logs "A new study created"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
