@@ -382,3 +382,24 @@ def test_a_front_search_starts_from_shapes_that_span_the_sizes(tmp_path):
     searcher, *_ = search_algorithms(student, rest, 2, 0, tmp_path / "off", ("f1", "params"), shapes, 8, off,
                                      start_shapes=chosen)
     assert not searcher._ot_study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+
+
+@pytest.mark.slow
+def test_front_selection_rescores_every_kept_model(front_run, tmp_path):
+    """bench/front_selection.py on the smoke front: per budget, the search's pick is the member pareto.csv has
+    there, and no pick beats the best test F1 of any kept model."""
+    report = tmp_path / "selection.md"
+    proc = run_cli("--results", front_run, "--budgets", 1.0, 0.5, "--output", report, module="bench.front_selection")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    record = json.loads(report.with_suffix(".json").read_text())
+    with open(front_run / "student" / "pareto.csv") as handle:
+        members = list(csv.DictReader(handle))
+    teacher = json.loads((front_run / "teacher" / "best" / "result.json").read_text())
+    assert record and record[0]["budget"] == 1.0
+    for row in record:
+        under = [m for m in members if int(m["parameters"]) <= row["budget"] * teacher["parameters"]]
+        best = max(under, key=lambda m: float(m["val_f1"]))
+        assert row["search_pick"]["trial"] == best["trial_id"]
+        assert row["search_pick"]["test_f1"] == pytest.approx(float(best["test_f1"]), abs=1e-4)
+        assert row["best_test_pick"]["test_f1"] >= max(row["search_pick"]["test_f1"], row["larger_pick"]["test_f1"])
+    assert f"| {front_run} | 100% |" in report.read_text()
