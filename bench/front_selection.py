@@ -6,13 +6,14 @@ one a larger validation split would pick (``--eval-sentences``, default all), an
 
     python bench/front_selection.py --results R [R ...] [--teacher T] [--budgets 0.30 0.22 0.15] [--output FILE.md]
 
-Each ``R`` is a results folder of a front search (``R/student/search`` with its trials' checkpoints, as
-``--keep-checkpoints best`` leaves them); ``T`` is its teacher (default ``R/teacher/best``).
+Each ``R`` is a results folder of a front search (``R/student/search`` with every trial's checkpoint, as
+``--keep-checkpoints all``, the default, leaves them); ``T`` is its teacher (default ``R/teacher/best``).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
@@ -20,8 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import OneLineParser, publish  # noqa: E402
+from bench.common import OneLineParser, positive_int, publish  # noqa: E402
 from tuner import registry  # noqa: E402
+from tuner.cli import entry_point  # noqa: E402
 from tuner.config import METRIC, SIZE_METRIC  # noqa: E402
 from tuner.models import load_model, load_tokenizer, model_labels  # noqa: E402
 from tuner.task import build_task, recorded_settings  # noqa: E402
@@ -68,6 +70,7 @@ def picks(scored: list[dict], budget: int) -> dict | None:
             "best_test": max(under, key=lambda s: s["test_f1"])}
 
 
+@entry_point
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python bench/front_selection.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -75,17 +78,29 @@ def main(argv=None) -> int:
     parser.add_argument("--teacher", type=Path, help="their teacher (default: RESULTS/teacher/best)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.30, 0.22, 0.15],
                         help="shares of the teacher's parameters")
-    parser.add_argument("--eval-sentences", type=int, default=None, help="the larger validation split (default: all)")
+    parser.add_argument("--eval-sentences", type=positive_int, default=None,
+                        help="the larger validation split (default: all)")
     parser.add_argument("--output", type=Path, help="markdown report; its .json beside it")
     args = parser.parse_args(argv)
+    if not all(0 < b <= 1 for b in args.budgets):
+        parser.error("--budgets are shares of the teacher's parameters, in (0, 1]")
     lines = ["| run | budget | search's pick (its validation F1): test F1 / teacher's | larger validation split's pick "
              "| best test F1 of any kept model |", "|---|---|---|---|---|"]
     record = []
     for results in args.results:
-        for folder in (results / "student" / "search", results / "student" / "best"):
-            if not folder.is_dir():
-                parser.error(f"{folder}: not found (a front search's results folder?)")
-        teacher = json.loads(((args.teacher or results / "teacher" / "best") / "result.json").read_text())
+        for path in (results / "student" / "search", results / "student" / "best" / "result.json",
+                     results / "student" / "trials.csv"):
+            if not path.exists():
+                parser.error(f"--results {results}: no {path.relative_to(results)} (a front search's results folder?)")
+        with open(results / "student" / "trials.csv") as handle:
+            trials = sum(1 for _ in csv.DictReader(handle))
+        if len(kept_models(results)) < trials:
+            parser.error(f"--results {results}: {len(kept_models(results))} trials of {trials} kept a checkpoint "
+                         "(searched with --keep-checkpoints best?)")
+        teacher_record = (args.teacher or results / "teacher" / "best") / "result.json"
+        if not teacher_record.is_file():
+            parser.error(f"--teacher {teacher_record.parent}: no result.json (a searched teacher's best folder)")
+        teacher = json.loads(teacher_record.read_text())
         scored = score(results, args.eval_sentences)
         for share in args.budgets:
             chosen = picks(scored, int(share * teacher["parameters"]))

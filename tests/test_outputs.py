@@ -3,6 +3,7 @@ its plots, predictions, TensorBoard files."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import optuna
@@ -108,7 +109,10 @@ def test_retrain_refuses_a_member_without_its_scores(tmp_path, capsys):
 
 @pytest.mark.parametrize("shape, message", [
     ({"num_layers": 3, "factor_dim": 8}, "student.hyperparameters.num_layers: 3 is outside [1, 2]"),
-    ({"num_layers": 2, "factor_dim": 24}, "over the budget of 300000 (the recorded training.max_params)"),
+    ({"num_layers": 2, "factor_dim": 24}, "student.hyperparameters: a student of 754905 parameters, over "
+                                          "training.max_params (300000)"),
+    ({"factor_dim": 16}, "student.hyperparameters: a student of 510473 parameters"),  # 2 layers: the default
+    ({"max_params": 200000}, "student.training.max_params: 200000 fits no student of this teacher"),
 ])
 def test_retrain_refuses_a_shape_the_teacher_cannot_give(shape, message, tmp_path, conll_dir, tokenizer, capsys,
                                                          monkeypatch):
@@ -131,9 +135,10 @@ def test_retrain_refuses_a_shape_the_teacher_cannot_give(shape, message, tmp_pat
     save_model(initial_token_classifier("tiny", list(CONLL_LABELS), seed=0, vocab_size=len(tokenizer)), teacher,
                tokenizer)
     write(teacher / "result.json", json.dumps({"seed": 0, "split": "report", "data": str(conll_dir)}))
-    profile = PROFILE_DEFAULTS["smoke"]  # a budget of 300,000: a 2-layer student at E 24 has about 800,000
+    # a budget of 300,000: a 2-layer student at E 24 has about 750,000; the smallest, 1 layer at E 8, about 257,000
+    profile = dataclasses.replace(PROFILE_DEFAULTS["smoke"], **{k: v for k, v in shape.items() if k == "max_params"})
     config = {"learning_rate": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.1, "temperature": 2.0, "alpha": 0.5,
-              **shape}
+              **{k: v for k, v in shape.items() if k != "max_params"}}
     entry = {"seed": 0, "data": str(conll_dir), "split": "report", "training": training_record(profile, 1),
              "hyperparameters": config}
     write(tmp_path / "best_configs.yaml", yaml.safe_dump({"student": entry}))

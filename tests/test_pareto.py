@@ -403,3 +403,18 @@ def test_front_selection_rescores_every_kept_model(front_run, tmp_path):
         assert row["search_pick"]["test_f1"] == pytest.approx(float(best["test_f1"]), abs=1e-4)
         assert row["best_test_pick"]["test_f1"] >= max(row["search_pick"]["test_f1"], row["larger_pick"]["test_f1"])
     assert f"| {front_run} | 100% |" in report.read_text()
+
+
+@pytest.mark.parametrize("make, flags, message", [
+    (lambda r: None, [], "no student/search"),
+    (lambda r: (r / "student" / "search").mkdir(parents=True), [], "no student/best/result.json"),
+    (lambda r: None, ["--budgets", 0.3, 1.5], "--budgets are shares of the teacher's parameters, in (0, 1]"),
+])
+def test_front_selection_refuses_bad_input_in_one_line(make, flags, message, tmp_path, capsys):
+    from bench.front_selection import main
+
+    results = tmp_path / "results"
+    results.mkdir()
+    make(results)
+    status, _, err = run_main(main, "--results", results, *flags, capsys=capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1 and message in err, err

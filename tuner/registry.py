@@ -82,7 +82,8 @@ class Stage:
     # the teacher's config -> {size hyperparameter: (low, high, why)}: the shapes that teacher can give
     limits: Callable[[object], dict] = no_limits
     # refuse, before any work, what cannot run: (profile, teacher) a budget no config meets; with a config's
-    # hyperparameters too (a retrain), that config (TunerError, one line)
+    # hyperparameters too (a retrain), that config (TunerError, one line, naming the entry's key at fault:
+    # ``hyperparameters: ...`` or ``training.max_params: ...``)
     check: Callable[..., None] = accept
 
     def hyperparameters(self) -> tuple[str, ...]:

@@ -60,7 +60,7 @@ def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path,
     try:
         stage.check(profile, teacher_model, entry["hyperparameters"])
     except TunerError as error:
-        raise TunerError(f"{where}.hyperparameters: {error} (the recorded training.max_params)") from None
+        raise TunerError(f"{where}.{error}") from None  # the key it names: under the entry
     task, tokenizer = load_task(settings, teacher_model)
     inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer),
                           value_ranges(config=entry["hyperparameters"]))

@@ -172,18 +172,24 @@ def student_budget(inputs: StudentInputs) -> int:
 
 def check_budget(profile: Profile, teacher, hyperparameters: dict | None = None) -> None:
     """--max-params below the smallest student is refused before any work (student_shape says so); with a config's
-    hyperparameters (a retrain), a config over the budget is too, before the teacher's logits are computed."""
+    hyperparameters (a retrain), a config over the budget it recorded is too, before the teacher's logits are
+    computed, the size keys it leaves out taking the stage's default."""
     if teacher is None:
         return
-    shape = dict(hyperparameters or {})
-    if not {"num_layers", "factor_dim"} <= shape.keys():  # what the config leaves out, the stage's default fills
-        num_layers, factor_dim = student_shape(teacher, profile.max_params)
-        shape = {"num_layers": num_layers, "factor_dim": factor_dim, **shape}
     if hyperparameters is None:
+        student_shape(teacher, profile.max_params)
         return
+    shape = dict(hyperparameters)
+    if not {"num_layers", "factor_dim"} <= shape.keys():
+        try:
+            num_layers, factor_dim = student_shape(teacher, profile.max_params)
+        except TunerError:
+            raise TunerError(f"training.max_params: {profile.max_params} fits no student of this teacher") from None
+        shape = {"num_layers": num_layers, "factor_dim": factor_dim, **shape}
     size = parameters_from_parts(size_parts(teacher), int(shape["num_layers"]), int(shape["factor_dim"]))
     if size > profile.max_params:
-        raise TunerError(f"a student of {size} parameters, over the budget of {profile.max_params}")
+        raise TunerError(f"hyperparameters: a student of {size} parameters, over training.max_params "
+                         f"({profile.max_params})")
 
 
 def student_epochs(profile: Profile) -> int:
