@@ -308,3 +308,18 @@ def test_predict_prints_entities_with_spans(pipeline_run, tmp_path):
     assert proc.stdout.splitlines()[0] == line and "Peter Blackburn" in proc.stdout
     proc = run_cli("--model", results / "nothing", line, module="tuner.predict")
     assert proc.returncode == 2 and "not a saved model" in proc.stderr
+
+
+def test_summary_lists_a_front_search_members_smallest_first():
+    from tuner.export import summary_table
+
+    member = {"threads": 2, "cpu": "AMD EPYC", "val_f1": 0.8, "test_f1": 0.79, "batch_1_median_ms": 2.5}
+    record = {"parameters": 8_000_000, "val_f1": 0.82, "test_f1": 0.81, "search_wall_seconds": 600,
+              "description": "a student", "pareto": [dict(member, name="8.00M-L3-E96-b", parameters=8_000_000),
+                                                     dict(member, name="2.47M-L1-E16-a", parameters=2_470_569)]}
+    text = summary_table({"teacher": dict(record, pareto=None), "student": record})
+    assert text.count("the F1-vs-size front") == 1
+    front = text.split("## student: the F1-vs-size front (2 members; student/pareto.csv")[1]
+    assert "on 2 threads, AMD EPYC" in front
+    rows = [line for line in front.splitlines() if line.startswith("| ") and "M-L" in line]
+    assert rows == ["| 2.47M-L1-E16-a | 2.47M | 0.8000 | 0.7900 | 2.50 |", "| 8.00M-L3-E96-b | 8.00M | 0.8000 | 0.7900 | 2.50 |"]

@@ -284,6 +284,8 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
     exported = yaml.safe_load((results / "best_configs.yaml").read_text())["student"]
     assert [m["name"] for m in exported["pareto"]] == [row["name"] for row in rows]
     assert exported["val_f1"] == max(float(t["val_f1"]) for t in trials)  # `student` stays the best F1
+    summary = (results / "summary.md").read_text()  # the members listed in the run's summary, smallest first
+    assert [line.split("|")[1].strip() for line in summary.splitlines() if "M-L" in line] == [r["name"] for r in rows]
     record = json.loads((results / "student" / "best" / "result.json").read_text())
     settings, _ = recorded_settings(record, registry.by_name("student"), results, "result.json")
     for row in rows:  # each member's exported model, re-evaluated, reproduces its F1

@@ -119,6 +119,8 @@ def summary_table(records: dict, deployed: dict | None = None) -> str:
     for stage, record in records.items():
         lines.append(f"| {stage} | {record['parameters'] / 1e6:.2f}M | {description(stage, record)} | "
                      f"{record['val_f1']:.4f} | {record['test_f1']:.4f} | {record['search_wall_seconds'] / 60:.1f} min |")
+    for stage, record in records.items():
+        lines += front_table(stage, record.get("pareto") or [])
     if deployed:
         lines += ["", "## Deployed (python -m tuner.deploy)", "",
                   "F1 of each format on the search's sentences (PyTorch in float32, without the search's bf16 "
@@ -132,6 +134,20 @@ def summary_table(records: dict, deployed: dict | None = None) -> str:
                              f"{found['test']:.4f} | {timing['batch_1_median_ms']:.2f} | {timing['batch_1_p95_ms']:.2f} | "
                              f"{timing['batch_32_sentences_per_second']:.0f} | {report['threads']}, {report['cpu']} |")
     return "\n".join(lines) + "\n"
+
+
+def front_table(stage: str, members: list) -> list[str]:
+    """A front search's members (``--objectives f1,params``), smallest first, as summary.md lines; none: []."""
+    if not members:
+        return []
+    lines = ["", f"## {stage}: the F1-vs-size front ({len(members)} members; {stage}/pareto.csv, models in "
+             f"{stage}/pareto/)", "",
+             f"Latency in float32 PyTorch on {members[0]['threads']} threads, {members[0]['cpu']}.", "",
+             "| Member | Parameters | Validation F1 | Test F1 | Batch 1, median ms |", "|---|---|---|---|---|"]
+    for member in sorted(members, key=lambda m: m["parameters"]):
+        lines.append(f"| {member.get('name', '')} | {member['parameters'] / 1e6:.2f}M | {member['val_f1']:.4f} | "
+                     f"{member['test_f1']:.4f} | {member['batch_1_median_ms']:.2f} |")
+    return lines
 
 
 def read_deployed(results_dir: Path, stages) -> dict:

@@ -121,10 +121,8 @@ def write_report(results_dir: Path) -> Path:
     for stage, record in records.items():
         if record.get("pareto"):
             plot_front(records, stage, plots / "front.png")
-            lines += [f"## {stage}: the F1-vs-size front", "", f"{len(record['pareto'])} members "
-                      f"(`{stage}/pareto.csv`, models in `{stage}/pareto/`); latency at batch 1 on "
-                      f"{record['pareto'][0]['threads']} threads of {record['pareto'][0]['cpu']}.", "",
-                      "![the front](plots/front.png)", ""]
+            # its members are in the summary's front table above
+            lines += [f"## {stage}: the front, test F1 against parameters", "", "![the front](plots/front.png)", ""]
     for stage, record in records.items():
         trials, importances = studies[stage]
         stopped = sum(t.get("pruned", False) for t in trials)
