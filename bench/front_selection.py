@@ -40,8 +40,8 @@ def kept_models(results: Path) -> list[dict]:
     return found
 
 
-def score(results: Path, eval_sentences: int | None) -> list[dict]:
-    """``kept_models`` scored on the larger validation split and the test split, under the search's settings."""
+def score(results: Path, kept: list[dict], eval_sentences: int | None) -> list[dict]:
+    """``kept`` (``kept_models``) scored on the larger validation split and the test split, under the search's settings."""
     stage = registry.by_name("student")
     record = json.loads((results / "student" / "best" / "result.json").read_text())
     settings, _ = recorded_settings(record, stage, results, f"{results}/student/best/result.json")
@@ -51,7 +51,7 @@ def score(results: Path, eval_sentences: int | None) -> list[dict]:
     task = build_task(larger, tokenizer, labels)
     profile = settings.profile
     scored = []
-    for entry in kept_models(results):
+    for entry in kept:
         model = load_model(entry["checkpoint"])
         f1 = {name: evaluate(model, data, labels, profile.eval_batch_size, task.pad_token_id, "cpu",
                              profile.precision)["f1"] for name, data in (("val", task.validation), ("test", task.test))}
@@ -94,14 +94,15 @@ def main(argv=None) -> int:
                 parser.error(f"--results {results}: no {path.relative_to(results)} (a front search's results folder?)")
         with open(results / "student" / "trials.csv") as handle:
             trials = sum(1 for _ in csv.DictReader(handle))
-        if len(kept_models(results)) < trials:
-            parser.error(f"--results {results}: {len(kept_models(results))} trials of {trials} kept a checkpoint "
+        kept = kept_models(results)
+        if len(kept) < trials:
+            parser.error(f"--results {results}: {len(kept)} trials of {trials} kept a checkpoint "
                          "(searched with --keep-checkpoints best?)")
         teacher_record = (args.teacher or results / "teacher" / "best") / "result.json"
         if not teacher_record.is_file():
             parser.error(f"--teacher {teacher_record.parent}: no result.json (a searched teacher's best folder)")
         teacher = json.loads(teacher_record.read_text())
-        scored = score(results, args.eval_sentences)
+        scored = score(results, kept, args.eval_sentences)
         for share in args.budgets:
             chosen = picks(scored, int(share * teacher["parameters"]))
             if chosen is None:

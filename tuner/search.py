@@ -160,9 +160,9 @@ class ShapedSpace:
 
 
 class EpochOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch, told what tuner's trials are: ``epochs`` long, reporting ``epoch`` (in a single-objective
-    search a rung's epoch twice, the second time ``rereport``), stopped early by ASHA. With ``pruned_trials`` each epoch is reported to
-    the study once, at its epoch, a trial that stopped before the last epoch is told PRUNED and a finished one
+    """Ray's OptunaSearch, told what tuner's trials are: ``epochs`` long, reporting ``epoch`` (in a
+    single-objective search a rung's epoch twice, the second time ``rereport``), stopped early by ASHA. With
+    ``pruned_trials`` each epoch is reported to the study once, at its epoch, a trial that stopped before the last epoch is told PRUNED and a finished one
     its best epoch's score (the checkpoint the search keeps of it). ``warm_start``, a partial config, is the
     study's first trial; the sampler draws the keys it lacks. Single-objective only: Optuna has no intermediate
     values for several objectives, so a multi-objective study keeps Ray's behaviour."""

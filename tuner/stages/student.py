@@ -15,7 +15,8 @@ from tuner.config import IGNORE_INDEX, Profile, TrainSettings
 from tuner.data import Encoded, TaskData, sorted_batches
 from tuner.errors import TunerError
 from tuner.models import (ModelState, cut_student, embedding_svd, keep_layers, model_from_state,
-                          parameters_from_parts, shape_limits, size_parts, student_shape)
+                          parameters_from_parts, shape_limits, size_parts, student_parameters,
+                          student_shape)
 from tuner.registry import Stage, StageContext
 from tuner.training import EpochResult, LossFn, collate, fit, set_seed
 from tuner.unpadded import real_token_logits
@@ -186,7 +187,7 @@ def check_budget(profile: Profile, teacher, hyperparameters: dict | None = None)
         except TunerError:
             raise TunerError(f"training.max_params: {profile.max_params} fits no student of this teacher") from None
         shape = {"num_layers": num_layers, "factor_dim": factor_dim, **shape}
-    size = parameters_from_parts(size_parts(teacher), int(shape["num_layers"]), int(shape["factor_dim"]))
+    size = student_parameters(teacher, int(shape["num_layers"]), int(shape["factor_dim"]))
     if size > profile.max_params:
         raise TunerError(f"hyperparameters: a student of {size} parameters, over training.max_params "
                          f"({profile.max_params})")
