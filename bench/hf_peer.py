@@ -45,7 +45,7 @@ from tuner.data import CONLL_LABELS  # noqa: E402
 from tuner.models import cut_student, load_model, load_tokenizer, packaged_minilm_path  # noqa: E402
 from tuner.spaces import load_space  # noqa: E402
 from tuner.stages import teacher as teacher_stage  # noqa: E402
-from tuner.stages.student import distillation_loss  # noqa: E402
+from tuner.stages.student import distillation_loss, trained_learning_rate  # noqa: E402
 from tuner.task import load_task  # noqa: E402
 from tuner.training import evaluate, select_device, uses_bf16  # noqa: E402
 
@@ -233,12 +233,15 @@ def distill(args) -> dict:
     seed = train_seed(args)
     torch.manual_seed(seed)
     started = time.perf_counter()
-    student = cut_student(teacher, student_result["num_layers"], student_result["factor_dim"])
+    # tuner's initialisation and rate for this config: the same teacher layers and the depth-scaled learning rate
+    student = cut_student(teacher, student_result["num_layers"], student_result["factor_dim"],
+                          reach=float(hparams.get("layer_reach", 1.0)))
+    learning_rate = trained_learning_rate(hparams, teacher.config.num_hidden_layers, student_result["num_layers"])
     timer = EpochTimer(lambda model: evaluate(model, task.validation, task.labels, settings.profile.eval_batch_size,
                                               task.pad_token_id, "cpu", "fp32")["f1"])  # as it trains: fp32
     with tempfile.TemporaryDirectory(prefix="hf-distill-") as work:
         training_args = peer_arguments(
-            args, work, num_train_epochs=args.epochs, learning_rate=hparams["learning_rate"],
+            args, work, num_train_epochs=args.epochs, learning_rate=learning_rate,
             weight_decay=hparams["weight_decay"], warmup_steps=float(hparams["warmup_ratio"]), save_strategy="no",
             seed=seed)
         trainer = DistillationTrainer(model=student, args=training_args, train_dataset=token_features(task.train),

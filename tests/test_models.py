@@ -60,6 +60,24 @@ def test_keep_layers_every_kth():
     assert keep_layers(6, 6) == list(range(6))
 
 
+def test_keep_layers_reach():
+    """``reach`` moves the top kept layer from the student's own depth (0: the bottom layers) to the teacher's top."""
+    assert keep_layers(6, 2, reach=0.0) == [0, 1]
+    assert keep_layers(6, 1, reach=0.0) == [0] and keep_layers(6, 1, reach=1.0) == [5]
+    assert keep_layers(6, 2, reach=0.5) == [1, 3]  # top kept layer 4 of 6
+    assert keep_layers(12, 6, reach=0.5) == [1, 2, 3, 5, 7, 8]
+    assert keep_layers(6, 6, reach=0.0) == keep_layers(6, 6, reach=1.0) == list(range(6))
+    with pytest.raises(ValueError, match="layer_reach 1.5"):
+        keep_layers(6, 2, reach=1.5)
+
+
+def test_cut_student_keeps_the_bottom_layers_at_reach_0(tiny_model):
+    student = cut_student(tiny_model, num_layers=1, factor_dim=16, reach=0.0)
+    bottom = tiny_model.base_model.encoder.layer[0].output.dense.weight
+    assert torch.equal(student.base_model.encoder.layer[0].output.dense.weight, bottom)
+    assert not torch.equal(bottom, tiny_model.base_model.encoder.layer[1].output.dense.weight)
+
+
 def test_student_size_and_layers(tiny_model):
     predicted = student_parameters(tiny_model, num_layers=1, factor_dim=16)
     student = cut_student(tiny_model, num_layers=1, factor_dim=16)

@@ -112,3 +112,13 @@ def test_a_retrained_config_is_checked_and_a_front_shape_label_dropped():
     assert check_config(TEACHER, teacher, "c.yaml: teacher")["learning_rate"] == 1e-4  # YAML 1.1's string
     with pytest.raises(TunerError, match=r"c\.yaml: teacher\.shape: unknown key for stage teacher"):
         check_config(TEACHER, dict(teacher, shape="x"), "c.yaml: teacher")
+
+
+def test_layer_reach_outside_0_to_1_refused(tmp_path):
+    """The student's ``layer_reach`` places its top kept layer between its own depth (0) and the teacher's top (1)."""
+    student = registry.by_name("student")
+    text = (GOOD + "  temperature: {type: uniform, low: 1.0, high: 8.0}\n  alpha: {type: uniform, low: 0.0, high: 0.9}\n"
+            "  layer_reach: {type: choice, values: [0.0, 1.5]}\n")
+    with pytest.raises(TunerError, match=r"params.layer_reach.values: 1.5 outside the allowed range \[0.0, 1.0\]"):
+        load_space(student, write(tmp_path / "s.yaml", text))
+    assert load_space(student, write(tmp_path / "s.yaml", text.replace("1.5", "1.0"))).names()[-1] == "layer_reach"

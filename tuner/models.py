@@ -116,18 +116,24 @@ def factorize(model: nn.Module, factor_dim: int, svd=None) -> nn.Module:
     return model
 
 
-def keep_layers(num_teacher_layers: int, num_layers: int) -> list[int]:
-    """Every k-th teacher layer, ending with the top one (DistilBERT's initialisation, for any depth)."""
+def keep_layers(num_teacher_layers: int, num_layers: int, reach: float = 1.0) -> list[int]:
+    """The teacher layers a student keeps: evenly spaced up to a top kept layer that lies ``reach`` of the way from
+    the student's own depth to the teacher's top. 1: every k-th, ending with the top one (DistilBERT's
+    initialisation); 0: the bottom ``num_layers``, consecutive (Sajjad et al. 2020, dropping the top layers)."""
     if not 1 <= num_layers <= num_teacher_layers:
         raise ValueError(f"num_layers {num_layers} outside [1, {num_teacher_layers}]")
-    return [round((i + 1) * num_teacher_layers / num_layers) - 1 for i in range(num_layers)]
+    if not 0.0 <= reach <= 1.0:
+        raise ValueError(f"layer_reach {reach} outside [0, 1]")
+    top = num_layers + round(reach * (num_teacher_layers - num_layers))
+    return [round((i + 1) * top / num_layers) - 1 for i in range(num_layers)]
 
 
-def cut_student(teacher: nn.Module, num_layers: int, factor_dim: int, svd=None) -> nn.Module:
-    """A student from the teacher: its embeddings factorized to E, and ``num_layers`` of its layers."""
+def cut_student(teacher: nn.Module, num_layers: int, factor_dim: int, svd=None, reach: float = 1.0) -> nn.Module:
+    """A student from the teacher: its embeddings factorized to E, and ``num_layers`` of its layers
+    (``keep_layers`` with ``reach``)."""
     student = copy.deepcopy(teacher)
     encoder = student.base_model.encoder
-    indices = keep_layers(len(encoder.layer), num_layers)
+    indices = keep_layers(len(encoder.layer), num_layers, reach)
     encoder.layer = nn.ModuleList(encoder.layer[i] for i in indices)
     student.config.num_hidden_layers = num_layers
     return factorize(student, factor_dim, svd)

@@ -26,7 +26,8 @@ KEYS_BY_TYPE = {
 # Hard limits a value must respect whatever the YAML says.
 BOUNDS = {"weight_decay": (0.0, 1.0), "warmup_ratio": (0.0, 1.0), "alpha": (0.0, 1.0),
           "temperature": (1e-6, math.inf), "learning_rate": (1e-300, math.inf), "factor_dim": (1, math.inf),
-          "num_layers": (1, math.inf), "beta": (0.0, math.inf), "lr_depth_power": (0.0, 2.0)}
+          "num_layers": (1, math.inf), "beta": (0.0, math.inf), "lr_depth_power": (0.0, 2.0),
+          "layer_reach": (0.0, 1.0)}
 
 
 @dataclass(frozen=True)

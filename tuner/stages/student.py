@@ -1,5 +1,5 @@
-"""Student stage: distil the teacher into a model under a parameter budget (SVD-factorized embeddings and every
-k-th teacher layer). The teacher's logits (and, when a trial may weigh the hidden-state term, every layer's
+"""Student stage: distil the teacher into a model under a parameter budget (SVD-factorized embeddings and some of
+the teacher's layers: the bottom ones, or every k-th, by ``layer_reach``). The teacher's logits (and, when a trial may weigh the hidden-state term, every layer's
 output) are computed once per search; trials never run the teacher."""
 
 from __future__ import annotations
@@ -138,8 +138,9 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
         raise ValueError(f"student with {num_layers} layers and E={factor_dim} has {size} parameters, "
                          f"over the budget of {inputs.max_params}")
     depth = len(teacher.base_model.encoder.layer)
-    teacher_layers = keep_layers(depth, num_layers)
-    student = cut_student(teacher, num_layers, factor_dim, inputs.svd)
+    reach = float(hparams.get("layer_reach", 1.0))  # absent (configs before 2026-12-05): every k-th layer
+    teacher_layers = keep_layers(depth, num_layers, reach)
+    student = cut_student(teacher, num_layers, factor_dim, inputs.svd, reach)
     del teacher
     hparams = {**hparams, "learning_rate": trained_learning_rate(hparams, depth, num_layers)}
     beta = float(hparams.get("beta", 0.0))
@@ -201,7 +202,7 @@ def student_epochs(profile: Profile) -> int:
 STAGE = Stage(name="student", order=30,
               description="{num_layers}-layer student (E={factor_dim}) distilled from the teacher",
               required=("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha"),
-              optional=("factor_dim", "num_layers", "beta", "lr_depth_power"), prepare=prepare, train=train,
+              optional=("factor_dim", "num_layers", "beta", "lr_depth_power", "layer_reach"), prepare=prepare, train=train,
               needs_teacher=True,
               epochs=student_epochs, sized_by=("num_layers", "factor_dim"), front_only=("beta",), size=shape_size,
               budget=student_budget, check=check_budget, limits=shape_limits)
