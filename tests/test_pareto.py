@@ -407,6 +407,48 @@ def test_front_selection_rescores_every_kept_model(front_run, tmp_path):
     assert f"| {front_run} | 100% |" in report.read_text()
 
 
+@pytest.mark.slow
+def test_layer_choice_trains_a_member_at_each_reach(front_run, tmp_path):
+    """bench/layer_choice.py on the smoke front's smallest member: a row per reach; at the member's own reach and
+    the search's seed, the epoch its checkpoint holds has the validation F1 the search recorded."""
+    from tuner.retrain import entry_from
+
+    with open(front_run / "student" / "pareto.csv") as handle:
+        member = min(csv.DictReader(handle), key=lambda m: int(m["parameters"]))
+    entry = entry_from(front_run / "best_configs.yaml", "student", member["name"])
+    own = entry["hyperparameters"]["layer_reach"]
+    report = tmp_path / "layers.md"
+    proc = run_cli("--results", front_run, "--members", member["name"], "--reaches", own, 1 - own, "--seeds", 1,
+                   "--output", report, module="bench.layer_choice")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = json.loads(report.with_suffix(".json").read_text())
+    assert [(r["reach"], r["train_seed"]) for r in rows] == [(own, entry["seed"]), (1 - own, entry["seed"])]
+    assert rows[0]["val_f1_per_epoch"][entry["last_epoch"] - 1] == pytest.approx(float(member["val_f1"]), abs=1e-4)
+    assert f"| {member['name']} | {entry['seed']} |" in report.read_text()
+
+
+@pytest.mark.parametrize("make, flags, message", [
+    (lambda r: None, [], "no best_configs.yaml"),
+    (lambda r: (r / "best_configs.yaml").write_text("student: {hyperparameters: {}}\n"), ["--reaches", 0.0],
+     "--reaches: two or more layer_reach values"),
+    (lambda r: (r / "best_configs.yaml").write_text("student: {hyperparameters: {}}\n"), ["--reaches", 0, 2],
+     "each in [0, 1]"),
+    (lambda r: (r / "best_configs.yaml").write_text("student: {hyperparameters: {}}\n"), [],
+     "teacher/best: no result.json"),
+    (lambda r: ((r / "best_configs.yaml").write_text("student: {hyperparameters: {}, pareto: []}\n"),
+                (r / "teacher" / "best").mkdir(parents=True), (r / "teacher" / "best" / "result.json").write_text(
+                    '{"test_f1": 0.8}')), [], "student.pareto has no member 'x'"),
+])
+def test_layer_choice_refuses_bad_input_in_one_line(make, flags, message, tmp_path, capsys):
+    from bench.layer_choice import main
+
+    results = tmp_path / "results"
+    results.mkdir()
+    make(results)
+    status, _, err = run_main(main, "--results", results, "--members", "x", *flags, capsys=capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
 @pytest.mark.parametrize("make, flags, message", [
     (lambda r: None, [], "no student/search"),
     (lambda r: (r / "student" / "search").mkdir(parents=True), [], "no student/best/result.json"),
