@@ -114,7 +114,8 @@ def main(argv=None) -> int:
         parser.error(f"--teacher {teacher_record.parent}: no result.json (a searched teacher's best folder)")
     teacher_test = json.loads(teacher_record.read_text())["test_f1"]
     entries = [dict(entry_from(config_file, "student", name), name=name) for name in args.members]
-    rows = [row for entry in entries for row in train_member(entry, args.results, args.teacher, args.reaches, args.seeds)]
+    rows = [row for entry in entries
+            for row in train_member(entry, args.results, args.teacher, args.reaches, args.seeds)]
     text = report(rows, args.reaches, teacher_test, "python bench/layer_choice.py " + " ".join(map(str, argv)))
     if args.output:
         publish(args.output, text, rows)

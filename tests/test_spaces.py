@@ -117,7 +117,8 @@ def test_a_retrained_config_is_checked_and_a_front_shape_label_dropped():
 def test_layer_reach_outside_0_to_1_refused(tmp_path):
     """The student's ``layer_reach`` places its top kept layer between its own depth (0) and the teacher's top (1)."""
     student = registry.by_name("student")
-    text = (GOOD + "  temperature: {type: uniform, low: 1.0, high: 8.0}\n  alpha: {type: uniform, low: 0.0, high: 0.9}\n"
+    text = (GOOD + "  temperature: {type: uniform, low: 1.0, high: 8.0}\n"
+            "  alpha: {type: uniform, low: 0.0, high: 0.9}\n"
             "  layer_reach: {type: choice, values: [0.0, 1.5]}\n")
     with pytest.raises(TunerError, match=r"params.layer_reach.values: 1.5 outside the allowed range \[0.0, 1.0\]"):
         load_space(student, write(tmp_path / "s.yaml", text))

@@ -1,6 +1,7 @@
 """Student stage: distil the teacher into a model under a parameter budget (SVD-factorized embeddings and some of
-the teacher's layers: the bottom ones, or every k-th, by ``layer_reach``). The teacher's logits (and, when a trial may weigh the hidden-state term, every layer's
-output) are computed once per search; trials never run the teacher."""
+the teacher's layers: the bottom ones, or every k-th, by ``layer_reach``). The teacher's logits (and, when a trial
+may weigh the hidden-state term, every layer's output) are computed once per search; trials never run the
+teacher."""
 
 from __future__ import annotations
 
@@ -202,7 +203,7 @@ def student_epochs(profile: Profile) -> int:
 STAGE = Stage(name="student", order=30,
               description="{num_layers}-layer student (E={factor_dim}) distilled from the teacher",
               required=("learning_rate", "weight_decay", "warmup_ratio", "temperature", "alpha"),
-              optional=("factor_dim", "num_layers", "beta", "lr_depth_power", "layer_reach"), prepare=prepare, train=train,
-              needs_teacher=True,
+              optional=("factor_dim", "num_layers", "beta", "lr_depth_power", "layer_reach"), prepare=prepare,
+              train=train, needs_teacher=True,
               epochs=student_epochs, sized_by=("num_layers", "factor_dim"), front_only=("beta",), size=shape_size,
               budget=student_budget, check=check_budget, limits=shape_limits)
