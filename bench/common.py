@@ -111,8 +111,20 @@ def utc_minute() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def publish(output: Path, text: str, record) -> None:
-    """Write the markdown report to ``output`` and its record beside it as .json, then print the report."""
+def teacher_result(parser: argparse.ArgumentParser, best: Path) -> dict:
+    """A searched teacher's ``best/result.json``, or a one-line error naming the folder that lacks it."""
+    record = best / "result.json"
+    if not record.is_file():
+        parser.error(f"--teacher {best}: no result.json (a searched teacher's best folder)")
+    return json.loads(record.read_text())
+
+
+def publish(output: Path | None, text: str, record) -> None:
+    """Write the markdown report to ``output`` and its record beside it as .json, then print the report (with no
+    ``output``, only print it)."""
+    if output is None:
+        print(text, end="")
+        return
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(text)
     output.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")

@@ -26,7 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import ROOT, BenchError, OneLineParser, command_line, measure_and_publish, positive_int  # noqa: E402
+from bench.common import (  # noqa: E402
+    ROOT, BenchError, OneLineParser, command_line, measure_and_publish, positive_int, teacher_result)
 
 PROFILE = {False: ["--profile", "cpu"], True: ["--profile", "smoke", "--model", "minilm"]}
 
@@ -160,8 +161,7 @@ def main(argv=None) -> int:
                              "against the teacher and the budgets")
     parser.add_argument("--quick", action="store_true", help="smoke mode: a few sentences, 2 epochs")
     args = parser.parse_args(argv)
-    if not (args.teacher / "result.json").is_file():
-        parser.error(f"--teacher {args.teacher}: no result.json (a searched teacher's best folder)")
+    teacher_result(parser, args.teacher)
     if args.space_dir and not (args.space_dir / "student.yaml").is_file():
         parser.error(f"--space-dir {args.space_dir}: no student.yaml")
     if not all(0 < b <= 1 for b in args.budgets + [args.front_max]):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import OneLineParser, positive_int, publish  # noqa: E402
+from bench.common import OneLineParser, positive_int, publish, teacher_result  # noqa: E402
 from tuner import registry  # noqa: E402
 from tuner.cli import entry_point  # noqa: E402
 from tuner.config import METRIC, SIZE_METRIC  # noqa: E402
@@ -98,10 +98,7 @@ def main(argv=None) -> int:
         if len(kept) < trials:
             parser.error(f"--results {results}: {len(kept)} trials of {trials} kept a checkpoint "
                          "(searched with --keep-checkpoints best?)")
-        teacher_record = (args.teacher or results / "teacher" / "best") / "result.json"
-        if not teacher_record.is_file():
-            parser.error(f"--teacher {teacher_record.parent}: no result.json (a searched teacher's best folder)")
-        teacher = json.loads(teacher_record.read_text())
+        teacher = teacher_result(parser, args.teacher or results / "teacher" / "best")
         scored = score(results, kept, args.eval_sentences)
         for share in args.budgets:
             chosen = picks(scored, int(share * teacher["parameters"]))
@@ -114,11 +111,7 @@ def main(argv=None) -> int:
                          f"{chosen['best_test']['trial']}: {ratio['best_test']:.3f}x |")
             record.append({"results": str(results), "budget": share, "teacher_test_f1": teacher["test_f1"],
                            **{f"{key}_pick": s for key, s in chosen.items()}})
-    text = "\n".join(lines) + "\n"
-    if args.output:
-        publish(args.output, text, record)
-    else:
-        print(text, end="")
+    publish(args.output, "\n".join(lines) + "\n", record)
     return 0
 
 

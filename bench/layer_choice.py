@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import sys
 import time
@@ -23,14 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import OneLineParser, positive_int, publish  # noqa: E402
+from bench.common import OneLineParser, positive_int, publish, teacher_result  # noqa: E402
 from tuner import registry  # noqa: E402
 from tuner.cli import entry_point  # noqa: E402
-from tuner.config import METRIC, train_settings  # noqa: E402
-from tuner.retrain import entry_from  # noqa: E402
-from tuner.spaces import value_ranges  # noqa: E402
-from tuner.task import check_teacher, load_task, recorded_settings, stage_inputs  # noqa: E402
-from tuner.training import evaluate, select_device  # noqa: E402
+from tuner.config import METRIC  # noqa: E402
+from tuner.retrain import entry_from, prepare  # noqa: E402
 
 SEED_STEP = 100  # training seeds: the search's, then +100, +200, ...
 
@@ -38,32 +34,17 @@ SEED_STEP = 100  # training seeds: the search's, then +100, +200, ...
 def train_member(entry: dict, results: Path, teacher: Path | None, reaches: list[float], seeds: int) -> list[dict]:
     """One row per (reach, training seed): the member's config at that reach, its best validation epoch and the
     test F1 of that epoch's model. The teacher's logits (and hidden states) are computed once per member."""
-    stage = registry.by_name("student")
-    where = f"{results}/best_configs.yaml: student.pareto[{entry['name']}]"
-    settings, threads = recorded_settings(entry, stage, results, where, None, teacher)
-    teacher_model = check_teacher(settings, stage)
-    task, tokenizer = load_task(settings, teacher_model)
-    profile, device = settings.profile, select_device()
-    inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer),
-                          value_ranges(config=entry["hyperparameters"]))
+    run = prepare(registry.by_name("student"), entry, results, None, teacher,
+                  f"{results}/best_configs.yaml: student.pareto[{entry['name']}]")
     rows = []
     for offset in range(seeds):
         for reach in reaches:
-            config = {**entry["hyperparameters"], "layer_reach": reach}
-            seed = entry["seed"] + SEED_STEP * offset
-            started, best, curve = time.perf_counter(), None, []
-            for result in stage.train(config, task, inputs,
-                                      train_settings(profile, stage.epochs(profile), seed, threads, device)):
-                curve.append(result.metrics[METRIC])
-                if best is None or curve[-1] > best[0]:
-                    best = (curve[-1], result.metrics["epoch"], copy.deepcopy(result.model.state_dict()))
-            model = result.model
-            model.load_state_dict(best[2])
-            test = evaluate(model, task.test, task.labels, profile.eval_batch_size, task.pad_token_id, device,
-                            profile.precision)["f1"]
-            rows.append({"member": entry["name"], "reach": reach,
-                         "train_seed": seed, "val_f1": best[0], "epoch": best[1], "test_f1": test,
-                         "val_f1_per_epoch": curve, "minutes": (time.perf_counter() - started) / 60})
+            seed, started, kept = entry["seed"] + SEED_STEP * offset, time.perf_counter(), []
+            best, curve = run.best_epoch({**entry["hyperparameters"], "layer_reach": reach}, seed,
+                                         keep=lambda model: kept.append(copy.deepcopy(model)))
+            rows.append({"member": entry["name"], "reach": reach, "train_seed": seed, "val_f1": best[METRIC],
+                         "epoch": best["epoch"], "test_f1": run.test_f1(kept[-1]), "val_f1_per_epoch": curve,
+                         "minutes": (time.perf_counter() - started) / 60})
     return rows
 
 
@@ -109,18 +90,12 @@ def main(argv=None) -> int:
     config_file = args.results / "best_configs.yaml"
     if not config_file.is_file():
         parser.error(f"--results {args.results}: no best_configs.yaml (a front search's results folder?)")
-    teacher_record = (args.teacher or args.results / "teacher" / "best") / "result.json"
-    if not teacher_record.is_file():
-        parser.error(f"--teacher {teacher_record.parent}: no result.json (a searched teacher's best folder)")
-    teacher_test = json.loads(teacher_record.read_text())["test_f1"]
+    teacher_test = teacher_result(parser, args.teacher or args.results / "teacher" / "best")["test_f1"]
     entries = [dict(entry_from(config_file, "student", name), name=name) for name in args.members]
     rows = [row for entry in entries
             for row in train_member(entry, args.results, args.teacher, args.reaches, args.seeds)]
     text = report(rows, args.reaches, teacher_test, "python bench/layer_choice.py " + " ".join(map(str, argv)))
-    if args.output:
-        publish(args.output, text, rows)
-    else:
-        print(text, end="")
+    publish(args.output, text, rows)
     return 0
 
 

@@ -9,6 +9,7 @@ deterministic, so it reaches the trial's validation F1 (the best epoch is kept, 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tuner import registry
@@ -43,41 +44,75 @@ def entry_from(config_file: Path, stage_name: str, member: str | None = None) ->
     return dict(entry, hyperparameters=config, val_f1=found[0]["val_f1"], last_epoch=found[0]["epoch"])
 
 
-def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path, data: str | None,
-            teacher: Path | None, echo=print, where: str = "the entry") -> dict:
-    """Train ``entry``'s hyperparameters once under its recorded settings; keep the best epoch at ``output``."""
-    from tuner.models import load_model, save_model
+@dataclass(frozen=True)
+class Retraining:
+    """What training an exported config again reads, loaded once: its recorded settings, the task and the stage's
+    inputs (a teacher's logits), on the device this machine offers."""
+    stage: registry.Stage
+    settings: object  # tuner.config.RunSettings
+    threads: int
+    task: object
+    tokenizer: object
+    inputs: object
+    device: str
+
+    def best_epoch(self, config: dict, seed: int, keep, last_epoch: int | None = None,
+                   echo=lambda line: None) -> tuple[dict, list[float]]:
+        """Train ``config`` for the stage's epochs (up to ``last_epoch``); ``keep(model)`` sees each epoch that
+        beats every earlier one. The best epoch's metrics and the validation F1 of every epoch."""
+        profile, best, curve = self.settings.profile, None, []
+        for result in self.stage.train(config, self.task, self.inputs, train_settings(
+                profile, self.stage.epochs(profile), seed, self.threads, self.device)):
+            curve.append(result.metrics[METRIC])
+            echo(f"epoch {result.metrics['epoch']}: validation F1 {curve[-1]:.4f}")
+            if best is None or curve[-1] > best[METRIC]:
+                best = dict(result.metrics)
+                keep(result.model)
+            if result.metrics["epoch"] == last_epoch:
+                break
+        return best, curve
+
+    def test_f1(self, model) -> float:
+        from tuner.training import evaluate
+
+        profile = self.settings.profile
+        return evaluate(model.to(self.device), self.task.test, self.task.labels, profile.eval_batch_size,
+                        self.task.pad_token_id, self.device, profile.precision)["f1"]
+
+
+def prepare(stage: registry.Stage, entry: dict, results_dir: Path, data: str | None, teacher: Path | None,
+            where: str = "the entry") -> Retraining:
+    """Check ``entry`` against its teacher before any work, then load what training it again reads."""
     from tuner.spaces import value_ranges
     from tuner.task import check_teacher, load_task, recorded_settings, stage_inputs
-    from tuner.training import evaluate, select_device
+    from tuner.training import select_device
 
     settings, threads = recorded_settings(entry, stage, results_dir, where, data, teacher)
-    profile = settings.profile
     teacher_model = check_teacher(settings, stage) if stage.needs_teacher else None
     if teacher_model is not None:  # before any work: the teacher's logits take minutes on a full teacher
         stage.check_limits(teacher_model.config, {name: [value] for name, value in entry["hyperparameters"].items()},
                            f"{where}.hyperparameters.")
     try:
-        stage.check(profile, teacher_model, entry["hyperparameters"])
+        stage.check(settings.profile, teacher_model, entry["hyperparameters"])
     except TunerError as error:
         raise TunerError(f"{where}.{error}") from None  # the key it names: under the entry
     task, tokenizer = load_task(settings, teacher_model)
     inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer),
                           value_ranges(config=entry["hyperparameters"]))
-    device = select_device()
-    best = None
-    for result in stage.train(entry["hyperparameters"], task, inputs,
-                              train_settings(profile, stage.epochs(profile), entry["seed"], threads, device)):
-        echo(f"epoch {result.metrics['epoch']}: validation F1 {result.metrics[METRIC]:.4f}")
-        if best is None or result.metrics[METRIC] > best[METRIC]:
-            best = dict(result.metrics)
-            save_model(result.model, output, tokenizer)
-        if result.metrics["epoch"] == entry.get("last_epoch"):
-            break
-    model = load_model(output)
-    test = evaluate(model.to(device), task.test, task.labels, profile.eval_batch_size, task.pad_token_id, device,
-                    profile.precision)
-    return {"val_f1": best[METRIC], "epoch": best["epoch"], "test_f1": test["f1"], "output": str(output)}
+    return Retraining(stage, settings, threads, task, tokenizer, inputs, select_device())
+
+
+def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path, data: str | None,
+            teacher: Path | None, echo=print, where: str = "the entry") -> dict:
+    """Train ``entry``'s hyperparameters once under its recorded settings; keep the best epoch at ``output``."""
+    from tuner.models import load_model, save_model
+
+    run = prepare(stage, entry, results_dir, data, teacher, where)
+    best, _ = run.best_epoch(entry["hyperparameters"], entry["seed"],
+                             keep=lambda model: save_model(model, output, run.tokenizer),
+                             last_epoch=entry.get("last_epoch"), echo=echo)
+    return {"val_f1": best[METRIC], "epoch": best["epoch"], "test_f1": run.test_f1(load_model(output)),
+            "output": str(output)}
 
 
 @entry_point
