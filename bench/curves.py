@@ -1,6 +1,6 @@
 """Record a table of learning curves: configs spread over a stage's search space, each trained to the end.
 
-    python bench/curves.py --stage teacher --configs 20 --out bench/tables/teacher_cpu.json
+    python bench/curves.py --stage teacher --configs 32 --out bench/tables/teacher_cpu.json
     python bench/curves.py --stage student --configs 16 --teacher results/teacher/best \
         --out bench/tables/student_cpu.json
 

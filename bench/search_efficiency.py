@@ -37,7 +37,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import headlines  # noqa: E402
-from bench.common import ROOT, OneLineParser, positive_int, publish, utc_minute  # noqa: E402
+from bench.common import ROOT, OneLineParser, command_line, positive_int, publish, utc_minute  # noqa: E402
 
 TABLES = ROOT / "bench" / "tables"
 DEFAULT_TABLES = {"teacher": TABLES / "teacher_cpu.json", "student": TABLES / "student_cpu.json"}
@@ -409,8 +409,7 @@ def compare(args) -> int:
         trials = {stage: args.trials or DEFAULT_TRIALS[stage] for stage in tables}
     logging.getLogger("optuna").setLevel(logging.WARNING)  # one "A new study created" line per replay
     started = time.perf_counter()
-    command = (f"python bench/search_efficiency.py{' --quick' if args.quick else ''} --seeds "
-               f"{' '.join(map(str, args.seeds))}{' --verify' if args.verify else ''}")
+    command = command_line("search_efficiency.py", args.argv)  # every flag: --stages and --table change the figures
     report = [f"## Search efficiency ({utc_minute()})", "",
               f"`{command}` ({{minutes}} min). How a replay runs: the docstring of `bench/search_efficiency.py`.", ""]
     records = []
@@ -578,6 +577,7 @@ def main(argv=None) -> int:
             if not path.exists():
                 parser.error(f"{flag} {path}: not found")
         return entry_point(lambda _: check(args))()
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2, 3, 4])
     args.tables = {}
     for item in args.table_files:

@@ -182,6 +182,8 @@ def test_quick_search_efficiency_matches_tune_and_writes_its_report(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = report.read_text()
     assert text.count("- Verified:") == 2 and "| tuner (TPE + ASHA) |" in text and "| random, no early stopping |" in text
+    # the command it names is the one that ran: --stages and --table change the figures
+    assert f"`python bench/search_efficiency.py --quick --verify --stages teacher --output {report}`" in text
     assert (tmp_path / "search_efficiency_teacher.png").stat().st_size > 10_000
     assert json.loads(report.with_suffix(".json").read_text())[0]["stage"] == "teacher"
 
