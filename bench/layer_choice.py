@@ -39,9 +39,9 @@ def train_member(entry: dict, results: Path, teacher: Path | None, reaches: list
     rows = []
     for offset in range(seeds):
         for reach in reaches:
-            seed, started, kept = entry["seed"] + SEED_STEP * offset, time.perf_counter(), []
+            seed, started, kept = entry["seed"] + SEED_STEP * offset, time.perf_counter(), [None]
             best, curve = run.best_epoch({**entry["hyperparameters"], "layer_reach": reach}, seed,
-                                         keep=lambda model: kept.append(copy.deepcopy(model)))
+                                         keep=lambda model: kept.__setitem__(-1, copy.deepcopy(model)))
             rows.append({"member": entry["name"], "reach": reach, "train_seed": seed, "val_f1": best[METRIC],
                          "epoch": best["epoch"], "test_f1": run.test_f1(kept[-1]), "val_f1_per_epoch": curve,
                          "minutes": (time.perf_counter() - started) / 60})
