@@ -1,14 +1,17 @@
 """Record a table of learning curves: configs spread over a stage's search space, each trained to the end.
 
     python bench/curves.py --stage teacher --configs 32 --out bench/tables/teacher_cpu.json
-    python bench/curves.py --stage student --configs 16 --teacher results/teacher/best \
+    python bench/curves.py --stage student --configs 16 --teacher results/teacher/best --results-dir results \
         --out bench/tables/student_cpu.json
 
 Every config is trained as one trial of ``python -m tuner.run --profile cpu`` trains it (the same sentences,
 seed, epochs, batches and precision, the stage's own ``train`` on the driver's ``prepare``), in this one process,
 one after another, and its validation F1 and seconds are written after every epoch. The configs are the first
 ``--configs`` points of a scrambled Sobol sequence over the space the search samples (log scale for log ranges).
-``bench/search_efficiency.py`` replays searches against the table. A run that stops keeps the configs already
+The table also keeps ``previous_stage_best``: the config ``tuner.run`` would
+warm-start this stage's search from (the best of the earlier stage saved under ``--results-dir``; for the student,
+the factorized model's), which the replay's warm-start row tries first. ``bench/search_efficiency.py`` replays
+searches against the table. A run that stops keeps the configs already
 recorded, and the same command continues from there.
 """
 
@@ -31,7 +34,7 @@ from tuner import registry  # noqa: E402
 from tuner.cli import OneLineParser, positive_int  # noqa: E402
 from tuner.config import RunSettings, default_threads, resolve_profile, train_settings  # noqa: E402
 from tuner.models import load_model  # noqa: E402
-from tuner.pipeline import search_plan  # noqa: E402
+from tuner.pipeline import search_plan, warm_start  # noqa: E402
 from tuner.spaces import load_space  # noqa: E402
 from tuner.task import check_teacher, load_task, stage_inputs  # noqa: E402
 from tuner.timing import cpu_name  # noqa: E402
@@ -67,6 +70,8 @@ def main(argv=None) -> int:
     parser.add_argument("--configs", type=positive_int, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--teacher", type=Path, help="the teacher later stages read (its best folder)")
+    parser.add_argument("--results-dir", type=Path, default=Path("results"),
+                        help="where the earlier stages' best models are (the warm start the table records)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--profile", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
@@ -77,7 +82,8 @@ def main(argv=None) -> int:
         parser.error(f"--stage {stage.name} distils or compresses a teacher: pass --teacher")
     profile = resolve_profile(args.profile, torch.cuda.is_available())
     settings = RunSettings(stages=(stage,), trials=args.configs, profile=profile, data=str(args.data),
-                           seed=args.seed, teacher=args.teacher if stage.needs_teacher else None)
+                           seed=args.seed, teacher=args.teacher if stage.needs_teacher else None,
+                           results_dir=args.results_dir)
     space = load_space(stage, settings.space_file(stage.name))
     teacher = check_teacher(settings, stage) if stage.needs_teacher else None
     task, tokenizer = load_task(settings, teacher)
@@ -95,6 +101,9 @@ def main(argv=None) -> int:
              "epochs": trial.epochs, "threads": threads, "cpu": cpu_name() or platform.machine(),
              "prepare_seconds": prepare_seconds, "train_sentences": len(task.train),
              "validation_sentences": len(task.validation), "configs": []}
+    previous = warm_start(stage, settings, sampled)
+    if previous:
+        table["previous_stage_best"] = previous
     if args.out.is_file():
         earlier = json.loads(args.out.read_text())
         if earlier.get("search_space_sha256") == space.sha256 and earlier.get("seed") == args.seed:

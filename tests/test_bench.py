@@ -314,3 +314,35 @@ def test_allocator_bad_data_is_one_line_error(tmp_path, capsys):
 
     status, _, err = run_main(allocator.main, "--quick", "--data", tmp_path, capsys=capsys)
     assert status == 2 and err.strip().splitlines() == [err.strip()] and str(tmp_path) in err
+
+
+@pytest.mark.slow
+def test_curves_records_continues_and_keeps_the_warm_start(pipeline_run, conll_dir, tmp_path):
+    """bench/curves.py on the smoke profile: each config trained to its last epoch, the warm start tuner.run would
+    use recorded, and a larger --configs continuing the configs already there instead of training them again."""
+    import json
+
+    import yaml
+
+    results, _ = pipeline_run
+    out = tmp_path / "student.json"
+    common = ["bench/curves.py", "--stage", "student", "--profile", "smoke", "--data", conll_dir, "--teacher",
+              results / "teacher" / "best", "--results-dir", results, "--out", out]
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, *map(str, common), "--configs", "2"], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first = json.loads(out.read_text())
+    assert [c["index"] for c in first["configs"]] == [0, 1]
+    assert all(len(c["epochs"]) == first["epochs"] for c in first["configs"])
+    names = [p["name"] for p in first["params"]]
+    assert "learning_rate" in names and "alpha" in names and "beta" not in names  # F1 alone: beta stays 0
+    factorized = yaml.safe_load((results / "best_configs.yaml").read_text())["factorized"]["hyperparameters"]
+    assert first["previous_stage_best"]  # the factorized model's best config, on the keys the spaces share
+    assert all(first["previous_stage_best"][k] == pytest.approx(factorized[k]) for k in first["previous_stage_best"])
+    proc = subprocess.run([sys.executable, *map(str, common), "--configs", "3"], capture_output=True, text=True,
+                          timeout=600, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("student config") == 1  # only the third was trained
+    grown = json.loads(out.read_text())
+    assert grown["configs"][:2] == first["configs"] and grown["configs"][2]["index"] == 2
