@@ -116,7 +116,13 @@ def teacher_result(parser: argparse.ArgumentParser, best: Path) -> dict:
     record = best / "result.json"
     if not record.is_file():
         parser.error(f"--teacher {best}: no result.json (a searched teacher's best folder)")
-    return json.loads(record.read_text())
+    try:
+        found = json.loads(record.read_text())
+    except (OSError, ValueError) as err:
+        parser.error(f"{record}: unreadable ({str(err).splitlines()[0]})")
+    if not isinstance(found, dict):
+        parser.error(f"{record}: expected a JSON object, got {type(found).__name__}")
+    return found
 
 
 def publish(output: Path | None, text: str, record) -> None:

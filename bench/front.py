@@ -51,7 +51,7 @@ def read_best(results: Path) -> dict:
 
 
 def run(args) -> dict:
-    teacher = json.loads((args.teacher / "result.json").read_text())
+    teacher = args.teacher_record
     size = teacher["parameters"]
     args.data = teacher["data"] if not teacher["data"].startswith("hub:") else "conll2003"
     args.sizes = ["--seed", teacher["seed"], "--split", teacher["split"]]
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
                              "against the teacher and the budgets")
     parser.add_argument("--quick", action="store_true", help="smoke mode: a few sentences, 2 epochs")
     args = parser.parse_args(argv)
-    teacher_result(parser, args.teacher)
+    args.teacher_record = teacher_result(parser, args.teacher)
     if args.space_dir and not (args.space_dir / "student.yaml").is_file():
         parser.error(f"--space-dir {args.space_dir}: no student.yaml")
     if not all(0 < b <= 1 for b in args.budgets + [args.front_max]):

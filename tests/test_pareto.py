@@ -435,6 +435,9 @@ def test_layer_choice_trains_a_member_at_each_reach(front_run, tmp_path):
      "each in [0, 1]"),
     (lambda r: (r / "best_configs.yaml").write_text("student: {hyperparameters: {}}\n"), [],
      "teacher/best: no result.json"),
+    (lambda r: ((r / "best_configs.yaml").write_text("student: {hyperparameters: {}}\n"),
+                (r / "teacher" / "best").mkdir(parents=True), (r / "teacher" / "best" / "result.json").write_text(
+                    '{"test_f1": 0.8')), [], "teacher/best/result.json: unreadable"),
     (lambda r: ((r / "best_configs.yaml").write_text("student: {hyperparameters: {}, pareto: []}\n"),
                 (r / "teacher" / "best").mkdir(parents=True), (r / "teacher" / "best" / "result.json").write_text(
                     '{"test_f1": 0.8}')), [], "student.pareto has no member 'x'"),
