@@ -398,14 +398,16 @@ def compare(args) -> int:
     plain, ablations = methods()
     if args.quick:
         tables = {stage: synthetic_table(stage, 10, {"teacher": 3, "student": 4}[stage]) for stage in args.stages}
+        sources = dict.fromkeys(tables, "a synthetic table (--quick)")
         trials = {stage: 6 for stage in tables}
     else:
-        tables = {}
+        tables, sources = {}, {}
         for stage in args.stages:
             path = args.tables.get(stage, DEFAULT_TABLES[stage])
             if not path.is_file():
                 raise TunerError(f"{path}: no table; record one with bench/curves.py --stage {stage}")
             tables[stage] = json.loads(path.read_text())
+            sources[stage] = str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
         trials = {stage: args.trials or DEFAULT_TRIALS[stage] for stage in tables}
     logging.getLogger("optuna").setLevel(logging.WARNING)  # one "A new study created" line per replay
     started = time.perf_counter()
@@ -428,15 +430,18 @@ def compare(args) -> int:
             lines += verify(stage, table, plain, trials[stage], args.seeds[0], warm)
         report += lines
         records.append(record)
-    headlines.update([headline for record in records for headline in stage_headlines(record, trials, args.seeds,
-                                                                                     command)],
+    headlines.update([headline for record in records
+                      for headline in stage_headlines(record, trials, args.seeds, command,
+                                                      f"{sources[record['stage']]}, "
+                                                      f"{len(tables[record['stage']]['configs'])} configs")],
                      args.output.with_name("benchmarks.json"))
     text = "\n".join(report).replace("{minutes}", f"{(time.perf_counter() - started) / 60:.1f}")
     publish(args.output, text + "\n", records)
     return 0
 
 
-def stage_headlines(record: dict, trials: dict, seeds: list, command: str) -> list[dict]:
+def stage_headlines(record: dict, trials: dict, seeds: list, command: str, table: str) -> list[dict]:
+    """The stage's two headline entries; ``table`` says which recorded table the replays ran on."""
     stage, n = record["stage"], len(seeds)
     speedup = record["speedup_vs_random_fifo"]
     return [
@@ -445,12 +450,12 @@ def stage_headlines(record: dict, trials: dict, seeds: list, command: str) -> li
                         None if not math.isfinite(speedup) else round(speedup, 3), "x", ">= 2x",
                         speedup >= 2 if not math.isnan(speedup) else False, "random search, no early stopping",
                         f"Optuna's RandomSampler, FIFO (every trial to its last epoch), {trials[stage]} trials, the "
-                        "same seeds; hyperparameter_search's default", command, seeds=n),
+                        "same seeds; hyperparameter_search's default", command, seeds=n, table=table),
         headlines.entry(f"{stage} search: how far tuner's mean anytime curve falls below random + ASHA's after a "
                         "quarter of its budget (replayed, mean over seeds)", round(record["anytime_gap_points"], 3),
                         " points", "<= 0.5 points", record["anytime_gap_points"] <= 0.5, "random search + ASHA",
                         f"Optuna's RandomSampler, tuner's ASHA rungs, {trials[stage]} trials, the same seeds",
-                        command, seeds=n)]
+                        command, seeds=n, table=table)]
 
 
 def verify(stage: str, table: dict, plain: dict, trials: int, seed: int, warm: dict | None) -> list[str]:

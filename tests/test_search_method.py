@@ -186,6 +186,9 @@ def test_quick_search_efficiency_matches_tune_and_writes_its_report(tmp_path):
     assert f"`python bench/search_efficiency.py --quick --verify --stages teacher --output {report}`" in text
     assert (tmp_path / "search_efficiency_teacher.png").stat().st_size > 10_000
     assert json.loads(report.with_suffix(".json").read_text())[0]["stage"] == "teacher"
+    headlines = json.loads((tmp_path / "benchmarks.json").read_text())["headlines"]
+    assert len(headlines) == 2  # each names the table its replays ran on
+    assert all(h["details"]["table"] == "a synthetic table (--quick), 10 configs" for h in headlines)
 
 
 def test_search_efficiency_refuses_a_missing_table(tmp_path, capsys):
