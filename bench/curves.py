@@ -8,11 +8,10 @@ Every config is trained as one trial of ``python -m tuner.run --profile cpu`` tr
 seed, epochs, batches and precision, the stage's own ``train`` on the driver's ``prepare``), in this one process,
 one after another, and its validation F1 and seconds are written after every epoch. The configs are the first
 ``--configs`` points of a scrambled Sobol sequence over the space the search samples (log scale for log ranges).
-The table also keeps ``previous_stage_best``: the config ``tuner.run`` would
-warm-start this stage's search from (the best of the earlier stage saved under ``--results-dir``; for the student,
-the factorized model's), which the replay's warm-start row tries first. ``bench/search_efficiency.py`` replays
-searches against the table. A run that stops keeps the configs already
-recorded, and the same command continues from there.
+The table also keeps ``previous_stage_best``: the config ``tuner.run`` would warm-start this stage's search from
+(the best of the earlier stage saved under ``--results-dir``; for the student, the factorized model's), which the
+replay's warm-start row tries first. ``bench/search_efficiency.py`` replays searches against the table. A run that
+stops keeps the configs already recorded, and the same command continues from there.
 """
 
 from __future__ import annotations
