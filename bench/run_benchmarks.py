@@ -266,11 +266,16 @@ def student_numbers(r: dict, epochs: int) -> dict:
                "logits": r["teacher_logits"]["seconds"],
                "tuner_amortized": r["student"]["search_wall_seconds"] / len(trials),
                "tuner_f1": r["student"]["best_val_f1"]}
+    numbers["tuner_student"] = numbers["tuner_train"]  # tuner's epoch has no teacher pass: it is the student's step
     for peer, sides in r["peers"].items():
         online = sides["online"]
+        train = statistics.mean(online["epoch_seconds"])
+        teacher = online.get("teacher_forward_seconds", float("nan")) / len(online["epoch_seconds"])
         numbers.update({f"{peer}_trial": online["trial_wall_seconds"],
                         f"{peer}_epoch": online["trial_wall_seconds"] / epochs,
-                        f"{peer}_train": statistics.mean(online["epoch_seconds"]), f"{peer}_f1": online["best_val_f1"]})
+                        f"{peer}_train": train, f"{peer}_f1": online["best_val_f1"],
+                        f"{peer}_teacher": teacher, f"{peer}_teacher_share": teacher / train,
+                        f"{peer}_student": train - teacher})
     return numbers
 
 
@@ -408,7 +413,11 @@ def comparison_sections(repeats: list, epochs: int) -> list:
                     peer_rows(n, peers, [["wall time of a full-length trial, s", "trial", ".1f", ratio],
                                          ["wall time per trial-epoch, s", "epoch", ".1f", ratio],
                                          ["training time per epoch, s", "train", ".1f", ratio],
-                                         ["best validation F1", "f1", ".4f", points]])
+                                         ["- without the online run's teacher forward (the student's step), s",
+                                          "student", ".1f", ratio]])
+                    + [["- the online run's teacher forward, share of its epoch", "",
+                        *(cell(column(n, f"{p}_teacher_share"), ".1%") for p in peers), *[""] * len(peers)]]
+                    + peer_rows(n, peers, [["best validation F1", "f1", ".4f", points]])
                     + [["teacher logits, once per search, s", cell(column(n, "logits"), ".1f"), *[""] * 2 * len(peers)],
                        ["search wall time / trials, s", cell(column(n, "tuner_amortized"), ".1f"),
                         *[""] * 2 * len(peers)]])

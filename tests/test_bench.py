@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import json
 import os
 import re
 import shutil
@@ -62,8 +63,6 @@ def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
 def tuned_peer_measured(work_files: dict, text: str) -> None:
     """The tuned peer ran as set up: bf16 where tuner's auto precision uses it, the fused optimizer, its own TPE +
     ASHA search, both batchings timed with their F1, and the lead table holds both peers' ratios."""
-    import json
-
     from tuner.training import uses_bf16
 
     for name in ("hf_peer-throughput-tuned-random.json", "hf_peer-throughput-tuned-length.json",
@@ -92,17 +91,27 @@ def student_epochs_table(work: Path, conll_dir, report: Path) -> None:
     """bench/student_epochs.py on the quick benchmark's kept teacher: both sides again, one row per seed; then with
     tuner's student on length-grouped batches, in a folder of its own."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    for batches in ([], ["--batches", "length"]):
+    for batches, online in (([], ["--peer", "tuned", "--batching", "random", "length"]), (["--batches", "length"], [])):
         proc = subprocess.run([sys.executable, "bench/student_epochs.py", "--quick", "--work", work, "--data",
-                               conll_dir, "--output", report, *batches], capture_output=True, text=True, timeout=600,
-                              env=env, cwd=ROOT)
+                               conll_dir, "--output", report, *batches, *online], capture_output=True, text=True,
+                              timeout=600, env=env, cwd=ROOT)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         text = report.read_text()
-        assert re.search(r"^\| 0 \| 0\.[0-9]{4} \| 0\.[0-9]{4} \| [+-][0-9.]+ \| [0-9.]+ \| [0-9.]+ \| [0-9.]+x \|$",
-                         text, re.MULTILINE), text
-        assert "seed 0, tuner:" in text and "seed 0, online:" in text
+        batchings = online[3:] or ["random"]
+        for batching in batchings:  # a row per online batching, the ratio split into its two factors
+            row = re.search(rf"^\| 0 \| {batching} \| 0\.[0-9]{{4}} \| 0\.[0-9]{{4}} \| [+-][0-9.]+ \| [0-9.]+ \| "
+                            r"[0-9.]+ \| [0-9.]+x \| ([0-9.]+)% \| ([0-9.]+)x \| ([0-9.]+)x \|$", text, re.MULTILINE)
+            assert row, text
+            share, teacher_factor = float(row.group(1)) / 100, float(row.group(2))
+            assert 0 < share < 1 and abs(teacher_factor - 1 / (1 - share)) < 0.02, row.group(0)
+            assert f"seed 0, online ({batching}):" in text
+        assert len(re.findall(r"^\| median \|", text, re.MULTILINE)) == len(batchings)
+        assert "seed 0, tuner:" in text
+        assert f"the online runs: the {online[1] if online else 'default'} peer" in text
         assert f"- tuner's student batches: {batches[1] if batches else 'its default (random, unpadded)'}" in text
     assert (work / "repeat-1" / "student-1-epochs-length" / "tuner" / "student" / "best").is_dir()
+    record = json.loads((work / "repeat-1" / "student-1-epochs" / "hf_peer-distill-tuned-length.json").read_text())
+    assert (record["peer"], record["batching"]) == ("tuned", "length") and record["teacher_forward_seconds"] > 0
 
 
 def student_seeds_table(work: Path, conll_dir, report: Path) -> None:
@@ -225,7 +234,6 @@ def test_alignment_ablation_bad_data_is_one_line_error(tmp_path, capsys):
 def test_quick_step_profile_splits_the_step(tmp_path, conll_dir):
     """bench/step_profile.py's smoke mode: the step's phases and operator kinds add up, and its matmul figures are
     measured against the 2048^3 matmul of the step's precision."""
-    import json
 
     report = tmp_path / "profile.md"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -257,7 +265,6 @@ def test_step_profile_bad_data_is_one_line_error(tmp_path, capsys):
 def test_quick_allocator_compares_both_sides_both_ways(tmp_path, conll_dir):
     """bench/allocator.py's smoke mode: tuner's epoch and the tuned peer's, with glibc's allocator as it is and kept,
     one table; the setting changes no arithmetic, so each side's F1 is the same both ways."""
-    import json
 
     report = tmp_path / "allocator.md"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
@@ -320,7 +327,6 @@ def test_allocator_bad_data_is_one_line_error(tmp_path, capsys):
 def test_curves_records_continues_and_keeps_the_warm_start(pipeline_run, conll_dir, tmp_path):
     """bench/curves.py on the smoke profile: each config trained to its last epoch, the warm start tuner.run would
     use recorded, and a larger --configs continuing the configs already there instead of training them again."""
-    import json
 
     import yaml
 
