@@ -257,6 +257,13 @@ def full_length(trials: list, epochs: int) -> list:
     return [t for t in trials if len(t) == epochs]
 
 
+def online_epoch(online: dict) -> tuple[float, float]:
+    """An online distillation run's (``hf_peer.py distill``) mean training seconds per epoch, and the part of them
+    its teacher's forward took (NaN for a run recorded before it was timed)."""
+    seconds = online["epoch_seconds"]
+    return statistics.mean(seconds), online.get("teacher_forward_seconds", float("nan")) / len(seconds)
+
+
 def student_numbers(r: dict, epochs: int) -> dict:
     trials = r["student"]["trials"]
     full = [t[-1]["time_total_s"] for t in full_length(trials, epochs)]
@@ -269,8 +276,7 @@ def student_numbers(r: dict, epochs: int) -> dict:
     numbers["tuner_student"] = numbers["tuner_train"]  # tuner's epoch has no teacher pass: it is the student's step
     for peer, sides in r["peers"].items():
         online = sides["online"]
-        train = statistics.mean(online["epoch_seconds"])
-        teacher = online.get("teacher_forward_seconds", float("nan")) / len(online["epoch_seconds"])
+        train, teacher = online_epoch(online)
         numbers.update({f"{peer}_trial": online["trial_wall_seconds"],
                         f"{peer}_epoch": online["trial_wall_seconds"] / epochs,
                         f"{peer}_train": train, f"{peer}_f1": online["best_val_f1"],

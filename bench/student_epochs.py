@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (BATCHINGS, DEFAULT_DATA, PEERS, ROOT, OneLineParser, measure_and_publish,  # noqa: E402
                           positive_int, require_conll)
-from bench.run_benchmarks import (FULL, QUICK, full_length, machine_lines, measure,  # noqa: E402
+from bench.run_benchmarks import (FULL, QUICK, full_length, machine_lines, measure, online_epoch,  # noqa: E402
                                   search_record, tuner_search)
 from tuner.config import BATCH_ORDERS  # noqa: E402
 
@@ -71,22 +71,21 @@ def one_seed(seed: int, teacher: Path, args) -> list:
     student = search_record(work / "tuner" / "student", wall)
     full = full_length(student["trials"], args.epochs)
     tuner_train = statistics.mean(line["train_seconds"] for t in full for line in t) if full else float("nan")
+    tuner = {"seed": seed, "tuner_f1": student["best_val_f1"],
+             "tuner_trial": statistics.mean(t[-1]["time_total_s"] for t in full) if full else float("nan"),
+             "tuner_curve": max(full, key=lambda t: max(x["val_f1"] for x in t), default=[])}
     rows = []
     for batching in args.batching:
         online = measure("hf_peer", "distill", sizes, work, "--teacher", teacher, "--student",
                          work / "tuner" / "student" / "best", "--peer", args.peer, "--batching", batching,
                          name=f"hf_peer-distill-{args.peer}-{batching}")
-        online_train = statistics.mean(online["epoch_seconds"])
-        teacher_forward = online["teacher_forward_seconds"] / len(online["epoch_seconds"])
-        rows.append({"seed": seed, "batching": batching, "tuner_f1": student["best_val_f1"],
-                     "online_f1": online["best_val_f1"],
-                     "tuner_trial": statistics.mean(t[-1]["time_total_s"] for t in full) if full else float("nan"),
+        online_train, teacher_forward = online_epoch(online)
+        rows.append({**tuner, "batching": batching, "online_f1": online["best_val_f1"],
                      "online_trial": online["trial_wall_seconds"],
                      # the training ratio, online / tuner per epoch, is the product of these two factors
                      "teacher_factor": online_train / (online_train - teacher_forward),
                      "step_factor": (online_train - teacher_forward) / tuner_train,
                      "teacher_share": teacher_forward / online_train,
-                     "tuner_curve": max(full, key=lambda t: max(x["val_f1"] for x in t), default=[]),
                      "online_curve": online["val_f1_per_epoch"]})
     return rows
 

@@ -234,7 +234,6 @@ def test_alignment_ablation_bad_data_is_one_line_error(tmp_path, capsys):
 def test_quick_step_profile_splits_the_step(tmp_path, conll_dir):
     """bench/step_profile.py's smoke mode: the step's phases and operator kinds add up, and its matmul figures are
     measured against the 2048^3 matmul of the step's precision."""
-
     report = tmp_path / "profile.md"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "bench/step_profile.py", "--quick", "--data", conll_dir, "--output",
@@ -265,7 +264,6 @@ def test_step_profile_bad_data_is_one_line_error(tmp_path, capsys):
 def test_quick_allocator_compares_both_sides_both_ways(tmp_path, conll_dir):
     """bench/allocator.py's smoke mode: tuner's epoch and the tuned peer's, with glibc's allocator as it is and kept,
     one table; the setting changes no arithmetic, so each side's F1 is the same both ways."""
-
     report = tmp_path / "allocator.md"
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "bench/allocator.py", "--quick", "--data", conll_dir, "--output", report],
@@ -327,7 +325,6 @@ def test_allocator_bad_data_is_one_line_error(tmp_path, capsys):
 def test_curves_records_continues_and_keeps_the_warm_start(pipeline_run, conll_dir, tmp_path):
     """bench/curves.py on the smoke profile: each config trained to its last epoch, the warm start tuner.run would
     use recorded, and a larger --configs continuing the configs already there instead of training them again."""
-
     import yaml
 
     results, _ = pipeline_run
