@@ -4,8 +4,8 @@
     python bench/gpu_probe.py --device cpu --tiny --steps 4 --out x.json  # the CPU dry run: a 2-layer BERT
 
 The model has ``transformers.BertConfig()``'s shape (hidden 768, 12 layers, 12 heads, intermediate 3072) with
-random weights, the packaged MiniLM tokenizer's vocabulary and the 9 CoNLL labels (``--tiny``: tuner's 2-layer,
-hidden-32 BERT instead). The sentences are CoNLL-2003 training sentences, selected and tokenized by tuner's own
+random weights, the packaged MiniLM tokenizer's vocabulary (``--tokenizer``: another ``--model``'s, such as
+``random:DIR`` offline) and the 9 CoNLL labels (``--tiny``: tuner's 2-layer, hidden-32 BERT instead). The sentences are CoNLL-2003 training sentences, selected and tokenized by tuner's own
 code (``tuner.task.load_task``, the report split, a seeded subset), and each batching trains on the same ones:
 
     length      length-grouped batches (``tuner.data.length_grouped_batches``), padded per batch, the model's
@@ -99,11 +99,11 @@ def matmul_flops(device: str, size: int) -> float:
 
 
 def run_settings(args: argparse.Namespace) -> RunSettings:
-    """The settings a ``python -m tuner.run --model minilm`` call with these sizes has (as bench/common.py's):
-    MiniLM's tokenizer, the report split, ``--train-sentences`` training sentences (validation and test: one
+    """The settings a ``python -m tuner.run --model TOKENIZER`` call with these sizes has (as bench/common.py's):
+    that model's tokenizer, the report split, ``--train-sentences`` training sentences (validation and test: one
     each, since nothing is evaluated)."""
     train = args.train_sentences or (args.warmup + args.steps) * args.batch_size  # one pass covers every step
-    profile = resolve_profile("cpu", False, model="minilm", epochs=1, batch_size=args.batch_size,
+    profile = resolve_profile("cpu", False, model=args.tokenizer, epochs=1, batch_size=args.batch_size,
                               max_length=args.max_length, train_sentences=train, eval_sentences=1, test_sentences=1)
     return RunSettings(stages=(registry.by_name("teacher"),), trials=1, profile=profile, data=str(args.data),
                        split=SPLIT, seed=SEED)
@@ -191,6 +191,8 @@ def parser() -> argparse.ArgumentParser:
                    help=f"side of the bf16 ceiling matmul (default: {MATMUL_SIZE['cuda']} on CUDA, "
                         f"{MATMUL_SIZE['cpu']} on the CPU)")
     p.add_argument("--threads", type=positive_int, help="torch's CPU threads (default: torch's own choice)")
+    p.add_argument("--tokenizer", default="minilm",
+                   help="the --model whose tokenizer is used (default: the packaged MiniLM; random:DIR offline)")
     p.add_argument("--tiny", action="store_true", help="tuner's 2-layer hidden-32 BERT (the CPU dry run)")
     p.add_argument("--out", type=Path, required=True, help="the JSON file the measurements are written to")
     return p

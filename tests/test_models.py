@@ -270,3 +270,25 @@ def test_keep_freed_memory_serves_the_embedding_gradient_from_the_heap(setting):
         assert kept == "False" and all(int(m) >= 30522 * 384 * 4 for m in mapped)
     else:
         assert kept == "True" and all(int(m) == 0 for m in mapped)
+
+
+def test_random_model_takes_the_folders_architecture_and_tokenizer(tmp_path, tokenizer):
+    """``--model random:DIR``: DIR's config.json with random weights (the same weights as ``tiny`` at the same seed
+    when DIR holds the tiny config), DIR's tokenizer; a folder without config.json is refused naming the file."""
+    from tuner.data import CONLL_LABELS
+    from tuner.errors import TunerError
+    from tuner.models import base_config, initial_token_classifier, load_tokenizer, tiny_config
+
+    tokenizer.save_pretrained(tmp_path)
+    tiny_config(len(tokenizer), ["O"]).save_pretrained(tmp_path)
+    name = f"random:{tmp_path}"
+    labels = list(CONLL_LABELS)
+    model = initial_token_classifier(name, labels, seed=3, vocab_size=len(tokenizer))
+    tiny = initial_token_classifier("tiny", labels, seed=3, vocab_size=len(tokenizer))
+    assert model.config.num_labels == len(labels) and model.config.hidden_size == 32
+    for (key, value), (_, expected) in zip(model.state_dict().items(), tiny.state_dict().items()):
+        assert torch.equal(value, expected), key
+    assert base_config(name).num_hidden_layers == 2
+    assert load_tokenizer(name)("EU rejects")["input_ids"] == tokenizer("EU rejects")["input_ids"]
+    with pytest.raises(TunerError, match=r"random:.*config\.json not found"):
+        initial_token_classifier(f"random:{tmp_path / 'none'}", labels, seed=0, vocab_size=10)

@@ -262,3 +262,11 @@ def test_ashas_first_rung_is_the_methods_share_of_the_epochs(tmp_path):
             decisions.setdefault(share, []).append(
                 scheduler.on_trial_result(None, trial, {"val_f1": f1, "epoch": 1, "training_iteration": 1}))
     assert decisions == {DEFAULT_METHOD.grace_share: ["CONTINUE"] * 3, 0.1: ["CONTINUE", "STOP", "STOP"]}
+
+
+def test_rays_dashboard_check_is_where_tuner_reads_it():
+    """tuner.search.dashboard_missing calls Ray's own check (a private function): with ray[default] installed, as
+    here, it finds nothing missing; an upgrade that moves the function fails here, not in a search."""
+    from tuner.search import dashboard_missing
+
+    assert dashboard_missing() is None

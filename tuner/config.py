@@ -44,8 +44,8 @@ class Profile:
     """What a search trains on and for how long; every field but ``name`` is also a CLI flag."""
 
     name: str
-    model: str = setting("the teacher's pretrained model: Hub id, local folder, minilm (packaged MiniLM-L6-H384) "
-                         "or tiny (random 2-layer BERT)")
+    model: str = setting("the teacher's pretrained model: Hub id, local folder, minilm (packaged MiniLM-L6-H384), "
+                         "tiny (random 2-layer BERT) or random:DIR (DIR's config.json, random weights)")
     epochs: int = setting("training epochs of every trial (the student's: --student-epochs)")
     batch_size: int = setting("training sentences per batch")
     max_length: int = setting("sub-tokens per sentence, [CLS] and [SEP] included")

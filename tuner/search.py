@@ -371,7 +371,10 @@ def start_ray(address: str | None, dashboard_host: str, quiet: bool) -> ClusterI
     if ray.is_initialized():
         ray.shutdown()
     # --quiet: errors only, which silences the token-authentication notice Ray logs when it starts
-    kwargs = dict(include_dashboard=True, dashboard_host=dashboard_host, log_to_driver=not quiet,
+    missing = dashboard_missing()
+    if missing:
+        log.warning("Ray's dashboard is off: ray is installed without its [default] extras (%s)", missing)
+    kwargs = dict(include_dashboard=not missing, dashboard_host=dashboard_host, log_to_driver=not quiet,
                   logging_level=logging.ERROR if quiet else logging.WARNING, configure_logging=True)
     if address:
         check_reachable(address)
@@ -389,6 +392,15 @@ def start_ray(address: str | None, dashboard_host: str, quiet: bool) -> ClusterI
     return ClusterInfo(f"http://{url}" if url and "://" not in url else url,
                        max(int(n.get("CPU", 0)) for n in nodes), max(n.get("GPU", 0.0) for n in nodes),
                        AUTH_TOKEN if AUTH_TOKEN.is_file() else None)
+
+
+def dashboard_missing() -> str | None:
+    """Why Ray's dashboard cannot start here (ray without its [default] extras, as in the offline GPU bundle),
+    or None. Ray's own check; tests/test_search_method.py pins that it exists."""
+    from ray._private.utils import get_dashboard_dependency_error
+
+    error = get_dashboard_dependency_error()
+    return str(error) if error else None
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
