@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from tuner import registry
+from tuner import figures, registry
 from tuner.cli import entry_point, positive_int, results_parser
 from tuner.errors import TunerError
 from tuner.task import BEST, RESULT_FILE
@@ -205,7 +205,13 @@ def main(argv=None) -> int:
                         help="test sentences timed one at a time (and in batches of 32)")
     parser.add_argument("--pareto", action="store_true",
                         help="every member of the stage's F1-vs-size front (--objectives f1,params) instead")
+    parser.add_argument("--record", type=Path, metavar="FILE",
+                        help="append the int8 figures (size, batch-1 latency and test F1 against PyTorch float32) "
+                             "to FILE, such as results/benchmarks.json, with the command, commit, date and machine")
     args = parser.parse_args(argv)
+    command = figures.command_line("-m tuner.deploy", sys.argv[1:] if argv is None else argv)
+    if args.record:
+        figures.check_writable(args.record, command)
     import logging
 
     logging.basicConfig(level=logging.WARNING)
@@ -225,7 +231,33 @@ def main(argv=None) -> int:
     export.write_exports(args.results_dir)  # summary.md gains the deployed rows
     for report in reports:
         print(summary_line(report))
+    if args.record:
+        figures.record([entry for report in reports for entry in deploy_figures(report, command)], args.record)
+        print(f"figures: {args.record}")
     return 0 if all(r["int8_passed"] for r in reports) else GATE_FAILED
+
+
+def deploy_figures(report: dict, command: str) -> list[dict]:
+    """A deployed model's int8 figures against its PyTorch float32 model: size and batch-1 latency ratios, test F1
+    points (none where no int8 recipe passed the gate)."""
+    formats = report["formats"]
+    if "onnx_int8" not in formats:
+        return []
+    base, int8 = formats["pytorch_float32"], formats["onnx_int8"]
+    what = f"{report['stage']} {Path(report['model']).name}, {report['threads']} threads"
+    common = dict(peer="PyTorch float32", peer_settings="safetensors weights, float32, torch's CPU threads as int8's",
+                  quantization=int8["quantization"], parameters=report["parameters"])
+    return [figures.headline(f"int8 size: PyTorch float32 / int8 ({what})", round(base["bytes"] / int8["bytes"], 2),
+                             "x", command, goal=">= 3.5x", met=base["bytes"] / int8["bytes"] >= 3.5, **common),
+            figures.headline(f"int8 batch-1 latency: PyTorch float32 / int8 ({what})",
+                             round(base["latency"]["batch_1_median_ms"] / int8["latency"]["batch_1_median_ms"], 2),
+                             "x", command, goal=">= 3x",
+                             met=base["latency"]["batch_1_median_ms"] / int8["latency"]["batch_1_median_ms"] >= 3,
+                             **common),
+            figures.headline(f"int8 test F1 minus PyTorch float32's ({what})",
+                             round(100 * (int8["test"] - base["test"]), 2), " points", command,
+                             goal=">= -0.3 points", met=100 * (int8["test"] - base["test"]) >= -0.3,
+                             validation_points=round(100 * (int8["validation"] - base["validation"]), 2), **common)]
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tuner import registry
+from tuner import figures, registry
 from tuner.cli import OneLineParser, add_profile_flags, entry_point, overrides_from, positive_int, seed_int
 from tuner.config import KEEP_CHECKPOINTS, OBJECTIVES, PROFILES, SPLITS, RunSettings, resolve_profile
 
@@ -57,6 +57,9 @@ def parser() -> argparse.ArgumentParser:
                    help="once a stage's search has ended: all (every trial's best model, without AdamW's moments) "
                         "or best (the search's best checkpoint only)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
+    p.add_argument("--record", type=Path, metavar="FILE",
+                   help="append this run's figures (each stage's best F1 and size, each front member, the search's "
+                        "minutes) to FILE, such as results/benchmarks.json, with the command, commit, date and machine")
     add_profile_flags(p)
     return p
 
@@ -74,6 +77,22 @@ def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings
                        keep_checkpoints=args.keep_checkpoints)
 
 
+def run_figures(record: dict, command: str) -> list[dict]:
+    """A searched stage's figures: its best model's test F1 (validation F1, parameters and the search's minutes in
+    the details), or with ``--objectives f1,params`` one per front member."""
+    where = f"{record['profile']} profile, {record['trials']} trials, {record['split']} split"
+    details = {"search_minutes": round(record["search_wall_seconds"] / 60, 1), "seed": record["seed"]}
+    if "pareto" not in record:
+        return [figures.headline(f"{record['stage']}: test F1 of the best trial ({where})", round(record["test_f1"], 4),
+                                 "F1", command, seeds=1, inputs=(record["data"],), val_f1=round(record["val_f1"], 4),
+                                 parameters=record["parameters"], **details)]
+    return [figures.headline(f"{record['stage']} front member {member['name'].rsplit('-', 1)[0]} ({where}): test F1",
+                             round(member["test_f1"], 4), "F1", command, seeds=1, inputs=(record["data"],),
+                             val_f1=round(member["val_f1"], 4), parameters=member["parameters"],
+                             batch_1_median_ms=member.get("batch_1_median_ms"), **details)
+            for member in record["pareto"]]
+
+
 @entry_point
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
@@ -82,11 +101,17 @@ def main(argv=None) -> int:
     from tuner import pipeline
 
     settings = settings_from(args, torch.cuda.is_available())
+    command = figures.command_line("-m tuner.run", sys.argv[1:] if argv is None else argv)
+    if args.record:
+        figures.check_writable(args.record, command)  # before the search: a refused file costs no search
     pipeline.configure_output(settings.quiet)
     records = pipeline.run(settings, echo=(lambda *a: None) if args.quiet else print)
     for record in records.values():
         print(pipeline.summary_line(record))
     print(f"best configs: {settings.results_dir / 'best_configs.yaml'}; table: {settings.results_dir / 'summary.md'}")
+    if args.record:
+        figures.record([entry for record in records.values() for entry in run_figures(record, command)], args.record)
+        print(f"figures: {args.record}")
     if settings.keep_dashboard:
         pipeline.keep_dashboard(print)
     return 0
