@@ -59,7 +59,7 @@ def test_retrain_from_exported_config_reproduces_f1(pipeline_run, stage, tmp_pat
     results, _ = pipeline_run
     output = tmp_path / "retrained"
     proc = run_cli("--stage", stage, "--config", results / "best_configs.yaml", "--results-dir", results,
-                   "--output", output, module="tuner.retrain" if stage == "teacher" else "tuner.train")  # the alias
+                   "--output", output, module="tuner.retrain")
     assert proc.returncode == 0, proc.stderr[-2000:]
     searched = json.loads((results / stage / "best" / "result.json").read_text())
     retrained_f1 = float(proc.stdout.split("validation F1 ")[-1].split()[0])

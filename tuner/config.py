@@ -56,14 +56,14 @@ class Profile:
     eval_batch_size: int = setting("sentences per evaluation batch", default=64)
     label_subtokens: str = setting(
         "which sub-tokens of a word carry its label in training: first (the HF recipe; better F1 here, see "
-        "results/benchmarks.md) or all (continuations get the word's I- label, the report's alignment)",
+        "docs/design.md) or all (continuations get the word's I- label, the report's alignment)",
         default="first", choices=LABEL_SUBTOKENS)
     space_dir: Path = setting("folder with <stage>.yaml search spaces", default=SEARCH_SPACE_DIR)
     student_epochs: int | None = setting("epochs of the student stage (default: --epochs)", default=None)
     precision: str = setting("auto: bf16 autocast where the device has native bf16 (CUDA with bf16, CPUs with "
                              "AVX512-BF16 or AMX), else fp32", default="auto", choices=PRECISIONS)
     batches: str = setting("every stage's training batches: random (the HF Trainer's order, trained unpadded) or "
-                           "length (length-grouped, padded per batch: faster, less F1 here, see results/benchmarks.md)",
+                           "length (length-grouped, padded per batch: faster, less F1 here, see docs/design.md)",
                            default="random", choices=BATCH_ORDERS)
 
     def __post_init__(self):
@@ -89,7 +89,7 @@ PROFILE_DEFAULTS = {
     # The report's setting: bert-base-cased from the Hub, all the data, 3 epochs.
     "gpu": Profile("gpu", model="bert-base-cased", epochs=3, batch_size=32, max_length=192, train_sentences=None,
                    eval_sentences=None, test_sentences=None, max_params=20_000_000, eval_batch_size=128),
-    # The packaged MiniLM and a subset sized for a 2-core machine (timings: results/benchmarks.md).
+    # The packaged MiniLM and a subset sized for a 2-core machine (timings: docs/design.md).
     "cpu": Profile("cpu", model="minilm", epochs=3, batch_size=16, max_length=128, train_sentences=3000,
                    eval_sentences=500, test_sentences=None, max_params=6_800_000,
                    student_epochs=10),  # a student epoch is cheap; at 6 epochs the student was still improving

@@ -52,7 +52,7 @@ AUTH_TOKEN = Path.home() / ".ray" / "auth_token"
 REDUCTION_FACTOR = 2  # ASHA keeps the top half of the trials at each rung
 # ParetoASHA keeps the top third of a rung's promotion order (at ASHA's rungs): on two objectives a new trial is
 # non-dominated far more often than it is above one metric's median: at a half the 40-trial front trained 1.22x the
-# epochs of budgeted searches of the same trial count, at a third 1.05x (results/benchmarks.md, 2026-12-04)
+# epochs of budgeted searches of the same trial count, at a third 1.05x (docs/design.md)
 FRONT_REDUCTION_FACTOR = 3
 # ...and ranks a trial behind another at a rung only if that one is no larger and leads it in validation F1 by more
 # than this: at the seed-1 front benchmark's epoch-6 rung a 1-layer student at E 32 (F1 0.561) stopped as dominated

@@ -81,7 +81,7 @@ def release_memory() -> bool:
     (``malloc_trim``); True where that ran (glibc), False elsewhere.
 
     A reused trial process calls this before each trial: without it, later trials in one process trained slower
-    than its first (measured in ``results/benchmarks.md``)."""
+    than its first (measured in ``docs/design.md``)."""
     gc.collect()
     trim = _malloc_trim()
     if trim is None:

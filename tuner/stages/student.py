@@ -139,7 +139,7 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
         raise ValueError(f"student with {num_layers} layers and E={factor_dim} has {size} parameters, "
                          f"over the budget of {inputs.max_params}")
     depth = len(teacher.base_model.encoder.layer)
-    reach = float(hparams.get("layer_reach", 1.0))  # absent (configs before 2026-12-05): every k-th layer
+    reach = float(hparams.get("layer_reach", 1.0))  # absent (configs from before layer_reach): every k-th layer
     teacher_layers = keep_layers(depth, num_layers, reach)
     student = cut_student(teacher, num_layers, factor_dim, inputs.svd, reach)
     del teacher
@@ -157,7 +157,7 @@ def trained_learning_rate(hparams: dict, teacher_layers: int, num_layers: int) -
     """The rate a student trains at. With ``lr_depth_power`` p, ``learning_rate`` is the rate of a student as deep
     as the teacher, and one with fewer layers trains at ``learning_rate * (teacher_layers / num_layers) ** p``:
     the best rate falls with depth (1-layer students on the cpu profile peaked near 5.4e-4, 2-layer ones near
-    3.5e-4 and failed above 6e-4; results/benchmarks.md), and one range of base rates then suits every depth of a
+    3.5e-4 and failed above 6e-4; docs/design.md), and one range of base rates then suits every depth of a
     front search. Without it (or at 0) the student trains at ``learning_rate`` itself."""
     power = float(hparams.get("lr_depth_power", 0.0))
     return float(hparams["learning_rate"]) * (teacher_layers / num_layers) ** power

@@ -1,0 +1,117 @@
+"""Figures and their provenance: results/benchmarks.json holds only entries written by the run that measured them
+(command, commit, date, machine), the pages generated from it agree with it, and quick, dry or smoke runs never
+write there."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, run_main, snapshot
+from tuner import figures
+from tuner.errors import TunerError
+
+sys.path.insert(0, str(ROOT))
+from bench import headlines  # noqa: E402
+
+
+def test_every_recorded_figure_has_its_provenance():
+    for entry in figures.read(figures.BENCHMARKS):
+        for key in figures.REQUIRED:
+            assert key in entry and (entry[key] not in (None, "", {}) or key == "value"), (entry["measure"], key)
+        assert entry["machine"].get("cpu") and entry["machine"].get("cpu_threads"), entry["measure"]
+        assert not any(flag in entry["command"] for flag in figures.NOT_FIGURES), entry["command"]
+
+
+def test_the_readme_block_and_the_page_agree_with_the_json(capsys):
+    """bench/headlines.py --check: README.md's results block and results/benchmarks.md are what the JSON gives."""
+    status = headlines.main(["--check"])
+    assert status == 0, capsys.readouterr().err
+
+
+def test_a_changed_figure_makes_the_pages_stale(tmp_path, monkeypatch, capsys):
+    """The check fails when the JSON holds a figure the README block does not show."""
+    readme, page, data = tmp_path / "README.md", tmp_path / "benchmarks.md", tmp_path / "benchmarks.json"
+    readme.write_text(f"# x\n\n{headlines.BEGIN}\nold\n{headlines.END}\n")
+    monkeypatch.setattr(headlines, "README", readme)
+    monkeypatch.setattr(headlines, "PAGE", page)
+    monkeypatch.setattr(headlines, "BENCHMARKS", data)
+    monkeypatch.setattr(headlines, "ROOT", tmp_path)
+    figures.record([figures.headline("teacher: test F1", 0.81, "F1", "python -m tuner.run --stage teacher")], data)
+    assert headlines.main(["--check"]) == 1
+    assert headlines.main([]) == 0
+    assert headlines.main(["--check"]) == 0
+    assert "| teacher: test F1 | 0.81 F1 |" in readme.read_text() and "## teacher: test F1" in page.read_text()
+
+
+def test_record_replaces_a_measure_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "benchmarks.json"
+    first = figures.headline("a", 1.0, "x", "python bench/x.py")
+    figures.record([first, figures.headline("b", 2.0, "x", "python bench/x.py")], path)
+    merged = figures.record([figures.headline("a", 3.0, "x", "python bench/x.py --seed 1")], path)
+    assert [(e["measure"], e["value"]) for e in merged] == [("a", 3.0), ("b", 2.0)]
+    assert json.loads(path.read_text())["headlines"] == merged
+    assert merged[0]["commit"] and merged[0]["machine"]["cpu_threads"] >= 1 and merged[0]["date"].endswith("Z")
+
+
+def test_record_refuses_a_figure_without_provenance(tmp_path):
+    entry = figures.headline("a", 1.0, "x", "python bench/x.py")
+    del entry["machine"]
+    with pytest.raises(TunerError, match="lacks machine"):
+        figures.record([entry], tmp_path / "benchmarks.json")
+    assert not (tmp_path / "benchmarks.json").exists()
+
+
+@pytest.mark.parametrize("command", ["python bench/run_benchmarks.py --quick",
+                                     "python -m tuner.run --stage all --profile smoke",
+                                     "bash scripts/gpu_check.sh --dry-run"])
+def test_quick_dry_and_smoke_figures_never_land_in_results(command, tmp_path):
+    before = snapshot(ROOT / "results")
+    with pytest.raises(TunerError, match="never go under results/"):
+        figures.record([figures.headline("a", 1.0, "x", command)], figures.BENCHMARKS)
+    assert snapshot(ROOT / "results") == before
+    figures.record([figures.headline("a", 1.0, "x", command)], tmp_path / "benchmarks.json")  # elsewhere: fine
+
+
+def test_a_smoke_run_asked_to_record_in_results_is_refused_before_searching(capsys, tmp_path):
+    from tuner.run import main
+
+    before = snapshot(ROOT / "results")
+    status, out, err = run_main(main, "--stage", "teacher", "--profile", "smoke", "--results-dir", tmp_path / "r",
+                                "--record", ROOT / "results" / "benchmarks.json", capsys=capsys)
+    assert status == 2 and "never go under results/" in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "r").exists() and snapshot(ROOT / "results") == before
+
+
+def test_a_runs_figures_are_its_best_models_or_its_front_members():
+    from tuner.run import run_figures
+
+    record = {"stage": "student", "profile": "cpu", "trials": 4, "split": "report", "test_f1": 0.79123,
+              "val_f1": 0.81234, "parameters": 6_500_000, "search_wall_seconds": 300.0, "seed": 0, "data": "d"}
+    (best,) = run_figures(record, "python -m tuner.run --stage all")
+    assert best["measure"] == "student: test F1 of the best trial (cpu profile, 4 trials, report split)"
+    assert best["value"] == 0.7912 and best["details"]["val_f1"] == 0.8123 and best["details"]["search_minutes"] == 5
+    members = [{"name": "1.20M-L1-E32-abc", "test_f1": 0.7, "val_f1": 0.72, "parameters": 1_200_000},
+               {"name": "3.00M-L2-E64-def", "test_f1": 0.75, "val_f1": 0.77, "parameters": 3_000_000}]
+    front = run_figures(dict(record, pareto=members), "python -m tuner.run --stage student --objectives f1,params")
+    assert [e["measure"].split(" (")[0] for e in front] == ["student front member 1.20M-L1-E32",
+                                                           "student front member 3.00M-L2-E64"]
+    assert [e["value"] for e in front] == [0.7, 0.75]
+
+
+def test_deploy_figures_compare_int8_with_pytorch_float32():
+    from tuner.deploy import deploy_figures
+
+    formats = {"pytorch_float32": {"bytes": 26_000_000, "latency": {"batch_1_median_ms": 4.0}, "validation": 0.8,
+                                   "test": 0.79},
+               "onnx_int8": {"bytes": 6_500_000, "latency": {"batch_1_median_ms": 1.0}, "validation": 0.799,
+                             "test": 0.786, "quantization": "int8"}}
+    report = {"stage": "student", "model": "results/student/best", "threads": 2, "parameters": 6_500_000,
+              "formats": formats}
+    size, latency, f1 = deploy_figures(report, "python -m tuner.deploy --stage all")
+    assert (size["value"], size["met"]) == (4.0, True)
+    assert (latency["value"], latency["met"]) == (4.0, True)
+    assert (f1["value"], f1["met"]) == (-0.4, False) and f1["details"]["validation_points"] == -0.1
+    assert deploy_figures(dict(report, formats={"pytorch_float32": formats["pytorch_float32"]}), "x") == []
