@@ -210,6 +210,7 @@ def main(argv=None) -> int:
                              "to FILE, such as results/benchmarks.json, with the command, commit, date and machine")
     args = parser.parse_args(argv)
     command = figures.command_line("-m tuner.deploy", sys.argv[1:] if argv is None else argv)
+    started = figures.provenance()
     if args.record:
         figures.check_writable(args.record, command)
     import logging
@@ -232,12 +233,13 @@ def main(argv=None) -> int:
     for report in reports:
         print(summary_line(report))
     if args.record:
-        figures.record([entry for report in reports for entry in deploy_figures(report, command)], args.record)
+        figures.record([entry for report in reports for entry in deploy_figures(report, command, started)],
+                       args.record)
         print(f"figures: {args.record}")
     return 0 if all(r["int8_passed"] for r in reports) else GATE_FAILED
 
 
-def deploy_figures(report: dict, command: str) -> list[dict]:
+def deploy_figures(report: dict, command: str, started: dict | None = None) -> list[dict]:
     """A deployed model's int8 figures against its PyTorch float32 model: size and batch-1 latency ratios, test F1
     points (none where no int8 recipe passed the gate)."""
     formats = report["formats"]
@@ -246,7 +248,7 @@ def deploy_figures(report: dict, command: str) -> list[dict]:
     base, int8 = formats["pytorch_float32"], formats["onnx_int8"]
     what = f"{report['stage']} {Path(report['model']).name}, {report['threads']} threads"
     common = dict(peer="PyTorch float32", peer_settings="safetensors weights, float32, torch's CPU threads as int8's",
-                  quantization=int8["quantization"], parameters=report["parameters"])
+                  started=started, quantization=int8["quantization"], parameters=report["parameters"])
     return [figures.headline(f"int8 size: PyTorch float32 / int8 ({what})", round(base["bytes"] / int8["bytes"], 2),
                              "x", command, goal=">= 3.5x", met=base["bytes"] / int8["bytes"] >= 3.5, **common),
             figures.headline(f"int8 batch-1 latency: PyTorch float32 / int8 ({what})",

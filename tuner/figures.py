@@ -31,8 +31,12 @@ def command_line(program: str, argv: list) -> str:
     return " ".join(["python", *shlex.split(program), *map(shlex.quote, map(str, argv))])
 
 
-def commit_info() -> str:
-    """The checkout's short commit, ``+dirty`` when tracked files differ from it; ``unknown`` outside git."""
+CODE = ("tuner", "search_spaces", "pyproject.toml")  # what tuner's figures depend on; a benchmark's: bench/ too
+
+
+def commit_info(code: tuple = CODE) -> str:
+    """The checkout's short commit, ``+dirty`` when the files under ``code`` differ from it; ``unknown`` outside
+    git."""
     def git(*args: str) -> str:
         try:
             proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
@@ -43,7 +47,7 @@ def commit_info() -> str:
     commit = git("rev-parse", "--short", "HEAD")
     if not commit:
         return "unknown"
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no", "--", *code) else "")
 
 
 def machine_info() -> dict:
@@ -67,14 +71,21 @@ def machine_info() -> dict:
     return info
 
 
+def provenance(code: tuple = CODE) -> dict:
+    """The commit, date and machine of a run, taken when it starts: the code that ran, not what HEAD is at its end."""
+    return {"commit": commit_info(code), "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
+            "machine": machine_info()}
+
+
 def headline(measure: str, value: float | None, unit: str, command: str, *, goal: str | None = None,
              met: bool | None = None, peer: str = "none (absolute)", peer_settings: str = "", seeds: int | None = None,
-             inputs: tuple = (), **details) -> dict:
-    """One figure with its provenance. ``peer`` is what it is held against (``default``: the peer at its library's
-    defaults, ``tuned``: as an expert would set it up, or a named method); ``inputs`` are the files it read."""
+             inputs: tuple = (), started: dict | None = None, **details) -> dict:
+    """One figure with its provenance (``started``: the run's, from ``provenance()`` at its start; now if None).
+    ``peer`` is what it is held against (``default``: the peer at its library's defaults, ``tuned``: as an expert
+    would set it up, or a named method); ``inputs`` are the files it read."""
     entry = {"measure": measure, "value": value, "unit": unit, "goal": goal, "met": met, "peer": peer,
-             "peer_settings": peer_settings, "command": command, "commit": commit_info(),
-             "date": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%MZ"), "machine": machine_info()}
+             "peer_settings": peer_settings, "command": command,
+             **(started or provenance(CODE + ("bench",) if is_benchmark(command) else CODE))}
     if seeds is not None:
         entry["seeds"] = seeds
     if inputs:
@@ -82,6 +93,12 @@ def headline(measure: str, value: float | None, unit: str, command: str, *, goal
     if details:
         entry["details"] = details
     return entry
+
+
+def is_benchmark(command: str) -> bool:
+    """``python bench/x.py ...`` or ``python -m bench x ...``: its figures depend on bench/ too."""
+    words = command.split()[1:3]
+    return any(word == "bench" or word.startswith("bench/") for word in words)
 
 
 def read(path: Path = BENCHMARKS) -> list[dict]:

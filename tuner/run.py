@@ -77,17 +77,18 @@ def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings
                        keep_checkpoints=args.keep_checkpoints)
 
 
-def run_figures(record: dict, command: str) -> list[dict]:
+def run_figures(record: dict, command: str, started: dict | None = None) -> list[dict]:
     """A searched stage's figures: its best model's test F1 (validation F1, parameters and the search's minutes in
     the details), or with ``--objectives f1,params`` one per front member."""
     where = f"{record['profile']} profile, {record['trials']} trials, {record['split']} split"
     details = {"search_minutes": round(record["search_wall_seconds"] / 60, 1), "seed": record["seed"]}
     if "pareto" not in record:
         return [figures.headline(f"{record['stage']}: test F1 of the best trial ({where})", round(record["test_f1"], 4),
-                                 "F1", command, seeds=1, inputs=(record["data"],), val_f1=round(record["val_f1"], 4),
-                                 parameters=record["parameters"], **details)]
+                                 "F1", command, seeds=1, inputs=(record["data"],), started=started,
+                                 val_f1=round(record["val_f1"], 4), parameters=record["parameters"], **details)]
     return [figures.headline(f"{record['stage']} front member {member['name'].rsplit('-', 1)[0]} ({where}): test F1",
                              round(member["test_f1"], 4), "F1", command, seeds=1, inputs=(record["data"],),
+                             started=started,
                              val_f1=round(member["val_f1"], 4), parameters=member["parameters"],
                              batch_1_median_ms=member.get("batch_1_median_ms"), **details)
             for member in record["pareto"]]
@@ -102,6 +103,7 @@ def main(argv=None) -> int:
 
     settings = settings_from(args, torch.cuda.is_available())
     command = figures.command_line("-m tuner.run", sys.argv[1:] if argv is None else argv)
+    started = figures.provenance()
     if args.record:
         figures.check_writable(args.record, command)  # before the search: a refused file costs no search
     pipeline.configure_output(settings.quiet)
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
         print(pipeline.summary_line(record))
     print(f"best configs: {settings.results_dir / 'best_configs.yaml'}; table: {settings.results_dir / 'summary.md'}")
     if args.record:
-        figures.record([entry for record in records.values() for entry in run_figures(record, command)], args.record)
+        figures.record([entry for record in records.values() for entry in run_figures(record, command, started)],
+                       args.record)
         print(f"figures: {args.record}")
     if settings.keep_dashboard:
         pipeline.keep_dashboard(print)
