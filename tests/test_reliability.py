@@ -208,7 +208,7 @@ def test_checkpoints_only_where_a_trial_goes_on(tmp_path, conll_dir):
 
 
 def test_a_finished_search_drops_optimizer_states_and_keeps_what_is_asked(tmp_path):
-    from tuner.pipeline import prune_checkpoints
+    from tuner.search import prune_checkpoints
     from tuner.training import OPTIMIZER_FILE, STATE_FILE
 
     def checkpoint(trial):

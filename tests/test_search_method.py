@@ -101,6 +101,30 @@ def test_the_method_picks_sampler_and_scheduler(tmp_path):
     assert isinstance(scheduler, ASHAScheduler) and searcher._sampler._n_startup_trials == 5
 
 
+def test_search_settings_come_from_the_run_settings_and_say_whether_the_search_is_a_front():
+    from pathlib import Path
+
+    from tuner import registry
+    from tuner.config import RunSettings, resolve_profile
+    from tuner.search import DEFAULT_METHOD, SearchSettings
+
+    settings = RunSettings(stages=(registry.by_name("student"),), trials=6, profile=resolve_profile("smoke", False),
+                           seed=3, results_dir="out", gpus_per_trial=0.5, max_failures=2, quiet=True,
+                           process_per_trial=True, objectives=("f1", "params"))
+    shapes, warm = [{"num_layers": 1, "factor_dim": 8}], {"learning_rate": 1e-4}
+    plan = SearchSettings.of(settings, cpus_per_trial=2, resume=True, shapes=shapes, warm_start=warm)
+    assert plan == SearchSettings(trials=6, seed=3, results_dir=Path("out"), cpus_per_trial=2, gpus_per_trial=0.5,
+                                  max_failures=2, resume=True, quiet=True, reuse_actors=False,
+                                  objectives=("f1", "params"), shapes=shapes, method=DEFAULT_METHOD, warm_start=warm)
+    assert plan.front
+    single = SearchSettings.of(dataclasses.replace(settings, objectives=("f1",)), cpus_per_trial=2, resume=False,
+                               shapes=None, warm_start=None)
+    assert not single.front
+    for mismatch in (dict(objectives=("f1", "params")), dict(shapes=shapes)):  # a front without shapes; F1 with them
+        with pytest.raises(ValueError, match="only a front search, samples shapes"):
+            dataclasses.replace(single, **mismatch)
+
+
 def test_shared_point_keeps_shared_keys_in_range():
     from tuner.spaces import shared_point
 

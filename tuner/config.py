@@ -34,6 +34,12 @@ OBJECTIVES = {"f1": (METRIC, MODE), "params": (SIZE_METRIC, "min")}
 SEARCH_SPACE_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 
 
+def searches_front(objectives: tuple[str, ...]) -> bool:
+    """Whether a search of ``objectives`` is a front search: with size beside F1 it samples shapes under the budget,
+    ParetoASHA stops its trials and it returns the F1-vs-size front, not one best model. The one place that asks."""
+    return len(objectives) > 1
+
+
 def setting(help: str, default=dataclasses.MISSING, choices: tuple | None = None):
     """A profile field with its flag's help text (and choices): the CLI is generated from these."""
     return field(default=default, metadata={"help": help, "choices": choices})

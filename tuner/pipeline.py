@@ -20,7 +20,7 @@ import yaml
 
 from tuner import export, registry
 from tuner.cli import flag_hint
-from tuner.config import METRIC, RunSettings, default_threads, train_settings
+from tuner.config import METRIC, RunSettings, default_threads, searches_front, train_settings
 from tuner.data import TaskData
 from tuner.errors import TunerError
 from tuner.deploy import DEPLOY
@@ -29,7 +29,7 @@ from tuner.models import base_config, count_parameters, load_model, save_model, 
 from tuner.registry import Stage
 from tuner.spaces import SearchSpace, edges, load_space, shared_point, value_ranges
 from tuner.task import BEST, RESULT_FILE, check_teacher, data_source, load_task, stage_inputs, teacher_folder
-from tuner.training import OPTIMIZER_FILE, evaluate, select_device
+from tuner.training import evaluate, select_device
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def check_inputs(settings: RunSettings):
     shaped = teacher if teacher is not None or config is None else shape_model(config)
     for stage in settings.stages:
         stage.check(settings.profile, shaped)
-        if len(settings.objectives) > 1:
+        if searches_front(settings.objectives):
             sized_params(stage, spaces[stage.name], settings.objectives)
         if config is not None:
             check_shapes(stage, spaces[stage.name], settings.objectives, config)
@@ -96,7 +96,7 @@ def searched_params(stage: Stage, space: SearchSpace, objectives: tuple) -> tupl
     """The hyperparameters a search of ``objectives`` samples: all of the space's with size among them; with F1
     alone, all but those left at the stage's default (``Stage.front_only``, and size hyperparameters it can do
     without: it keeps the deepest, then widest, model under the budget)."""
-    if len(objectives) > 1:
+    if searches_front(objectives):
         return space.params
     return tuple(p for p in single_objective_space(stage, space).params
                  if p.name not in stage.sized_by or p.name in stage.required)
@@ -114,7 +114,7 @@ def search_plan(stage: Stage, space: SearchSpace, inputs, objectives: tuple) -> 
     """What the search samples: with size among the objectives, the space without its size hyperparameters and
     every combination of them inside the stage's budget (each to be one choice of a single categorical, so no
     trial over the budget is ever sampled); with F1 alone, ``searched_params``."""
-    if len(objectives) == 1:
+    if not searches_front(objectives):
         return dataclasses.replace(space, params=searched_params(stage, space, objectives)), None
     searched = sized_params(stage, space, objectives)
     budget = stage.budget(inputs)
@@ -317,7 +317,7 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     """Search one stage (or resume its search), save its best model and refresh the exports."""
     from tuner import search
 
-    searched = space if len(settings.objectives) > 1 else single_objective_space(stage, space)
+    searched = space if searches_front(settings.objectives) else single_objective_space(stage, space)
     inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer), value_ranges(searched))
     stage_dir = settings.stage_dir(stage.name)
     sampled, shapes = search_plan(stage, space, inputs, settings.objectives)  # refuses a budget before any change
@@ -335,16 +335,12 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     if start and not resume:
         echo(f"stage {stage.name}: first trial warm-started from the previous stage's best config "
              f"({', '.join(f'{k}={v:.4g}' for k, v in start.items())})")
-    outcome = search.search(stage, sampled, task, inputs, trial_settings, trials=settings.trials, seed=settings.seed,
-                            results_dir=Path(settings.results_dir), cpus_per_trial=cpus,
-                            gpus_per_trial=settings.gpus_per_trial, max_failures=settings.max_failures,
-                            reuse_actors=not settings.process_per_trial, resume=resume, quiet=settings.quiet,
-                            objectives=settings.objectives, shapes=shapes, warm_start=start)
-    clear_stale_outputs(stage_dir, front_search=shapes is not None)
-    front = None if shapes is None else save_front(
-        settings.stage_dir(stage.name), outcome.kept, task, tokenizer, settings.profile.eval_batch_size,
-        settings.profile.precision, echo)
-    pruned = prune_checkpoints(outcome.experiment_dir, outcome.best_checkpoint, settings.keep_checkpoints)
+    plan = search.SearchSettings.of(settings, cpus_per_trial=cpus, resume=resume, shapes=shapes, warm_start=start)
+    outcome = search.search(stage, sampled, task, inputs, trial_settings, plan)
+    clear_stale_outputs(stage_dir, front_search=plan.front)
+    front = save_front(stage_dir, outcome.kept, task, tokenizer, settings.profile.eval_batch_size,
+                       settings.profile.precision, echo) if plan.front else None
+    pruned = search.prune_checkpoints(outcome.experiment_dir, outcome.best_checkpoint, settings.keep_checkpoints)
     record = save_best(stage, settings, outcome, task, tokenizer, space, front, pruned)
     later = tuple(s.name for s in settings.stages[settings.stages.index(stage) + 1:])  # to be searched again
     export.write_exports(Path(settings.results_dir), skip=later)
@@ -378,22 +374,6 @@ def warm_start(stage: Stage, settings: RunSettings, space: SearchSpace) -> dict:
             config = record.get("hyperparameters") if isinstance(record, dict) else None
             return shared_point(space, config) if isinstance(config, dict) else {}
     return {}
-
-
-def prune_checkpoints(experiment: Path, best: Path, keep: str) -> dict:
-    """Once a stage's search has ended, nothing continues its trials (``--resume`` restarts only unfinished
-    ones, and this runs only after every trial finished): drop AdamW's moments from every checkpoint, and with
-    ``keep="best"`` every checkpoint but the search's best. Returns the checkpoints' bytes before and after."""
-    def size() -> int:
-        return sum(f.stat().st_size for f in experiment.glob("*/checkpoint_*/*") if f.is_file())
-
-    before = size()
-    for folder in experiment.glob("*/checkpoint_*"):
-        if keep == "best" and folder.resolve() != Path(best).resolve():
-            shutil.rmtree(folder)
-        else:
-            (folder / OPTIMIZER_FILE).unlink(missing_ok=True)
-    return {"before": before, "after": size()}
 
 
 def keep_dashboard(echo) -> None:

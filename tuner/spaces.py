@@ -1,6 +1,6 @@
 """Search spaces as data: ``search_spaces/<stage>.yaml`` read safely and validated into plain ``Param`` records.
 
-search.py maps the records to Optuna distributions; nothing here imports Ray or Optuna.
+tuner/search/searcher.py maps the records to Optuna distributions; nothing here imports Ray or Optuna.
 """
 
 from __future__ import annotations
