@@ -109,9 +109,10 @@ def searched_teacher(tmp_path_factory, conll_dir):
 
 
 @pytest.mark.slow
-def test_deploy_writes_scored_files_and_the_gate_refuses_a_tiny_drop(searched_teacher):
+def test_deploy_writes_scored_files_and_the_gate_refuses_a_tiny_drop(searched_teacher, monkeypatch, capsys):
     results = searched_teacher
-    proc = run_cli("--results-dir", results, "--stage", "teacher", "--latency-sentences", 20, module="tuner.deploy")
+    proc = run_cli("--results-dir", results, "--stage", "teacher", "--latency-sentences", 20, "--gate-sentences", 150,
+                   module="tuner.deploy")
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = results / "teacher" / "deploy"
     report = json.loads((folder / "deploy.json").read_text())
@@ -126,6 +127,11 @@ def test_deploy_writes_scored_files_and_the_gate_refuses_a_tiny_drop(searched_te
     int8 = formats["onnx_int8"]
     assert int8["validation"] >= formats["pytorch_float32"]["validation"] - 0.003
     assert formats["onnx_float32"]["bytes"] / int8["bytes"] > 3
+    for split in ("validation", "test"):  # the paired bootstrap interval of int8's F1 minus float32's
+        difference = report["int8_minus_float32_f1"][split]
+        assert difference["low"] <= difference["points"] <= difference["high"] and difference["sentences"] == 150
+        assert difference["points"] == pytest.approx(100 * (int8[split] - formats["pytorch_float32"][split]), abs=1e-3)
+    assert "150 sentences" in report["gate"] and all("batch_1_median_ms" in t for t in report["int8_tries"])
     for name, found in formats.items():
         timing = found["latency"]
         assert 0 < timing["batch_1_median_ms"] <= timing["batch_1_p95_ms"], name
@@ -149,12 +155,87 @@ def test_deploy_writes_scored_files_and_the_gate_refuses_a_tiny_drop(searched_te
     proc = run_cli("--model", folder / "model.int8.onnx", *lines[:2], module="tuner.predict")
     assert proc.returncode == 0 and proc.stdout.splitlines()[0] == lines[0], proc.stderr
 
-    # a gate no int8 model can pass: every try recorded, the float model kept alone, exit 1
+    # a gate no whole-model recipe passes: the sensitivity-ranked fallbacks follow, each keeping a longer prefix
+    # of the ranking in float32, until one passes or half the nodes are kept
+    from tuner.int8 import fallback_sizes
+
     proc = run_cli("--results-dir", results, "--stage", "teacher", "--latency-sentences", 5, "--max-f1-drop", 0,
-                   module="tuner.deploy")
+                   "--gate-sentences", 150, module="tuner.deploy")
     report = json.loads((folder / "deploy.json").read_text())
-    drops = [t["drop_points"] for t in report["int8_tries"]]
-    assert proc.returncode == 1 and "kept the float32 ONNX model only" in proc.stdout, proc.stdout + proc.stderr
-    assert len(drops) == len(onnx_io.QUANTIZATIONS) and min(drops) > 0 and not report["int8_passed"]
+    tries, ranking = report["int8_tries"], [entry["node"] for entry in report["sensitivity"]]
+    recipes = len(onnx_io.RECIPES)
+    assert [t["passed"] for t in tries[:recipes]] == [False] * recipes and len(ranking) > 20
+    sizes = list(fallback_sizes(len(ranking)))[:len(tries) - recipes]
+    assert [t["float32_nodes"] for t in tries[recipes:]] == [ranking[:k] for k in sizes]
+    assert [t["passed"] for t in tries[recipes:-1]] == [False] * (len(tries) - recipes - 1)
+    assert proc.returncode == (0 if tries[-1]["passed"] else 1), proc.stdout + proc.stderr
+    assert report["int8_passed"] is tries[-1]["passed"]
+
+    # nothing passes (the fallbacks cut off): every try recorded, the float model kept alone, exit 1
+    monkeypatch.setattr("tuner.int8.fallback_sizes", lambda count: iter(()))
+    status, out, err = run_main(deploy.main, "--results-dir", results, "--stage", "teacher", "--latency-sentences",
+                                5, "--max-f1-drop", 0, "--gate-sentences", 150, capsys=capsys)
+    report = json.loads((folder / "deploy.json").read_text())
+    assert status == 1 and "kept the float32 ONNX model only" in out, out + err
+    assert len(report["int8_tries"]) == recipes and not report["int8_passed"]
     assert not (folder / "model.int8.onnx").exists() and (folder / "model.onnx").is_file()
     assert "onnx_int8" not in report["formats"] and not list(Path(folder.parent).glob("deploy.partial"))
+
+
+def test_the_fallback_search_keeps_exactly_the_planted_sensitive_layer(tiny_model, tokenizer, conll_dir, tmp_path):
+    """The classifier given an outlier weight on a feature the last LayerNorm zeroes (so float32 logits do not
+    change, while per-tensor and per-channel int8 scales are blown in every output row and its other weights round
+    to 0): every whole-model recipe fails the gate, the sensitivity ranking puts the classifier first, and the
+    search passes by keeping exactly it in float32. The gate here scores a candidate by its relative logit error
+    on the calibration sentences (1 point = 1%). Planted in an inner layer, the same outlier moves a random tiny
+    model's logits too little to fail any gate."""
+    from tuner.data import CONLL_LABELS, encode, read_conll
+    from tuner.int8 import FallbackSearch, logit_error
+
+    model = tiny_model.eval()
+    planted = "classifier"
+    with torch.no_grad():
+        norm = model.bert.encoder.layer[-1].output.LayerNorm
+        norm.weight[5], norm.bias[5] = 0.0, 0.0
+        model.classifier.weight[:, 5] = 1000.0
+    onnx_io.export(model, tmp_path / "model.onnx")
+    onnx_io.prepare(tmp_path / "model.onnx", tmp_path / "prepared.onnx")
+    train = encode(read_conll(conll_dir / "train.txt")[:64], tokenizer, list(CONLL_LABELS), 48)
+    task = SimpleNamespace(train=train, pad_token_id=tokenizer.pad_token_id)
+    search = FallbackSearch(tmp_path / "model.onnx", tmp_path / "prepared.onnx",
+                            onnx_io.forward(onnx_io.session(tmp_path / "model.onnx", 1)), task, threads=1)
+    batches = search.calibration()
+    reference = search.logits(search.float_forward, batches)
+
+    def quantized(how):
+        candidate = tmp_path / f"try-{len(search.tried)}.onnx"
+        onnx_io.quantize(tmp_path / "model.onnx", candidate, how, prepared=tmp_path / "prepared.onnx")
+        error = logit_error(reference, search.logits(onnx_io.forward(onnx_io.session(candidate, 1)), batches))
+        return candidate, {"validation": 1 - error, "test": 1 - error}
+
+    tries, chosen = deploy.gate(1.0, search.candidates(), search.remembering(quantized), max_f1_drop=1.0)
+    assert [t["passed"] for t in tries[:len(onnx_io.RECIPES)]] == [False] * len(onnx_io.RECIPES)
+    assert search.ranked[0][1] == planted, search.ranked[:3]
+    assert chosen is not None and chosen[2].keep_nodes == (search.ranked[0][0],), [t["name"] for t in tries]
+    assert tries[-1]["float32_nodes"] == [search.ranked[0][0]] and planted in tries[-1]["name"]
+
+
+def test_paired_bootstrap_matches_seqeval_and_brackets_the_difference():
+    """The per-sentence counts sum to seqeval's corpus F1; identical predictions differ by exactly 0; a candidate
+    that drops one entity of many differs by a small negative amount inside its interval."""
+    from tuner.int8 import entity_counts, micro_f1, paired_bootstrap
+    from tuner.metrics import entity_scores
+
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG"], ["B-MISC", "O", "O"]] * 20
+    baseline = [["B-PER", "I-PER", "O", "B-LOC"], ["O", "B-ORG"], ["B-MISC", "O", "B-LOC"]] * 20
+    candidate = [list(s) for s in baseline]
+    candidate[0] = ["B-PER", "O", "O", "B-LOC"]  # one entity cut short
+    for predicted in (baseline, candidate):
+        assert micro_f1(entity_counts(gold, predicted).sum(axis=0)) == pytest.approx(
+            entity_scores(gold, predicted)["f1"])
+    same = paired_bootstrap(gold, baseline, baseline, rounds=200)
+    assert same["points"] == same["low"] == same["high"] == 0
+    found = paired_bootstrap(gold, baseline, candidate, rounds=200)
+    expected = 100 * (entity_scores(gold, candidate)["f1"] - entity_scores(gold, baseline)["f1"])
+    assert found["points"] == pytest.approx(expected, abs=1e-3) and found["points"] < 0
+    assert found["low"] <= found["points"] <= found["high"] and found["sentences"] == 60

@@ -8,6 +8,7 @@ PyTorch model.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import logging
 import tempfile
@@ -72,32 +73,65 @@ class Quantization:
     per_channel: bool = False
     unsigned: bool = False  # uint8 weights instead of int8 (activations are uint8 either way)
     keep_float: tuple[str, ...] = field(default=())  # "classifier", "word_embeddings"
+    keep_nodes: tuple[str, ...] = field(default=())  # graph nodes left in float32 by name (tuner.int8's fallbacks)
 
     def record(self) -> dict:
         return {"name": self.name, "per_channel": self.per_channel, "weights": "uint8" if self.unsigned else "int8",
-                "float32_parts": list(self.keep_float)}
+                "float32_parts": list(self.keep_float), "float32_nodes": list(self.keep_nodes)}
 
 
-# Tried in this order until one keeps F1 within the gate: the smallest files first (per-tensor, then per-channel
-# scales, with int8 or uint8 weights), then larger ones that keep more in float32 (the classifier, then also the
-# word embeddings).
-QUANTIZATIONS = (
+# The whole-model recipes, tried in this order until one keeps F1 within the gate: the smallest files first
+# (per-tensor, then per-channel scales, with int8 or uint8 weights). Where none passes, tuner.int8 keeps the most
+# sensitive nodes in float32 on top of the best of them.
+RECIPES = (
     Quantization("int8"),
     Quantization("int8, per-channel weights", per_channel=True),
     Quantization("int8, per-channel uint8 weights", per_channel=True, unsigned=True),
+)
+# ...and named parts kept in float32, for a caller that wants them by name
+QUANTIZATIONS = RECIPES + (
     Quantization("int8, classifier in float32", keep_float=("classifier",)),
     Quantization("int8, classifier and word embeddings in float32", keep_float=("classifier", "word_embeddings")),
 )
+QUANTIZED_OPS = ("MatMul", "Gemm", "Gather")  # what dynamic quantization turns to int8 in a BERT graph
 
 
-def quantize(float_path: Path, out_path: Path, how: Quantization) -> None:
-    """ONNX Runtime's pre-processing, then its dynamic quantization to int8 weights."""
+def prepare(float_path: Path, prepared_path: Path) -> None:
+    """ONNX Runtime's pre-processing for quantization, once per model: every try quantizes the same graph."""
+    # symbolic shape inference cannot follow BERT's dynamic sequence axis; ONNX's own shape inference does
+    quant_pre_process(str(float_path), str(prepared_path), skip_symbolic_shape=True)
+
+
+def quantizable_nodes(prepared_path: Path, float_path: Path) -> dict[str, str]:
+    """The nodes dynamic quantization would turn to int8 (MatMul/Gemm and Gather nodes reading a weight), in graph
+    order, each with the PyTorch module it computes (``bert.encoder.layer.0.output.dense``), read from the
+    exporter's name scopes in the float file; the weight's name where the exporter left none."""
+    graph = onnx.load(str(prepared_path))
+    weights = {initializer.name for initializer in graph.graph.initializer}
+    modules = {}
+    for node in onnx.load(str(float_path)).graph.node:
+        scopes = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.name_scopes"), None)
+        if scopes:
+            path = ast.literal_eval(scopes)
+            modules[node.name] = path[-2] if len(path) > 1 else path[-1]
+    found = {}
+    for node in graph.graph.node:
+        weight = next((name for name in node.input if name in weights), None)
+        if node.op_type in QUANTIZED_OPS and weight is not None:
+            found[node.name] = modules.get(node.name) or weight.removesuffix(".weight")
+    return found
+
+
+def quantize(float_path: Path, out_path: Path, how: Quantization, *, only: list[str] | None = None,
+             prepared: Path | None = None) -> None:
+    """Dynamic quantization to int8 weights, after ONNX Runtime's pre-processing (``prepared``: done already);
+    ``only``: quantize these nodes and no other (a sensitivity probe)."""
     with tempfile.TemporaryDirectory() as work:
-        prepared = Path(work) / "prepared.onnx"
-        # symbolic shape inference cannot follow BERT's dynamic sequence axis; ONNX's own shape inference does
-        quant_pre_process(str(float_path), str(prepared), skip_symbolic_shape=True)
+        if prepared is None:
+            prepared = Path(work) / "prepared.onnx"
+            prepare(float_path, prepared)
         graph = onnx.load(str(prepared))
-        excluded = []
+        excluded = list(how.keep_nodes)
         if "classifier" in how.keep_float:
             excluded += classifier_nodes(graph)
         if "word_embeddings" in how.keep_float:
@@ -105,7 +139,7 @@ def quantize(float_path: Path, out_path: Path, how: Quantization) -> None:
         with errors_only():  # quantize_dynamic writes its notes to the root logger
             quantize_dynamic(str(prepared), str(out_path), per_channel=how.per_channel,
                              weight_type=QuantType.QUInt8 if how.unsigned else QuantType.QInt8,
-                             nodes_to_exclude=excluded)
+                             nodes_to_quantize=only, nodes_to_exclude=excluded)
 
 
 def classifier_nodes(graph) -> list[str]:
