@@ -292,3 +292,12 @@ def test_random_model_takes_the_folders_architecture_and_tokenizer(tmp_path, tok
     assert load_tokenizer(name)("EU rejects")["input_ids"] == tokenizer("EU rejects")["input_ids"]
     with pytest.raises(TunerError, match=r"random:.*config\.json not found"):
         initial_token_classifier(f"random:{tmp_path / 'none'}", labels, seed=0, vocab_size=10)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_a_trial_given_a_gpu_it_cannot_see_fails_instead_of_training_on_the_cpu():
+    from tuner.training import select_device
+
+    assert select_device() == "cpu" and select_device(False) == "cpu"
+    with pytest.raises(RuntimeError, match="given a GPU, but torch .* sees none"):
+        select_device(True)

@@ -47,8 +47,18 @@ def check_finite(loss_sum: torch.Tensor, epoch: int, step: int, hparams: dict) -
                                  f"{hparams['learning_rate']:.3g} is likely too high")
 
 
-def select_device(use_gpu: bool = True) -> str:
-    return "cuda" if use_gpu and torch.cuda.is_available() else "cpu"
+def select_device(use_gpu: bool | None = None) -> str:
+    """The device to compute on: None (the driver), ``cuda`` where torch sees one; a trial's ``use_gpu``, its own
+    resources: a trial given a GPU whose torch sees none fails rather than training on the CPU unnoticed (a
+    CPU-only torch in the worker, a driver mismatch)."""
+    if use_gpu is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not use_gpu:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"this trial was given a GPU, but torch {torch.__version__} here sees none "
+                           f"(CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r})")
+    return "cuda"
 
 
 def native_bf16(device: str) -> bool:
@@ -83,6 +93,8 @@ def release_memory() -> bool:
     A reused trial process calls this before each trial: without it, later trials in one process trained slower
     than its first (measured in ``docs/design.md``)."""
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()  # a reused process: the last trial's cached blocks back to the GPU's other trials
     trim = _malloc_trim()
     if trim is None:
         return False
