@@ -13,6 +13,7 @@ from tests.conftest import ROOT, STAGES, run_main, snapshot, write
 from tuner import run
 from tuner.cli import flag_hint, flag_name
 from tuner.config import PROFILE_DEFAULTS, Profile, profile_overrides
+from tuner.errors import TunerError
 
 
 def test_every_profile_field_is_a_flag_of_its_own_name():
@@ -33,7 +34,7 @@ def test_every_profile_field_is_a_flag_of_its_own_name():
 
 
 def test_profile_choices_are_validated_where_flags_and_yaml_meet():
-    with pytest.raises(Exception, match="label_subtokens must be one of first, all"):
+    with pytest.raises(TunerError, match="label_subtokens must be one of first, all"):
         dataclasses.replace(PROFILE_DEFAULTS["smoke"], label_subtokens="every")
     assert {f.name for f in dataclasses.fields(Profile)} - {f.name for f in profile_overrides()} == {"name"}
 

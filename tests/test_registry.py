@@ -80,7 +80,11 @@ def test_a_toy_stage_runs_through_a_smoke_search(tmp_path, tokenizer, conll_dir)
     records = pipeline.run(settings, echo=lambda *a: None)
 
     record = json.loads((results / "head" / "best" / "result.json").read_text())
-    assert records["head"] == json.loads(json.dumps(record))
+    assert record["stage"] == "head" and record["trials"] == 2 and record["profile"] == "smoke"
+    assert set(record["hyperparameters"]) == {"learning_rate", "weight_decay", "warmup_ratio"}
+    assert 1e-3 <= record["hyperparameters"]["learning_rate"] <= 1e-2 and record["hyperparameters"]["weight_decay"] == 0
+    assert 0 <= record["val_f1"] <= 1 and 0 <= record["test_f1"] <= 1
+    assert records["head"]["val_f1"] == record["val_f1"] and Path(record["checkpoint"]) == results / "head" / "best"
     best = load_model(results / "head" / "best")
     frozen = {name: value for name, value in teacher.state_dict().items() if not name.startswith("classifier")}
     for name, value in best.state_dict().items():  # the stage's own train ran: only the head moved

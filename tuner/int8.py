@@ -72,10 +72,13 @@ class FallbackSearch:
         yield from onnx_io.RECIPES
         base = max(self.tried, key=lambda pair: pair[1])[0]
         modules = onnx_io.quantizable_nodes(self.prepared, self.float_path)
+        sizes = list(fallback_sizes(len(modules)))
+        if not sizes:
+            return
         self.ranked = [(node, modules[node], error) for node, error in
                        rank_by_sensitivity(list(modules), lambda node: self.node_error(base, node))]
         nodes = [node for node, _, _ in self.ranked]
-        for k in fallback_sizes(len(nodes)):
+        for k in sizes:
             kept = ", ".join(modules[node] for node in nodes[:k]) if k <= 3 else f"the {k} most sensitive nodes"
             yield dataclasses.replace(base, name=f"{base.name}, float32: {kept}", keep_nodes=tuple(nodes[:k]))
 
