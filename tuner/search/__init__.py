@@ -32,6 +32,8 @@ from tuner.search.run import (EXPERIMENT, RUNG_MEMORY, SearchOutcome, SearchSett
 from tuner.search.searcher import (EpochOptunaSearch, ShapedSpace, optuna_distributions, shape_label,  # noqa: E402
                                    spanning_shapes)
 from tuner.search.study import check_storage, reset_study, study_trials  # noqa: E402
+# A search started before the package split pickled its trainable as tuner.search._trial: --resume reads it here
+from tuner.search.trainable import _trial  # noqa: E402,F401
 
 __all__ = [
     "AUTH_TOKEN", "DEFAULT_METHOD", "EXPERIMENT", "FRONT_MARGIN", "FRONT_REDUCTION_FACTOR", "GRACE_SHARE",
