@@ -1,7 +1,11 @@
-"""What every benchmark process shares: the benchmark's sizes as tuner settings, the selected sentences, JSON out.
+"""What every benchmark shares: the sizes as tuner settings, the selected sentences, JSON out, where a report and
+its figures go.
 
 Each measurement runs in its own process (``python bench/<module>.py <command> --out FILE ...``) so that no
-process's threads, caches or Ray instance leak into another's timing; the orchestrator reads FILE back.
+process's threads, caches or Ray instance leak into another's timing; the orchestrator reads FILE back. A report
+goes to ``--output`` (``results/<name>`` by default; a temporary folder with ``--quick``, which never writes under
+the checkout's ``results/``) and its figures, through ``tuner.figures``, to ``--record`` (by default
+``benchmarks.json`` beside the report: ``results/benchmarks.json``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,9 +24,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere: `tuner` and `bench` import from the checkout
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from tuner import registry  # noqa: E402
+from tuner import figures, registry  # noqa: E402
 from tuner.cli import OneLineParser, int_at_least, positive_int  # noqa: E402
 from tuner.config import RunSettings, resolve_profile  # noqa: E402
+from tuner.errors import TunerError  # noqa: E402
 
 BATCH_SIZE = 16
 PEERS = ("default", "tuned")  # the Hugging Face peers' two set-ups (bench/hf_peer.py)
@@ -30,6 +36,9 @@ BATCHINGS = ("random", "length")  # the peers' batchings: random padded batches,
 SEED = 0  # of the first repeat; repeat r runs with seed r on both sides (split, head, data order, dropout)
 SPLIT = "report"
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "conll2003"  # the shared CoNLL-2003 folder beside the checkout
+RESULTS = figures.BENCHMARKS.parent
+# Throughput does not depend on these; they are the middle of search_spaces/teacher.yaml.
+THROUGHPUT_HPARAMS = {"learning_rate": 5e-5, "weight_decay": 0.05, "warmup_ratio": 0.1}
 
 
 class BenchError(RuntimeError):
@@ -103,8 +112,45 @@ def write_result(path: Path, record: dict) -> None:
 
 
 def command_line(script: str, argv: list) -> str:
-    """How a report names the command that produced it: ``python bench/<script> <argv>``."""
-    return " ".join(["python", f"bench/{script}", *map(str, argv)])
+    """How a report and its figures name the command that produced them: ``python bench/<script> <argv>``."""
+    return figures.command_line(f"bench/{script}", argv)
+
+
+def output_flags(parser: argparse.ArgumentParser, report: str) -> None:
+    """``--output`` (the markdown report; its record goes beside it as .json) and ``--record`` (the figures)."""
+    parser.add_argument("--output", type=Path, help=f"the report (default results/{report}; with --quick, a "
+                                                    "temporary folder's)")
+    parser.add_argument("--record", type=Path, help="the figures file (default: benchmarks.json beside --output)")
+
+
+def settle_outputs(parser: argparse.ArgumentParser, args: argparse.Namespace, report: str, command: str) -> None:
+    """Fill in ``--output`` and ``--record``, and take the run's provenance (``args.started``: commit, date, machine,
+    for its figures). A ``--quick`` run asked to write under the checkout's ``results/``, or a figures file
+    ``tuner.figures.record`` would refuse, is a one-line error before any work."""
+    quick = getattr(args, "quick", False)
+    if args.output is None:
+        args.output = (Path(tempfile.mkdtemp(prefix="tuner-bench-quick-")) if quick else RESULTS) / report
+    if args.record is None:
+        args.record = args.output.with_name(figures.BENCHMARKS.name)
+    if quick and any(path.resolve().is_relative_to(RESULTS.resolve()) for path in (args.output, args.record)):
+        parser.error(f"--quick writes nothing under {RESULTS}: give --output and --record elsewhere")
+    try:
+        figures.check_writable(args.record, command)
+    except TunerError as exc:
+        parser.error(str(exc))
+    args.started = figures.provenance(figures.CODE + ("bench",))
+
+
+def record_figures(entries: list[dict], path: Path) -> None:
+    """Write a run's figures (``tuner.figures.headline`` entries) into ``path`` and say so; a file that refuses them
+    ends the run with its one-line message and exit status 1."""
+    if entries:
+        try:
+            figures.record(entries, path)
+        except TunerError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            raise SystemExit(1) from None
+        print(f"{len(entries)} figure(s) recorded in {path}")
 
 
 def utc_minute() -> str:
@@ -135,16 +181,20 @@ def publish(output: Path | None, text: str, record) -> None:
     output.write_text(text)
     output.with_suffix(".json").write_text(json.dumps(record, indent=2, default=str) + "\n")
     print(text)
+    print(f"report: {output}")
 
 
-def measure_and_publish(output: Path, measure: Callable[[], object], report: Callable[[object, str, float], str]):
-    """Run ``measure()``, then ``publish`` ``report(record, started, minutes)``; the record, or None after a
-    failed step (a ``BenchError``), whose one-line message is printed and nothing written."""
+def measure_and_publish(args: argparse.Namespace, measure: Callable[[], object],
+                        report: Callable[[object, str, float], str], entries: Callable[[object], list]) -> int:
+    """Run ``measure()``, ``publish`` ``report(record, started, minutes)`` to ``--output`` and record
+    ``entries(record)`` (its figures) in ``--record``: exit status 0, or 1 after a failed step (a ``BenchError``),
+    whose one-line message is printed and nothing written."""
     started, clock = utc_minute(), time.time()
     try:
         record = measure()
     except BenchError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return None
-    publish(output, report(record, started, (time.time() - clock) / 60), record)
-    return record
+        return 1
+    publish(args.output, report(record, started, (time.time() - clock) / 60), record)
+    record_figures(entries(record), args.record)
+    return 0

@@ -11,8 +11,9 @@ budgets, the remainder to the first ones; ``--front-only`` skips them). ``--trai
 search on fewer (or more) training sentences than its profile, to fit the comparison in less time; ``--space-dir``
 gives every search the same other ``student.yaml``. It reports,
 per budget, the best front member under it against that budget's own search (validation and test F1), the
-wall time of each side, and the front's members as shares of the teacher's size and F1. ``--quick`` is its
-smoke mode (the smoke profile's tiny model, seconds to minutes; the slow tests run it).
+wall time of each side, and the front's members as shares of the teacher's size and F1; its figures (through
+``tuner.figures``) hold each budget's best member against the teacher and the goals. ``--quick`` is its smoke mode
+(the smoke profile's tiny model, seconds to minutes, in a temporary folder; the slow tests run it).
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (  # noqa: E402
-    ROOT, BenchError, OneLineParser, command_line, measure_and_publish, positive_int, teacher_result)
+from bench.common import (ROOT, BenchError, OneLineParser, command_line, measure_and_publish,  # noqa: E402
+                          output_flags, positive_int, settle_outputs, teacher_result)
+from tuner.figures import headline  # noqa: E402
 
 PROFILE = {False: ["--profile", "cpu"], True: ["--profile", "smoke", "--model", "minilm"]}
+SHARE_GOALS = {0.30: 0.97, 0.22: 0.93, 0.15: 0.85}  # a front member under each share of the teacher: its test F1
+MEMBERS_GOAL = 4  # front members between 15% and 60% of the teacher's parameters
+F1_POINTS = 0.5  # a front member against a budgeted search: within half a point of its test F1
 
 
 def search(name: str, work: Path, teacher: Path, args, *extra) -> dict:
@@ -132,14 +137,56 @@ def report(record: dict, command: str, started: str, minutes: float) -> str:
         lines.append(f"| {member['name']} | {member['parameters']:,} | {share(member['parameters'], size)} | "
                      f"{member['val_f1']:.4f} | {member['test_f1']:.4f} | {member['test_f1'] / f1:.3f} | "
                      f"{float(member['batch_1_median_ms']):.2f} |")
-    between = [m for m in front["members"] if 0.15 * size <= m["parameters"] <= 0.60 * size]
-    lines += ["", f"Members between 15% and 60% of the teacher's parameters: {len(between)}."]
-    for limit in (0.30, 0.22, 0.15):
-        under = [m for m in front["members"] if m["parameters"] <= limit * size]
-        best = max((m["test_f1"] for m in under), default=None)
+    lines += ["", f"Members between 15% and 60% of the teacher's parameters: {len(between(record))}."]
+    for limit in SHARE_GOALS:
+        best = best_under(record, limit)
         lines.append(f"At {limit:.0%} or less of the teacher: " + (f"best test F1 {best:.4f}, {best / f1:.3f}x the "
-                                                                     "teacher's." if under else "no member."))
+                                                                     "teacher's." if best is not None else "no member."))
     return "\n".join(lines) + "\n"
+
+
+def between(record: dict) -> list:
+    size = record["teacher"]["parameters"]
+    return [m for m in record["front"]["members"] if 0.15 * size <= m["parameters"] <= 0.60 * size]
+
+
+def best_under(record: dict, limit: float) -> float | None:
+    """The best test F1 of a front member at ``limit`` of the teacher's parameters or less."""
+    return max((m["test_f1"] for m in record["front"]["members"]
+                if m["parameters"] <= limit * record["teacher"]["parameters"]), default=None)
+
+
+def front_figures(record: dict, args) -> list:
+    """The front against the teacher at each share of SHARE_GOALS and its members' count; with the budgeted
+    searches, the front against each and the two sides' wall times."""
+    trials, teacher = record["front"]["trials"], record["teacher"]
+    run = {"command": args.command, "started": args.started, "inputs": (args.teacher,)}
+    sizes = f"{trials} trials, front up to {record['front']['max_share']:.0%}" + (
+        f", {record['train_sentences']:,} training sentences" if record["train_sentences"] else "")
+    entries = []
+    for limit, goal in SHARE_GOALS.items():
+        best = best_under(record, limit)
+        value = None if best is None else round(best / teacher["test_f1"], 3)
+        entries.append(headline(f"front at <= {limit:.0%} of the teacher's parameters, test F1 / teacher's ({sizes})",
+                                value, "x", goal=f">= {goal}x", met=value is not None and value >= goal,
+                                peer="the same run's teacher", **run))
+    entries.append(headline(f"front members between 15% and 60% of the teacher's parameters ({sizes})",
+                            len(between(record)), " members", goal=f">= {MEMBERS_GOAL}",
+                            met=len(between(record)) >= MEMBERS_GOAL, peer="the same run's teacher", **run))
+    budgeted = f"F1 alone, {' + '.join(str(row['single_trials']) for row in record['budgets'])} trials"
+    for row in record["budgets"]:
+        gap = None if row["front_member"] is None else round(100 * (row["front_test_f1"] - row["single_test_f1"]), 2)
+        entries.append(headline(f"front vs a budgeted F1 search at <= {row['budget']:.0%} of the teacher (test F1, "
+                                f"{sizes})", gap, " points", goal=f"within {F1_POINTS} points",
+                                met=gap is not None and gap >= -F1_POINTS,
+                                peer="a single-objective search at that budget", peer_settings=budgeted,
+                                front_member=row["front_member"], budgeted_test_f1=row["single_test_f1"], **run))
+    if record["budgets"]:
+        ratio = record["front"]["wall_seconds"] / sum(row["single_wall_seconds"] for row in record["budgets"])
+        entries.append(headline(f"front search wall time / the budgeted searches' ({sizes})", round(ratio, 3), "x",
+                                goal="<= 1x", met=ratio <= 1, peer="a single-objective search at each budget",
+                                peer_settings=budgeted, **run))
+    return entries
 
 
 def main(argv=None) -> int:
@@ -155,7 +202,7 @@ def main(argv=None) -> int:
                         help="every search's training sentences (default: the profile's)")
     parser.add_argument("--space-dir", type=Path,
                         help="a folder whose student.yaml every search uses (default: search_spaces/)")
-    parser.add_argument("--output", type=Path, default=ROOT / "results" / "front.md")
+    output_flags(parser, "front.md")
     parser.add_argument("--front-only", action="store_true",
                         help="run the front search alone, without the single-objective searches: its members "
                              "against the teacher and the budgets")
@@ -166,11 +213,12 @@ def main(argv=None) -> int:
         parser.error(f"--space-dir {args.space_dir}: no student.yaml")
     if not all(0 < b <= 1 for b in args.budgets + [args.front_max]):
         parser.error("--budgets and --front-max are shares of the teacher's parameters, in (0, 1]")
+    args.command = command_line("front.py", argv if argv is not None else sys.argv[1:])
+    settle_outputs(parser, args, "front.md", args.command)
     args.work = args.work or args.output.parent / (args.output.stem + "-work")
-    command = command_line("front.py", argv if argv is not None else sys.argv[1:])
-    found = measure_and_publish(args.output, lambda: run(args),
-                                lambda record, started, minutes: report(record, command, started, minutes))
-    return 0 if found is not None else 1
+    return measure_and_publish(args, lambda: run(args),
+                               lambda record, started, minutes: report(record, args.command, started, minutes),
+                               lambda record: front_figures(record, args))
 
 
 if __name__ == "__main__":

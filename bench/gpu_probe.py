@@ -15,9 +15,10 @@ code (``tuner.task.load_task``, the report split, a seeded subset), and each bat
                 ``tuner.unpadded.real_token_logits``: every matmul outside attention on the real tokens only
                 (tuner's default training step)
 
-Every step is fit's: collate, forward and loss under ``tuner.training.autocast(device, precision)``, backward,
-``clip_grad_norm_(..., 1.0)``, the fused AdamW of ``tuner.training.build_optimizer``, zero_grad. ``--warmup``
-steps run first and are not timed; then ``--steps`` steps are timed (``torch.cuda.synchronize()`` on both ends).
+Every step is fit's, timed by ``bench/step_timer.py`` (collate, the loss under ``tuner.training.autocast``,
+backward, clipping, the fused AdamW of ``tuner.training.build_optimizer``, zero_grad); the padded batchings run
+the model's padded forward. ``--warmup`` steps run first and are not timed; then ``--steps`` steps are timed
+(``torch.cuda.synchronize()`` on both ends).
 MFU = 6 x non-embedding parameters x real tokens/s / peak dense bf16 FLOP/s of the GPU (from its name); the
 probe also times a bf16 ``--matmul-size``^3 matmul, the ceiling it measures, and gives MFU against that too
 (the only MFU where the GPU's peak is unknown, and on the CPU).
@@ -28,16 +29,14 @@ Prints one summary line; writes everything to ``--out`` (JSON). Only tuner, torc
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DEFAULT_DATA, non_embedding_parameters, write_result  # noqa: E402
+from bench.step_timer import StepTimer, matmul_flops, step_batches  # noqa: E402
 
 import torch  # noqa: E402
 from transformers import BertConfig, BertForTokenClassification  # noqa: E402
@@ -45,17 +44,12 @@ from transformers import BertConfig, BertForTokenClassification  # noqa: E402
 from tuner import registry  # noqa: E402
 from tuner.cli import OneLineParser, positive_int  # noqa: E402
 from tuner.config import PRECISIONS, RunSettings, resolve_profile  # noqa: E402
-from tuner.data import length_grouped_batches, random_batches  # noqa: E402
 from tuner.models import label_maps, tiny_config  # noqa: E402
 from tuner.task import load_task  # noqa: E402
-from tuner.training import (MAX_GRAD_NORM, autocast, build_optimizer, collate, resolved_precision,  # noqa: E402
-                            token_cross_entropy)
-from tuner.unpadded import attention_groups  # noqa: E402
+from tuner.training import resolved_precision  # noqa: E402
 
 SEED = 0
 SPLIT = "report"
-# Throughput does not depend on these; they are the middle of search_spaces/teacher.yaml (as bench/probes.py).
-HPARAMS = {"learning_rate": 5e-5, "weight_decay": 0.05}
 BATCHINGS = ("length", "random", "unpadded")
 # Dense bf16 tensor-core peaks (FLOP/s, no sparsity), matched on torch.cuda.get_device_name(): first match wins.
 PEAKS = ((("H200",), 989e12, "H200"),
@@ -63,7 +57,6 @@ PEAKS = ((("H200",), 989e12, "H200"),
          (("H100", "HBM3"), 989e12, "H100 SXM"),
          (("H100", "SXM"), 989e12, "H100 SXM"))
 MATMUL_SIZE = {"cuda": 8192, "cpu": 1024}  # 8192^3 on a GPU; the CPU dry run's ceiling in a second, not minutes
-MATMUL_WARMUP, MATMUL_REPEATS = 3, 10
 
 
 def peak_flops(gpu_name: str | None) -> tuple[float | None, str | None]:
@@ -75,27 +68,6 @@ def peak_flops(gpu_name: str | None) -> tuple[float | None, str | None]:
         if all(needle in upper for needle in needles):
             return peak, label
     return None, None
-
-
-def synchronize(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def matmul_flops(device: str, size: int) -> float:
-    """FLOP/s of a bf16 ``size``^3 matmul on ``device``: the median of MATMUL_REPEATS, after warm-up."""
-    a, b = (torch.randn(size, size, device=device, dtype=torch.bfloat16) for _ in range(2))
-    for _ in range(MATMUL_WARMUP):
-        a @ b
-    seconds = []
-    for _ in range(MATMUL_REPEATS):
-        synchronize(device)
-        started = time.perf_counter()
-        a @ b
-        synchronize(device)
-        seconds.append(time.perf_counter() - started)
-    del a, b
-    return 2 * size**3 / statistics.median(seconds)
 
 
 def run_settings(args: argparse.Namespace) -> RunSettings:
@@ -120,50 +92,12 @@ def build_model(labels: list[str], vocab_size: int, tiny: bool, max_length: int)
     return BertForTokenClassification(config)
 
 
-def step_batches(task, batching: str, batch_size: int, count: int) -> list[list[int]]:
-    """The first ``count`` batches of ``batching``'s order over the training sentences (wrapping around)."""
-    order = length_grouped_batches if batching == "length" else random_batches
-    epoch = order(task.train.lengths(), batch_size, SEED)
-    return [epoch[i % len(epoch)] for i in range(count)]
-
-
 def measure(batching: str, task, model, device: str, precision: str, args) -> dict:
-    """Warm-up steps, then ``--steps`` timed training steps of ``batching``; tokens counted on the timed ones."""
-    model.train()
-    optimizer = build_optimizer(model, HPARAMS["learning_rate"], HPARAMS["weight_decay"])
-    batches = step_batches(task, batching, args.batch_size, args.warmup + args.steps)
-    real = padded = attended = 0
-    losses = []
-    for step, indices in enumerate(batches):
-        if step == args.warmup:
-            synchronize(device)
-            started = time.perf_counter()
-        batch = collate(task.train, indices, task.pad_token_id, device)
-        with autocast(device, precision):
-            if batching == "unpadded":
-                loss = token_cross_entropy(model, batch, indices, batches="random")
-            else:
-                loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
-        if step >= args.warmup:  # counted from the host's lengths: no device sync inside the timed loop
-            lengths = [len(task.train.input_ids[i]) for i in indices]
-            real += sum(lengths)
-            padded += len(lengths) * max(lengths)
-            attended += (attention_groups(sorted(lengths, reverse=True), "cpu")[1] if batching == "unpadded"
-                         else len(lengths) * max(lengths))
-    synchronize(device)
-    seconds = time.perf_counter() - started
-    losses = torch.stack(losses).float().cpu().tolist()
-    del optimizer
-    return {"batching": batching, "steps": args.steps, "warmup_steps": args.warmup, "seconds": seconds,
-            "real_tokens": real, "padded_tokens": padded, "padding_share": 1 - real / padded,
-            "attention_tokens": attended, "real_tokens_per_second": real / seconds,
-            "padded_tokens_per_second": padded / seconds, "first_loss": losses[0], "last_loss": losses[-1],
-            "finite": all(math.isfinite(x) for x in losses)}
+    """Warm-up steps, then ``--steps`` timed training steps of ``batching``, with an optimizer of its own."""
+    batches = step_batches(task.train.lengths(), "length" if batching == "length" else "random", args.batch_size,
+                           SEED, args.warmup + args.steps)
+    timer = StepTimer(model, task, device, precision, "unpadded" if batching == "unpadded" else "padded")
+    return {"batching": batching, **timer.run(batches, args.warmup)}
 
 
 def pick_device(choice: str) -> str:
@@ -227,7 +161,7 @@ def main(argv=None) -> int:
         if device == "cuda":
             torch.cuda.empty_cache()
     size = args.matmul_size or MATMUL_SIZE[device]
-    ceiling = matmul_flops(device, size)
+    ceiling = matmul_flops(size, size, size, torch.bfloat16, device)
     peak, peak_label = peak_flops(record.get("gpu_name")) if device == "cuda" else (None, None)
     for result in results:
         flops = 6 * non_embedding * result["real_tokens_per_second"]

@@ -30,8 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, BATCHINGS, PEERS, TRAIN_SEED_FLAG, command_parser,  # noqa: E402
-                          non_embedding_parameters, positive_int, run_settings, selected_sentences, train_seed, write_result)
+from bench.common import (BATCH_SIZE, BATCHINGS, PEERS, THROUGHPUT_HPARAMS, TRAIN_SEED_FLAG,  # noqa: E402
+                          command_parser, non_embedding_parameters, positive_int, run_settings, selected_sentences,
+                          train_seed, write_result)
 
 import datasets  # noqa: E402
 import torch  # noqa: E402
@@ -39,7 +40,6 @@ from seqeval.metrics import f1_score  # noqa: E402
 from transformers import (AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer,  # noqa: E402
                           TrainerCallback, TrainingArguments)
 
-from bench.probes import THROUGHPUT_HPARAMS  # noqa: E402
 from tuner.config import IGNORE_INDEX  # noqa: E402
 from tuner.data import CONLL_LABELS  # noqa: E402
 from tuner.models import cut_student, load_model, load_tokenizer, packaged_minilm_path  # noqa: E402

@@ -7,9 +7,8 @@
                     first), at a kept search's best config (--student) and --train-seed
     matmul          2048 x 2048 @ 2048 x 2048 FLOP/s in float32 and bf16, torch.set_num_threads(THREADS), after warmup
     steps           the levers of issue 6 on fit's padded training step (``--batches length``, length-grouped
-                    batches): --variant fp32, bf16 (CPU autocast), compile (torch.compile, dynamic shapes) or
-                    compile-bf16 (both),
-                    --threads N, over the same first --steps batches
+                    batches; bench/step_timer.py): --variant fp32, bf16 (CPU autocast), compile (torch.compile,
+                    dynamic shapes) or compile-bf16 (both), --threads N, over the same first --steps batches
 
 Run by bench/run_benchmarks.py; every sub-command takes --data, the sizes and --out (see bench/common.py).
 """
@@ -17,30 +16,29 @@ Run by bench/run_benchmarks.py; every sub-command takes --data, the sizes and --
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, LEVERS, TRAIN_SEED_FLAG, command_parser, non_embedding_parameters,  # noqa: E402
-                          run_settings, train_seed, write_result)
+from bench.common import (BATCH_SIZE, LEVERS, THROUGHPUT_HPARAMS, TRAIN_SEED_FLAG, command_parser,  # noqa: E402
+                          non_embedding_parameters, run_settings, train_seed, write_result)
+from bench.step_timer import StepTimer, matmul_flops, step_batches  # noqa: E402
 
 import torch  # noqa: E402
 
 from tuner.config import PRECISIONS, TrainSettings, default_threads, train_settings  # noqa: E402
-from tuner.data import length_grouped_batches, random_batches  # noqa: E402
+from tuner.data import random_batches  # noqa: E402
 from tuner.models import initial_token_classifier, load_model  # noqa: E402
 from tuner.stages import student  # noqa: E402
 from tuner.task import load_task, stage_inputs  # noqa: E402
-from tuner.training import MAX_GRAD_NORM, autocast, build_optimizer, collate, fit  # noqa: E402
+from tuner.training import fit  # noqa: E402
 from tuner.unpadded import attention_groups  # noqa: E402
 
 THREADS = default_threads(0)  # what a tuner trial gets with --cpus-per-trial 0 (all of the node)
-# Throughput does not depend on these; they are the middle of search_spaces/teacher.yaml.
-THROUGHPUT_HPARAMS = {"learning_rate": 5e-5, "weight_decay": 0.05, "warmup_ratio": 0.1}
-MATMUL_SIZE, MATMUL_WARMUP, MATMUL_REPEATS = 2048, 3, 10
+MATMUL_SIZE = 2048
+WARMUP_STEPS = 5
 
 
 def padded_tokens(lengths: list[int], seed: int) -> int:
@@ -108,54 +106,22 @@ def matmul(args) -> dict:
     return record
 
 
-def matmul_flops(m: int, k: int, n: int, dtype, repeats: int = MATMUL_REPEATS) -> float:
-    """FLOP/s of an (m x k) @ (k x n) matmul at ``dtype``: the median of ``repeats`` timed runs after
-    MATMUL_WARMUP untimed ones."""
-    a, b = torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype)
-    for _ in range(MATMUL_WARMUP):
-        a @ b
-    seconds = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        seconds.append(time.perf_counter() - started)
-    return 2 * m * k * n / statistics.median(seconds)
-
-
 def steps(args) -> dict:
-    """Real tokens/s of fit's training step (forward, backward, clipping, fused AdamW) under one lever. The
-    first WARMUP_STEPS batches (and torch.compile's compilation) are timed apart; the rest is the steady rate."""
-    settings = run_settings(args)
-    task, tokenizer = load_task(settings, None)
+    """Real tokens/s of fit's padded training step under one lever (``bench/step_timer.py``). The first
+    WARMUP_STEPS batches (and torch.compile's compilation) are timed apart; the rest is the steady rate."""
+    task, tokenizer = load_task(run_settings(args), None)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    model = initial_token_classifier("minilm", task.labels, args.seed, len(tokenizer)).train()
-    optimizer = build_optimizer(model, THROUGHPUT_HPARAMS["learning_rate"], THROUGHPUT_HPARAMS["weight_decay"])
-    forward = torch.compile(model, dynamic=True) if args.variant.startswith("compile") else model
-    precision = autocast("cpu", "bf16" if "bf16" in args.variant else "fp32")
-    epoch = length_grouped_batches(task.train.lengths(), BATCH_SIZE, args.seed)
-    batches = [epoch[i % len(epoch)] for i in range(WARMUP_STEPS + args.steps)]  # a small --train-sentences wraps
-    timed_tokens, losses, started = 0, [], time.perf_counter()
-    for step, indices in enumerate(batches):
-        if step == WARMUP_STEPS:
-            warmup_seconds, started = time.perf_counter() - started, time.perf_counter()
-        batch = collate(task.train, indices, task.pad_token_id)
-        with precision:
-            loss = forward(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.item())
-        if step >= WARMUP_STEPS:
-            timed_tokens += int(batch["attention_mask"].sum())
-    seconds = time.perf_counter() - started
-    return {"variant": args.variant, "threads": args.threads, "steps": len(batches) - WARMUP_STEPS,
-            "tokens_per_second": timed_tokens / seconds, "seconds": seconds, "warmup_seconds": warmup_seconds,
-            "first_loss": losses[0], "last_loss": losses[-1], "finished": time.time(), "started": time.time() - seconds}
+    model = initial_token_classifier("minilm", task.labels, args.seed, len(tokenizer))
+    if args.variant.startswith("compile"):
+        model = torch.compile(model, dynamic=True)
+    timer = StepTimer(model, task, "cpu", "bf16" if "bf16" in args.variant else "fp32", forward="padded")
+    timed = timer.run(step_batches(task.train.lengths(), "length", BATCH_SIZE, args.seed, WARMUP_STEPS + args.steps),
+                      WARMUP_STEPS)  # a small --train-sentences wraps around
+    return {"variant": args.variant, "threads": args.threads, "tokens_per_second": timed["real_tokens_per_second"],
+            **timed}
 
 
-WARMUP_STEPS = 5
 COMMANDS = {"throughput": {"--precision": {"choices": PRECISIONS, "default": "auto"}},
             "teacher-logits": {"--teacher": {"type": Path, "required": True}},
             "student-trial": {"--teacher": {"type": Path, "required": True},

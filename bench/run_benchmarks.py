@@ -1,6 +1,6 @@
 """Benchmark tuner against the standard Hugging Face way of doing the same work, side by side, in one run.
 
-    python bench/run_benchmarks.py [--repeats 3] [--quick]
+    python bench/run_benchmarks.py [--repeats 3] [--quick]      # or: python -m bench peers ...
 
 Every repeat runs, on the same sentences (report split, seeded subsample), model (packaged MiniLM),
 trial count, epochs, batch size (16) and search space:
@@ -16,7 +16,8 @@ Each is measured against each peer of --peers (bench/hf_peer.py): the Hugging Fa
 tuned as an expert would; the report leads with every headline ratio against both.
 
 Each measurement is its own process (bench/probes.py, bench/hf_peer.py, tuner.run). The report is written to
-results/benchmarks.md (results/benchmarks-quick.md with --quick) and printed.
+results/peers.md (with --quick, to a temporary folder) and printed; the headline ratios go through tuner.figures
+to benchmarks.json beside it (--record).
 """
 
 from __future__ import annotations
@@ -27,20 +28,21 @@ import csv
 import json
 import os
 import platform
-import shlex
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (BATCH_SIZE, BATCHINGS, DEFAULT_DATA, LEVERS, PEERS, ROOT, BenchError,  # noqa: E402
-                          OneLineParser, positive_int, require_conll, utc_minute)
+                          OneLineParser, command_line, output_flags, positive_int, record_figures, require_conll,
+                          settle_outputs, utc_minute)
+from tuner.figures import headline  # noqa: E402
+from tuner.timing import cpu_name  # noqa: E402
 
 # The cpu profile's sizes (3,000 train and 500 validation sentences, 3 epochs, 4 trials): at these the F1s mean
 # something and ASHA has rungs to stop trials at. A repeat takes about 35 minutes on an idle 2-core machine.
@@ -571,11 +573,8 @@ def lead_section(repeats: list, epochs: int) -> tuple:
             f"(the same in every column). Settings each peer used: {settings}.", body)
 
 
-def headline_entries(args, repeats: list, epochs: int, date: str) -> list:
-    from bench import headlines
-
+def headline_entries(args, repeats: list, epochs: int) -> list:
     n = len(repeats)
-    command = shlex.join(["python", "bench/run_benchmarks.py", *args.argv])
     measures = {"teacher": f"teacher search speed, HF hyperparameter_search / tuner (cpu profile, {args.trials} "
                            f"trials, median of {n} seeds)",
                 "student": f"student trial speed, online distillation / tuner (cpu profile, median of {n} seeds)",
@@ -586,12 +585,13 @@ def headline_entries(args, repeats: list, epochs: int, date: str) -> list:
         if key == "bf16_step" and peer != args.peers[-1]:
             continue  # tuner's own figure: once
         percent = key == "bf16_step"
-        entries.append(headlines.entry(
-            measures[key], round(100 * value if percent else value, 3), "%" if percent else "x",
-            HEADLINE_TEXT[key][1] + " (issue 20, against the tuned peer)",
-            met(key, value, f1) if peer == "tuned" or percent else None,
-            "the machine's bf16 matmul" if percent else peer,
-            "2048^3 bf16 matmul, same threads" if percent else peer_settings(peer, repeats), command, date,
+        entries.append(headline(
+            measures[key], round(100 * value if percent else value, 3), "%" if percent else "x", args.command,
+            goal=HEADLINE_TEXT[key][1] + " (issue 20, against the tuned peer)",
+            met=met(key, value, f1) if peer == "tuned" or percent else None,
+            peer="the machine's bf16 matmul" if percent else peer,
+            peer_settings="2048^3 bf16 matmul, same threads" if percent else peer_settings(peer, repeats), seeds=n,
+            started=args.started,
             **({} if f1 is None else {"f1_points": round(f1, 2)})))
     return entries
 
@@ -631,16 +631,6 @@ def sections(repeats: list, epochs: int) -> list:
 
 # --- the report -------------------------------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def load_average() -> str:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -652,13 +642,13 @@ def machine_lines() -> list:
     from importlib import metadata
 
     versions = ", ".join(f"{name} {metadata.version(name)}" for name in ("torch", "transformers", "ray", "optuna"))
-    return [f"- machine: {os.cpu_count()} cores, {cpu_model()}, Python {platform.python_version()}",
+    return [f"- machine: {os.cpu_count()} cores, {cpu_name()}, Python {platform.python_version()}",
             f"- versions: {versions}"]
 
 
 def report(args, repeats: list, started: str, load_before: str, seconds: float) -> str:
     lines = ["# Benchmarks: tuner vs the standard Hugging Face way", "",
-             f"- command: `{shlex.join(['python', 'bench/run_benchmarks.py', *args.argv])}`",
+             f"- command: `{args.command}`",
              f"- run: {started}, {seconds / 60:.1f} minutes, {len(repeats)} repeat(s); cells are the median "
              "(min to max) over repeats, ratios are ratios of medians",
              *machine_lines(),
@@ -704,11 +694,8 @@ def parse_args(argv: list) -> argparse.Namespace:
     parser.add_argument("--tuned-batching", choices=("auto", *BATCHINGS), default="auto",
                         help="the tuned peer's batching in its search and distillation: auto (default) picks it per "
                              "repeat from section 3's two epochs (the faster at equal F1); random or length fixes it")
-    parser.add_argument("--headlines", action="store_true",
-                        help="update results/benchmarks.json with this run's headline ratios")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")
-    parser.add_argument("--output", type=Path, help="report file (default results/benchmarks.md, "
-                                                    "results/benchmarks-quick.md with --quick)")
+    output_flags(parser, "peers.md")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (searches, logs, JSON)")
     args = parser.parse_args(argv)
     for key, value in (QUICK if args.quick else FULL).items():
@@ -716,11 +703,10 @@ def parse_args(argv: list) -> argparse.Namespace:
             setattr(args, key, value)
     if args.levers_only and args.no_levers:
         parser.error("--levers-only and --no-levers leave nothing to measure")
-    if args.output is None:
-        args.output = ROOT / "results" / ("benchmarks-quick.md" if args.quick else "benchmarks.md")
     require_conll(parser, args.data)
     args.data = args.data.resolve()
-    args.argv = argv
+    args.argv, args.command = argv, command_line("run_benchmarks.py", argv)
+    settle_outputs(parser, args, "peers.md", args.command)
     return args
 
 
@@ -745,12 +731,9 @@ def main(argv=None) -> int:
     text = report(args, repeats, started, load_before, time.time() - clock)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
-    if args.headlines and "teacher" in repeats[0]:
-        from bench import headlines
-
-        date = datetime.strptime(started, "%Y-%m-%d %H:%M UTC").strftime("%Y-%m-%dT%H:%MZ")
-        headlines.update(headline_entries(args, repeats, args.epochs, date))
     print(text)
+    if "teacher" in repeats[0]:
+        record_figures(headline_entries(args, repeats, args.epochs), args.record)
     print(f"written to {args.output}" + (f"; work folder {work}" if args.keep else ""))
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

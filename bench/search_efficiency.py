@@ -2,7 +2,7 @@
 stopping, replayed on recorded learning curves.
 
     python bench/search_efficiency.py                 # teacher and student tables, 5 seeds: results/search_efficiency.md
-    python bench/search_efficiency.py --quick         # smoke mode: synthetic tables, 2 seeds, a minute or two
+    python bench/search_efficiency.py --quick         # smoke mode: synthetic tables, 2 seeds (a temporary folder)
     python bench/search_efficiency.py check --table bench/tables/teacher_cpu.json --search results/teacher/search
 
 Every method runs through ``tuner.search.search`` itself (Ray Tune, ``OptunaSearch``, ASHA or FIFO) with the stage's
@@ -36,8 +36,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import headlines  # noqa: E402
-from bench.common import ROOT, OneLineParser, command_line, positive_int, publish, utc_minute  # noqa: E402
+from bench.common import (ROOT, OneLineParser, command_line, output_flags, positive_int, publish,  # noqa: E402
+                          record_figures, settle_outputs, utc_minute)
+from tuner.figures import headline  # noqa: E402
 
 TABLES = ROOT / "bench" / "tables"
 DEFAULT_TABLES = {"teacher": TABLES / "teacher_cpu.json", "student": TABLES / "student_cpu.json"}
@@ -411,9 +412,9 @@ def compare(args) -> int:
         trials = {stage: args.trials or DEFAULT_TRIALS[stage] for stage in tables}
     logging.getLogger("optuna").setLevel(logging.WARNING)  # one "A new study created" line per replay
     started = time.perf_counter()
-    command = command_line("search_efficiency.py", args.argv)  # every flag: --stages and --table change the figures
     report = [f"## Search efficiency ({utc_minute()})", "",
-              f"`{command}` ({{minutes}} min). How a replay runs: the docstring of `bench/search_efficiency.py`.", ""]
+              f"`{args.command}` ({{minutes}} min). How a replay runs: the docstring of `bench/search_efficiency.py`.",
+              ""]
     records = []
     for stage, table in tables.items():
         warm = warm_start_of(table)
@@ -430,32 +431,31 @@ def compare(args) -> int:
             lines += verify(stage, table, plain, trials[stage], args.seeds[0], warm)
         report += lines
         records.append(record)
-    headlines.update([headline for record in records
-                      for headline in stage_headlines(record, trials, args.seeds, command,
-                                                      f"{sources[record['stage']]}, "
-                                                      f"{len(tables[record['stage']]['configs'])} configs")],
-                     args.output.with_name("benchmarks.json"))
     text = "\n".join(report).replace("{minutes}", f"{(time.perf_counter() - started) / 60:.1f}")
     publish(args.output, text + "\n", records)
+    record_figures([entry for record in records for entry in stage_headlines(
+        record, trials, args, sources[record["stage"]], len(tables[record["stage"]]["configs"]))], args.record)
     return 0
 
 
-def stage_headlines(record: dict, trials: dict, seeds: list, command: str, table: str) -> list[dict]:
-    """The stage's two headline entries; ``table`` says which recorded table the replays ran on."""
-    stage, n = record["stage"], len(seeds)
+def stage_headlines(record: dict, trials: dict, args, source: str, configs: int) -> list[dict]:
+    """The stage's two headline entries, each naming the table its replays ran on (``source``, ``configs``)."""
+    stage, n = record["stage"], len(args.seeds)
     speedup = record["speedup_vs_random_fifo"]
+    common = {"seeds": n, "inputs": () if args.quick else (source,), "started": args.started,
+              "table": f"{source}, {configs} configs"}
     return [
-        headlines.entry(f"{stage} search: time to within 0.5 points of the best F1, random search without early "
-                        f"stopping / tuner (replayed on the {stage} table, median over seeds)",
-                        None if not math.isfinite(speedup) else round(speedup, 3), "x", ">= 2x",
-                        speedup >= 2 if not math.isnan(speedup) else False, "random search, no early stopping",
-                        f"Optuna's RandomSampler, FIFO (every trial to its last epoch), {trials[stage]} trials, the "
-                        "same seeds; hyperparameter_search's default", command, seeds=n, table=table),
-        headlines.entry(f"{stage} search: how far tuner's mean anytime curve falls below random + ASHA's after a "
-                        "quarter of its budget (replayed, mean over seeds)", round(record["anytime_gap_points"], 3),
-                        " points", "<= 0.5 points", record["anytime_gap_points"] <= 0.5, "random search + ASHA",
-                        f"Optuna's RandomSampler, tuner's ASHA rungs, {trials[stage]} trials, the same seeds",
-                        command, seeds=n, table=table)]
+        headline(f"{stage} search: time to within 0.5 points of the best F1, random search without early stopping / "
+                 f"tuner (replayed on the {stage} table, median over seeds)",
+                 None if not math.isfinite(speedup) else round(speedup, 3), "x", args.command, goal=">= 2x",
+                 met=speedup >= 2 if not math.isnan(speedup) else False, peer="random search, no early stopping",
+                 peer_settings=f"Optuna's RandomSampler, FIFO (every trial to its last epoch), {trials[stage]} "
+                               "trials, the same seeds; hyperparameter_search's default", **common),
+        headline(f"{stage} search: how far tuner's mean anytime curve falls below random + ASHA's after a quarter of "
+                 "its budget (replayed, mean over seeds)", round(record["anytime_gap_points"], 3), " points",
+                 args.command, goal="<= 0.5 points", met=record["anytime_gap_points"] <= 0.5,
+                 peer="random search + ASHA", peer_settings=f"Optuna's RandomSampler, tuner's ASHA rungs, "
+                                                            f"{trials[stage]} trials, the same seeds", **common)]
 
 
 def verify(stage: str, table: dict, plain: dict, trials: int, seed: int, warm: dict | None) -> list[str]:
@@ -563,7 +563,7 @@ def main(argv=None) -> int:
     parser.add_argument("--stages", nargs="+", choices=sorted(DEFAULT_TABLES), default=sorted(DEFAULT_TABLES))
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="searcher seeds (default 0 1 2 3 4)")
     parser.add_argument("--trials", type=positive_int, help="trials a search (default 20)")
-    parser.add_argument("--output", type=Path, default=ROOT / "results" / "search_efficiency.md")
+    output_flags(parser, "search_efficiency.md")
     parser.add_argument("--verify", action="store_true",
                         help="also run tuner's default and random + ASHA through Tune itself, at the first seed, "
                              "and check they train what the in-process replay trains")
@@ -583,6 +583,8 @@ def main(argv=None) -> int:
                 parser.error(f"{flag} {path}: not found")
         return entry_point(lambda _: check(args))()
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    args.command = command_line("search_efficiency.py", args.argv)  # every flag: --stages and --table change it
+    settle_outputs(parser, args, "search_efficiency.md", args.command)
     args.seeds = args.seeds or ([0, 1] if args.quick else [0, 1, 2, 3, 4])
     args.tables = {}
     for item in args.table_files:

@@ -1,11 +1,11 @@
 """Where tuner's training step spends its time, and what bounds its FLOP/s against the machine's matmul.
 
     python bench/step_profile.py [--steps 40] [--precision auto] [--batches random] [--output FILE.md]
-    python bench/step_profile.py --quick          # smoke mode: a few steps on a few sentences
+    python bench/step_profile.py --quick          # smoke mode: a few steps on a few sentences (a temporary folder)
 
-The step is `tuner.training.fit`'s (its default random batches trained unpadded, or with `--batches length`
-length-grouped batches through the padded forward; gradient clipping, fused AdamW, batch size 16, the teacher
-model, the `cpu` profile's sentences, glibc's freed memory kept as fit keeps it unless
+The step is `tuner.training.fit`'s, as `bench/step_timer.py` runs it (its default random batches trained unpadded,
+or with `--batches length` length-grouped batches through the padded forward; gradient clipping, fused AdamW, batch
+size 16, the teacher model, the `cpu` profile's sentences, glibc's freed memory kept as fit keeps it unless
 `TUNER_KEEP_FREED_MEMORY=0`), timed without a profiler first, then run again under `torch.profiler`. It reports:
 
 - the step's phases (forward, backward, clipping, optimizer) as shares of the profiled wall time;
@@ -23,33 +23,30 @@ below a large one. Results: --output (markdown) and the same name with .json.
 from __future__ import annotations
 
 import sys
-import time
 from collections import defaultdict
 from datetime import datetime, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, DEFAULT_DATA, ROOT, command_line, non_embedding_parameters,  # noqa: E402
-                          publish, require_conll, run_settings)
-from bench.probes import MATMUL_SIZE, THROUGHPUT_HPARAMS, matmul_flops  # noqa: E402
+from bench.common import (BATCH_SIZE, DEFAULT_DATA, command_line, non_embedding_parameters,  # noqa: E402
+                          output_flags, publish, require_conll, run_settings, settle_outputs)
+from bench.probes import MATMUL_SIZE  # noqa: E402
+from bench.step_timer import PHASES, StepTimer, matmul_flops, step_batches  # noqa: E402
 
 import torch  # noqa: E402
 
 from tuner.cli import OneLineParser, positive_int  # noqa: E402
 from tuner.config import BATCH_ORDERS, PRECISIONS, default_threads  # noqa: E402
-from tuner.data import length_grouped_batches, random_batches  # noqa: E402
 from tuner.models import initial_token_classifier  # noqa: E402
 from tuner.task import load_task  # noqa: E402
 from tuner.timing import cpu_name  # noqa: E402
-from tuner.training import (MAX_GRAD_NORM, autocast, build_optimizer, collate, keep_freed_memory,  # noqa: E402
-                            resolved_precision, token_cross_entropy)
+from tuner.training import keep_freed_memory, resolved_precision  # noqa: E402
 
 FULL = {"train_sentences": 3000, "steps": 40, "warmup": 5}
 QUICK = {"train_sentences": 64, "steps": 3, "warmup": 1}
 # run_settings' other sizes: evaluation and the epoch count do not enter the profiled step
 SETTINGS = {"eval_sentences": 32, "epochs": 1, "seed": 0}
-PHASES = ("data", "forward", "backward", "clip", "optimizer")
 # operator kinds, by the aten names the profiler records (first match wins)
 KINDS = [("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
                      "mkldnn", "onednn")),
@@ -71,48 +68,19 @@ def kind(name: str) -> str:
     return OTHER
 
 
-def step(model, optimizer, task, indices, precision: str, batches: str, record) -> int:
-    """One training step as fit runs it; returns its real tokens. ``record`` names the phases for the profiler."""
-    with record("data"):
-        batch = collate(task.train, indices, task.pad_token_id)
-    with record("forward"), autocast("cpu", precision):
-        loss = token_cross_entropy(model, batch, indices, batches)
-    with record("backward"):
-        loss.backward()
-    with record("clip"):
-        torch.nn.utils.clip_grad_norm_(model.parameters(), MAX_GRAD_NORM)
-    with record("optimizer"):
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return int(batch["attention_mask"].sum())
-
-
 def measure(args) -> dict:
     task, tokenizer = load_task(run_settings(args), None)
     threads = default_threads(0)
     torch.set_num_threads(threads)
     kept = keep_freed_memory()  # as fit sets it (TUNER_KEEP_FREED_MEMORY=0: glibc's defaults)
     precision = resolved_precision("cpu", args.precision)
-    model = initial_token_classifier("minilm", task.labels, 0, len(tokenizer)).train()
-    optimizer = build_optimizer(model, THROUGHPUT_HPARAMS["learning_rate"], THROUGHPUT_HPARAMS["weight_decay"])
-    order = random_batches if args.batches == "random" else length_grouped_batches
-    batches = order(task.train.lengths(), BATCH_SIZE, 0)
-    batches = [batches[i % len(batches)] for i in range(args.warmup + 2 * args.steps)]
-    plain = torch.profiler.record_function
-    for indices in batches[:args.warmup]:
-        step(model, optimizer, task, indices, precision, args.batches, plain)
-    timed = batches[args.warmup:args.warmup + args.steps]
-    started, tokens = time.perf_counter(), 0
-    for indices in timed:  # the unprofiled rate: record_function without an active profiler costs next to nothing
-        tokens += step(model, optimizer, task, indices, precision, args.batches, plain)
-    seconds = time.perf_counter() - started
-    profiled_batches = batches[args.warmup + args.steps:]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True,
-                                record_shapes=True) as prof:
-        profiled_started = time.perf_counter()
-        for indices in profiled_batches:
-            step(model, optimizer, task, indices, precision, args.batches, plain)
-        profiled_seconds = time.perf_counter() - profiled_started
+    model = initial_token_classifier("minilm", task.labels, 0, len(tokenizer))
+    timer = StepTimer(model, task, "cpu", precision, "unpadded" if args.batches == "random" else "padded")
+    batches = step_batches(task.train.lengths(), args.batches, BATCH_SIZE, 0, args.warmup + 2 * args.steps)
+    timed = timer.run(batches[:args.warmup + args.steps], args.warmup)  # the unprofiled rate
+    prof = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], with_flops=True,
+                                  record_shapes=True)
+    profiled = timer.run(batches[args.warmup + args.steps:], within=prof)
     phases, kinds, flops, matmul_us, shapes = defaultdict(float), defaultdict(float), 0.0, 0.0, defaultdict(float)
     for event in prof.key_averages(group_by_input_shape=True):
         if event.key in PHASES:
@@ -134,11 +102,12 @@ def measure(args) -> dict:
     parameters = non_embedding_parameters(model)
     total_ops = sum(kinds.values())
     return {"precision": precision, "batches": args.batches, "threads": threads, "freed_memory_kept": kept,
-            "cpu": cpu_name(), "steps": len(timed),
-            "tokens_per_second": tokens / seconds, "step_seconds": seconds / len(timed),
-            "profiled_step_seconds": profiled_seconds / len(profiled_batches),
-            "step_flops_per_second": 6 * parameters * tokens / seconds, "non_embedding_parameters": parameters,
-            "phases": {p: phases[p] / 1e6 / profiled_seconds for p in PHASES},
+            "cpu": cpu_name(), "steps": timed["steps"], "tokens_per_second": timed["real_tokens_per_second"],
+            "step_seconds": timed["seconds"] / timed["steps"],
+            "profiled_step_seconds": profiled["seconds"] / profiled["steps"],
+            "step_flops_per_second": 6 * parameters * timed["real_tokens_per_second"],
+            "non_embedding_parameters": parameters,
+            "phases": {p: phases[p] / 1e6 / profiled["seconds"] for p in PHASES},
             "kinds": {k: v / total_ops for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
             "matmul_flops_per_second": flops / (matmul_us / 1e6) if matmul_us else float("nan"),
             "matmul_share": kinds["matmul"] / total_ops if total_ops else float("nan"),
@@ -183,15 +152,16 @@ def main(argv=None) -> int:
     parser.add_argument("--batches", choices=BATCH_ORDERS, default="random",
                         help="fit's batch order (default random, trained unpadded)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")
-    parser.add_argument("--output", type=Path, default=ROOT / "results" / "step_profile.md",
-                        help="markdown report; the record goes beside it as .json")
+    output_flags(parser, "step_profile.md")
     args = parser.parse_args(argv)
     for key, value in {**(QUICK if args.quick else FULL), **SETTINGS}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
     require_conll(parser, args.data)
+    command = command_line("step_profile.py", argv)
+    settle_outputs(parser, args, "step_profile.md", command)
     record = measure(args)
-    publish(args.output, report(record, command_line("step_profile.py", argv)), record)
+    publish(args.output, report(record, command), record)
     return 0
 
 

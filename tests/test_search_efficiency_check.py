@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
-
-import pytest
 
 from tests.conftest import ROOT
 
@@ -41,19 +38,3 @@ def test_check_refuses_a_folder_without_trials(tmp_path, capsys):
     status = search_efficiency.main(["check", "--table", str(tmp_path / "table.json"), "--search", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2 and err.count("\n") == 1 and "no trial folders" in err
-
-
-@pytest.mark.slow
-def test_quick_hidden_state_comparison_pairs_each_beta_with_beta_zero(pipeline_run, conll_dir, tmp_path):
-    results, _ = pipeline_run
-    out = tmp_path / "hidden.md"
-    proc = subprocess.run([sys.executable, "bench/hidden_states.py", "--quick", "--teacher", results / "teacher" / "best",
-                           "--shapes", "1x8", "--betas", "0", "1", "--seeds", "0", "--data", conll_dir, "--output", out],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    runs = json.loads(out.with_suffix(".json").read_text())
-    assert [(r["beta"], r["layers"], r["factor_dim"]) for r in runs] == [(0.0, 1, 8), (1.0, 1, 8)]
-    assert "| 1 layers, E=8 |" in out.read_text() and "+0.00 (+0.00)" in out.read_text()  # beta 0 against itself
-    assert runs[0]["train_loss"] != runs[1]["train_loss"]  # beta 1 trained with the term, beta 0 without
-    gap = 100 * (runs[1]["val_f1"] - runs[0]["val_f1"])
-    assert f"| 1 | " in out.read_text() and f"{gap:+.2f} ({gap:+.2f})" in out.read_text()  # beta 1 against beta 0

@@ -104,7 +104,7 @@ def release_memory() -> bool:
 
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-KEEP_FREED_MEMORY_ENV = "TUNER_KEEP_FREED_MEMORY"  # "0" turns keep_freed_memory off (bench/allocator.py)
+KEEP_FREED_MEMORY_ENV = "TUNER_KEEP_FREED_MEMORY"  # "0" turns keep_freed_memory off (docs/design.md)
 
 
 @functools.cache
@@ -119,7 +119,7 @@ def keep_freed_memory() -> bool:
     peak; ``release_memory`` still hands it back between trials. One limit: in a thread other than the main one
     (Ray Tune runs a trial in one), glibc's heaps hold at most 64 MB per allocation, so a larger gradient
     (``bert-base-cased`` trained on a CPU) is still mapped; on a GPU the gradient is not glibc's at all.
-    bench/allocator.py measures the setting against the same one given to the Hugging Face peer."""
+    docs/design.md gives what it measured against the same setting given to the Hugging Face peer."""
     if os.environ.get(KEEP_FREED_MEMORY_ENV, "1") == "0":
         return False
     libc = _libc()
