@@ -23,9 +23,9 @@ from tuner.training import MAX_GRAD_NORM, autocast, build_optimizer, collate, to
 from tuner.unpadded import attention_groups
 
 PHASES = ("data", "forward", "backward", "clip", "optimizer")
-# the forward a step runs, as token_cross_entropy's ``batches`` argument picks it: "random" batches go through
-# the unpadded forward (tuner's default step), "length" ones through the model's padded forward
-FORWARDS = {"unpadded": "random", "padded": "length"}
+# the forward a step runs, as token_cross_entropy's ``batches`` argument picks it: "unpadded" through the unpadded
+# forward on any device (tuner's default step on a CPU), "length" through the model's padded forward
+FORWARDS = {"unpadded": "unpadded", "padded": "length"}
 MATMUL_WARMUP, MATMUL_REPEATS = 3, 10
 
 
