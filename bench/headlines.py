@@ -48,10 +48,10 @@ def readme_block(entries: list[dict]) -> str:
     if not entries:
         lines += ["No figure is recorded yet: `results/benchmarks.json` is empty.", ""]
     else:
-        lines += ["| figure | value | goal | commit, date |", "|---|---|---|---|"]
+        lines += ["| figure | value | goal | commit |", "|---|---|---|---|"]
         for e in newest_first(entries):
-            lines.append(f"| {e['measure']} | {value_text(e)} | {verdict(e) or '-'} | {e['commit']}, {e['date'][:10]} |")
-        lines += ["", f"Each figure's command and machine: [`results/benchmarks.md`](results/benchmarks.md)."]
+            lines.append(f"| {e['measure']} | {value_text(e)} | {verdict(e) or '-'} | {e['commit']} |")
+        lines += ["", "Each figure's command, date and machine: [`results/benchmarks.md`](results/benchmarks.md)."]
     return "\n".join(lines + ["", END])
 
 

@@ -115,3 +115,16 @@ def test_deploy_figures_compare_int8_with_pytorch_float32():
     assert (latency["value"], latency["met"]) == (4.0, True)
     assert (f1["value"], f1["met"]) == (-0.4, False) and f1["details"]["validation_points"] == -0.1
     assert deploy_figures(dict(report, formats={"pytorch_float32": formats["pytorch_float32"]}), "x") == []
+
+
+def test_the_readme_and_the_code_say_what_is_true_today_without_dates():
+    """History goes to CHANGELOG.md, docs/ and bench/history/; the README, tuner/ and the search spaces carry no
+    dated prose (the figures' dates are in results/benchmarks.md)."""
+    import re
+
+    date = re.compile(r"\b20\d\d-\d\d-\d\d\b")
+    files = [ROOT / "README.md", *(ROOT / "tuner").rglob("*.py"), *(ROOT / "search_spaces").rglob("*.yaml")]
+    dated = [f"{path.relative_to(ROOT)}:{number}" for path in files
+             for number, line in enumerate(path.read_text().splitlines(), 1) if date.search(line)]
+    assert not dated, dated
+    assert len((ROOT / "README.md").read_text().splitlines()) <= 200
