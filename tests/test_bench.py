@@ -211,6 +211,7 @@ def test_quick_step_profile_splits_the_step_and_writes_nothing_under_results(con
     report = Path(re.search(r"^report: (\S+)$", proc.stdout, re.MULTILINE).group(1))
     assert not report.resolve().is_relative_to(ROOT)
     record = json.loads(report.with_suffix(".json").read_text())
+    text = report.read_text()
     shutil.rmtree(report.parent)
     assert sum(record["kinds"].values()) == pytest.approx(1.0)
     assert record["kinds"]["matmul"] > 0 and record["matmul_flops_per_second"] > 0
@@ -219,7 +220,6 @@ def test_quick_step_profile_splits_the_step_and_writes_nothing_under_results(con
     assert record["kinds"]["layer norm, GELU, dropout"] > 0 and record["kinds"]["matmul"] < 1
     assert 0 < sum(record["phases"].values()) <= 1.05  # nested in the profiled wall time
     assert record["phases"]["forward"] > 0 and record["phases"]["optimizer"] > 0
-    text = report.read_text()
     assert re.search(r"\| step FLOP/s .* \| [0-9.]+ G \([0-9.]+% of the 2048\^3 matmul's [0-9]+ G\) \|", text)
     assert re.search(r"\| a lone matmul of the shape the step's matmuls spend most time in \([0-9]+ x [0-9]+ @ "
                      r"[0-9]+ x [0-9]+\) \|", text)
