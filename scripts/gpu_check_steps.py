@@ -22,7 +22,7 @@ from importlib import metadata
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+from wheel_bundle import TOKENIZER_FILES  # noqa: E402  (scripts/ is on the path: this file runs from there)
 BATCHINGS = {"length": "length (length-grouped, padded)", "random": "random (padded)",
              "unpadded": "unpadded (random, tuner's unpadded path)"}
 

@@ -72,12 +72,11 @@ class Quantization:
     name: str
     per_channel: bool = False
     unsigned: bool = False  # uint8 weights instead of int8 (activations are uint8 either way)
-    keep_float: tuple[str, ...] = field(default=())  # "classifier", "word_embeddings"
     keep_nodes: tuple[str, ...] = field(default=())  # graph nodes left in float32 by name (tuner.int8's fallbacks)
 
     def record(self) -> dict:
         return {"name": self.name, "per_channel": self.per_channel, "weights": "uint8" if self.unsigned else "int8",
-                "float32_parts": list(self.keep_float), "float32_nodes": list(self.keep_nodes)}
+                "float32_nodes": list(self.keep_nodes)}
 
 
 # The whole-model recipes, tried in this order until one keeps F1 within the gate: the smallest files first
@@ -87,11 +86,6 @@ RECIPES = (
     Quantization("int8"),
     Quantization("int8, per-channel weights", per_channel=True),
     Quantization("int8, per-channel uint8 weights", per_channel=True, unsigned=True),
-)
-# ...and named parts kept in float32, for a caller that wants them by name
-QUANTIZATIONS = RECIPES + (
-    Quantization("int8, classifier in float32", keep_float=("classifier",)),
-    Quantization("int8, classifier and word embeddings in float32", keep_float=("classifier", "word_embeddings")),
 )
 QUANTIZED_OPS = ("MatMul", "Gemm", "Gather")  # what dynamic quantization turns to int8 in a BERT graph
 
@@ -130,35 +124,10 @@ def quantize(float_path: Path, out_path: Path, how: Quantization, *, only: list[
         if prepared is None:
             prepared = Path(work) / "prepared.onnx"
             prepare(float_path, prepared)
-        graph = onnx.load(str(prepared))
-        excluded = list(how.keep_nodes)
-        if "classifier" in how.keep_float:
-            excluded += classifier_nodes(graph)
-        if "word_embeddings" in how.keep_float:
-            excluded += word_embedding_nodes(graph)
         with errors_only():  # quantize_dynamic writes its notes to the root logger
             quantize_dynamic(str(prepared), str(out_path), per_channel=how.per_channel,
                              weight_type=QuantType.QUInt8 if how.unsigned else QuantType.QInt8,
-                             nodes_to_quantize=only, nodes_to_exclude=excluded)
-
-
-def classifier_nodes(graph) -> list[str]:
-    """The classifier's nodes: from the ``logits`` output back through its bias Add to its MatMul."""
-    producers = {output: node for node in graph.graph.node for output in node.output}
-    names, node = [], producers.get(OUTPUT)
-    while node is not None and node.op_type in ("Add", "MatMul", "Gemm"):
-        names.append(node.name)
-        if node.op_type in ("MatMul", "Gemm"):
-            break
-        node = next((producers[name] for name in node.input if name in producers), None)
-    return names
-
-
-def word_embedding_nodes(graph) -> list[str]:
-    """The Gather that reads the word-embedding table (a factorized model's V x E lookup)."""
-    weights = {initializer.name for initializer in graph.graph.initializer}
-    return [node.name for node in graph.graph.node
-            if node.op_type == "Gather" and node.input[0] in weights and "word_embeddings" in node.input[0]]
+                             nodes_to_quantize=only, nodes_to_exclude=list(how.keep_nodes))
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
