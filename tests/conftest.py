@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,26 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = next((folder / "data" / "conll2003" for folder in (ROOT.parent / "shared", ROOT / "shared")
                     if (folder / "data" / "conll2003" / "train.txt").is_file()),
                    ROOT.parent / "shared" / "data" / "conll2003")
+
+# every Ray start (a search's ray.init, `ray start`) makes a session folder here: the count the suite's summary gives
+RAY_SESSIONS = Path(os.environ.get("RAY_TMPDIR", tempfile.gettempdir())) / "ray"
+
+
+def ray_sessions() -> set:
+    return set(RAY_SESSIONS.glob("session_2*"))
+
+
+def pytest_sessionstart(session):
+    session.config.stash[RAY_BEFORE] = ray_sessions()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    started = len(ray_sessions() - config.stash.get(RAY_BEFORE, set()))
+    terminalreporter.write_line(f"Ray started {started} time(s) in this run (new session folders in {RAY_SESSIONS})")
+
+
+RAY_BEFORE = pytest.StashKey[set]()
+
 
 def _stage_names() -> tuple:
     from tuner import registry

@@ -73,12 +73,10 @@ def test_a_margin_keeps_a_bigger_trial_that_trails_a_smaller_one_by_noise():
 def test_pareto_asha_decides_on_fronts_at_its_rungs():
     from ray.tune.schedulers import TrialScheduler
 
-    from tuner import search
     from tuner.search import ParetoASHA
 
     scheduler = ParetoASHA([("val_f1", "max"), ("parameters", "min")], max_t=10, rungs={3, 6}, reduction_factor=2)
     assert scheduler.set_search_properties(None, None)
-    assert search.DEFAULT_METHOD.front_reduction_factor == 3  # what a front search uses; 2 here: more places
 
     def report(name, epoch, f1, params):
         return scheduler.on_trial_result(None, SimpleNamespace(trial_id=name), {"epoch": epoch, "val_f1": f1,
@@ -94,8 +92,7 @@ def test_pareto_asha_decides_on_fronts_at_its_rungs():
     assert report("big", 6, 0.91, 20e6) == TrialScheduler.CONTINUE
     assert report("big", 10, 0.92, 20e6) == TrialScheduler.STOP  # the last epoch
     assert report("new", 3, 0.50, 25e6) == TrialScheduler.STOP  # dominated by all the others
-    # the default F1 margin (a front search's): at rung 6, a bigger trial 0.3 points behind a smaller one goes on
-    assert search.DEFAULT_METHOD.front_margin == search.FRONT_MARGIN == 0.01
+    # the default F1 margin: at a rung, a bigger trial 0.3 points behind a smaller one goes on
     scheduler = ParetoASHA([("val_f1", "max"), ("parameters", "min")], max_t=10, rungs={6}, reduction_factor=3)
     assert report("e16", 6, 0.564, 2_470_569) == TrialScheduler.CONTINUE
     assert report("e32", 6, 0.561, 2_965_065) == TrialScheduler.CONTINUE  # within the margin: not dominated
@@ -110,6 +107,44 @@ def test_pareto_asha_decides_on_fronts_at_its_rungs():
         plain.on_trial_add(None, trial)
         decide[name] = plain.on_trial_result(None, trial, {"epoch": 3, "val_f1": f1})
     assert decide == {"big": TrialScheduler.CONTINUE, "small": TrialScheduler.STOP}
+
+
+def test_a_front_search_decides_with_its_methods_margin_and_reduction_factor(tmp_path):
+    """The scheduler a front search builds (``search_algorithms``) takes the method's F1 margin and reduction
+    factor: the same results at the first rung, decided under the default method and under one with no margin
+    and a factor of 2, end differently where each of the two matters."""
+    import dataclasses
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from tuner import registry
+    from tuner.search import DEFAULT_METHOD, search_algorithms
+    from tuner.spaces import load_space
+
+    student = registry.by_name("student")
+    space = load_space(student, ROOT / "search_spaces" / "smoke" / "student.yaml")
+    rest = dataclasses.replace(space, params=tuple(p for p in space.params if p.name not in student.sized_by))
+    shapes = [{"num_layers": 1, "factor_dim": 16}]
+
+    def decisions(method, folder):
+        folder.mkdir()
+        _, scheduler, metric, _ = search_algorithms(student, rest, 10, 0, folder, ("f1", "params"), shapes, 8,
+                                                    method)
+        assert metric is None  # a front: no single metric for Tune
+        rung = min(method.rungs(10))
+        return [scheduler.on_trial_result(None, SimpleNamespace(trial_id=name),
+                                          {"epoch": rung, "val_f1": f1, "parameters": params})
+                for name, f1, params in results]
+
+    # "late": behind "big" alone, the third in promotion order of five; "e32": 0.3 points behind "e16", bigger
+    results = [("big", 0.90, 20e6), ("small", 0.70, 3e6), ("c", 0.60, 25e6), ("d", 0.55, 30e6),
+               ("late", 0.85, 22e6)]
+    assert decisions(DEFAULT_METHOD, tmp_path / "default")[-1] == TrialScheduler.STOP  # 2 places of 5 (factor 3)
+    other = dataclasses.replace(DEFAULT_METHOD, front_margin=0.0, front_reduction_factor=2)
+    assert decisions(other, tmp_path / "other")[-1] == TrialScheduler.CONTINUE  # 3 places of 5
+    results = [("e16", 0.564, 2_470_569), ("e32", 0.561, 2_965_065)]
+    assert decisions(DEFAULT_METHOD, tmp_path / "default-margin") == [TrialScheduler.CONTINUE] * 2
+    assert decisions(other, tmp_path / "no-margin") == [TrialScheduler.CONTINUE, TrialScheduler.STOP]
 
 
 def test_rung_records_survive_a_resume(tmp_path):
