@@ -37,7 +37,7 @@ from tuner.pipeline import search_plan, warm_start  # noqa: E402
 from tuner.spaces import load_space  # noqa: E402
 from tuner.task import check_teacher, load_task, stage_inputs  # noqa: E402
 from tuner.timing import cpu_name  # noqa: E402
-from tuner.training import release_memory  # noqa: E402
+from tuner.memory import release_memory  # noqa: E402
 
 SOBOL_SEED = 0
 

@@ -41,7 +41,8 @@ from tuner.config import BATCH_ORDERS, PRECISIONS, default_threads  # noqa: E402
 from tuner.models import initial_token_classifier  # noqa: E402
 from tuner.task import load_task  # noqa: E402
 from tuner.timing import cpu_name  # noqa: E402
-from tuner.training import keep_freed_memory, resolved_precision  # noqa: E402
+from tuner.memory import keep_freed_memory  # noqa: E402
+from tuner.training import resolved_precision  # noqa: E402
 
 FULL = {"train_sentences": 3000, "steps": 40, "warmup": 5}
 QUICK = {"train_sentences": 64, "steps": 3, "warmup": 1}

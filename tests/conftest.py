@@ -1,13 +1,16 @@
 """Shared fixtures: the CoNLL data in ../shared, the packaged tokenizer, tiny models built from a config, the
-smoke pipeline (slow tier), and the CLI run in-process or as a subprocess."""
+smoke pipeline and the MiniLM pipeline (slow tier, each made once per run), and the CLI run in-process or as a
+subprocess."""
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -98,10 +101,51 @@ def snapshot(folder: Path) -> dict:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))} if folder.exists() else {}
 
 
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """A session fixture's folder: ``make(folder)`` runs once per test run. Tests read such a folder and never
+    write into it; one that changes it works on a copy (``copied``)."""
+    folder = tmp_path_factory.mktemp(name)
+    make(folder)
+    return folder
+
+
+def copied(folder: Path, to: Path, *parts: str) -> Path:
+    """``folder`` (or only its ``parts``, each a sub-folder) copied to ``to``, for a test that writes there."""
+    for part in parts or ("",):
+        shutil.copytree(folder / part, to / part, dirs_exist_ok=True)
+    return to
+
+
+def run_into(folder: Path, *args) -> None:
+    """``tuner.run`` with ``args``, its output kept beside the results it writes (stdout.txt, stderr.txt)."""
+    proc = run_cli(*args)
+    (folder / "stdout.txt").write_text(proc.stdout)
+    (folder / "stderr.txt").write_text(proc.stderr)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory, conll_dir):
-    results = tmp_path_factory.mktemp("results")
-    proc = run_cli("--stage", "all", "--trials", 2, "--profile", "smoke", "--data", conll_dir,
-                   "--results-dir", results)
-    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
-    return results, proc
+    """The smoke pipeline (tiny random BERTs, every stage, 2 trials each): the plumbing's files and numbers."""
+    folder = made_once(tmp_path_factory, "pipeline", lambda folder: run_into(
+        folder, "--stage", "all", "--trials", 2, "--profile", "smoke", "--data", conll_dir,
+        "--results-dir", folder / "results"))
+    return folder / "results", SimpleNamespace(stdout=(folder / "stdout.txt").read_text(),
+                                               stderr=(folder / "stderr.txt").read_text())
+
+
+# The MiniLM pipeline's sizes: enough sentences that the packaged MiniLM learns entities in 2 epochs, so every
+# stage scores a nonzero F1 and int8 has F1 to lose; a student budget the MiniLM students fit under.
+MINILM_SIZES = ("--profile", "smoke", "--model", "minilm", "--epochs", 2, "--train-sentences", 300,
+                "--eval-sentences", 100, "--test-sentences", 60, "--max-params", 5_000_000)
+
+
+@pytest.fixture(scope="session")
+def minilm_run(tmp_path_factory, conll_dir):
+    """Every stage from the packaged MiniLM, 2 trials each, with --quiet: the suite's one trained MiniLM teacher
+    (the deploy and front tests start from it) and its golden numbers."""
+    folder = made_once(tmp_path_factory, "minilm", lambda folder: run_into(
+        folder, "--stage", "all", "--trials", 2, *MINILM_SIZES, "--data", conll_dir,
+        "--results-dir", folder / "results", "--quiet"))
+    return folder / "results", SimpleNamespace(stdout=(folder / "stdout.txt").read_text(),
+                                               stderr=(folder / "stderr.txt").read_text())

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from tests.conftest import run_cli, run_main, snapshot, write
+from tests.conftest import copied, run_cli, run_main, snapshot, write
 from tuner import deploy, onnx_io, predict
 from tuner.models import cut_student, factorize, save_model
 
@@ -101,22 +101,18 @@ def test_bad_input_is_one_line_and_leaves_no_deploy(case, tmp_path, tiny_model, 
     assert snapshot(results) == before and not (results / "student" / "deploy").exists()
 
 
-@pytest.fixture(scope="module")
-def searched_teacher(tmp_path_factory, conll_dir):
-    """A real searched teacher: the packaged MiniLM, one trial on a few hundred sentences (it learns entities,
-    so quantization has F1 to lose)."""
-    results = tmp_path_factory.mktemp("deploy") / "results"
-    proc = run_cli("--stage", "teacher", "--trials", 1, "--profile", "smoke", "--model", "minilm", "--epochs", 2,
-                   "--train-sentences", 400, "--eval-sentences", 150, "--test-sentences", 150, "--data", conll_dir,
-                   "--results-dir", results, "--quiet")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return results
+@pytest.fixture
+def searched_teacher(minilm_run, tmp_path):
+    """A real searched teacher, copied: the MiniLM pipeline's (it learns entities, so quantization has F1 to
+    lose), its 100 validation and 60 test sentences."""
+    results, _ = minilm_run
+    return copied(results, tmp_path / "results", "teacher/best")
 
 
 @pytest.mark.slow
 def test_deploy_writes_scored_files_and_the_gate_refuses_a_tiny_drop(searched_teacher, monkeypatch, capsys):
     results = searched_teacher
-    proc = run_cli("--results-dir", results, "--stage", "teacher", "--latency-sentences", 20, "--gate-sentences", 150,
+    proc = run_cli("--results-dir", results, "--stage", "teacher", "--latency-sentences", 20, "--gate-sentences", 100,
                    module="tuner.deploy")
     assert proc.returncode == 0, proc.stderr[-3000:]
     folder = results / "teacher" / "deploy"
@@ -134,9 +130,10 @@ def test_deploy_writes_scored_files_and_the_gate_refuses_a_tiny_drop(searched_te
     assert formats["onnx_float32"]["bytes"] / int8["bytes"] > 3
     for split in ("validation", "test"):  # the paired bootstrap interval of int8's F1 minus float32's
         difference = report["int8_minus_float32_f1"][split]
-        assert difference["low"] <= difference["points"] <= difference["high"] and difference["sentences"] == 150
+        assert difference["low"] <= difference["points"] <= difference["high"]
+        assert difference["sentences"] == {"validation": 100, "test": 60}[split]
         assert difference["points"] == pytest.approx(100 * (int8[split] - formats["pytorch_float32"][split]), abs=1e-3)
-    assert "150 sentences" in report["gate"] and all("batch_1_median_ms" in t for t in report["int8_tries"])
+    assert "100 sentences" in report["gate"] and all("batch_1_median_ms" in t for t in report["int8_tries"])
     for name, found in formats.items():
         timing = found["latency"]
         assert 0 < timing["batch_1_median_ms"] <= timing["batch_1_p95_ms"], name
@@ -164,7 +161,7 @@ def test_deploy_writes_scored_files_and_the_gate_refuses_a_tiny_drop(searched_te
     # every try recorded, the float model kept alone, exit 1
     monkeypatch.setattr("tuner.int8.fallback_sizes", lambda count: iter(()))
     status, out, err = run_main(deploy.main, "--results-dir", results, "--stage", "teacher", "--latency-sentences",
-                                5, "--max-f1-drop", 0, "--gate-sentences", 150, capsys=capsys)
+                                5, "--max-f1-drop", 0, "--gate-sentences", 100, capsys=capsys)
     report = json.loads((folder / "deploy.json").read_text())
     assert status == 1 and "kept the float32 ONNX model only" in out, out + err
     assert len(report["int8_tries"]) == len(onnx_io.RECIPES) and not report["int8_passed"]

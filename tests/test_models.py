@@ -186,7 +186,7 @@ def test_release_memory_frees_cycles_and_trims_where_glibc_runs(monkeypatch):
     import weakref
 
     import tuner.training
-    from tuner.training import release_memory
+    from tuner.memory import release_memory
 
     trims, found = [], tuner.training._malloc_trim()
     if found is not None:  # glibc: record the call, then trim for real
@@ -212,7 +212,7 @@ def test_release_memory_frees_cycles_and_trims_where_glibc_runs(monkeypatch):
 
 KEEP_PROBE = """
 import ctypes, threading, torch
-from tuner.training import keep_freed_memory
+from tuner.memory import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",

@@ -23,6 +23,8 @@ BATCH_ORDERS = ("random", "length")  # training batches: shuffled, or length-gro
 LABEL_SUBTOKENS = ("first", "all")
 KEEP_CHECKPOINTS = ("all", "best")  # a finished search: every trial's best model, or the search's best only  # which sub-tokens of a word carry its label in training (tuner.data)
 IGNORE_INDEX = -100
+# on a cluster (--address), a trial whose node dies is restarted from its last checkpoint, up to this many times
+CLUSTER_RETRIES = 3
 METRIC = "val_f1"  # the metric every search maximises, declared once
 MODE = "max"
 SIZE_METRIC = "parameters"  # every trial reports its model's parameter count under this name
@@ -143,7 +145,7 @@ class RunSettings:
     quiet: bool = False
     dashboard_host: str = "127.0.0.1"
     keep_dashboard: bool = False
-    max_failures: int = 0
+    max_failures: int | None = None  # None: CLUSTER_RETRIES with --address, 0 on this machine alone (see retries)
     process_per_trial: bool = False  # True: Ray's default, a fresh worker process per trial
     objectives: tuple[str, ...] = ("f1",)  # names in OBJECTIVES; more than one: the search returns a Pareto front
     keep_checkpoints: str = "all"  # one of KEEP_CHECKPOINTS: what a finished search keeps of its trials' checkpoints
@@ -164,7 +166,7 @@ class RunSettings:
         if not (0 <= self.cpus_per_trial < math.inf and 0 <= self.gpus_per_trial < math.inf):  # NaN fails too
             problems.append(f"--cpus-per-trial and --gpus-per-trial must be finite numbers >= 0 (got "
                             f"{self.cpus_per_trial} and {self.gpus_per_trial})")
-        if self.max_failures < 0:
+        if self.max_failures is not None and self.max_failures < 0:
             problems.append(f"--max-failures must be >= 0 (got {self.max_failures})")
         if self.keep_checkpoints not in KEEP_CHECKPOINTS:
             problems.append(f"--keep-checkpoints must be one of {', '.join(KEEP_CHECKPOINTS)} "
@@ -173,6 +175,14 @@ class RunSettings:
             problems.append("--resume and --overwrite exclude each other")
         if problems:
             raise TunerError("; ".join(problems))
+
+    def retries(self) -> int:
+        """How often Tune restarts a failing trial from its last checkpoint: ``--max-failures`` when given; else,
+        on a cluster, CLUSTER_RETRIES (a node that dies takes its trials with it, and they go on elsewhere), and
+        none on this machine alone (an error here is the trial's own: a retry fails the same way)."""
+        if self.max_failures is not None:
+            return self.max_failures
+        return CLUSTER_RETRIES if self.address else 0
 
     def space_file(self, stage_name: str) -> Path:
         return Path(self.profile.space_dir) / f"{stage_name}.yaml"

@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-dashboard", action="store_true", help="keep Ray and its dashboard up after the search (Ctrl-C ends)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the stage")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier search of the stage and start again")
-    p.add_argument("--max-failures", type=int, default=0, help="retries of a failing trial")
+    p.add_argument("--max-failures", type=int, help="restarts of a failing trial from its last checkpoint "
+                   "(default: 3 with --address, where a node can die under its trials; 0 on this machine alone)")
     p.add_argument("--process-per-trial", action="store_true",
                    help="start every trial in a fresh worker process instead of reusing a finished trial's "
                         "(isolates trials; costs the process start and model-code import per trial)")

@@ -73,7 +73,7 @@ class SearchSettings:
         trial's CPUs (``--cpus-per-trial`` or a share of a node), whether it resumes, its shapes and warm start."""
         return cls(trials=settings.trials, seed=settings.seed, results_dir=Path(settings.results_dir),
                    cpus_per_trial=cpus_per_trial, gpus_per_trial=settings.gpus_per_trial,
-                   max_failures=settings.max_failures, resume=resume, quiet=settings.quiet,
+                   max_failures=settings.retries(), resume=resume, quiet=settings.quiet,
                    reuse_actors=not settings.process_per_trial, objectives=settings.objectives, shapes=shapes,
                    warm_start=warm_start)
 

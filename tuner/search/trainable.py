@@ -16,7 +16,8 @@ from ray import tune
 
 from tuner.config import METRIC, TrainSettings
 from tuner.registry import Stage
-from tuner.training import release_memory, save_checkpoint, select_device
+from tuner.memory import release_memory
+from tuner.training import save_checkpoint, select_device
 
 
 # Named _trial: Ray names each trial's folder after the trainable, and --resume refuses a trainable of another
