@@ -196,6 +196,7 @@ def test_student_refuses_flags_of_the_other_measurement_in_one_line(flags, messa
     assert status == 2 and err.strip().splitlines() == [err.strip()] and message in err, err
 
 
+@pytest.mark.slow
 def test_quick_step_profile_splits_the_step_and_writes_nothing_under_results(conll_dir):
     """bench/step_profile.py's smoke mode, with no --output: its report goes to a temporary folder, never under the
     checkout's results/; the step's phases and operator kinds add up, and its matmul figures are measured against

@@ -185,12 +185,12 @@ def test_release_memory_frees_cycles_and_trims_where_glibc_runs(monkeypatch):
     import platform
     import weakref
 
-    import tuner.training
+    import tuner.memory
     from tuner.memory import release_memory
 
-    trims, found = [], tuner.training._malloc_trim()
+    trims, found = [], tuner.memory._malloc_trim()
     if found is not None:  # glibc: record the call, then trim for real
-        monkeypatch.setattr(tuner.training, "_malloc_trim", lambda: lambda pad: trims.append(pad) or found(pad))
+        monkeypatch.setattr(tuner.memory, "_malloc_trim", lambda: lambda pad: trims.append(pad) or found(pad))
 
     class Node:
         pass
