@@ -7,6 +7,7 @@ import csv
 import json
 from types import SimpleNamespace
 
+import optuna
 import pytest
 import yaml
 
@@ -68,6 +69,17 @@ def test_a_margin_keeps_a_bigger_trial_that_trails_a_smaller_one_by_noise():
     # the same shape: within the margin neither dominates; beyond it, the better one does
     assert not pareto.dominates((0.605, -5.0), (0.60, -5.0), margin=0.01)
     assert pareto.dominates((0.62, -5.0), (0.60, -5.0), margin=0.01)
+
+
+def test_hypervolume_of_a_hand_made_front():
+    """(parameter share, F1) points: the area each adds from its share up to the next better point (or share 1),
+    a dominated point nothing; shares past 1 and F1 below 0 clipped to the reference box."""
+    points = [(0.5, 0.8), (0.2, 0.5), (0.3, 0.4), (0.9, 0.9)]  # (0.3, 0.4): behind (0.2, 0.5)
+    assert pareto.hypervolume_slices(points) == pytest.approx([0.8 * 0.4, 0.5 * 0.3, 0.0, 0.9 * 0.1])
+    assert pareto.hypervolume(points) == pytest.approx(0.56)
+    assert pareto.hypervolume([(0.0, 1.0)]) == pytest.approx(1.0) and pareto.hypervolume([]) == 0.0
+    assert pareto.hypervolume([(1.5, 0.9), (0.5, -0.1)]) == 0.0  # outside the box: bigger than the teacher, F1 < 0
+    assert pareto.hypervolume([(0.2, 0.5), (0.2, 0.7)]) == pytest.approx(0.8 * 0.7)  # same size: the better one
 
 
 def test_pareto_asha_decides_on_fronts_at_its_rungs():
@@ -314,6 +326,18 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
         assert not any(pareto.dominates(other, mine) for other in points), row
     exported = yaml.safe_load((results / "best_configs.yaml").read_text())["student"]
     assert [m["name"] for m in exported["pareto"]] == [row["name"] for row in rows]
+    # the front's hypervolume in (parameter share of the teacher, F1): pareto.csv's slices add up to it, and it is
+    # the hypervolume of the members' own points
+    teacher_size = sum(p.numel() for p in teacher.parameters())
+    for row in rows:
+        assert float(row["parameter_share"]) == pytest.approx(int(row["parameters"]) / teacher_size, abs=1e-6)
+    assert exported["hypervolume"]["val"] == pytest.approx(sum(float(r["hypervolume_slice"]) for r in rows), abs=1e-4)
+    assert exported["hypervolume"]["val"] == pytest.approx(pareto.hypervolume(
+        [(int(r["parameters"]) / teacher_size, float(r["val_f1"])) for r in rows]), abs=1e-4)
+    assert 0 < exported["hypervolume"]["test"] < 1
+    assert f"**{exported['hypervolume']['val']:.4f}** on validation F1" in (results / "summary.md").read_text()
+    study = optuna.load_study(study_name="student", storage=f"sqlite:///{results / 'optuna.db'}")
+    assert study.metric_names == ["val_f1", "parameters"]  # named for optuna-dashboard
     assert exported["val_f1"] == max(float(t["val_f1"]) for t in trials)  # `student` stays the best F1
     summary = (results / "summary.md").read_text()  # the members listed in the run's summary, smallest first
     assert [line.split("|")[1].strip() for line in summary.splitlines() if "M-L" in line] == [r["name"] for r in rows]
@@ -349,6 +373,7 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (results / "plots" / "front.png").read_bytes()[:4] == b"\x89PNG"
     assert "plots/front.png" in (results / "report.md").read_text()
+    assert f"**{exported['hypervolume']['val']:.4f}** on validation F1" in (results / "report.md").read_text()
 
 
 @pytest.mark.slow

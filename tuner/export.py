@@ -18,7 +18,7 @@ from tuner.errors import TunerError
 EXPORTED_KEYS = ("hyperparameters", "val_f1", "test_f1", "parameters", "num_layers", "factor_dim", "checkpoint",
                  "search_space", "search_space_sha256", "seed", "data", "split", "profile", "training", "trials",
                  "search_wall_seconds", "versions")
-FRONT_KEYS = ("objectives", "pareto")  # a multi-objective search's, exported where present
+FRONT_KEYS = ("objectives", "pareto", "hypervolume")  # a multi-objective search's, exported where present
 
 
 def read_json(path: Path) -> dict:
@@ -74,6 +74,10 @@ def checked_record(path: Path, record) -> dict:
             value = found.get(key)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TunerError(f"{path}: {where}{key}: expected a number, got {value!r}")
+    volume = record.get("hypervolume")
+    if volume is not None and not (isinstance(volume, dict) and isinstance(volume.get("reference"), str) and all(
+            isinstance(volume.get(k), (int, float)) and not isinstance(volume.get(k), bool) for k in ("val", "test"))):
+        raise TunerError(f"{path}: hypervolume: expected val and test numbers and a reference, got {volume!r}")
     return record
 
 
@@ -120,7 +124,7 @@ def summary_table(records: dict, deployed: dict | None = None) -> str:
         lines.append(f"| {stage} | {record['parameters'] / 1e6:.2f}M | {description(stage, record)} | "
                      f"{record['val_f1']:.4f} | {record['test_f1']:.4f} | {record['search_wall_seconds'] / 60:.1f} min |")
     for stage, record in records.items():
-        lines += front_table(stage, record.get("pareto") or [])
+        lines += front_table(stage, record.get("pareto") or [], record.get("hypervolume"))
     if deployed:
         lines += ["", "## Deployed (python -m tuner.deploy)", "",
                   "F1 of each format on the search's sentences (PyTorch in float32, without the search's bf16 "
@@ -136,18 +140,27 @@ def summary_table(records: dict, deployed: dict | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
-def front_table(stage: str, members: list) -> list[str]:
-    """A front search's members (``--objectives f1,params``), smallest first, as summary.md lines; none: []."""
+def front_table(stage: str, members: list, volume: dict | None = None) -> list[str]:
+    """A front search's members (``--objectives f1,params``), smallest first, and its hypervolume, as summary.md
+    lines; none: []."""
     if not members:
         return []
     lines = ["", f"## {stage}: the F1-vs-size front ({len(members)} members; {stage}/pareto.csv, models in "
-             f"{stage}/pareto/)", "",
+             f"{stage}/pareto/)", "", *hypervolume_lines(volume),
              f"Latency in float32 PyTorch on {members[0]['threads']} threads, {members[0]['cpu']}.", "",
              "| Member | Parameters | Validation F1 | Test F1 | Batch 1, median ms |", "|---|---|---|---|---|"]
     for member in sorted(members, key=lambda m: m["parameters"]):
         lines.append(f"| {member.get('name', '')} | {member['parameters'] / 1e6:.2f}M | {member['val_f1']:.4f} | "
                      f"{member['test_f1']:.4f} | {member['batch_1_median_ms']:.2f} |")
     return lines
+
+
+def hypervolume_lines(volume: dict | None) -> list[str]:
+    """The front's hypervolume as a paragraph (summary.md, report.md); none for a record written before it."""
+    if not volume:
+        return []
+    return [f"Hypervolume in (parameter share of the teacher, F1): **{volume['val']:.4f}** on validation F1, "
+            f"{volume['test']:.4f} on test F1; reference point {volume['reference']}.", ""]
 
 
 def read_deployed(results_dir: Path, stages) -> dict:

@@ -14,14 +14,17 @@ import torch
 from tuner.config import METRIC, SIZE_METRIC
 from tuner.data import TaskData
 from tuner.models import load_model, save_model
-from tuner.pareto import pareto_front
+from tuner.pareto import HYPERVOLUME_REFERENCE, hypervolume, hypervolume_slices, pareto_front
 from tuner.timing import cpu_name, latency
 from tuner.training import evaluate, select_device, torch_forward
 
 FRONT_DIR = "pareto"
 FRONT_CSV = "pareto.csv"
-COLUMNS = ("name", "trial_id", "parameters", "num_layers", "factor_dim", "val_f1", "test_f1", "batch_1_median_ms",
-           "batch_1_p95_ms", "batch_32_sentences_per_second", "threads", "cpu", "config")
+# parameter_share: the member's parameters over the teacher's; hypervolume_slice: the area it adds to the front's
+# hypervolume in (parameter share, validation F1) (tuner.pareto.hypervolume_slices): the column sums to it
+COLUMNS = ("name", "trial_id", "parameters", "parameter_share", "num_layers", "factor_dim", "val_f1", "test_f1",
+           "hypervolume_slice", "batch_1_median_ms", "batch_1_p95_ms", "batch_32_sentences_per_second", "threads",
+           "cpu", "config")
 
 
 def members(kept: list) -> list[dict]:
@@ -31,9 +34,17 @@ def members(kept: list) -> list[dict]:
     return sorted(chosen, key=lambda entry: (entry["metrics"][SIZE_METRIC], -entry["metrics"][METRIC]))
 
 
+def front_hypervolume(records: list[dict]) -> dict:
+    """The front's hypervolume in (parameter share, F1), on validation F1 (what the search optimised) and on test
+    F1, with its reference point; from the members' records (``save_front``)."""
+    return {split: round(hypervolume([(r["parameter_share"], r[f"{split}_f1"]) for r in records]), 4)
+            for split in ("val", "test")} | {"reference": HYPERVOLUME_REFERENCE}
+
+
 def save_front(stage_dir: Path, kept: list, task: TaskData, tokenizer, eval_batch_size: int, precision: str,
-               echo=print) -> list[dict]:
-    """Save, score and time every front member; write pareto.csv; returns one record per member."""
+               reference_parameters: int, echo=print) -> list[dict]:
+    """Save, score and time every front member; write pareto.csv; returns one record per member.
+    ``reference_parameters`` (the teacher's) is a parameter share of 1 in the hypervolume."""
     folder = Path(stage_dir) / FRONT_DIR
     staging = Path(stage_dir) / (FRONT_DIR + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -48,15 +59,19 @@ def save_front(stage_dir: Path, kept: list, task: TaskData, tokenizer, eval_batc
                         precision)
         timing = latency(torch_forward(model.cpu().eval()), task.test, task.pad_token_id)
         record = {"name": name, "trial_id": entry["trial_id"], "parameters": entry["metrics"][SIZE_METRIC],
+                  "parameter_share": round(entry["metrics"][SIZE_METRIC] / reference_parameters, 6),
                   "num_layers": config.num_hidden_layers, "factor_dim": getattr(config, "factor_dim", None),
                   "val_f1": entry["metrics"][METRIC], "test_f1": test["f1"], "epoch": entry["metrics"].get("epoch"),
                   **{key: timing[key] for key in COLUMNS if key in timing}, "threads": threads, "cpu": cpu_name(),
                   "config": entry["config"], "model": str(folder / name)}
         save_model(model, staging / name, tokenizer)
-        (staging / name / "result.json").write_text(json.dumps(record, indent=2, default=str))
         echo(f"front member {name}: validation F1 {record['val_f1']:.4f}, test F1 {record['test_f1']:.4f}, "
              f"{record['batch_1_median_ms']:.2f} ms per sentence")
         records.append(record)
+    slices = hypervolume_slices([(r["parameter_share"], r["val_f1"]) for r in records])
+    for record, area in zip(records, slices):
+        record["hypervolume_slice"] = round(area, 6)
+        (staging / record["name"] / "result.json").write_text(json.dumps(record, indent=2, default=str))
     with open(staging / FRONT_CSV, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS, extrasaction="ignore")
         writer.writeheader()

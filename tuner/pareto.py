@@ -75,3 +75,31 @@ def keeps(points: list[tuple], index: int, reduction_factor: float, margin: floa
     if index in _in_order(points, sorted_fronts)[:math.ceil(len(points) / reduction_factor)]:
         return True
     return index in sorted_fronts[0] and crowding(points, sorted_fronts[0])[index] == math.inf
+
+
+# A front's hypervolume, as Klein et al. compare structural-pruning searches with Syne Tune: both objectives on
+# [0, 1] (F1, and the model's parameters as a share of a reference size, the teacher's), the reference point the
+# worst corner, F1 0 at the reference's full size.
+HYPERVOLUME_REFERENCE = "F1 0 at a parameter share of 1 (the teacher's size)"
+
+
+def hypervolume_slices(front: list[tuple[float, float]]) -> list[float]:
+    """Per (parameter share, F1) point of a front, in the given order: the area it adds to the region the front
+    dominates inside the reference box (share up to 1, F1 down to 0), walking from the smallest share up. A
+    point dominated by an earlier one adds nothing. Their sum is the front's 2-D hypervolume."""
+    order = sorted(range(len(front)), key=lambda i: (front[i][0], -front[i][1]))
+    slices, best = [0.0] * len(front), 0.0
+    for position, i in enumerate(order):
+        share, f1 = min(max(front[i][0], 0.0), 1.0), max(front[i][1], 0.0)
+        next_share = next((min(max(front[j][0], 0.0), 1.0) for j in order[position + 1:]
+                           if front[j][1] > max(best, f1)), 1.0)
+        if f1 > best:
+            slices[i] = (next_share - share) * f1
+            best = f1
+    return slices
+
+
+def hypervolume(front: list[tuple[float, float]]) -> float:
+    """The area dominated by (parameter share, F1) points inside the box from share 1, F1 0 (see
+    ``hypervolume_slices``)."""
+    return sum(hypervolume_slices(front))

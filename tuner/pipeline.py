@@ -24,7 +24,7 @@ from tuner.config import METRIC, RunSettings, default_threads, searches_front, t
 from tuner.data import TaskData
 from tuner.errors import TunerError
 from tuner.deploy import DEPLOY
-from tuner.front import FRONT_CSV, FRONT_DIR, save_front
+from tuner.front import FRONT_CSV, FRONT_DIR, front_hypervolume, save_front
 from tuner.models import base_config, count_parameters, load_model, save_model, shape_model
 from tuner.registry import Stage
 from tuner.spaces import SearchSpace, edges, load_space, shared_point, value_ranges
@@ -260,6 +260,7 @@ def save_best(stage: Stage, settings: RunSettings, outcome, task: TaskData, toke
     if front is not None:
         record["objectives"] = list(settings.objectives)
         record["pareto"] = front
+        record["hypervolume"] = front_hypervolume(front)
     (staging / RESULT_FILE).write_text(json.dumps(record, indent=2, default=str))
     shutil.rmtree(best, ignore_errors=True)
     staging.rename(best)
@@ -330,6 +331,10 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
         (stage_dir / SEARCH_SETTINGS).write_text(
             yaml.safe_dump(search_settings(stage, settings, space), sort_keys=False))
     echo(f"stage {stage.name}: {settings.trials} trials over {space.path}")
+    if searches_front(settings.objectives):  # Ray's dashboard shows actors, not the front: Optuna's draws it live
+        database = (Path(settings.results_dir) / search.DATABASE).resolve()
+        echo(f"stage {stage.name}: watch the front grow with `optuna-dashboard sqlite:///{database}` "
+             "(pip install optuna-dashboard; it serves on 127.0.0.1:8080)")
     trial_settings = train_settings(settings.profile, stage.epochs(settings.profile), settings.seed, threads)
     start = warm_start(stage, settings, sampled) if search.DEFAULT_METHOD.warm_start else {}
     if start and not resume:
@@ -339,7 +344,7 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     outcome = search.search(stage, sampled, task, inputs, trial_settings, plan)
     clear_stale_outputs(stage_dir, front_search=plan.front)
     front = save_front(stage_dir, outcome.kept, task, tokenizer, settings.profile.eval_batch_size,
-                       settings.profile.precision, echo) if plan.front else None
+                       settings.profile.precision, count_parameters(teacher_model), echo) if plan.front else None
     pruned = search.prune_checkpoints(outcome.experiment_dir, outcome.best_checkpoint, settings.keep_checkpoints)
     record = save_best(stage, settings, outcome, task, tokenizer, space, front, pruned)
     later = tuple(s.name for s in settings.stages[settings.stages.index(stage) + 1:])  # to be searched again

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from tuner.cli import entry_point, results_parser  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
-from tuner.export import read_deployed, read_results, summary_table  # noqa: E402
+from tuner.export import hypervolume_lines, read_deployed, read_results, summary_table  # noqa: E402
 
 
 def plot_history(trials: list, stage: str, path: Path) -> None:
@@ -122,7 +122,8 @@ def write_report(results_dir: Path) -> Path:
         if record.get("pareto"):
             plot_front(records, stage, plots / "front.png")
             # its members are in the summary's front table above
-            lines += [f"## {stage}: the front, test F1 against parameters", "", "![the front](plots/front.png)", ""]
+            lines += [f"## {stage}: the front, test F1 against parameters", "",
+                      *hypervolume_lines(record.get("hypervolume")), "![the front](plots/front.png)", ""]
     for stage, record in records.items():
         trials, importances = studies[stage]
         stopped = sum(t.get("pruned", False) for t in trials)

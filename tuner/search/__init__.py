@@ -31,12 +31,12 @@ from tuner.search.run import (EXPERIMENT, RUNG_MEMORY, SearchOutcome, SearchSett
                               prune_checkpoints, search, search_algorithms, trial_id, trials_table)
 from tuner.search.searcher import (EpochOptunaSearch, ShapedSpace, optuna_distributions, shape_label,  # noqa: E402
                                    spanning_shapes)
-from tuner.search.study import check_storage, reset_study, study_trials  # noqa: E402
+from tuner.search.study import DATABASE, check_storage, reset_study, study_trials  # noqa: E402
 # A search started before the package split pickled its trainable as tuner.search._trial: --resume reads it here
 from tuner.search.trainable import _trial  # noqa: E402,F401
 
 __all__ = [
-    "AUTH_TOKEN", "DEFAULT_METHOD", "EXPERIMENT", "FRONT_MARGIN", "FRONT_REDUCTION_FACTOR", "GRACE_SHARE",
+    "AUTH_TOKEN", "DATABASE", "DEFAULT_METHOD", "EXPERIMENT", "FRONT_MARGIN", "FRONT_REDUCTION_FACTOR", "GRACE_SHARE",
     "OPTUNA_STARTUP_TRIALS", "REDUCTION_FACTOR", "RUNG_MEMORY", "SHAPE", "ClusterInfo", "EpochOptunaSearch",
     "ParetoASHA", "RememberingASHA", "RungMemory", "SearchMethod", "SearchOutcome", "SearchSettings", "ShapedSpace",
     "best_checkpoint", "check_reachable", "check_storage", "dashboard_missing", "dashboard_port", "first_line",

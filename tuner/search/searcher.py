@@ -4,6 +4,7 @@ budget (``ShapedSpace``) and its start-up shapes, and Ray's ``OptunaSearch`` tol
 from __future__ import annotations
 
 import math
+import warnings
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
@@ -85,6 +86,10 @@ class EpochOptunaSearch(OptunaSearch):
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
+        # the objectives by name (optuna-dashboard shows "0" and "1" without them); experimental since Optuna 3.2
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(list(self.metric) if isinstance(self.metric, list) else [self.metric])
         if self._warm_start:
             self._ot_study.enqueue_trial(dict(self._warm_start), skip_if_exists=True)
         for shape in self._start_shapes:  # the shape fixed, the other hyperparameters drawn by the sampler
