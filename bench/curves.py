@@ -32,8 +32,8 @@ import torch  # noqa: E402
 from tuner import registry  # noqa: E402
 from tuner.cli import OneLineParser, positive_int  # noqa: E402
 from tuner.config import RunSettings, default_threads, resolve_profile, train_settings  # noqa: E402
-from tuner.models import load_model  # noqa: E402
-from tuner.pipeline import search_plan, warm_start  # noqa: E402
+from tuner.pipeline import warm_start  # noqa: E402
+from tuner.plan import search_plan  # noqa: E402
 from tuner.spaces import load_space  # noqa: E402
 from tuner.task import check_teacher, load_task, stage_inputs  # noqa: E402
 from tuner.timing import cpu_name  # noqa: E402

@@ -34,12 +34,10 @@ import argparse
 import gzip
 import hashlib
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
-import sysconfig
 import tempfile
 import tomllib
 import zipfile

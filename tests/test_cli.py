@@ -123,11 +123,12 @@ CASES = {  # case -> what the one-line error must name
     "budget_below_smallest_student": "--max-params 1000: the smallest student",  # before the teacher is trained
     "rank_not_below_hidden": "factorized.yaml: params.factor_dim: 32 is outside [1, 31] (E must be below the "
                              "teacher's hidden size 32)",
+    "optuna_dashboard_missing": "--optuna-dashboard: optuna-dashboard is not installed",
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir, capsys):
+def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir, capsys, monkeypatch):
     """Run in-process through ``main(argv)``: every case is refused before Ray starts."""
     results = tmp_path / "results"
     write(results / "README.md", "kept\n")
@@ -211,6 +212,13 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir, c
         write(results / "student" / "best" / "result.json",
               "[]" if case == "damaged_other_record" else json.dumps(record))
         write(results / "student" / "deploy" / "deploy.json", '{"threads": 2, "cpu": "x", "formats": []}')
+    elif case == "optuna_dashboard_missing":  # the [live] extra left out
+        import importlib.util
+
+        find_spec = importlib.util.find_spec
+        monkeypatch.setattr(importlib.util, "find_spec",
+                            lambda name, *a: None if name == "optuna_dashboard" else find_spec(name, *a))
+        extra = ["--optuna-dashboard"]
     elif case == "corrupt_teacher":
         stage = "factorized"
         write(tmp_path / "teacher" / "config.json", "{}")

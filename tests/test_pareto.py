@@ -196,7 +196,7 @@ def test_rung_records_survive_a_resume(tmp_path):
 def test_a_front_search_samples_only_shapes_under_the_budget(tiny_model, tmp_path):
     """The space the searcher samples: every feasible combination once, none over the budget, and nothing else."""
     from tuner import registry
-    from tuner.pipeline import search_plan
+    from tuner.plan import search_plan
     from tuner.search import SHAPE, ShapedSpace
     from tuner.spaces import load_space
     from tuner.stages.student import StudentInputs

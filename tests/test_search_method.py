@@ -229,7 +229,7 @@ def test_beta_is_searched_only_in_a_front_search(tiny_model):
     caches no teacher layer outputs); a front search samples it."""
     from tuner import registry
     from tuner.config import SEARCH_SPACE_DIR
-    from tuner.pipeline import search_plan, single_objective_space
+    from tuner.plan import search_plan, single_objective_space
     from tuner.spaces import load_space, value_ranges
 
     student = registry.by_name("student")

@@ -145,6 +145,7 @@ class RunSettings:
     quiet: bool = False
     dashboard_host: str = "127.0.0.1"
     keep_dashboard: bool = False
+    optuna_dashboard: bool = False  # serve optuna-dashboard on dashboard_host beside Ray's (tuner.search.live)
     max_failures: int | None = None  # None: CLUSTER_RETRIES with --address, 0 on this machine alone (see retries)
     process_per_trial: bool = False  # True: Ray's default, a fresh worker process per trial
     objectives: tuple[str, ...] = ("f1",)  # names in OBJECTIVES; more than one: the search returns a Pareto front

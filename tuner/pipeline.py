@@ -6,7 +6,7 @@ Nothing is written under the results folder until every input has been read and 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import importlib.util
 import json
 import logging
 import os
@@ -26,6 +26,7 @@ from tuner.errors import TunerError
 from tuner.deploy import DEPLOY
 from tuner.front import FRONT_CSV, FRONT_DIR, front_hypervolume, save_front
 from tuner.models import base_config, count_parameters, load_model, save_model, shape_model
+from tuner.plan import check_shapes, search_plan, single_objective_space, sized_params
 from tuner.registry import Stage
 from tuner.spaces import SearchSpace, edges, load_space, shared_point, value_ranges
 from tuner.task import BEST, RESULT_FILE, check_teacher, data_source, load_task, stage_inputs, teacher_folder
@@ -40,6 +41,9 @@ VERSIONED = ("tuner", "torch", "transformers", "datasets", "seqeval", "ray", "op
 def check_inputs(settings: RunSettings):
     """Everything that can be refused before any work: search spaces, prior stages, existing searches. Returns
     the search spaces by stage name and the loaded teacher (None when this run trains it or no stage reads one)."""
+    if settings.optuna_dashboard and importlib.util.find_spec("optuna_dashboard") is None:
+        raise TunerError("--optuna-dashboard: optuna-dashboard is not installed (pip install 'tuner[live]' or "
+                         "pip install optuna-dashboard)")
     spaces = {stage.name: load_space(stage, settings.space_file(stage.name)) for stage in settings.stages}
     trains_teacher = any(stage.trains_teacher for stage in settings.stages)
     if trains_teacher and settings.teacher:
@@ -73,65 +77,6 @@ def check_inputs(settings: RunSettings):
             check_resumable(stage, settings, spaces[stage.name])
     export.check_exports(Path(settings.results_dir), searched=tuple(stage.name for stage in settings.stages))
     return spaces, teacher
-
-
-def sized_params(stage: Stage, space: SearchSpace, objectives: tuple) -> list:
-    """The size hyperparameters ``space`` searches, for a search with size among its objectives; refuses a stage
-    of fixed size, a space that searches none, or one whose size ranges are not discrete."""
-    flag = f"--objectives {','.join(objectives)}"
-    if not stage.sized_by:
-        sized = ", ".join(s.name for s in registry.stages() if s.sized_by)
-        raise TunerError(f"{flag}: stage {stage.name} has a fixed size (size is an objective of {sized} only)")
-    searched = [p for p in space.params if p.name in stage.sized_by]
-    if not searched:
-        raise TunerError(f"{space.path}: searches none of {', '.join(stage.sized_by)}, so {flag} has no size to "
-                         "trade for F1")
-    for p in searched:
-        if p.type not in ("int", "choice"):
-            raise TunerError(f"{space.path}: params.{p.name}: {flag} needs an int or choice range, got {p.type}")
-    return searched
-
-
-def searched_params(stage: Stage, space: SearchSpace, objectives: tuple) -> tuple:
-    """The hyperparameters a search of ``objectives`` samples: all of the space's with size among them; with F1
-    alone, all but those left at the stage's default (``Stage.front_only``, and size hyperparameters it can do
-    without: it keeps the deepest, then widest, model under the budget)."""
-    if searches_front(objectives):
-        return space.params
-    return tuple(p for p in single_objective_space(stage, space).params
-                 if p.name not in stage.sized_by or p.name in stage.required)
-
-
-def check_shapes(stage: Stage, space: SearchSpace, objectives: tuple, config) -> None:
-    """Refuse a space whose searched size hyperparameters reach shapes the teacher (of ``config``) cannot give, such
-    as more layers than it has, before any trial is sampled into one."""
-    values = {p.name: p.grid() if p.type in ("int", "choice") else (p.low, p.high)
-              for p in searched_params(stage, space, objectives)}
-    stage.check_limits(config, values, f"{space.path}: params.")
-
-
-def search_plan(stage: Stage, space: SearchSpace, inputs, objectives: tuple) -> tuple[SearchSpace, list | None]:
-    """What the search samples: with size among the objectives, the space without its size hyperparameters and
-    every combination of them inside the stage's budget (each to be one choice of a single categorical, so no
-    trial over the budget is ever sampled); with F1 alone, ``searched_params``."""
-    if not searches_front(objectives):
-        return dataclasses.replace(space, params=searched_params(stage, space, objectives)), None
-    searched = sized_params(stage, space, objectives)
-    budget = stage.budget(inputs)
-    shapes = [dict(zip((p.name for p in searched), values))
-              for values in itertools.product(*(p.grid() for p in searched))]
-    feasible = [shape for shape in shapes if budget is None or stage.size(inputs, shape) <= budget]
-    if not feasible:
-        smallest = min(stage.size(inputs, shape) for shape in shapes)
-        raise TunerError(f"--max-params {budget}: no {stage.name} in {space.path} fits (the smallest has "
-                         f"{smallest} parameters)")
-    rest = tuple(p for p in space.params if p.name not in stage.sized_by)
-    return dataclasses.replace(space, params=rest), feasible
-
-
-def single_objective_space(stage: Stage, space: SearchSpace) -> SearchSpace:
-    """``space`` without the hyperparameters a search of F1 alone leaves at their default (``Stage.front_only``)."""
-    return dataclasses.replace(space, params=tuple(p for p in space.params if p.name not in stage.front_only))
 
 
 def search_settings(stage: Stage, settings: RunSettings, space: SearchSpace) -> dict:
@@ -283,6 +228,7 @@ def configure_output(quiet: bool) -> None:
 def run(settings: RunSettings, echo=print) -> dict:
     """Run the requested stages in order; returns stage name -> result record."""
     from tuner import search  # Ray starts only once the inputs are known to be good
+    from tuner.search.live import LiveDashboard
 
     spaces, teacher_model = check_inputs(settings)  # the teacher is loaded once; no stage changes it
     search.check_storage(Path(settings.results_dir))  # a damaged study database, before --overwrite drops anything
@@ -292,11 +238,18 @@ def run(settings: RunSettings, echo=print) -> dict:
     cluster = search.start_ray(settings.address, settings.dashboard_host, settings.quiet)
     echo(f"Ray dashboard: {cluster.dashboard_url or 'off (ray[default] is not installed)'}"
          + (f" (log in with the token in {cluster.token_file})" if cluster.token_file else ""))
+    live = None
     try:
         check_resources(settings, cluster.cpus_per_node, cluster.gpus_per_node)  # what a joined cluster has
+        if settings.optuna_dashboard:
+            live = LiveDashboard(Path(settings.results_dir), settings.dashboard_host)
+            echo(f"Optuna dashboard: {live.url}")
     except TunerError:
         search.stop_ray()
         raise
+    except OSError as exc:  # the dashboard's port
+        search.stop_ray()
+        raise TunerError(f"--optuna-dashboard: cannot listen on {settings.dashboard_host} ({exc.strerror})") from None
     cpus = settings.cpus_per_trial or default_cpus(settings.gpus_per_trial, cluster.cpus_per_node, cluster.gpus_per_node)
     threads = default_threads(cpus)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -310,6 +263,8 @@ def run(settings: RunSettings, echo=print) -> dict:
     finally:
         if not settings.keep_dashboard:
             search.stop_ray()
+            if live:
+                live.stop()
     return records
 
 
@@ -331,7 +286,7 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
         (stage_dir / SEARCH_SETTINGS).write_text(
             yaml.safe_dump(search_settings(stage, settings, space), sort_keys=False))
     echo(f"stage {stage.name}: {settings.trials} trials over {space.path}")
-    if searches_front(settings.objectives):  # Ray's dashboard shows actors, not the front: Optuna's draws it live
+    if searches_front(settings.objectives) and not settings.optuna_dashboard:  # Ray's shows actors, not the front
         database = (Path(settings.results_dir) / search.DATABASE).resolve()
         echo(f"stage {stage.name}: watch the front grow with `optuna-dashboard sqlite:///{database}` "
              "(pip install optuna-dashboard; it serves on 127.0.0.1:8080)")

@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 with CUDA, else 0)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or 127.0.0.1:6379)")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="interface the Ray dashboard listens on")
+    p.add_argument("--optuna-dashboard", action="store_true",
+                   help="serve optuna-dashboard (the study's trials and front, live) on --dashboard-host for the "
+                        "search, and after it with --keep-dashboard (needs the [live] extra)")
     p.add_argument("--keep-dashboard", action="store_true", help="keep Ray and its dashboard up after the search (Ctrl-C ends)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted search of the stage")
     p.add_argument("--overwrite", action="store_true", help="discard an earlier search of the stage and start again")
@@ -73,7 +76,7 @@ def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings
                        seed=args.seed, results_dir=args.results_dir, cpus_per_trial=args.cpus_per_trial,
                        gpus_per_trial=gpus, address=args.address, teacher=args.teacher, resume=args.resume,
                        overwrite=args.overwrite, quiet=args.quiet, dashboard_host=args.dashboard_host,
-                       keep_dashboard=args.keep_dashboard, max_failures=args.max_failures,
+                       keep_dashboard=args.keep_dashboard, optuna_dashboard=args.optuna_dashboard, max_failures=args.max_failures,
                        process_per_trial=args.process_per_trial, objectives=args.objectives,
                        keep_checkpoints=args.keep_checkpoints)
 

@@ -51,7 +51,7 @@ class SearchSettings:
     # transformers, and load the model code again (trials of a few seconds then all run in the first process)
     reuse_actors: bool = True
     objectives: tuple[str, ...] = ("f1",)  # names in OBJECTIVES
-    shapes: list[dict] | None = None  # a front search's size combinations inside the budget (pipeline.search_plan)
+    shapes: list[dict] | None = None  # a front search's size combinations inside the budget (tuner.plan.search_plan)
     method: SearchMethod = DEFAULT_METHOD
     warm_start: dict | None = None  # a partial config to try first (with ``method.warm_start``)
 
