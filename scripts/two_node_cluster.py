@@ -8,8 +8,8 @@ Ray's multi-node test cluster (``ray.cluster_utils.Cluster``: a worker node star
 cannot bind to loopback on Linux), runs ``python -m tuner.run --address ...`` against it with storage on a path
 both nodes see, then checks that trials ran on both nodes and that the results are complete. Exits non-zero
 otherwise. With ``--kill-second-node`` it kills the second node under a running trial and checks that the
-search still ends with every trial finished, none restarted from scratch. On real machines, the same search runs with ``ray start --head`` on one and
-``ray start --address HEAD:6379`` on the others, then ``python -m tuner.run --address auto ...`` on the head.
+search still ends with every trial finished, none restarted from scratch. On real machines, the same search runs
+with ``ray start --head`` on one and ``ray start --address HEAD:6379`` on the others, then ``python -m tuner.run --address auto ...`` on the head.
 """
 
 from __future__ import annotations
@@ -29,19 +29,15 @@ from ray.cluster_utils import Cluster  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def trial_nodes(experiment: Path) -> dict:
-    """trial folder -> the Ray node ids its epochs ran on."""
-    nodes = {}
-    for path in experiment.glob("*/result.json"):
-        reports = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        nodes[path.parent.name] = {r["node_id"] for r in reports}
-    return nodes
-
-
 def reports_of(experiment: Path) -> dict:
     """trial folder -> its reports, one per line of Ray's result.json."""
     return {path.parent.name: [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             for path in experiment.glob("*/result.json")}
+
+
+def trial_nodes(experiment: Path) -> dict:
+    """trial folder -> the Ray node ids its epochs ran on."""
+    return {name: {r["node_id"] for r in reports} for name, reports in reports_of(experiment).items()}
 
 
 def kill_when_checkpointed(cluster, node, driver, experiment: Path, timeout: float = 300) -> str:

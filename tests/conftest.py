@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -101,14 +100,6 @@ def snapshot(folder: Path) -> dict:
     return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))} if folder.exists() else {}
 
 
-def made_once(tmp_path_factory, name: str, make) -> Path:
-    """A session fixture's folder: ``make(folder)`` runs once per test run. Tests read such a folder and never
-    write into it; one that changes it works on a copy (``copied``)."""
-    folder = tmp_path_factory.mktemp(name)
-    make(folder)
-    return folder
-
-
 def copied(folder: Path, to: Path, *parts: str) -> Path:
     """``folder`` (or only its ``parts``, each a sub-folder) copied to ``to``, for a test that writes there."""
     for part in parts or ("",):
@@ -116,22 +107,20 @@ def copied(folder: Path, to: Path, *parts: str) -> Path:
     return to
 
 
-def run_into(folder: Path, *args) -> None:
-    """``tuner.run`` with ``args``, its output kept beside the results it writes (stdout.txt, stderr.txt)."""
+def searched(*args):
+    """``tuner.run`` with ``args``, which must succeed: the finished process (its output for the tests)."""
     proc = run_cli(*args)
-    (folder / "stdout.txt").write_text(proc.stdout)
-    (folder / "stderr.txt").write_text(proc.stderr)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    return proc
 
 
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory, conll_dir):
-    """The smoke pipeline (tiny random BERTs, every stage, 2 trials each): the plumbing's files and numbers."""
-    folder = made_once(tmp_path_factory, "pipeline", lambda folder: run_into(
-        folder, "--stage", "all", "--trials", 2, "--profile", "smoke", "--data", conll_dir,
-        "--results-dir", folder / "results"))
-    return folder / "results", SimpleNamespace(stdout=(folder / "stdout.txt").read_text(),
-                                               stderr=(folder / "stderr.txt").read_text())
+    """The smoke pipeline (tiny random BERTs, every stage, 2 trials each): the plumbing's files and numbers. Tests
+    read it; one that writes works on a copy (``copied``)."""
+    results = tmp_path_factory.mktemp("pipeline") / "results"
+    return results, searched("--stage", "all", "--trials", 2, "--profile", "smoke", "--data", conll_dir,
+                             "--results-dir", results)
 
 
 # The MiniLM pipeline's sizes: enough sentences that the packaged MiniLM learns entities in 2 epochs, so every
@@ -144,8 +133,6 @@ MINILM_SIZES = ("--profile", "smoke", "--model", "minilm", "--epochs", 2, "--tra
 def minilm_run(tmp_path_factory, conll_dir):
     """Every stage from the packaged MiniLM, 2 trials each, with --quiet: the suite's one trained MiniLM teacher
     (the deploy and front tests start from it) and its golden numbers."""
-    folder = made_once(tmp_path_factory, "minilm", lambda folder: run_into(
-        folder, "--stage", "all", "--trials", 2, *MINILM_SIZES, "--data", conll_dir,
-        "--results-dir", folder / "results", "--quiet"))
-    return folder / "results", SimpleNamespace(stdout=(folder / "stdout.txt").read_text(),
-                                               stderr=(folder / "stderr.txt").read_text())
+    results = tmp_path_factory.mktemp("minilm") / "results"
+    return results, searched("--stage", "all", "--trials", 2, *MINILM_SIZES, "--data", conll_dir,
+                             "--results-dir", results, "--quiet")

@@ -278,4 +278,5 @@ def test_a_search_over_two_nodes_survives_losing_one(tmp_path, conll_dir):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "3 trials on 2 nodes" in proc.stdout and "node lost: every trial finished" in proc.stdout, proc.stdout
     record = json.loads((tmp_path / "results" / "teacher" / "best" / "result.json").read_text())
-    assert record["errored_trials"] == [] and (tmp_path / "results" / "teacher" / "best" / "model.safetensors").is_file()
+    assert record["errored_trials"] == []
+    assert (tmp_path / "results" / "teacher" / "best" / "model.safetensors").is_file()

@@ -76,7 +76,8 @@ def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings
                        seed=args.seed, results_dir=args.results_dir, cpus_per_trial=args.cpus_per_trial,
                        gpus_per_trial=gpus, address=args.address, teacher=args.teacher, resume=args.resume,
                        overwrite=args.overwrite, quiet=args.quiet, dashboard_host=args.dashboard_host,
-                       keep_dashboard=args.keep_dashboard, optuna_dashboard=args.optuna_dashboard, max_failures=args.max_failures,
+                       keep_dashboard=args.keep_dashboard, optuna_dashboard=args.optuna_dashboard,
+                       max_failures=args.max_failures,
                        process_per_trial=args.process_per_trial, objectives=args.objectives,
                        keep_checkpoints=args.keep_checkpoints)
 
