@@ -74,7 +74,8 @@ def test_gate_tries_in_order_until_one_keeps_f1():
     assert len(tries) == 1 and chosen[2].name == "q0"
 
 
-@pytest.mark.parametrize("case", ["negative_drop", "not_searched", "not_a_model", "no_result", "corrupt_onnx"])
+@pytest.mark.parametrize("case", ["negative_drop", "negative_qat_epochs", "not_searched", "not_a_model", "no_result",
+                                  "corrupt_onnx"])
 def test_bad_input_is_one_line_and_leaves_no_deploy(case, tmp_path, tiny_model, tokenizer, capsys):
     results = tmp_path / "results"
     best = results / "student" / "best"
@@ -82,6 +83,8 @@ def test_bad_input_is_one_line_and_leaves_no_deploy(case, tmp_path, tiny_model, 
     args = ["--results-dir", results, "--stage", "student"]
     if case == "negative_drop":
         args += ["--max-f1-drop", "-0.1"]
+    elif case == "negative_qat_epochs":
+        args += ["--qat-epochs", "-1"]
     elif case == "not_a_model":
         write(best / "config.json", "{}")
     elif case == "no_result":
@@ -94,7 +97,7 @@ def test_bad_input_is_one_line_and_leaves_no_deploy(case, tmp_path, tiny_model, 
     else:
         status, _, err = run_main(deploy.main, *args, capsys=capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1, err
-    expected = {"negative_drop": "--max-f1-drop", "not_searched": "results/student/best: no such folder",
+    expected = {"negative_drop": "--max-f1-drop", "negative_qat_epochs": "--qat-epochs", "not_searched": "results/student/best: no such folder",
                 "not_a_model": "not a saved model", "no_result": "no result.json",
                 "corrupt_onnx": "model.onnx: not a valid ONNX model"}[case]
     assert expected in err, err
@@ -157,15 +160,16 @@ def test_deploy_writes_scored_files_and_the_gate_refuses_a_tiny_drop(searched_te
     proc = run_cli("--model", folder / "model.int8.onnx", *lines[:2], module="tuner.predict")
     assert proc.returncode == 0 and proc.stdout.splitlines()[0] == lines[0], proc.stderr
 
-    # nothing passes (no fallback after the recipes; the fallbacks' own search is tested on a planted model):
-    # every try recorded, the float model kept alone, exit 1
+    # nothing passes (no quantization-aware copy, no fallback after the recipes: their order is tested on a
+    # planted model): every try recorded, the float model kept alone, exit 1
     monkeypatch.setattr("tuner.int8.fallback_sizes", lambda count: iter(()))
     status, out, err = run_main(deploy.main, "--results-dir", results, "--stage", "teacher", "--latency-sentences",
-                                5, "--max-f1-drop", 0, "--gate-sentences", 100, capsys=capsys)
+                                5, "--max-f1-drop", 0, "--gate-sentences", 100, "--qat-epochs", 0, capsys=capsys)
     report = json.loads((folder / "deploy.json").read_text())
     assert status == 1 and "kept the float32 ONNX model only" in out, out + err
     assert len(report["int8_tries"]) == len(onnx_io.RECIPES) and not report["int8_passed"]
     assert report["sensitivity"] == [] and min(t["drop_points"] for t in report["int8_tries"]) > 0
+    assert report["quantization_aware"] is None
     assert not (folder / "model.int8.onnx").exists() and (folder / "model.onnx").is_file()
     assert "onnx_int8" not in report["formats"] and not list(Path(folder.parent).glob("deploy.partial"))
 
@@ -174,11 +178,17 @@ def test_the_fallback_search_keeps_exactly_the_planted_sensitive_layer(tiny_mode
     """The classifier given an outlier weight on a feature the last LayerNorm zeroes (so float32 logits do not
     change, while per-tensor and per-channel int8 scales are blown in every output row and its other weights round
     to 0): every whole-model recipe fails the gate, the sensitivity ranking puts the classifier first, and the
-    search passes by keeping exactly it in float32. The gate here scores a candidate by its relative logit error
-    on the calibration sentences (1 point = 1%). Planted in an inner layer, the same outlier moves a random tiny
-    model's logits too little to fail any gate."""
-    from tuner.data import CONLL_LABELS, encode, read_conll
-    from tuner.int8 import FallbackSearch, logit_error
+    search passes by keeping exactly it in float32. Between the two, the recipes are tried on the copy that
+    quantization-aware fine-tuning makes (once, when first needed), which keeps the outlier (its feature stays
+    zero) and fails too. The gate here scores a candidate by its relative logit error on the calibration
+    sentences (1 point = 1%). Planted in an inner layer, the same outlier moves a random tiny model's logits too
+    little to fail any gate."""
+    import copy
+
+    from tuner import qat
+    from tuner.config import TrainSettings
+    from tuner.data import CONLL_LABELS, TaskData, encode, read_conll
+    from tuner.int8 import QUANTIZATION_AWARE, FallbackSearch, logit_error
 
     model = tiny_model.eval()
     planted = "classifier"
@@ -189,20 +199,35 @@ def test_the_fallback_search_keeps_exactly_the_planted_sensitive_layer(tiny_mode
     onnx_io.export(model, tmp_path / "model.onnx")
     onnx_io.prepare(tmp_path / "model.onnx", tmp_path / "prepared.onnx")
     train = encode(read_conll(conll_dir / "train.txt")[:64], tokenizer, list(CONLL_LABELS), 48)
-    task = SimpleNamespace(train=train, pad_token_id=tokenizer.pad_token_id)
+    task = TaskData(list(CONLL_LABELS), train, train, train, tokenizer.pad_token_id, "mem")
+    made = []
+
+    def fine_tuned():
+        tuned = copy.deepcopy(model)
+        made.append(qat.fine_tune(tuned, None, {"learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0},
+                                  task, TrainSettings(epochs=1, batch_size=16, eval_batch_size=64, seed=0,
+                                                      threads=1)))
+        onnx_io.export(tuned, tmp_path / "tuned.onnx")
+        onnx_io.prepare(tmp_path / "tuned.onnx", tmp_path / "tuned-prepared.onnx")
+        return (tmp_path / "tuned.onnx", tmp_path / "tuned-prepared.onnx",
+                onnx_io.forward(onnx_io.session(tmp_path / "tuned.onnx", 1)))
+
     search = FallbackSearch(tmp_path / "model.onnx", tmp_path / "prepared.onnx",
-                            onnx_io.forward(onnx_io.session(tmp_path / "model.onnx", 1)), task, threads=1)
+                            onnx_io.forward(onnx_io.session(tmp_path / "model.onnx", 1)), task, 1, fine_tuned)
     batches = search.calibration()
-    reference = search.logits(search.float_forward, batches)
+    reference = search.logits(search.sources[""][2], batches)
 
     def quantized(how):
         candidate = tmp_path / f"try-{len(search.tried)}.onnx"
-        onnx_io.quantize(tmp_path / "model.onnx", candidate, how, prepared=tmp_path / "prepared.onnx")
+        source, prepared, _ = search.sources[how.source]
+        onnx_io.quantize(source, candidate, how, prepared=prepared)
         error = logit_error(reference, search.logits(onnx_io.forward(onnx_io.session(candidate, 1)), batches))
         return candidate, {"validation": 1 - error, "test": 1 - error}
 
     tries, chosen = deploy.gate(1.0, search.candidates(), search.remembering(quantized), max_f1_drop=1.0)
-    assert [t["passed"] for t in tries[:len(onnx_io.RECIPES)]] == [False] * len(onnx_io.RECIPES)
+    recipes = len(onnx_io.RECIPES)
+    assert [t["source"] for t in tries[:2 * recipes]] == ["searched"] * recipes + [QUANTIZATION_AWARE] * recipes
+    assert [t["passed"] for t in tries[:2 * recipes]] == [False] * (2 * recipes) and len(made) == 1
     assert search.ranked[0][1] == planted, search.ranked[:3]
     assert chosen is not None and chosen[2].keep_nodes == (search.ranked[0][0],), [t["name"] for t in tries]
     assert tries[-1]["float32_nodes"] == [search.ranked[0][0]] and planted in tries[-1]["name"]

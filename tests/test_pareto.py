@@ -364,10 +364,27 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
     proc = run_cli("--results-dir", results, "--stage", "student", "--pareto", "--latency-sentences", 5,
                    "--gate-sentences", 100, module="tuner.deploy")
     assert proc.returncode in (0, 1), proc.stderr[-2000:]
-    for row in rows:
+    with open(results / "student" / "pareto.csv") as handle:  # pareto.csv gains each member's int8 figures
+        deployed_rows = list(csv.DictReader(handle))
+    assert [row["name"] for row in deployed_rows] == [row["name"] for row in rows]
+    for row, deployed in zip(rows, deployed_rows):
         report = json.loads((results / "student" / "pareto" / row["name"] / "deploy" / "deploy.json").read_text())
         assert report["formats"]["pytorch_float32"]["validation"] == pytest.approx(float(row["val_f1"]), abs=0.01)
         assert (results / "student" / "pareto" / row["name"] / "deploy" / "model.onnx").is_file()
+        int8 = report["formats"].get("onnx_int8")
+        assert deployed["int8_test_f1"] == (str(int8["test"]) if int8 else ""), (deployed, report["int8_passed"])
+        assert deployed["int8_bytes"] == (str(int8["bytes"]) if int8 else "")
+        assert deployed["val_f1"] == str(row["val_f1"]) and deployed["config"] == row["config"]
+    # a member's quantization-aware copy, as the gate makes it where no recipe passes: the student's own
+    # distillation loss against the recorded teacher, one epoch, exported as a valid ONNX model
+    from tuner import deploy, onnx_io
+
+    members, task, settings = deploy.load_stage(registry.by_name("student"), results, pareto=True, gate_sentences=20)
+    model, tokenizer, _, _, config = members[0]
+    done = deploy.Tuning(registry.by_name("student"), settings, config, 1, 1).fine_tuned(
+        model, task, tokenizer, results.parent / "tuned.onnx", results.parent / "tuned-prepared.onnx")
+    assert done["loss"] == "the stage's own" and len(done["fake_quantized_validation_f1"]) == 1
+    assert onnx_io.session(results.parent / "tuned.onnx", 1).get_outputs()[0].name == "logits"
     proc = run_cli("--results-dir", results, module="tuner.report")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (results / "plots" / "front.png").read_bytes()[:4] == b"\x89PNG"

@@ -6,8 +6,10 @@ Writes ``results/<stage>/deploy/``: ``model.onnx``, ``model.int8.onnx`` (ONNX Ru
 the tokenizer and label files, and ``deploy.json``: for PyTorch float32, ONNX float32 and ONNX int8, the
 validation and test F1 (the search's word-level seqeval scoring, on the sentences the search used), the size on
 disk and the CPU latency. int8 may lose at most ``--max-f1-drop`` F1 points on validation against PyTorch
-float32; quantizations that keep more float32 are tried in turn, every try is recorded, and where none passes
-the float ONNX model is kept alone and the command exits 1.
+float32; where no whole-model recipe keeps that, the recipes are tried again on a copy fine-tuned for
+``--qat-epochs`` with int8's rounding in its forward (tuner.qat), then quantizations that keep the most
+sensitive nodes in float32; every try is recorded, and where none passes the float ONNX model is kept alone and
+the command exits 1.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import sys
 from pathlib import Path
 
 from tuner import figures, registry
-from tuner.cli import entry_point, positive_int, results_parser
+from tuner.cli import entry_point, int_at_least, positive_int, results_parser
 from tuner.errors import TunerError
 from tuner.int8 import FallbackSearch, paired_bootstrap
 from tuner.task import BEST, RESULT_FILE
@@ -30,6 +32,7 @@ from tuner.timing import cpu_name, latency
 DEPLOY = "deploy"
 TRY_LATENCY_SENTENCES = 50  # each int8 try's batch-1 latency, one pass (the chosen model is timed in full)
 FLOAT_FILE, INT8_FILE, REPORT_FILE = "model.onnx", "model.int8.onnx", "deploy.json"
+TUNED_FILE = "fine-tuned.onnx"  # the quantization-aware copy's float file, while the gate tries it
 GATE_FAILED = 1  # exit status when int8 lost more F1 than allowed (the float ONNX model is still deployed)
 
 
@@ -61,13 +64,13 @@ def scoring_task(stage, record: dict, folder: Path, results_dir: Path, tokenizer
                  gate_sentences: int | None = None):
     """The search's split, encoded as it encoded it, with ``gate_sentences`` of its validation split (None: all of
     it; the gate decides there, and on a search's 500-sentence subset one sentence moves F1 by about 0.1 point)
-    and the search's test sentences."""
+    and the search's test sentences; and the settings the search recorded."""
     from tuner.task import build_task, recorded_settings
 
     settings, _ = recorded_settings(record, stage, results_dir, str(folder / RESULT_FILE))
     settings = dataclasses.replace(settings, profile=dataclasses.replace(settings.profile,
                                                                          eval_sentences=gate_sentences))
-    return build_task(settings, tokenizer, labels), settings.profile
+    return build_task(settings, tokenizer, labels), settings
 
 
 def predictions(forward, task, batch_size: int) -> dict:
@@ -104,36 +107,73 @@ def gate(baseline_f1: float, quantizations, quantized, max_f1_drop: float):
 def load_stage(stage, results_dir: Path, pareto: bool = False,
                gate_sentences: int | None = None) -> tuple[list, object, object]:
     """What deploying a searched stage reads, loaded (so checked) before anything is written: each model to deploy
-    as (model, tokenizer, its folder, its deploy folder), the stage's best model or with ``pareto`` every member
-    of its front, and the search's sentences, encoded once (every model of the stage is scored on them), with
-    the profile they were searched under."""
+    as (model, tokenizer, its folder, its deploy folder, its hyperparameters), the stage's best model or with
+    ``pareto`` every member of its front, and the search's sentences, encoded once (every model of the stage is
+    scored on them), with the settings they were searched under."""
+    from tuner.export import read_json
     from tuner.front import FRONT_DIR
     from tuner.models import load_model, load_tokenizer, model_labels
 
     best = Path(results_dir) / stage.name / BEST
     model, tokenizer, record = load_saved(best)
-    task, profile = scoring_task(stage, record, best, Path(results_dir), tokenizer, model_labels(model),
-                                 gate_sentences)
+    task, settings = scoring_task(stage, record, best, Path(results_dir), tokenizer, model_labels(model),
+                                  gate_sentences)
     if not pareto:
-        return [(model, tokenizer, best, best.parent / DEPLOY)], task, profile
+        return [(model, tokenizer, best, best.parent / DEPLOY, record["hyperparameters"])], task, settings
     members = sorted(path.parent for path in (best.parent / FRONT_DIR).glob("*/result.json"))
     if not members:
         raise TunerError(f"{best.parent / FRONT_DIR}: no front to deploy (search the stage with "
                          "--objectives f1,params)")
-    return [(load_model(m), load_tokenizer(str(m)), m, m / DEPLOY) for m in members], task, profile
+    return [(load_model(m), load_tokenizer(str(m)), m, m / DEPLOY, read_json(m / RESULT_FILE)["config"])
+            for m in members], task, settings
 
 
 def deploy_stage(stage, loaded: tuple, max_f1_drop: float, threads: int, latency_sentences: int,
-                 echo=print) -> list[dict]:
+                 qat_epochs: int = 1, echo=print) -> list[dict]:
     """Deploy what ``load_stage`` loaded: the best model into ``results/<stage>/deploy``, or each front member into
     ``results/<stage>/pareto/<name>/deploy``; returns each deploy.json record."""
-    models, task, profile = loaded
-    return [deploy_model(stage, model, tokenizer, folder, target, task, profile, max_f1_drop, threads,
-                         latency_sentences, echo) for model, tokenizer, folder, target in models]
+    models, task, settings = loaded
+    return [deploy_model(stage, model, tokenizer, folder, target, task, settings, max_f1_drop, threads,
+                         latency_sentences, echo, Tuning(stage, settings, hyperparameters, qat_epochs, threads))
+            for model, tokenizer, folder, target, hyperparameters in models]
 
 
-def deploy_model(stage, model, tokenizer, folder: Path, target: Path, task, profile, max_f1_drop: float,
-                 threads: int, latency_sentences: int, echo=print) -> dict:
+@dataclasses.dataclass(frozen=True)
+class Tuning:
+    """Quantization-aware fine-tuning of a model being deployed (tuner.qat): its stage, the settings its search
+    recorded, its hyperparameters, the epochs (0: none) and the threads."""
+    stage: object
+    settings: object
+    hyperparameters: dict
+    epochs: int
+    threads: int
+
+    def fine_tuned(self, model, task, tokenizer, path: Path, prepared: Path) -> dict:
+        """A copy of ``model`` fine-tuned with the stage's own loss (the student's reads the teacher, loaded here),
+        exported to ``path`` and prepared for quantization at ``prepared``; returns what was done."""
+        import copy
+
+        from tuner import onnx_io, qat
+        from tuner.config import train_settings
+        from tuner.registry import StageContext
+        from tuner.task import check_teacher
+        from tuner.training import select_device
+
+        device, profile = select_device(), self.settings.profile
+        teacher = check_teacher(self.settings, self.stage) if self.stage.needs_teacher else None
+        context = StageContext(profile=profile, task=task, seed=self.settings.seed, teacher=teacher,
+                               vocab_size=len(tokenizer), device=device)
+        loss = self.stage.fine_tune_loss(context, self.hyperparameters, "length")
+        tuned = copy.deepcopy(model).float()
+        record = qat.fine_tune(tuned, loss, self.hyperparameters, task,
+                               train_settings(profile, self.epochs, self.settings.seed, self.threads, device))
+        onnx_io.export(tuned, path)
+        onnx_io.prepare(path, prepared)
+        return record
+
+
+def deploy_model(stage, model, tokenizer, folder: Path, target: Path, task, settings, max_f1_drop: float,
+                 threads: int, latency_sentences: int, echo=print, tuning: Tuning | None = None) -> dict:
     """Export ``model`` (saved at ``folder``), quantize, gate, measure and write ``target``; returns its
     deploy.json record. Nothing is left at ``target`` unless the whole step succeeds (the work happens in
     ``<target>.partial``)."""
@@ -151,7 +191,7 @@ def deploy_model(stage, model, tokenizer, folder: Path, target: Path, task, prof
         tokenizer.save_pretrained(staging)
         model.config.save_pretrained(staging)  # the labels (id2label) and shape of what the ONNX files compute
         onnx_io.export(model, staging / FLOAT_FILE)
-        batch = profile.eval_batch_size
+        batch = settings.profile.eval_batch_size
         pytorch = torch_forward(model.float().eval())
         float_onnx = onnx_io.forward(onnx_io.session(staging / FLOAT_FILE, threads))
         tags = {"pytorch_float32": predictions(pytorch, task, batch)}
@@ -160,10 +200,23 @@ def deploy_model(stage, model, tokenizer, folder: Path, target: Path, task, prof
         baseline = formats["pytorch_float32"]["validation"]
         prepared = staging / "prepared.onnx"
         onnx_io.prepare(staging / FLOAT_FILE, prepared)
+        tuned = {}  # what quantization-aware fine-tuning did, where the gate needed it
+
+        def fine_tuned():
+            echo(f"{stage.name}: no whole-model recipe kept F1 within {max_f1_drop:g} points; "
+                 f"quantization-aware fine-tuning for {tuning.epochs} epoch(s)")
+            tuned.update(tuning.fine_tuned(model, task, tokenizer, staging / TUNED_FILE,
+                                           staging / ("prepared-" + TUNED_FILE)))
+            return (staging / TUNED_FILE, staging / ("prepared-" + TUNED_FILE),
+                    onnx_io.forward(onnx_io.session(staging / TUNED_FILE, threads)))
+
+        search = FallbackSearch(staging / FLOAT_FILE, prepared, float_onnx, task, threads,
+                                fine_tuned if tuning is not None and tuning.epochs > 0 else None)
 
         def quantized(how):
             candidate = staging / f"try-{len(list(staging.glob('try-*.onnx')))}.onnx"
-            onnx_io.quantize(staging / FLOAT_FILE, candidate, how, prepared=prepared)
+            source, source_prepared, _ = search.sources[how.source]
+            onnx_io.quantize(source, candidate, how, prepared=source_prepared)
             run = onnx_io.forward(onnx_io.session(candidate, threads))
             found_tags = predictions(run, task, batch)
             found = dict(scores(found_tags, task), tags=found_tags, batch_1_median_ms=latency(
@@ -172,14 +225,14 @@ def deploy_model(stage, model, tokenizer, folder: Path, target: Path, task, prof
                  f"({(found['validation'] - baseline) * 100 + 0.0:+.2f} points), {candidate.stat().st_size / 1e6:.1f} MB")
             return candidate, found
 
-        search = FallbackSearch(staging / FLOAT_FILE, prepared, float_onnx, task, threads)
         tries, chosen = gate(baseline, search.candidates(), search.remembering(quantized), max_f1_drop)
         for candidate in staging.glob("try-*.onnx"):
             if chosen is not None and candidate == chosen[0]:
                 candidate.rename(staging / INT8_FILE)
             else:
                 candidate.unlink()
-        prepared.unlink()
+        for work in (prepared, staging / TUNED_FILE, staging / ("prepared-" + TUNED_FILE)):
+            work.unlink(missing_ok=True)
         differences = {}
         if chosen is not None:
             differences = {split: paired_bootstrap(getattr(task, split).word_tags, tags["pytorch_float32"][split],
@@ -200,6 +253,7 @@ def deploy_model(stage, model, tokenizer, folder: Path, target: Path, task, prof
                   "gate": f"decided on validation F1 against pytorch_float32, {len(task.validation)} sentences",
                   "int8_passed": chosen is not None, "formats": formats, "int8_tries": tries,
                   "int8_minus_float32_f1": differences, "sensitivity": search.ranked_record(),
+                  "quantization_aware": tuned or None,
                   "threads": threads, "cpu": cpu_name(), "onnxruntime": onnx_io.runtime_version(),
                   "torch": torch.__version__, "latency_sentences": "the first sentences of the test split"}
         (staging / REPORT_FILE).write_text(json.dumps(report, indent=2))
@@ -235,6 +289,9 @@ def main(argv=None) -> int:
                         help="test sentences timed one at a time (and in batches of 32)")
     parser.add_argument("--pareto", action="store_true",
                         help="every member of the stage's F1-vs-size front (--objectives f1,params) instead")
+    parser.add_argument("--qat-epochs", type=int_at_least(0), default=1,
+                        help="epochs of quantization-aware fine-tuning where no whole-model int8 recipe passes the "
+                             "gate (0: none)")
     parser.add_argument("--gate-sentences", type=positive_int,
                         help="validation sentences the int8 gate decides on (default: the whole validation split)")
     parser.add_argument("--record", type=Path, metavar="FILE",
@@ -260,8 +317,15 @@ def main(argv=None) -> int:
     export.check_exports(args.results_dir, deployed=() if args.pareto else tuple(stage.name for stage in stages))
     loaded = [(stage, load_stage(stage, args.results_dir, args.pareto, args.gate_sentences)) for stage in stages]  # all, before writing
     reports = [report for stage, found in loaded
-               for report in deploy_stage(stage, found, args.max_f1_drop, args.threads, args.latency_sentences)]
+               for report in deploy_stage(stage, found, args.max_f1_drop, args.threads, args.latency_sentences,
+                                          args.qat_epochs)]
     export.write_exports(args.results_dir)  # summary.md gains the deployed rows
+    if args.pareto:
+        from tuner.front import add_int8_columns
+
+        for stage in stages:
+            add_int8_columns(args.results_dir / stage.name,
+                             {Path(r["model"]).name: r for r in reports if r["stage"] == stage.name})
     for report in reports:
         print(summary_line(report))
     if args.record:

@@ -25,6 +25,8 @@ FRONT_CSV = "pareto.csv"
 COLUMNS = ("name", "trial_id", "parameters", "parameter_share", "num_layers", "factor_dim", "val_f1", "test_f1",
            "hypervolume_slice", "batch_1_median_ms", "batch_1_p95_ms", "batch_32_sentences_per_second", "threads",
            "cpu", "config")
+# added by ``tuner.deploy --pareto``: each member's int8 model as deployed (blank where no int8 passed its gate)
+INT8_COLUMNS = ("int8_val_f1", "int8_test_f1", "int8_bytes", "int8_batch_1_median_ms", "int8_quantization")
 
 
 def members(kept: list) -> list[dict]:
@@ -80,3 +82,26 @@ def save_front(stage_dir: Path, kept: list, task: TaskData, tokenizer, eval_batc
     (staging / FRONT_CSV).rename(Path(stage_dir) / FRONT_CSV)
     staging.rename(folder)
     return records
+
+
+def add_int8_columns(stage_dir: Path, deployed: dict) -> None:
+    """Rewrite ``pareto.csv`` with ``INT8_COLUMNS`` from each member's deploy.json record (``deployed``: member
+    name -> record; a member not in it keeps blanks), so the front a user reads is the front they can serve."""
+    path = Path(stage_dir) / FRONT_CSV
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        fields = [name for name in reader.fieldnames or () if name not in INT8_COLUMNS] + list(INT8_COLUMNS)
+        rows = list(reader)
+    for row in rows:
+        int8 = deployed.get(row["name"], {}).get("formats", {}).get("onnx_int8")
+        row.update(dict.fromkeys(INT8_COLUMNS, ""))
+        if int8:
+            row.update(int8_val_f1=int8["validation"], int8_test_f1=int8["test"], int8_bytes=int8["bytes"],
+                       int8_batch_1_median_ms=int8["latency"]["batch_1_median_ms"],
+                       int8_quantization=int8["quantization"])
+    staging = path.with_name(FRONT_CSV + ".partial")
+    with open(staging, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    staging.rename(path)

@@ -1,6 +1,7 @@
-"""What int8 keeps in float32, searched: each quantizable node's sensitivity (the logit error of quantizing it
-alone), then the fewest most-sensitive nodes kept in float32 that pass the F1 gate; and the paired bootstrap
-interval of an F1 difference over sentences. tuner.onnx_io does the quantizing and running.
+"""What the int8 gate tries, in order: the whole-model recipes; the same on a quantization-aware fine-tuned copy
+(tuner.qat); then each quantizable node's sensitivity (the logit error of quantizing it alone) and the fewest
+most-sensitive nodes kept in float32 that pass the F1 gate. Also the paired bootstrap interval of an F1
+difference over sentences. tuner.onnx_io does the quantizing and running.
 
 Intel Neural Compressor's accuracy-driven tuning works the same way (rank operators by sensitivity, fall back the
 fewest to float32); ONNX Runtime's ``qdq_loss_debug`` compares float and int8 activations tensor by tensor.
@@ -45,18 +46,25 @@ def fallback_sizes(count: int) -> Iterator[int]:
         yield most
 
 
-class FallbackSearch:
-    """The F1 gate's candidates, in order: the whole-model recipes (``tuner.onnx_io.RECIPES``); where none passes,
-    the best of them by validation F1 with its k most sensitive nodes in float32, for growing k. Sensitivity is
-    measured once, on training sentences, when the recipes have all failed."""
+QUANTIZATION_AWARE = "quantization-aware fine-tuned"  # the source of the recipes tried on tuner.qat's copy
 
-    def __init__(self, float_path: Path, prepared: Path, float_forward, task, threads: int):
-        self.float_path, self.prepared, self.float_forward = Path(float_path), Path(prepared), float_forward
-        self.task, self.threads = task, threads
+
+class FallbackSearch:
+    """The F1 gate's candidates, in order: the whole-model recipes (``tuner.onnx_io.RECIPES``); where none passes
+    and ``fine_tuned`` is given, the same recipes on a quantization-aware fine-tuned copy of the model
+    (``fine_tuned()`` makes it when first needed and returns its float file, prepared file and forward); where
+    none of those passes either, the best of all by validation F1 with its k most sensitive nodes in float32, for
+    growing k. Sensitivity is measured once, on training sentences, when it is needed."""
+
+    def __init__(self, float_path: Path, prepared: Path, float_forward, task, threads: int,
+                 fine_tuned: Callable[[], tuple] | None = None):
+        # source -> (float file, prepared file, float forward): what a Quantization of that source quantizes
+        self.sources = {"": (Path(float_path), Path(prepared), float_forward)}
+        self.fine_tuned, self.task, self.threads = fine_tuned, task, threads
         self.tried: list[tuple] = []  # (quantization, validation F1)
         self.ranked: list[tuple[str, str, float]] = []  # (node, module, logit error), most sensitive first
-        self.batches: list[dict] | None = None  # the calibration sentences, and the float model's logits on them
-        self.reference: list[torch.Tensor] | None = None
+        self.batches: list[dict] | None = None  # the calibration sentences
+        self.references: dict[str, list[torch.Tensor]] = {}  # each source's float logits on them
 
     def remembering(self, quantized):
         """``quantized`` (how -> (file, scores)) that also notes each try's validation F1 for ``candidates``."""
@@ -70,8 +78,13 @@ class FallbackSearch:
         from tuner import onnx_io
 
         yield from onnx_io.RECIPES
+        if self.fine_tuned is not None:
+            self.sources[QUANTIZATION_AWARE] = self.fine_tuned()
+            yield from (dataclasses.replace(recipe, name=f"{recipe.name}, {QUANTIZATION_AWARE}",
+                                            source=QUANTIZATION_AWARE) for recipe in onnx_io.RECIPES)
         base = max(self.tried, key=lambda pair: pair[1])[0]
-        modules = onnx_io.quantizable_nodes(self.prepared, self.float_path)
+        float_path, prepared, _ = self.sources[base.source]
+        modules = onnx_io.quantizable_nodes(prepared, float_path)
         sizes = list(fallback_sizes(len(modules)))
         if not sizes:
             return
@@ -93,17 +106,20 @@ class FallbackSearch:
         return [forward(b["input_ids"], b["attention_mask"])[b["attention_mask"].bool()] for b in batches]
 
     def node_error(self, base, node: str) -> float:
-        """The logit error of quantizing ``node`` alone, under the ``base`` recipe."""
+        """The logit error of quantizing ``node`` alone, under the ``base`` recipe, against its source's float
+        model."""
         from tuner import onnx_io
 
-        if self.reference is None:
+        float_path, prepared, float_forward = self.sources[base.source]
+        if self.batches is None:
             self.batches = self.calibration()
-            self.reference = self.logits(self.float_forward, self.batches)
+        if base.source not in self.references:
+            self.references[base.source] = self.logits(float_forward, self.batches)
         with tempfile.TemporaryDirectory() as work:
             probe = Path(work) / "probe.onnx"
-            onnx_io.quantize(self.float_path, probe, base, only=[node], prepared=self.prepared)
+            onnx_io.quantize(float_path, probe, base, only=[node], prepared=prepared)
             found = self.logits(onnx_io.forward(onnx_io.session(probe, self.threads)), self.batches)
-        return logit_error(self.reference, found)
+        return logit_error(self.references[base.source], found)
 
     def ranked_record(self) -> list[dict]:
         return [{"node": node, "module": module, "logit_error": round(error, 6)} for node, module, error in self.ranked]

@@ -73,10 +73,11 @@ class Quantization:
     per_channel: bool = False
     unsigned: bool = False  # uint8 weights instead of int8 (activations are uint8 either way)
     keep_nodes: tuple[str, ...] = field(default=())  # graph nodes left in float32 by name (tuner.int8's fallbacks)
+    source: str = ""  # the float model it quantizes: "" the model as searched, else a fine-tuned copy (tuner.int8)
 
     def record(self) -> dict:
         return {"name": self.name, "per_channel": self.per_channel, "weights": "uint8" if self.unsigned else "int8",
-                "float32_nodes": list(self.keep_nodes)}
+                "float32_nodes": list(self.keep_nodes), "source": self.source or "searched"}
 
 
 # The whole-model recipes, tried in this order until one keeps F1 within the gate: the smallest files first

@@ -57,6 +57,10 @@ def no_limits(config) -> dict:
     return {}
 
 
+def cross_entropy(context: StageContext, hyperparameters: dict, batches: str) -> None:
+    return None  # fit's own loss: token cross-entropy
+
+
 @dataclass(frozen=True)
 class Stage:
     """One stage of the pipeline, as everything outside its module sees it."""
@@ -85,6 +89,9 @@ class Stage:
     # hyperparameters too (a retrain), that config (TunerError, one line, naming the entry's key at fault:
     # ``hyperparameters: ...`` or ``training.max_params: ...``)
     check: Callable[..., None] = accept
+    # the loss that fine-tunes a model this stage trained (quantization-aware training before int8):
+    # (context, its hyperparameters, batches) -> a tuner.training.LossFn, or None for token cross-entropy
+    fine_tune_loss: Callable[[StageContext, dict, str], object] = cross_entropy
 
     def hyperparameters(self) -> tuple[str, ...]:
         return self.required + self.optional
