@@ -293,3 +293,42 @@ def test_rays_dashboard_check_is_where_tuner_reads_it():
     from tuner.search import dashboard_missing
 
     assert dashboard_missing() is None
+
+
+@pytest.mark.parametrize("pruned_trials", [True, False])
+def test_a_front_searchs_stopped_trial_cannot_enter_the_studys_front_with_its_early_f1(tmp_path, pruned_trials):
+    """In a front search ParetoASHA stops trials at a rung: told PRUNED (tuner's default), a small trial stopped
+    at epoch 1 stays out of the study's Pareto front, which TPE's split ranks by, however its early F1 compares;
+    a finished trial is told its best epoch's (F1, parameters). Ray's behaviour (COMPLETE at the rung's score)
+    would put the stopped trial on the front: the ablation shows the check can fail."""
+    import optuna
+
+    from tuner import registry, search
+    from tuner.config import SEARCH_SPACE_DIR
+    from tuner.search import SearchMethod
+    from tuner.search.study import study_trials
+    from tuner.spaces import load_space
+
+    stage = registry.by_name("student")
+    shapes = [{"num_layers": 1, "factor_dim": 8}, {"num_layers": 3, "factor_dim": 32}]
+    searcher, _, _, _ = search.search_algorithms(stage, load_space(stage, SEARCH_SPACE_DIR / "student.yaml"), 3, 0,
+                                                 tmp_path, ("f1", "params"), shapes, trials=8,
+                                                 method=SearchMethod(pruned_trials=pruned_trials))
+    for trial in ("full", "stopped"):
+        searcher.suggest(trial)
+    searcher.on_trial_result("full", {"val_f1": 0.60, "parameters": 9_000_000, "epoch": 1})
+    searcher.on_trial_result("full", {"val_f1": 0.60, "parameters": 9_000_000, "epoch": 1, "rereport": True})
+    searcher.on_trial_result("full", {"val_f1": 0.85, "parameters": 9_000_000, "epoch": 2})
+    searcher.on_trial_complete("full", {"val_f1": 0.84, "parameters": 9_000_000, "epoch": 3})
+    searcher.on_trial_complete("stopped", {"val_f1": 0.40, "parameters": 2_000_000, "epoch": 1})
+    study = optuna.load_study(study_name="student", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    full, stopped = study.trials
+    front = [t.number for t in study.best_trials]
+    if pruned_trials:
+        assert full.state == optuna.trial.TrialState.COMPLETE and full.values == [0.85, 9_000_000]  # best epoch
+        assert stopped.state == optuna.trial.TrialState.PRUNED and front == [full.number]
+        # the report still shows it, at the scores it stopped on
+        trials, _ = study_trials(tmp_path, "student")
+        assert [(t["value"], t["pruned"]) for t in trials] == [(0.85, False), (0.40, True)]
+    else:
+        assert stopped.values == [0.40, 2_000_000] and front == [full.number, stopped.number]

@@ -162,7 +162,7 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
                      if method.early_stopping else FIFOScheduler())
         return searcher, scheduler, METRIC, MODE
     metrics, modes = zip(*(OBJECTIVES[name] for name in objectives))
-    searcher = EpochOptunaSearch(ShapedSpace(space, shapes), epochs=epochs, pruned_trials=False,
+    searcher = EpochOptunaSearch(ShapedSpace(space, shapes), epochs=epochs, pruned_trials=method.pruned_trials,
                                  warm_start=warm_start, start_shapes=start_shapes if method.spanning_startup else None,
                                  metric=list(metrics), mode=list(modes), sampler=sampler,
                                  study_name=stage.name, storage=open_storage(results_dir))

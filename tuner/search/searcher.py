@@ -3,14 +3,14 @@ budget (``ShapedSpace``) and its start-up shapes, and Ray's ``OptunaSearch`` tol
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import optuna
 from ray.tune.search.optuna import OptunaSearch
 
-from tuner.config import SHAPE
+from tuner.config import METRIC, SHAPE
 from tuner.registry import Stage
+from tuner.search.study import STOPPED_SCORES
 from tuner.spaces import SearchSpace
 
 
@@ -68,19 +68,20 @@ class ShapedSpace:
 
 
 class EpochOptunaSearch(OptunaSearch):
-    """Ray's OptunaSearch, told what tuner's trials are: ``epochs`` long, reporting ``epoch`` (in a
-    single-objective search a rung's epoch twice, the second time ``rereport``), stopped early by ASHA. With
-    ``pruned_trials`` each epoch is reported to the study once, at its epoch, a trial that stopped before the last
-    epoch is told PRUNED and a finished one its best epoch's score (the checkpoint the search keeps of it).
-    ``warm_start``, a partial config, is the study's first trial; the sampler draws the keys it lacks.
-    Single-objective only: Optuna has no intermediate values for several objectives, so a multi-objective study
-    keeps Ray's behaviour."""
+    """Ray's OptunaSearch, told what tuner's trials are: ``epochs`` long, reporting ``epoch`` (a rung's epoch
+    twice, the second time ``rereport``), stopped early by ASHA or ParetoASHA. With ``pruned_trials`` a trial that
+    stopped before the last epoch is told PRUNED and a finished one its best epoch's scores (the checkpoint the
+    search keeps of it), so a stopped trial's early F1 never stands in the study, or in TPE's split, beside
+    finished trials' final ones; in a single-objective search each epoch is also reported to the study once, at
+    its epoch (Optuna takes no intermediate values for several objectives, so TPE ranks a multi-objective study's
+    PRUNED trials after every complete one). Without it, Ray's behaviour: a stopped trial is COMPLETE at its last
+    score. ``warm_start``, a partial config, is the study's first trial; the sampler draws the keys it lacks."""
 
     def __init__(self, space, *, epochs: int, pruned_trials: bool, warm_start: dict | None = None,
                  start_shapes: list[dict] | None = None, **kwargs):
         self._epochs, self._pruned_trials, self._warm_start = epochs, pruned_trials, warm_start
         self._start_shapes = start_shapes or []
-        self._best: dict[str, float] = {}  # trial id -> its best epoch's score
+        self._best: dict[str, list[float]] = {}  # trial id -> its best epoch's scores, in the metrics' order
         self._reported: dict[str, set] = {}  # trial id -> epochs told to the study
         super().__init__(space, **kwargs)
 
@@ -89,40 +90,47 @@ class EpochOptunaSearch(OptunaSearch):
         # the objectives by name (optuna-dashboard shows "0" and "1" without them); experimental since Optuna 3.2
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            self._ot_study.set_metric_names(list(self.metric) if isinstance(self.metric, list) else [self.metric])
+            self._ot_study.set_metric_names(self._metrics())
         if self._warm_start:
             self._ot_study.enqueue_trial(dict(self._warm_start), skip_if_exists=True)
         for shape in self._start_shapes:  # the shape fixed, the other hyperparameters drawn by the sampler
             self._ot_study.enqueue_trial({SHAPE: shape_label(shape)}, skip_if_exists=True)
 
-    def _epoch_aware(self) -> bool:
-        return self._pruned_trials and not isinstance(self.metric, list)
+    def _metrics(self) -> list[str]:
+        return list(self.metric) if isinstance(self.metric, list) else [self.metric]
 
     def on_trial_result(self, trial_id: str, result: dict):
-        if not self._epoch_aware():
+        if not self._pruned_trials:
             return super().on_trial_result(trial_id, result)
         if trial_id not in self._completed_trials:
             self._record(trial_id, result)
 
     def _record(self, trial_id: str, result: dict) -> None:
-        """One epoch's score as the study's intermediate value at that epoch (a rung's second report skipped)."""
-        if result.get("rereport") or self.metric not in result or "epoch" not in result:
+        """One epoch's scores: in a single-objective study its intermediate value at that epoch (a rung's second
+        report skipped); the trial's best epoch by F1 (the first objective that is F1, else the first) kept."""
+        metrics = self._metrics()
+        if result.get("rereport") or "epoch" not in result or any(m not in result for m in metrics):
             return
-        value, epoch = result[self.metric], int(result["epoch"])
+        values, epoch = [result[m] for m in metrics], int(result["epoch"])
         reported = self._reported.setdefault(trial_id, set())
-        if epoch not in reported:
-            self._ot_trials[trial_id].report(value, epoch)
+        if len(metrics) == 1 and epoch not in reported:
+            self._ot_trials[trial_id].report(values[0], epoch)
             reported.add(epoch)
-        self._best[trial_id] = max(self._best.get(trial_id, -math.inf), value)
+        key = metrics.index(METRIC) if METRIC in metrics else 0
+        if trial_id not in self._best or values[key] > self._best[trial_id][key]:
+            self._best[trial_id] = values
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        if not self._epoch_aware() or error or not result or trial_id in self._completed_trials:
+        if not self._pruned_trials or error or not result or trial_id in self._completed_trials:
             return super().on_trial_complete(trial_id, result, error)
         # Tune hands the result a scheduler stops a trial on (ASHA's rung, or the last epoch) to this call only
         self._record(trial_id, result)
         trial = self._ot_trials[trial_id]
         if result.get("epoch", self._epochs) < self._epochs:
+            # its scores where it stopped, for the report (a multi-objective trial has no intermediate values)
+            trial.set_user_attr(STOPPED_SCORES, [result[m] for m in self._metrics() if m in result])
             self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # ranked by its last epoch
         else:
-            self._ot_study.tell(trial, self._best.get(trial_id, result[self.metric]))
+            best = self._best.get(trial_id) or [result[m] for m in self._metrics()]
+            self._ot_study.tell(trial, best if len(best) > 1 else best[0])
         self._completed_trials.add(trial_id)

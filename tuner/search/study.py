@@ -10,6 +10,8 @@ import optuna
 
 from tuner.errors import TunerError
 
+STOPPED_SCORES = "stopped_scores"  # a PRUNED trial's user attribute: its scores at the epoch it stopped
+
 DATABASE = "optuna.db"  # in the results folder: one study per stage, named after it
 
 
@@ -53,14 +55,22 @@ def study_trials(results_dir: Path, stage: str) -> tuple[list, dict]:
         study = optuna.load_study(study_name=stage, storage=open_storage(results_dir))
     except KeyError:
         return [], {}
-    # (trial, value, stopped early): a finished trial's value (F1 first), a stopped one's at its last epoch
-    scored = [(t, t.values[0], False) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    scored += [(t, t.intermediate_values[max(t.intermediate_values)], True) for t in study.trials
-               if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]
+    # (trial, values, stopped early): a finished trial's values (F1 first), a stopped one's at its last epoch
+    scored = [(t, t.values, False) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    scored += [(t, stopped_values(t), True) for t in study.trials
+               if t.state == optuna.trial.TrialState.PRUNED and stopped_values(t)]
     scored.sort(key=lambda item: item[0].number)
-    trials = [{"number": t.number, "value": value, "params": dict(t.params), "pruned": pruned}
-              for t, value, pruned in scored]
+    trials = [{"number": t.number, "value": values[0], "params": dict(t.params), "pruned": pruned}
+              for t, values, pruned in scored]
     return trials, importances(study, scored)
+
+
+def stopped_values(trial) -> list | None:
+    """A stopped (PRUNED) trial's scores at its last epoch: its intermediate value in a single-objective study,
+    the scores it was stopped on in a front search (``STOPPED_SCORES``); None for one with neither."""
+    if trial.intermediate_values:
+        return [trial.intermediate_values[max(trial.intermediate_values)]]
+    return trial.user_attrs.get(STOPPED_SCORES) or None
 
 
 def importances(study: optuna.Study, scored: list) -> dict:
@@ -69,9 +79,10 @@ def importances(study: optuna.Study, scored: list) -> dict:
     if len(scored) < 2:
         return {}
     proxy = optuna.create_study(directions=study.directions)
-    for t, value, pruned in scored:
-        proxy.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions,
-                                                  values=[value] if pruned else t.values))
+    for t, values, _ in scored:
+        if len(values) == len(study.directions):
+            proxy.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions,
+                                                      values=values))
     with contextlib.suppress(RuntimeError, ValueError):
         return dict(optuna.importance.get_param_importances(
             proxy, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
