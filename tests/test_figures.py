@@ -99,6 +99,10 @@ def test_a_runs_figures_are_its_best_models_or_its_front_members():
     assert [e["measure"].split(" (")[0] for e in front] == ["student front member 1.20M-L1-E32",
                                                            "student front member 3.00M-L2-E64"]
     assert [e["value"] for e in front] == [0.7, 0.75]
+    volume = {"val": 0.61, "test": 0.58, "reference": [1.0, 0.0]}
+    *_, hypervolume = run_figures(dict(record, pareto=members, hypervolume=volume), "python -m tuner.run")
+    assert hypervolume["measure"].startswith("student front hypervolume") and hypervolume["value"] == 0.58
+    assert hypervolume["details"]["val"] == 0.61 and hypervolume["details"]["members"] == 2
 
 
 def test_deploy_figures_compare_int8_with_pytorch_float32():

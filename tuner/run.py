@@ -91,12 +91,18 @@ def run_figures(record: dict, command: str, started: dict | None = None) -> list
         return [figures.headline(f"{record['stage']}: test F1 of the best trial ({where})", round(record["test_f1"], 4),
                                  "F1", command, seeds=1, inputs=(record["data"],), started=started,
                                  val_f1=round(record["val_f1"], 4), parameters=record["parameters"], **details)]
-    return [figures.headline(f"{record['stage']} front member {member['name'].rsplit('-', 1)[0]} ({where}): test F1",
-                             round(member["test_f1"], 4), "F1", command, seeds=1, inputs=(record["data"],),
-                             started=started,
-                             val_f1=round(member["val_f1"], 4), parameters=member["parameters"],
-                             batch_1_median_ms=member.get("batch_1_median_ms"), **details)
-            for member in record["pareto"]]
+    members = [figures.headline(f"{record['stage']} front member {member['name'].rsplit('-', 1)[0]} ({where}): "
+                                "test F1", round(member["test_f1"], 4), "F1", command, seeds=1,
+                                inputs=(record["data"],), started=started, val_f1=round(member["val_f1"], 4),
+                                parameters=member["parameters"], batch_1_median_ms=member.get("batch_1_median_ms"),
+                                **details) for member in record["pareto"]]
+    volume = record.get("hypervolume")
+    if not volume:
+        return members
+    return members + [figures.headline(
+        f"{record['stage']} front hypervolume in (parameter share of the teacher, test F1) ({where})",
+        volume["test"], "", command, seeds=1, inputs=(record["data"],), started=started, val=volume["val"],
+        reference=volume["reference"], members=len(record["pareto"]), **details)]
 
 
 @entry_point
