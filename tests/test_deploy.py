@@ -13,6 +13,7 @@ import torch
 
 from tests.conftest import copied, run_cli, run_main, snapshot, write
 from tuner import deploy, onnx_io, predict
+from tuner.int8 import QUANTIZATION_AWARE
 from tuner.models import cut_student, factorize, save_model
 
 
@@ -160,17 +161,29 @@ def test_deploy_writes_scored_files_and_the_gate_refuses_a_tiny_drop(searched_te
     proc = run_cli("--model", folder / "model.int8.onnx", *lines[:2], module="tuner.predict")
     assert proc.returncode == 0 and proc.stdout.splitlines()[0] == lines[0], proc.stderr
 
-    # nothing passes (no quantization-aware copy, no fallback after the recipes: their order is tested on a
-    # planted model): every try recorded, the float model kept alone, exit 1
+    # nothing passes (no fallback after the recipes: their order is tested on a planted model; the
+    # quantization-aware copy here the model itself, exported unchanged, so it fails as the recipes do): every
+    # try recorded, the float model kept alone, nothing of the copy left, exit 1
     monkeypatch.setattr("tuner.int8.fallback_sizes", lambda count: iter(()))
+
+    def unchanged(self, model, task, tokenizer, path, prepared):
+        onnx_io.export(model, path)
+        onnx_io.prepare(path, prepared)
+        return {"epochs": self.epochs, "stub": True}
+
+    monkeypatch.setattr(deploy.Tuning, "fine_tuned", unchanged)
     status, out, err = run_main(deploy.main, "--results-dir", results, "--stage", "teacher", "--latency-sentences",
-                                5, "--max-f1-drop", 0, "--gate-sentences", 100, "--qat-epochs", 0, capsys=capsys)
+                                5, "--max-f1-drop", 0, "--gate-sentences", 100, capsys=capsys)
     report = json.loads((folder / "deploy.json").read_text())
     assert status == 1 and "kept the float32 ONNX model only" in out, out + err
-    assert len(report["int8_tries"]) == len(onnx_io.RECIPES) and not report["int8_passed"]
-    assert report["sensitivity"] == [] and min(t["drop_points"] for t in report["int8_tries"]) > 0
-    assert report["quantization_aware"] is None
+    assert "quantization-aware fine-tuning for 1 epoch(s)" in out
+    tries, recipes = report["int8_tries"], len(onnx_io.RECIPES)
+    assert [t["source"] for t in tries] == ["searched"] * recipes + [QUANTIZATION_AWARE] * recipes
+    assert [t["validation_f1"] for t in tries[recipes:]] == [t["validation_f1"] for t in tries[:recipes]]
+    assert report["quantization_aware"] == {"epochs": 1, "stub": True} and not report["int8_passed"]
+    assert report["sensitivity"] == [] and min(t["drop_points"] for t in tries) > 0
     assert not (folder / "model.int8.onnx").exists() and (folder / "model.onnx").is_file()
+    assert not [p for p in folder.iterdir() if "fine-tuned" in p.name or p.name.startswith(("try-", "prepared"))]
     assert "onnx_int8" not in report["formats"] and not list(Path(folder.parent).glob("deploy.partial"))
 
 
@@ -204,9 +217,9 @@ def test_the_fallback_search_keeps_exactly_the_planted_sensitive_layer(tiny_mode
 
     def fine_tuned():
         tuned = copy.deepcopy(model)
-        made.append(qat.fine_tune(tuned, None, {"learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0},
-                                  task, TrainSettings(epochs=1, batch_size=16, eval_batch_size=64, seed=0,
-                                                      threads=1)))
+        hyperparameters = {"learning_rate": 1e-3, "weight_decay": 0.0, "warmup_ratio": 0.0}
+        made.append(qat.fine_tune(tuned, None, 1e-3, hyperparameters, task, TrainSettings(
+            epochs=1, batch_size=16, eval_batch_size=64, seed=0, threads=1)))
         onnx_io.export(tuned, tmp_path / "tuned.onnx")
         onnx_io.prepare(tmp_path / "tuned.onnx", tmp_path / "tuned-prepared.onnx")
         return (tmp_path / "tuned.onnx", tmp_path / "tuned-prepared.onnx",

@@ -379,9 +379,11 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
     # distillation loss against the recorded teacher, one epoch, exported as a valid ONNX model
     from tuner import deploy, onnx_io
 
-    members, task, settings = deploy.load_stage(registry.by_name("student"), results, pareto=True, gate_sentences=20)
+    members, task, settings, teacher = deploy.load_stage(registry.by_name("student"), results, pareto=True,
+                                                         gate_sentences=20, qat_epochs=1)
     model, tokenizer, _, _, config = members[0]
-    done = deploy.Tuning(registry.by_name("student"), settings, config, 1, 1).fine_tuned(
+    assert teacher is not None and deploy.load_stage(registry.by_name("student"), results, gate_sentences=20)[3] is None
+    done = deploy.Tuning(registry.by_name("student"), settings, config, 1, 1, teacher).fine_tuned(
         model, task, tokenizer, results.parent / "tuned.onnx", results.parent / "tuned-prepared.onnx")
     assert done["loss"] == "the stage's own" and len(done["fake_quantized_validation_f1"]) == 1
     assert onnx_io.session(results.parent / "tuned.onnx", 1).get_outputs()[0].name == "logits"

@@ -18,8 +18,8 @@ from tuner.training import collate
 
 
 def test_the_fake_quantized_forward_computes_what_onnx_runtimes_int8_computes(tiny_model, tmp_path):
-    """Per-channel int8 from ONNX Runtime against the same model's fake-quantized forward: an order of magnitude
-    closer than the float model is (measured: 1e-5 of it); afterwards the model is float again, with nothing left attached."""
+    """Per-channel int8 from ONNX Runtime against the same model's fake-quantized forward: a hundred times closer
+    than the float model is (measured: 1e-5 of it); afterwards the model is float again, with nothing attached."""
     model = tiny_model.eval()
     with torch.no_grad():  # a wide weight range, so rounding moves the logits measurably
         model.bert.encoder.layer[0].output.dense.weight[:, 3] *= 30
@@ -43,7 +43,7 @@ def test_the_fake_quantized_forward_computes_what_onnx_runtimes_int8_computes(ti
 
 def test_fine_tuning_trains_the_stages_own_loss_on_int8_weights(tokenizer):
     """The student's fine-tune loss is its distillation loss (T and alpha from its hyperparameters) against the
-    teacher's logits; every step of qat.fine_tune sees Linear weights on their int8 grid, and the weights it
+    teacher's logits, at the rate its depth trained at; every step of qat.fine_tune sees Linear weights on their int8 grid, and the weights it
     leaves are trained float ones, off that grid, with the model plain again."""
     from transformers import BertForTokenClassification
 
@@ -65,9 +65,11 @@ def test_fine_tuning_trains_the_stages_own_loss_on_int8_weights(tokenizer):
     data = encode(sentences, tokenizer, labels, 32, "first")
     task = TaskData(labels, data, data, data, tokenizer.pad_token_id, "mem")
     context = StageContext(resolve_profile("smoke", False, max_params=10**9), task, 0, teacher, len(tokenizer), "cpu")
-    hparams = {"learning_rate": 1e-2, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 3.0, "alpha": 1.0}
-    loss_fn = student.STAGE.fine_tune_loss(context, hparams, "length")
+    hparams = {"learning_rate": 1e-2, "weight_decay": 0.0, "warmup_ratio": 0.0, "temperature": 3.0, "alpha": 1.0,
+               "lr_depth_power": 1.0}
     model = cut_student(teacher, 1, 8).eval()
+    loss_fn, rate = student.STAGE.fine_tuning(context, model, hparams, "length")
+    assert rate == 1e-2 * config.num_hidden_layers  # the rate a 1-layer student trained at (lr_depth_power 1)
     batch = collate(data, [0, 1], tokenizer.pad_token_id)
     with torch.no_grad():
         z_s = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -88,10 +90,10 @@ def test_fine_tuning_trains_the_stages_own_loss_on_int8_weights(tokenizer):
         return loss_fn(model, batch, indices)
 
     before = model.classifier.weight.detach().clone()
-    record = qat.fine_tune(model, watched, hparams, task, TrainSettings(epochs=2, batch_size=1, eval_batch_size=8,
-                                                                         seed=0, threads=1))
+    record = qat.fine_tune(model, watched, rate, hparams, task, TrainSettings(epochs=2, batch_size=1,
+                                                                               eval_batch_size=8, seed=0, threads=1))
     assert seen and all(seen), seen
     assert not any(parametrize.is_parametrized(m) or m._forward_pre_hooks for m in model.modules())
     assert not on_grid(model.classifier.weight.detach()) and not torch.equal(model.classifier.weight, before)
     assert record["epochs"] == 2 and len(record["fake_quantized_validation_f1"]) == 2
-    assert record["learning_rate"] == 1e-2 * qat.LEARNING_RATE_SCALE
+    assert record["learning_rate"] == rate * qat.LEARNING_RATE_SCALE

@@ -9,7 +9,8 @@ disk and the CPU latency. int8 may lose at most ``--max-f1-drop`` F1 points on v
 float32; where no whole-model recipe keeps that, the recipes are tried again on a copy fine-tuned for
 ``--qat-epochs`` with int8's rounding in its forward (tuner.qat), then quantizations that keep the most
 sensitive nodes in float32; every try is recorded, and where none passes the float ONNX model is kept alone and
-the command exits 1.
+the command exits 1. ``model.int8.onnx`` then quantizes ``model.onnx`` or, where the gate needed it, the
+fine-tuned copy (``deploy.json``: each try's ``source``, and ``quantization_aware``).
 """
 
 from __future__ import annotations
@@ -65,9 +66,15 @@ def scoring_task(stage, record: dict, folder: Path, results_dir: Path, tokenizer
     """The search's split, encoded as it encoded it, with ``gate_sentences`` of its validation split (None: all of
     it; the gate decides there, and on a search's 500-sentence subset one sentence moves F1 by about 0.1 point)
     and the search's test sentences; and the settings the search recorded."""
-    from tuner.task import build_task, recorded_settings
+    from tuner.spaces import read_yaml
+    from tuner.task import SEARCH_SETTINGS, build_task, recorded_settings
 
-    settings, _ = recorded_settings(record, stage, results_dir, str(folder / RESULT_FILE))
+    searched = folder.parent / SEARCH_SETTINGS  # the teacher the search read (--teacher), where it still is
+    found = read_yaml(searched) if searched.is_file() else None
+    teacher = found.get("teacher") if isinstance(found, dict) else None
+    settings, _ = recorded_settings(record, stage, results_dir, str(folder / RESULT_FILE),
+                                    teacher=Path(teacher) if isinstance(teacher, str) and Path(teacher).is_dir()
+                                    else None)
     settings = dataclasses.replace(settings, profile=dataclasses.replace(settings.profile,
                                                                          eval_sentences=gate_sentences))
     return build_task(settings, tokenizer, labels), settings
@@ -104,68 +111,84 @@ def gate(baseline_f1: float, quantizations, quantized, max_f1_drop: float):
     return tries, None
 
 
-def load_stage(stage, results_dir: Path, pareto: bool = False,
-               gate_sentences: int | None = None) -> tuple[list, object, object]:
+def load_stage(stage, results_dir: Path, pareto: bool = False, gate_sentences: int | None = None,
+               qat_epochs: int = 0) -> tuple[list, object, object, object]:
     """What deploying a searched stage reads, loaded (so checked) before anything is written: each model to deploy
     as (model, tokenizer, its folder, its deploy folder, its hyperparameters), the stage's best model or with
-    ``pareto`` every member of its front, and the search's sentences, encoded once (every model of the stage is
-    scored on them), with the settings they were searched under."""
+    ``pareto`` every member of its front; the search's sentences, encoded once (every model of the stage is
+    scored on them), with the settings they were searched under; and, where quantization-aware fine-tuning
+    (``qat_epochs``) would read it, the checked teacher (else None)."""
     from tuner.export import read_json
     from tuner.front import FRONT_DIR
     from tuner.models import load_model, load_tokenizer, model_labels
+    from tuner.task import check_teacher
 
     best = Path(results_dir) / stage.name / BEST
     model, tokenizer, record = load_saved(best)
     task, settings = scoring_task(stage, record, best, Path(results_dir), tokenizer, model_labels(model),
                                   gate_sentences)
-    if not pareto:
-        return [(model, tokenizer, best, best.parent / DEPLOY, record["hyperparameters"])], task, settings
-    members = sorted(path.parent for path in (best.parent / FRONT_DIR).glob("*/result.json"))
-    if not members:
-        raise TunerError(f"{best.parent / FRONT_DIR}: no front to deploy (search the stage with "
-                         "--objectives f1,params)")
-    return [(load_model(m), load_tokenizer(str(m)), m, m / DEPLOY, read_json(m / RESULT_FILE)["config"])
-            for m in members], task, settings
+    teacher = check_teacher(settings, stage) if qat_epochs and stage.fine_tuning is not None else None
+    if pareto:
+        members = sorted(path.parent for path in (best.parent / FRONT_DIR).glob("*/result.json"))
+        if not members:
+            raise TunerError(f"{best.parent / FRONT_DIR}: no front to deploy (search the stage with "
+                             "--objectives f1,params)")
+        models = [(load_model(m), load_tokenizer(str(m)), m, m / DEPLOY, read_json(m / RESULT_FILE), m / RESULT_FILE)
+                  for m in members]
+    else:
+        models = [(model, tokenizer, best, best.parent / DEPLOY, record, best / RESULT_FILE)]
+    loaded = []
+    for model, tokenizer, folder, target, found, where in models:
+        hyperparameters = found.get("hyperparameters", found.get("config")) if isinstance(found, dict) else None
+        if qat_epochs and not (isinstance(hyperparameters, dict) and "learning_rate" in hyperparameters):
+            raise TunerError(f"{where}: no hyperparameters (with learning_rate) to fine-tune it with; "
+                             "deploy with --qat-epochs 0")
+        loaded.append((model, tokenizer, folder, target, hyperparameters))
+    return loaded, task, settings, teacher
 
 
 def deploy_stage(stage, loaded: tuple, max_f1_drop: float, threads: int, latency_sentences: int,
                  qat_epochs: int = 1, echo=print) -> list[dict]:
     """Deploy what ``load_stage`` loaded: the best model into ``results/<stage>/deploy``, or each front member into
     ``results/<stage>/pareto/<name>/deploy``; returns each deploy.json record."""
-    models, task, settings = loaded
+    models, task, settings, teacher = loaded
     return [deploy_model(stage, model, tokenizer, folder, target, task, settings, max_f1_drop, threads,
-                         latency_sentences, echo, Tuning(stage, settings, hyperparameters, qat_epochs, threads))
+                         latency_sentences, echo,
+                         Tuning(stage, settings, hyperparameters, qat_epochs, threads, teacher))
             for model, tokenizer, folder, target, hyperparameters in models]
 
 
 @dataclasses.dataclass(frozen=True)
 class Tuning:
     """Quantization-aware fine-tuning of a model being deployed (tuner.qat): its stage, the settings its search
-    recorded, its hyperparameters, the epochs (0: none) and the threads."""
+    recorded, its hyperparameters, the epochs (0: none), the threads, and the teacher where the stage's
+    fine-tuning reads one (``load_stage`` loads it)."""
     stage: object
     settings: object
     hyperparameters: dict
     epochs: int
     threads: int
+    teacher: object = None
 
     def fine_tuned(self, model, task, tokenizer, path: Path, prepared: Path) -> dict:
-        """A copy of ``model`` fine-tuned with the stage's own loss (the student's reads the teacher, loaded here),
-        exported to ``path`` and prepared for quantization at ``prepared``; returns what was done."""
+        """A copy of ``model`` fine-tuned with the stage's own loss at a fraction of the rate it trained at
+        (``Stage.fine_tuning``; token cross-entropy at its searched rate where the stage has none), exported to
+        ``path`` and prepared for quantization at ``prepared``; returns what was done."""
         import copy
 
         from tuner import onnx_io, qat
         from tuner.config import train_settings
         from tuner.registry import StageContext
-        from tuner.task import check_teacher
         from tuner.training import select_device
 
         device, profile = select_device(), self.settings.profile
-        teacher = check_teacher(self.settings, self.stage) if self.stage.needs_teacher else None
-        context = StageContext(profile=profile, task=task, seed=self.settings.seed, teacher=teacher,
-                               vocab_size=len(tokenizer), device=device)
-        loss = self.stage.fine_tune_loss(context, self.hyperparameters, "length")
+        loss, rate = None, self.hyperparameters["learning_rate"]
+        if self.stage.fine_tuning is not None:
+            context = StageContext(profile=profile, task=task, seed=self.settings.seed, teacher=self.teacher,
+                                   vocab_size=len(tokenizer), device=device)
+            loss, rate = self.stage.fine_tuning(context, model, self.hyperparameters, "length")
         tuned = copy.deepcopy(model).float()
-        record = qat.fine_tune(tuned, loss, self.hyperparameters, task,
+        record = qat.fine_tune(tuned, loss, rate, self.hyperparameters, task,
                                train_settings(profile, self.epochs, self.settings.seed, self.threads, device))
         onnx_io.export(tuned, path)
         onnx_io.prepare(path, prepared)
@@ -315,7 +338,8 @@ def main(argv=None) -> int:
 
     # what the exports read afterwards, checked first: every stage's record, the deployed models this run keeps
     export.check_exports(args.results_dir, deployed=() if args.pareto else tuple(stage.name for stage in stages))
-    loaded = [(stage, load_stage(stage, args.results_dir, args.pareto, args.gate_sentences)) for stage in stages]  # all, before writing
+    loaded = [(stage, load_stage(stage, args.results_dir, args.pareto, args.gate_sentences, args.qat_epochs))
+              for stage in stages]  # all, before writing
     reports = [report for stage, found in loaded
                for report in deploy_stage(stage, found, args.max_f1_drop, args.threads, args.latency_sentences,
                                           args.qat_epochs)]

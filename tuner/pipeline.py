@@ -29,12 +29,11 @@ from tuner.models import base_config, count_parameters, load_model, save_model, 
 from tuner.plan import check_shapes, search_plan, single_objective_space, sized_params
 from tuner.registry import Stage
 from tuner.spaces import SearchSpace, edges, load_space, shared_point, value_ranges
-from tuner.task import BEST, RESULT_FILE, check_teacher, data_source, load_task, stage_inputs, teacher_folder
+from tuner.task import BEST, RESULT_FILE, SEARCH_SETTINGS, check_teacher, data_source, load_task, stage_inputs, teacher_folder
 from tuner.training import evaluate, select_device
 
 log = logging.getLogger(__name__)
 
-SEARCH_SETTINGS = "search_settings.yaml"  # beside search/: what its trials depend on, checked by --resume
 VERSIONED = ("tuner", "torch", "transformers", "datasets", "seqeval", "ray", "optuna")
 
 

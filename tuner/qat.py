@@ -6,7 +6,7 @@ The fake quantization follows ``quantize_dynamic`` with per-channel int8 weights
 files it writes: each Linear's weight rounded to int8 per output channel, symmetric; each embedding table to
 uint8 per tensor, asymmetric; each Linear's input to uint8 per tensor, asymmetric, from its own range at every
 forward (``DynamicQuantizeLinear``). Gradients pass straight through
-the rounding (torch's ``fake_quantize_*`` ops). The loss is the stage's own (``Stage.fine_tune_loss``): the
+the rounding (torch's ``fake_quantize_*`` ops). The loss is the stage's own (``Stage.fine_tuning``): the
 student's distillation loss against the teacher's logits, token cross-entropy for the others.
 """
 
@@ -79,12 +79,13 @@ def fake_quantized(model: nn.Module):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
 
 
-def fine_tune(model: nn.Module, loss_fn, hyperparameters: dict, task, settings: TrainSettings) -> dict:
+def fine_tune(model: nn.Module, loss_fn, trained_rate: float, hyperparameters: dict, task,
+              settings: TrainSettings) -> dict:
     """Fine-tune ``model`` in place under ``fake_quantized`` for ``settings.epochs`` with ``loss_fn`` (None: token
-    cross-entropy) at ``LEARNING_RATE_SCALE`` of its searched rate; float32 (the rounding is float32's) and
-    length-grouped padded batches (each Linear then sees its whole input through its hook). Returns what was done,
-    for deploy.json."""
-    rate = float(hyperparameters["learning_rate"]) * LEARNING_RATE_SCALE
+    cross-entropy) at ``LEARNING_RATE_SCALE`` of the rate it trained at, its other ``hyperparameters`` (weight
+    decay) kept; float32 (the rounding is float32's) and length-grouped padded batches (each Linear then sees its
+    whole input through its hook). Returns what was done, for deploy.json."""
+    rate = float(trained_rate) * LEARNING_RATE_SCALE
     tuned = dict(hyperparameters, learning_rate=rate, warmup_ratio=WARMUP_RATIO)
     settings = dataclasses.replace(settings, precision="fp32", batches="length")
     started, curve = time.perf_counter(), []

@@ -57,10 +57,6 @@ def no_limits(config) -> dict:
     return {}
 
 
-def cross_entropy(context: StageContext, hyperparameters: dict, batches: str) -> None:
-    return None  # fit's own loss: token cross-entropy
-
-
 @dataclass(frozen=True)
 class Stage:
     """One stage of the pipeline, as everything outside its module sees it."""
@@ -89,9 +85,10 @@ class Stage:
     # hyperparameters too (a retrain), that config (TunerError, one line, naming the entry's key at fault:
     # ``hyperparameters: ...`` or ``training.max_params: ...``)
     check: Callable[..., None] = accept
-    # the loss that fine-tunes a model this stage trained (quantization-aware training before int8):
-    # (context, its hyperparameters, batches) -> a tuner.training.LossFn, or None for token cross-entropy
-    fine_tune_loss: Callable[[StageContext, dict, str], object] = cross_entropy
+    # how a model this stage trained is fine-tuned further (quantization-aware training before int8): (context
+    # with the teacher, the model, its hyperparameters, batches) -> (a tuner.training.LossFn, the learning rate
+    # it trained at); None: token cross-entropy at its searched learning rate, no teacher read
+    fine_tuning: Callable[[StageContext, nn.Module, dict, str], tuple] | None = None
 
     def hyperparameters(self) -> tuple[str, ...]:
         return self.required + self.optional

@@ -84,7 +84,7 @@ def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings
 
 def run_figures(record: dict, command: str, started: dict | None = None) -> list[dict]:
     """A searched stage's figures: its best model's test F1 (validation F1, parameters and the search's minutes in
-    the details), or with ``--objectives f1,params`` one per front member."""
+    the details), or with ``--objectives f1,params`` one per front member and the front's hypervolume."""
     where = f"{record['profile']} profile, {record['trials']} trials, {record['split']} split"
     details = {"search_minutes": round(record["search_wall_seconds"] / 60, 1), "seed": record["seed"]}
     if "pareto" not in record:

@@ -18,6 +18,7 @@ from tuner.training import select_device
 
 BEST = "best"  # results/<stage>/best: a stage's best model, what the next stage reads
 RESULT_FILE = "result.json"
+SEARCH_SETTINGS = "search_settings.yaml"  # beside search/: what its trials depend on, checked by --resume
 
 
 def teacher_folder(settings: RunSettings) -> Path:

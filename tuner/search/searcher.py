@@ -117,7 +117,10 @@ class EpochOptunaSearch(OptunaSearch):
             self._ot_trials[trial_id].report(values[0], epoch)
             reported.add(epoch)
         key = metrics.index(METRIC) if METRIC in metrics else 0
-        if trial_id not in self._best or values[key] > self._best[trial_id][key]:
+        best = self._best.get(trial_id)
+        if isinstance(best, float):  # a searcher saved by an earlier tuner kept the best score alone
+            best = self._best[trial_id] = [best]
+        if best is None or values[key] > best[key]:
             self._best[trial_id] = values
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
@@ -128,9 +131,11 @@ class EpochOptunaSearch(OptunaSearch):
         trial = self._ot_trials[trial_id]
         if result.get("epoch", self._epochs) < self._epochs:
             # its scores where it stopped, for the report (a multi-objective trial has no intermediate values)
-            trial.set_user_attr(STOPPED_SCORES, [result[m] for m in self._metrics() if m in result])
+            if all(m in result for m in self._metrics()):
+                trial.set_user_attr(STOPPED_SCORES, [result[m] for m in self._metrics()])
             self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # ranked by its last epoch
         else:
             best = self._best.get(trial_id) or [result[m] for m in self._metrics()]
+            best = best if isinstance(best, list) else [best]
             self._ot_study.tell(trial, best if len(best) > 1 else best[0])
         self._completed_trials.add(trial_id)

@@ -76,13 +76,12 @@ def stopped_values(trial) -> list | None:
 def importances(study: optuna.Study, scored: list) -> dict:
     """fANOVA importances over every told trial, a stopped one at its last epoch (fANOVA reads COMPLETE ones);
     empty with fewer than two."""
+    scored = [(t, values) for t, values, _ in scored if len(values) == len(study.directions)]
     if len(scored) < 2:
         return {}
     proxy = optuna.create_study(directions=study.directions)
-    for t, values, _ in scored:
-        if len(values) == len(study.directions):
-            proxy.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions,
-                                                      values=values))
+    for t, values in scored:
+        proxy.add_trial(optuna.trial.create_trial(params=t.params, distributions=t.distributions, values=values))
     with contextlib.suppress(RuntimeError, ValueError):
         return dict(optuna.importance.get_param_importances(
             proxy, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),

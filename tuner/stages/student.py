@@ -153,15 +153,17 @@ def train(hparams: dict, task: TaskData, inputs: StudentInputs, settings: TrainS
     yield from fit(student, hparams, task, settings, loss_fn, resume=resume)
 
 
-def fine_tune_loss(context: StageContext, hparams: dict, batches: str) -> LossFn:
+def fine_tuning(context: StageContext, model, hparams: dict, batches: str) -> tuple[LossFn, float]:
     """A trained student's own distillation loss (its temperature and alpha) against the teacher's logits on the
-    context's training sentences, computed here once; the hidden-state term stays out (a trained student's
-    layers have found their role)."""
-    task = context.task
-    logits = compute_teacher_logits(context.teacher, task.train, context.profile.eval_batch_size, task.pad_token_id,
+    context's training sentences, computed here once (the hidden-state term stays out: a trained student's layers
+    have found their role), and the rate it trained at (``trained_learning_rate``, its depth against the
+    teacher's)."""
+    task, teacher = context.task, context.teacher
+    logits = compute_teacher_logits(teacher, task.train, context.profile.eval_batch_size, task.pad_token_id,
                                     context.device)
-    context.teacher.cpu()
-    return student_loss(logits, float(hparams["temperature"]), float(hparams["alpha"]), batches)
+    teacher.cpu()
+    rate = trained_learning_rate(hparams, len(teacher.base_model.encoder.layer), model.config.num_hidden_layers)
+    return student_loss(logits, float(hparams["temperature"]), float(hparams["alpha"]), batches), rate
 
 
 def trained_learning_rate(hparams: dict, teacher_layers: int, num_layers: int) -> float:
@@ -217,4 +219,4 @@ STAGE = Stage(name="student", order=30,
               optional=("factor_dim", "num_layers", "beta", "lr_depth_power", "layer_reach"), prepare=prepare,
               train=train, needs_teacher=True,
               epochs=student_epochs, sized_by=("num_layers", "factor_dim"), front_only=("beta",), size=shape_size,
-              budget=student_budget, check=check_budget, limits=shape_limits, fine_tune_loss=fine_tune_loss)
+              budget=student_budget, check=check_budget, limits=shape_limits, fine_tuning=fine_tuning)
