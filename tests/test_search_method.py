@@ -332,3 +332,20 @@ def test_a_front_searchs_stopped_trial_cannot_enter_the_studys_front_with_its_ea
         assert [(t["value"], t["pruned"]) for t in trials] == [(0.85, False), (0.40, True)]
     else:
         assert stopped.values == [0.40, 2_000_000] and front == [full.number, stopped.number]
+
+
+def test_a_searcher_saved_with_one_best_score_per_trial_restores_as_lists(tmp_path):
+    """An earlier tuner's searcher state kept each trial's best score as a float; restored, it holds one-element
+    lists, which the scores of later epochs are compared with and a finished trial is told."""
+    from tuner.search import SearchMethod
+
+    searcher, _, _, _ = algorithms(tmp_path, SearchMethod(pruned_trials=True))
+    searcher.suggest("old")
+    searcher._best = {"old": 0.61}
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored, _, _, _ = algorithms(tmp_path / "restored", SearchMethod(pruned_trials=True))
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored._best == {"old": [0.61]}
+    restored.on_trial_result("old", {"val_f1": 0.58, "epoch": 2})
+    restored.on_trial_complete("old", {"val_f1": 0.57, "epoch": 3})
+    assert restored._ot_study.trials[0].value == 0.61

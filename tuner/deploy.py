@@ -33,7 +33,8 @@ from tuner.timing import cpu_name, latency
 DEPLOY = "deploy"
 TRY_LATENCY_SENTENCES = 50  # each int8 try's batch-1 latency, one pass (the chosen model is timed in full)
 FLOAT_FILE, INT8_FILE, REPORT_FILE = "model.onnx", "model.int8.onnx", "deploy.json"
-TUNED_FILE = "fine-tuned.onnx"  # the quantization-aware copy's float file, while the gate tries it
+# the quantization-aware copy's float file and its graph prepared for quantization, while the gate tries them
+TUNED_FILE, TUNED_PREPARED = "fine-tuned.onnx", "prepared-fine-tuned.onnx"
 GATE_FAILED = 1  # exit status when int8 lost more F1 than allowed (the float ONNX model is still deployed)
 
 
@@ -228,9 +229,8 @@ def deploy_model(stage, model, tokenizer, folder: Path, target: Path, task, sett
         def fine_tuned():
             echo(f"{stage.name}: no whole-model recipe kept F1 within {max_f1_drop:g} points; "
                  f"quantization-aware fine-tuning for {tuning.epochs} epoch(s)")
-            tuned.update(tuning.fine_tuned(model, task, tokenizer, staging / TUNED_FILE,
-                                           staging / ("prepared-" + TUNED_FILE)))
-            return (staging / TUNED_FILE, staging / ("prepared-" + TUNED_FILE),
+            tuned.update(tuning.fine_tuned(model, task, tokenizer, staging / TUNED_FILE, staging / TUNED_PREPARED))
+            return (staging / TUNED_FILE, staging / TUNED_PREPARED,
                     onnx_io.forward(onnx_io.session(staging / TUNED_FILE, threads)))
 
         search = FallbackSearch(staging / FLOAT_FILE, prepared, float_onnx, task, threads,
@@ -254,7 +254,7 @@ def deploy_model(stage, model, tokenizer, folder: Path, target: Path, task, sett
                 candidate.rename(staging / INT8_FILE)
             else:
                 candidate.unlink()
-        for work in (prepared, staging / TUNED_FILE, staging / ("prepared-" + TUNED_FILE)):
+        for work in (prepared, staging / TUNED_FILE, staging / TUNED_PREPARED):
             work.unlink(missing_ok=True)
         differences = {}
         if chosen is not None:

@@ -96,6 +96,11 @@ class EpochOptunaSearch(OptunaSearch):
         for shape in self._start_shapes:  # the shape fixed, the other hyperparameters drawn by the sampler
             self._ot_study.enqueue_trial({SHAPE: shape_label(shape)}, skip_if_exists=True)
 
+    def restore(self, checkpoint_path: str):
+        super().restore(checkpoint_path)
+        # a searcher saved by an earlier tuner kept each trial's best score alone, not its list of scores
+        self._best = {trial: best if isinstance(best, list) else [best] for trial, best in self._best.items()}
+
     def _metrics(self) -> list[str]:
         return list(self.metric) if isinstance(self.metric, list) else [self.metric]
 
@@ -118,8 +123,6 @@ class EpochOptunaSearch(OptunaSearch):
             reported.add(epoch)
         key = metrics.index(METRIC) if METRIC in metrics else 0
         best = self._best.get(trial_id)
-        if isinstance(best, float):  # a searcher saved by an earlier tuner kept the best score alone
-            best = self._best[trial_id] = [best]
         if best is None or values[key] > best[key]:
             self._best[trial_id] = values
 
@@ -136,6 +139,5 @@ class EpochOptunaSearch(OptunaSearch):
             self._ot_study.tell(trial, state=optuna.trial.TrialState.PRUNED)  # ranked by its last epoch
         else:
             best = self._best.get(trial_id) or [result[m] for m in self._metrics()]
-            best = best if isinstance(best, list) else [best]
             self._ot_study.tell(trial, best if len(best) > 1 else best[0])
         self._completed_trials.add(trial_id)

@@ -57,8 +57,8 @@ def study_trials(results_dir: Path, stage: str) -> tuple[list, dict]:
         return [], {}
     # (trial, values, stopped early): a finished trial's values (F1 first), a stopped one's at its last epoch
     scored = [(t, t.values, False) for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    scored += [(t, stopped_values(t), True) for t in study.trials
-               if t.state == optuna.trial.TrialState.PRUNED and stopped_values(t)]
+    stopped = [(t, stopped_values(t), True) for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    scored += [item for item in stopped if item[1]]
     scored.sort(key=lambda item: item[0].number)
     trials = [{"number": t.number, "value": values[0], "params": dict(t.params), "pruned": pruned}
               for t, values, pruned in scored]
