@@ -233,18 +233,3 @@ def test_bad_input_one_line_error_results_unchanged(case, tmp_path, conll_dir, c
     assert CASES[case] in lines[0], lines[0]
     assert snapshot(results) == before
     assert not (ROOT / "pwned").exists()
-
-
-@pytest.mark.parametrize("gpus_per_trial, cpus_per_node, gpus_per_node, expected", [
-    (0.0, 16, 1.0, 16),   # no GPU asked for: a trial takes the node, one at a time
-    (0.25, 16, 1.0, 4),   # a quarter of the GPU: a quarter of the CPUs, so four trials run at once
-    (0.5, 16, 1.0, 8),
-    (0.5, 16, 8.0, 1),    # half of one of eight GPUs: a sixteenth of the node
-    (1.0, 2, 1.0, 2),
-    (0.25, 2, 1.0, 1),    # at least one CPU
-    (0.25, 16, 0.0, 16),  # no GPU on the node (refused elsewhere): unchanged
-])
-def test_cpus_per_trial_follow_the_gpu_share(gpus_per_trial, cpus_per_node, gpus_per_node, expected):
-    from tuner.pipeline import default_cpus
-
-    assert default_cpus(gpus_per_trial, cpus_per_node, gpus_per_node) == expected

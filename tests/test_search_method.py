@@ -98,6 +98,7 @@ def test_the_method_picks_sampler_and_scheduler(tmp_path):
     assert type(scheduler) is FIFOScheduler and type(searcher._sampler).__name__ == "RandomSampler"
     searcher, scheduler, _, _ = algorithms(tmp_path / "tpe", SearchMethod(), trials=20)
     assert isinstance(scheduler, ASHAScheduler) and searcher._sampler._n_startup_trials == 5
+    assert searcher._sampler._constant_liar  # trials packed at once are not proposed into one region
 
 
 def test_search_settings_come_from_the_run_settings_and_say_whether_the_search_is_a_front():
@@ -105,18 +106,20 @@ def test_search_settings_come_from_the_run_settings_and_say_whether_the_search_i
 
     from tuner import registry
     from tuner.config import RunSettings, resolve_profile
+    from tuner.packing import Packing
     from tuner.search import DEFAULT_METHOD, SearchSettings
 
     settings = RunSettings(stages=(registry.by_name("student"),), trials=6, profile=resolve_profile("smoke", False),
                            seed=3, results_dir="out", gpus_per_trial=0.5, max_failures=2, quiet=True,
                            process_per_trial=True, objectives=("f1", "params"))
     shapes, warm = [{"num_layers": 1, "factor_dim": 8}], {"learning_rate": 1e-4}
-    plan = SearchSettings.of(settings, cpus_per_trial=2, resume=True, shapes=shapes, warm_start=warm)
+    packed = Packing(cpus_per_trial=2, gpus_per_trial=0.5, threads=2, trials_at_once=2, reason="given")
+    plan = SearchSettings.of(settings, packed=packed, resume=True, shapes=shapes, warm_start=warm)
     assert plan == SearchSettings(trials=6, seed=3, results_dir=Path("out"), cpus_per_trial=2, gpus_per_trial=0.5,
                                   max_failures=2, resume=True, quiet=True, reuse_actors=False,
                                   objectives=("f1", "params"), shapes=shapes, method=DEFAULT_METHOD, warm_start=warm)
     assert plan.front
-    single = SearchSettings.of(dataclasses.replace(settings, objectives=("f1",)), cpus_per_trial=2, resume=False,
+    single = SearchSettings.of(dataclasses.replace(settings, objectives=("f1",)), packed=packed, resume=False,
                                shapes=None, warm_start=None)
     assert not single.front
     for mismatch in (dict(objectives=("f1", "params")), dict(shapes=shapes)):  # a front without shapes; F1 with them

@@ -136,8 +136,8 @@ class RunSettings:
     split: str = "report"
     seed: int = 0
     results_dir: Path = Path("results")
-    cpus_per_trial: float = 0.0  # 0: all the CPUs Ray sees, one trial at a time
-    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 0.0  # 0: not given; tuner.packing chooses (with gpus_per_trial None)
+    gpus_per_trial: float | None = None  # None: not given
     address: str | None = None
     teacher: Path | None = None
     resume: bool = False
@@ -164,7 +164,7 @@ class RunSettings:
             problems.append(f"--trials must be >= 1 (got {self.trials})")
         if self.split not in SPLITS:
             problems.append(f"--split must be one of {', '.join(SPLITS)} (got {self.split!r})")
-        if not (0 <= self.cpus_per_trial < math.inf and 0 <= self.gpus_per_trial < math.inf):  # NaN fails too
+        if not (0 <= self.cpus_per_trial < math.inf and 0 <= (self.gpus_per_trial or 0) < math.inf):  # NaN fails too
             problems.append(f"--cpus-per-trial and --gpus-per-trial must be finite numbers >= 0 (got "
                             f"{self.cpus_per_trial} and {self.gpus_per_trial})")
         if self.max_failures is not None and self.max_failures < 0:

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from tuner import export, registry
+from tuner import export, packing, registry
 from tuner.cli import flag_hint
-from tuner.config import METRIC, RunSettings, default_threads, searches_front, train_settings
+from tuner.config import METRIC, RunSettings, searches_front, train_settings
 from tuner.data import TaskData
 from tuner.errors import TunerError
 from tuner.deploy import DEPLOY
@@ -78,13 +78,17 @@ def check_inputs(settings: RunSettings):
     return spaces, teacher
 
 
-def search_settings(stage: Stage, settings: RunSettings, space: SearchSpace) -> dict:
-    """What a search's trials depend on; resuming with any of it changed would mix two different searches."""
+def search_settings(stage: Stage, settings: RunSettings, space: SearchSpace,
+                    packed: packing.Packing | None = None) -> dict:
+    """What a search's trials depend on; resuming with any of it changed would mix two different searches. The
+    packing (``packed``) is chosen once the search starts; ``check_resumable`` compares it apart."""
     record = {"trials": settings.trials, "seed": settings.seed, "split": settings.split, "data": data_source(settings),
               "search_space_sha256": space.sha256, "objectives": list(settings.objectives),
               "profile": plain(asdict(settings.profile))}
     if stage.needs_teacher:
         record["teacher"] = str(teacher_folder(settings).resolve())
+    if packed is not None:
+        record["packing"] = packed.record()
     return record
 
 
@@ -94,16 +98,31 @@ def check_resumable(stage: Stage, settings: RunSettings, space: SearchSpace) -> 
     record_file = settings.stage_dir(stage.name) / SEARCH_SETTINGS
     if not record_file.is_file():
         return  # a search started before this record existed
-    try:
-        first = yaml.safe_load(record_file.read_text())
-    except yaml.YAMLError as error:
-        raise TunerError(f"{record_file}: not readable YAML ({str(error).splitlines()[0]})") from None
-    first = flatten(first if isinstance(first, dict) else {})
+    first = recorded_settings_of(record_file)
+    started = first.pop("packing", None)
+    first = flatten(first)
     for key, value in flatten(search_settings(stage, settings, space)).items():
         before = first.get(key, ["f1"] if key == "objectives" else None)  # recorded since --objectives exists
         if before != value:
             raise TunerError(f"--resume: {record_file} has {key} {before!r}, this run {value!r}{flag_hint(key)}: "
                              f"resume with the flags the search started with, or pass --overwrite to start again")
+    asked = {"cpus_per_trial": settings.cpus_per_trial or None, "gpus_per_trial": settings.gpus_per_trial}
+    for key, value in asked.items():
+        if isinstance(started, dict) and value is not None and started.get(key) != value:
+            raise TunerError(f"--resume: {record_file} has packing.{key} {started.get(key)!r}, this run {value!r} "
+                             f"(--{key.replace('_', '-')}): resume without it (the search packs as it started), "
+                             "or pass --overwrite to start again")
+
+
+def recorded_settings_of(record_file: Path) -> dict:
+    """A search's ``search_settings.yaml`` as a mapping ({} when missing)."""
+    if not record_file.is_file():
+        return {}
+    try:
+        first = yaml.safe_load(record_file.read_text())
+    except yaml.YAMLError as error:
+        raise TunerError(f"{record_file}: not readable YAML ({str(error).splitlines()[0]})") from None
+    return first if isinstance(first, dict) else {}
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -118,18 +137,32 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 def check_resources(settings: RunSettings, cpus_per_node: int, gpus_per_node: float) -> None:
     """A trial asking for more than any node has would wait forever: refuse it."""
-    if settings.cpus_per_trial > cpus_per_node or settings.gpus_per_trial > gpus_per_node:
+    gpus = settings.gpus_per_trial or 0.0
+    if settings.cpus_per_trial > cpus_per_node or gpus > gpus_per_node:
         raise TunerError(f"--cpus-per-trial {settings.cpus_per_trial:g} / --gpus-per-trial "
-                         f"{settings.gpus_per_trial:g}: no Ray node has that many ({cpus_per_node} CPUs, "
+                         f"{gpus:g}: no Ray node has that many ({cpus_per_node} CPUs, "
                          f"{gpus_per_node:g} GPUs at most); trials would wait forever")
 
 
-def default_cpus(gpus_per_trial: float, cpus_per_node: int, gpus_per_node: float) -> int:
-    """CPUs per trial when --cpus-per-trial is not given: all of a node, one trial at a time; with a share of a GPU
-    per trial, the same share of the node's CPUs, so that --gpus-per-trial 0.25 runs four trials at once."""
-    if gpus_per_trial > 0 and gpus_per_node > 0:
-        return max(1, int(cpus_per_node * min(1.0, gpus_per_trial / gpus_per_node)))
-    return cpus_per_node
+def stage_packing(stage: Stage, settings: RunSettings, space: SearchSpace, inputs, shapes: list[dict] | None,
+                  task: TaskData, trial_settings, cluster, resume: bool) -> packing.Packing:
+    """What each trial of ``stage`` gets: the flags' CPUs and GPUs when given; on --resume, what the search
+    started with; with one trial, a whole node; else measured (``tuner.packing``)."""
+    gpus = settings.gpus_per_trial
+    if settings.cpus_per_trial or gpus is not None:
+        gpus = gpus if gpus is not None else (1.0 if cluster.gpus_per_node else 0.0)
+        return packing.given(settings.cpus_per_trial, gpus, cluster.cpus_per_node, cluster.gpus_per_node)
+    first = recorded_settings_of(settings.stage_dir(stage.name) / SEARCH_SETTINGS) if resume else {}
+    if isinstance(first.get("packing"), dict):
+        return packing.recorded(first["packing"])
+    whole = packing.given(0, 1.0 if cluster.gpus_per_node else 0.0, cluster.cpus_per_node, cluster.gpus_per_node)
+    if resume:  # a search started before packing was recorded ran one trial per node
+        return dataclasses.replace(whole, reason="as searches ran before tuner chose the packing")
+    if settings.trials < 2:
+        return dataclasses.replace(whole, reason="a single trial")
+    config = packing.typical_config(stage, space, inputs, shapes)
+    return packing.measure(stage, config, task, inputs, trial_settings, cluster.cpus_per_node, cluster.gpus_per_node,
+                           settings.trials)
 
 
 def versions() -> dict:
@@ -249,14 +282,12 @@ def run(settings: RunSettings, echo=print) -> dict:
     except OSError as exc:  # the dashboard's port
         search.stop_ray()
         raise TunerError(f"--optuna-dashboard: cannot listen on {settings.dashboard_host} ({exc.strerror})") from None
-    cpus = settings.cpus_per_trial or default_cpus(settings.gpus_per_trial, cluster.cpus_per_node, cluster.gpus_per_node)
-    threads = default_threads(cpus)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     records = {}
     try:
         for stage in settings.stages:
             records[stage.name] = run_stage(stage, settings, spaces[stage.name], task, tokenizer, teacher_model,
-                                            cpus, threads, echo)
+                                            cluster, echo)
             if stage.trains_teacher:  # the stages after it read the teacher this run just saved
                 teacher_model = load_model(teacher_folder(settings))
     finally:
@@ -268,7 +299,7 @@ def run(settings: RunSettings, echo=print) -> dict:
 
 
 def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: TaskData, tokenizer, teacher_model,
-              cpus: float, threads: int, echo) -> dict:
+              cluster, echo) -> dict:
     """Search one stage (or resume its search), save its best model and refresh the exports."""
     from tuner import search
 
@@ -279,22 +310,24 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     if settings.overwrite:
         shutil.rmtree(stage_dir / "search", ignore_errors=True)
     resume = settings.resume and (stage_dir / "search").is_dir()  # else: start it
+    profile_settings = train_settings(settings.profile, stage.epochs(settings.profile), settings.seed, 1)
+    packed = stage_packing(stage, settings, sampled, inputs, shapes, task, profile_settings, cluster, resume)
     if not resume:
         search.reset_study(Path(settings.results_dir), stage.name)
         stage_dir.mkdir(parents=True, exist_ok=True)
         (stage_dir / SEARCH_SETTINGS).write_text(
-            yaml.safe_dump(search_settings(stage, settings, space), sort_keys=False))
-    echo(f"stage {stage.name}: {settings.trials} trials over {space.path}")
+            yaml.safe_dump(search_settings(stage, settings, space, packed), sort_keys=False))
+    echo(f"stage {stage.name}: {settings.trials} trials over {space.path}; {packed.line()}")
     if searches_front(settings.objectives) and not settings.optuna_dashboard:  # Ray's shows actors, not the front
         database = (Path(settings.results_dir) / search.DATABASE).resolve()
         echo(f"stage {stage.name}: watch the front grow with `optuna-dashboard sqlite:///{database}` "
              "(pip install optuna-dashboard; it serves on 127.0.0.1:8080)")
-    trial_settings = train_settings(settings.profile, stage.epochs(settings.profile), settings.seed, threads)
+    trial_settings = dataclasses.replace(profile_settings, threads=packed.threads)
     start = warm_start(stage, settings, sampled) if search.DEFAULT_METHOD.warm_start else {}
     if start and not resume:
         echo(f"stage {stage.name}: first trial warm-started from the previous stage's best config "
              f"({', '.join(f'{k}={v:.4g}' for k, v in start.items())})")
-    plan = search.SearchSettings.of(settings, cpus_per_trial=cpus, resume=resume, shapes=shapes, warm_start=start)
+    plan = search.SearchSettings.of(settings, packed=packed, resume=resume, shapes=shapes, warm_start=start)
     outcome = search.search(stage, sampled, task, inputs, trial_settings, plan)
     clear_stale_outputs(stage_dir, front_search=plan.front)
     front = save_front(stage_dir, outcome.kept, task, tokenizer, settings.profile.eval_batch_size,

@@ -38,9 +38,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0, help="seeds the split, the sampler, the heads and the data order")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--cpus-per-trial", type=float, default=0.0,
-                   help="CPUs per trial; 0: all of one node, or with --gpus-per-trial below a node's GPUs the same "
-                        "share of its CPUs")
-    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial, fractions allowed (default: 1 with CUDA, else 0)")
+                   help="CPUs per trial; 0: with --gpus-per-trial the same share of a node's CPUs, without it "
+                        "chosen per stage from a measured training step (trials at once, threads each)")
+    p.add_argument("--gpus-per-trial", type=float,
+                   help="GPUs per trial, fractions allowed (default: chosen per stage from the trial's GPU memory "
+                        "with CUDA; 1 with --cpus-per-trial; else 0)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or 127.0.0.1:6379)")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="interface the Ray dashboard listens on")
     p.add_argument("--optuna-dashboard", action="store_true",
@@ -70,11 +72,10 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings:
     profile = resolve_profile(args.profile, cuda_available, **overrides_from(args))
-    gpus = args.gpus_per_trial if args.gpus_per_trial is not None else (1.0 if cuda_available else 0.0)
     stages = registry.stages() if args.stage == ALL else (registry.by_name(args.stage),)
     return RunSettings(stages=stages, trials=args.trials, profile=profile, data=args.data, split=args.split,
                        seed=args.seed, results_dir=args.results_dir, cpus_per_trial=args.cpus_per_trial,
-                       gpus_per_trial=gpus, address=args.address, teacher=args.teacher, resume=args.resume,
+                       gpus_per_trial=args.gpus_per_trial, address=args.address, teacher=args.teacher, resume=args.resume,
                        overwrite=args.overwrite, quiet=args.quiet, dashboard_host=args.dashboard_host,
                        keep_dashboard=args.keep_dashboard, optuna_dashboard=args.optuna_dashboard,
                        max_failures=args.max_failures,

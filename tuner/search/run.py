@@ -67,12 +67,13 @@ class SearchSettings:
         return searches_front(self.objectives)
 
     @classmethod
-    def of(cls, settings: RunSettings, *, cpus_per_trial: float, resume: bool, shapes: list[dict] | None,
+    def of(cls, settings: RunSettings, *, packed, resume: bool, shapes: list[dict] | None,
            warm_start: dict | None) -> SearchSettings:
         """A stage's search under ``tuner.run``'s ``settings``, with what the pipeline decided for the stage: a
-        trial's CPUs (``--cpus-per-trial`` or a share of a node), whether it resumes, its shapes and warm start."""
+        trial's CPUs and GPUs (``packed``, a ``tuner.packing.Packing``), whether it resumes, its shapes and warm
+        start."""
         return cls(trials=settings.trials, seed=settings.seed, results_dir=Path(settings.results_dir),
-                   cpus_per_trial=cpus_per_trial, gpus_per_trial=settings.gpus_per_trial,
+                   cpus_per_trial=packed.cpus_per_trial, gpus_per_trial=packed.gpus_per_trial,
                    max_failures=settings.retries(), resume=resume, quiet=settings.quiet,
                    reuse_actors=not settings.process_per_trial, objectives=settings.objectives, shapes=shapes,
                    warm_start=warm_start)
@@ -146,7 +147,10 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
     a front search, TPE over the objectives' list and ParetoASHA (Tune then has no single metric); FIFO, which
     stops nothing, without early stopping."""
     if method.sampler == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(trials, method))
+        # constant_liar: trials still running count as bad results, so trials packed at once (tuner.packing) are
+        # not proposed into the same region (Optuna 5's default, spelled out: Optuna 4's was off)
+        sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(trials, method),
+                                             constant_liar=True)
     else:
         sampler = optuna.samplers.RandomSampler(seed=seed)
     warm_start = warm_start if method.warm_start else None

@@ -1,0 +1,244 @@
+"""Trials at once: how many trials of a stage share a node, and with how many threads (or what share of a GPU)
+each, when ``--cpus-per-trial`` and ``--gpus-per-trial`` are not given.
+
+On CPUs the choice is measured: a few training steps of the stage's typical trial at 1 thread and at every
+core of the node, timed on the driver before the search. Amdahl's law through the two times predicts a step at
+any thread count; the node runs ``cores // threads`` trials of ``threads`` threads each for the thread count
+that ends the search soonest, counting a worker process's start for each trial at once beyond the first, and
+packs only where that ends it ``PACKING_GAIN`` times sooner than one trial on every core (trials that share a node
+also share its memory bandwidth, which the single measurements do not see). A small student, whose step does
+not scale across threads, then runs a trial per core; a teacher whose matmuls do keeps one trial with every core,
+and so do trials of a few seconds (the smoke profile's), which a second worker's start would outlast. The memory
+the measured trial took, with its shared inputs and a worker process's own, caps how many trials fit.
+
+On a GPU the share follows the measured trial's peak memory: up to ``GPU_TRIALS`` trials per GPU, as many as fit in
+``MEMORY_SHARE`` of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from tuner.config import TrainSettings, default_threads
+from tuner.data import Encoded, TaskData
+from tuner.memory import release_memory
+from tuner.registry import Stage
+from tuner.spaces import SearchSpace
+
+MEASURED_STEPS = 6  # training steps per timed epoch; the first epoch warms up, the second is timed
+MEASURED_SENTENCES = 8  # validation sentences each measured epoch ends on (the loop evaluates every epoch)
+PACKING_GAIN = 1.15  # packing must promise this many times one all-cores trial's steps per second
+MEMORY_SHARE = 0.8  # of the memory available (a GPU's: its total) that packed trials may take together
+WORKER_BYTES = 1 << 29  # a trial's worker process before training: Python, torch, transformers, Ray (about 0.5 GiB)
+WORKER_START_SECONDS = 10.0  # a worker process's start (Python, torch, Ray) on a loaded 2-core node
+GPU_TRIALS = 4  # the most trials per GPU (the count scripts/gpu_check.sh measures against one)
+
+FLAGS = "--cpus-per-trial / --gpus-per-trial"
+
+
+@dataclass(frozen=True)
+class Packing:
+    """What each trial of a stage gets, and why (``reason``, the line the run prints)."""
+
+    cpus_per_trial: float
+    gpus_per_trial: float
+    threads: int  # torch threads in each trial
+    trials_at_once: int  # per node
+    reason: str
+    step_seconds: dict = field(default_factory=dict, compare=False)  # threads (or "gpu") -> measured s per step
+
+    def record(self) -> dict:
+        """What ``search_settings.yaml`` keeps and ``--resume`` compares (a resumed search packs as it started)."""
+        return {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial,
+                "threads": self.threads, "trials_at_once": self.trials_at_once}
+
+    def line(self) -> str:
+        each = (f"{self.threads} thread{'s' * (self.threads != 1)}"
+                + (f" and {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ""))
+        return f"{self.trials_at_once} trial{'s' * (self.trials_at_once != 1)} at once per node, {each} each ({self.reason})"
+
+
+def given(cpus_per_trial: float, gpus_per_trial: float, cpus_per_node: int, gpus_per_node: float) -> Packing:
+    """The packing ``--cpus-per-trial`` / ``--gpus-per-trial`` ask for (a missing CPU count: the GPU share of the
+    node's CPUs, or all of them)."""
+    cpus = cpus_per_trial or share_of_cpus(gpus_per_trial, cpus_per_node, gpus_per_node)
+    at_once = math.floor(cpus_per_node / cpus) if cpus else 1
+    if gpus_per_trial and gpus_per_node:
+        at_once = min(at_once, math.floor(gpus_per_node / gpus_per_trial))
+    return Packing(cpus, gpus_per_trial, default_threads(cpus), max(1, at_once), f"given by {FLAGS}")
+
+
+def share_of_cpus(gpus_per_trial: float, cpus_per_node: int, gpus_per_node: float) -> int:
+    """CPUs per trial when only a GPU share is given: the same share of the node's CPUs, so that
+    ``--gpus-per-trial 0.25`` runs four trials at once; without GPUs all of the node, one trial at a time."""
+    if gpus_per_trial > 0 and gpus_per_node > 0:
+        return max(1, int(cpus_per_node * min(1.0, gpus_per_trial / gpus_per_node)))
+    return cpus_per_node
+
+
+def recorded(record: dict) -> Packing:
+    """The packing a search started with, from its ``search_settings.yaml`` entry (``Packing.record``)."""
+    return Packing(float(record["cpus_per_trial"]), float(record["gpus_per_trial"]), int(record["threads"]),
+                   int(record["trials_at_once"]), "as the search started (search_settings.yaml)")
+
+
+def predicted_steps_per_second(one: float, every: float, cores: int, threads: int) -> float:
+    """A node's training steps per second with ``cores // threads`` trials of ``threads`` threads each, from a
+    step's measured seconds at 1 thread (``one``) and at ``cores`` threads (``every``): measured at those two, through
+    Amdahl's law between them."""
+    if threads >= cores:
+        return 1 / every
+    if threads == 1:
+        return cores / one
+    serial = min(1.0, max(0.0, (every / one - 1 / cores) / (1 - 1 / cores)))
+    return (cores // threads) / (one * (serial + (1 - serial) / threads))
+
+
+def choose_cpu(one: float, every: float, cores: int, trial_bytes: int, available_bytes: int | None, trials: int,
+               trial_steps: int) -> Packing:
+    """The thread count per trial that finishes the search's ``trials`` of ``trial_steps`` training steps soonest
+    on a node of ``cores``, among those that leave no core idle (divisors of ``cores``) and fit in the memory
+    (``trial_bytes`` per trial, ``available_bytes`` on the node, None: unknown); each trial at once beyond the first
+    costs a worker's start (``WORKER_START_SECONDS``). One trial on every core unless packing gains
+    ``PACKING_GAIN``."""
+    fits = cores if available_bytes is None else max(1, int(MEMORY_SHARE * available_bytes // max(1, trial_bytes)))
+
+    def search_seconds(threads: int) -> float:
+        at_once = cores // threads
+        return (trials * trial_steps / predicted_steps_per_second(one, every, cores, threads)
+                + WORKER_START_SECONDS * (at_once - 1))
+
+    seconds = {threads: search_seconds(threads) for threads in range(1, cores + 1)
+               if cores % threads == 0 and cores // threads <= min(fits, trials)}
+    best = min(seconds, key=seconds.get, default=cores)
+    alone = search_seconds(cores)
+    if best != cores and alone < PACKING_GAIN * seconds[best]:
+        best = cores
+    measured = f"a training step took {one:.3g} s at 1 thread, {every:.3g} s at {cores}"
+    steps = {1: one, cores: every}
+    if best == cores:
+        why = ("a second trial would not fit in memory" if fits < 2 <= trials else
+               f"packing would not finish {PACKING_GAIN:g}x sooner")
+        return Packing(float(cores), 0.0, cores, 1, f"{measured}: {why}", steps)
+    return Packing(float(best), 0.0, best, cores // best, f"{measured}: {alone / seconds[best]:.2f}x sooner than one "
+                   f"trial on every core", steps)
+
+
+def choose_gpu(peak_bytes: int, gpu_bytes: int, gpus_per_node: float, cpus_per_node: int, step: float,
+               trials: int) -> Packing:
+    """Trials per GPU from the measured trial's peak GPU memory: as many as fit in ``MEMORY_SHARE`` of the GPU, at
+    most ``GPU_TRIALS`` and the search's ``trials``; each gets the same share of the node's CPUs."""
+    per_gpu = max(1, min(GPU_TRIALS, trials, int(MEMORY_SHARE * gpu_bytes // max(1, peak_bytes))))
+    gpus = 1 / per_gpu
+    cpus = share_of_cpus(gpus, cpus_per_node, gpus_per_node)
+    at_once = max(1, math.floor(gpus_per_node * per_gpu))
+    return Packing(float(cpus), gpus, default_threads(cpus), at_once,
+                   f"a training step took {step:.3g} s and {peak_bytes / 2**30:.2f} GiB of the GPU's "
+                   f"{gpu_bytes / 2**30:.0f} GiB: {per_gpu} per GPU", {"gpu": step})
+
+
+def typical_config(stage: Stage, space: SearchSpace, inputs, shapes: list[dict] | None) -> dict:
+    """A config to time the stage's trials by: each searched hyperparameter at the middle of its range (a
+    log-uniform one at its geometric middle, a choice at its middle value) and, in a front search, the largest
+    shape (the one that gains most from threads: packing chosen for it suits the smaller ones)."""
+    config = {}
+    for p in space.params:
+        if p.type == "choice":
+            config[p.name] = p.values[len(p.values) // 2]
+        elif p.type == "loguniform":
+            config[p.name] = math.sqrt(p.low * p.high)
+        elif p.type == "int":
+            config[p.name] = int(round((p.low + p.high) / 2))
+        else:
+            config[p.name] = (p.low + p.high) / 2
+    if shapes:
+        config.update(max(shapes, key=lambda shape: stage.size(inputs, shape) if stage.size else 0))
+    return config
+
+
+def first(data: Encoded, count: int) -> Encoded:
+    return Encoded(*(getattr(data, f.name)[:count] for f in dataclasses.fields(Encoded)))
+
+
+def step_seconds(stage: Stage, config: dict, task: TaskData, inputs, settings: TrainSettings, threads: int,
+                 device: str = "cpu") -> float:
+    """Seconds per training step of ``stage`` at ``config`` on ``threads`` threads: the second of two epochs of
+    ``MEASURED_STEPS`` steps each over the first training sentences (a stage's inputs are per training
+    sentence, so its first sentences keep theirs)."""
+    small = dataclasses.replace(task, train=first(task.train, MEASURED_STEPS * settings.batch_size),
+                                validation=first(task.validation, MEASURED_SENTENCES))
+    trial = dataclasses.replace(settings, epochs=2, threads=threads, device=device)
+    steps = math.ceil(len(small.train) / settings.batch_size)
+    *_, last = stage.train(config, small, inputs, trial)
+    return last.metrics["train_seconds"] / steps
+
+
+def resident_bytes() -> int:
+    """This process's resident memory (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def available_bytes() -> int | None:
+    """The memory this machine can still give (``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def tensor_bytes(value, seen: set | None = None) -> int:
+    """The bytes of every tensor in ``value`` (dataclasses, mappings and sequences walked): what a trial's worker
+    holds of the stage's shared inputs once Ray hands it a copy."""
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        return value.nelement() * value.element_size()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(tensor_bytes(getattr(value, f.name), seen) for f in dataclasses.fields(value))
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v, seen) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v, seen) for v in value)
+    return 0
+
+
+def measure(stage: Stage, config: dict, task: TaskData, inputs, settings: TrainSettings, cpus_per_node: int,
+            gpus_per_node: float, trials: int) -> Packing:
+    """Time ``stage``'s trial at ``config`` here (on a GPU when the node has one) and choose the packing."""
+    threads_before = torch.get_num_threads()
+    try:
+        if gpus_per_node > 0 and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            step = step_seconds(stage, config, task, inputs, settings, default_threads(cpus_per_node), "cuda")
+            peak = torch.cuda.max_memory_allocated()
+            total = torch.cuda.get_device_properties(0).total_memory
+            return choose_gpu(peak, total, gpus_per_node, cpus_per_node, step, trials)
+        before = resident_bytes()
+        started = time.perf_counter()
+        one = step_seconds(stage, config, task, inputs, settings, 1)
+        every = step_seconds(stage, config, task, inputs, settings, cpus_per_node) if cpus_per_node > 1 else one
+        trained = max(0, resident_bytes() - before)  # glibc keeps a trial's freed heap (tuner.memory): its peak
+        trial_steps = settings.epochs * math.ceil(len(task.train) / settings.batch_size)
+        packing = choose_cpu(one, every, cpus_per_node, WORKER_BYTES + tensor_bytes(inputs) + trained,
+                             available_bytes(), trials, trial_steps)
+        return dataclasses.replace(packing, reason=f"{packing.reason}; measured in "
+                                                   f"{time.perf_counter() - started:.0f} s")
+    finally:
+        torch.set_num_threads(threads_before)
+        release_memory()
