@@ -22,6 +22,7 @@ BENCHMARKS = {
     "curves": ("curves", "record the learning-curve tables search_efficiency replays"),
     "step_profile": ("step_profile", "where tuner's training step spends its time, against the machine's matmul"),
     "gpu_probe": ("gpu_probe", "training tokens/s and MFU of a bert-base-shaped model on a GPU, per batching"),
+    "suite": ("suite", "how long the tests take: the fast tier here, or CI from a clean clone (the README's times)"),
     "headlines": ("headlines", "regenerate results/benchmarks.md and the README's results block from "
                                "results/benchmarks.json"),
 }

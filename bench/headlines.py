@@ -14,7 +14,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tuner.figures import BENCHMARKS, read  # noqa: E402
+from tuner.figures import BENCHMARKS, FRONT_MEMBER, read  # noqa: E402
 
 PAGE = ROOT / "results" / "benchmarks.md"
 README = ROOT / "README.md"
@@ -43,14 +43,34 @@ def machine_text(machine: dict) -> str:
     return f"{machine.get('cpu', '?')}, {machine.get('cpu_threads', '?')} threads{gpu}"
 
 
+def readme_rows(entries: list[dict]) -> list[tuple[str, str, str, str]]:
+    """(figure, value, goal, commit) per README row, newest first: a front's members (``tuner.run --record``
+    writes one figure each) share one row, each member as its name (L layers, E embedding rank), parameters and
+    test F1, smallest first; every other figure is a row of its own."""
+    rows, fronts = [], {}
+    for e in newest_first(entries):
+        member = FRONT_MEMBER.match(e["measure"])
+        if member is None:
+            rows.append((e["measure"], value_text(e), verdict(e) or "-", e["commit"]))
+            continue
+        key = (member["stage"], member["where"])
+        if key not in fronts:
+            fronts[key] = []
+            rows.append(key)
+        fronts[key].append((e.get("details", {}).get("parameters", 0), member["name"], e))
+    return [row if len(row) == 4 else
+            (f"{row[0]} front members ({row[1]}): parameters, test F1",
+             "; ".join(f"{name} {parameters / 1e6:.1f}M {e['value']:.4f}" for parameters, name, e in sorted(fronts[row])),
+             "-", fronts[row][0][2]["commit"]) for row in rows]
+
+
 def readme_block(entries: list[dict]) -> str:
     lines = [BEGIN, ""]
     if not entries:
         lines += ["No figure is recorded yet: `results/benchmarks.json` is empty.", ""]
     else:
         lines += ["| figure | value | goal | commit |", "|---|---|---|---|"]
-        for e in newest_first(entries):
-            lines.append(f"| {e['measure']} | {value_text(e)} | {verdict(e) or '-'} | {e['commit']} |")
+        lines += [f"| {figure} | {value} | {goal} | {commit} |" for figure, value, goal, commit in readme_rows(entries)]
         lines += ["", "Each figure's command, date and machine: [`results/benchmarks.md`](results/benchmarks.md)."]
     return "\n".join(lines + ["", END])
 

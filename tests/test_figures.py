@@ -132,3 +132,29 @@ def test_the_readme_and_the_code_say_what_is_true_today_without_dates():
              for number, line in enumerate(path.read_text().splitlines(), 1) if date.search(line)]
     assert not dated, dated
     assert len((ROOT / "README.md").read_text().splitlines()) <= 200
+
+
+def member_figure(name: str, parameters: int, f1: float, where: str = "cpu profile, 40 trials, report split"):
+    return figures.headline(figures.front_member("student", name, where), f1, "F1",
+                            "python -m tuner.run --stage student --objectives f1,params", parameters=parameters)
+
+
+def test_a_new_front_replaces_every_member_of_the_last_one(tmp_path):
+    path = tmp_path / "benchmarks.json"
+    other = member_figure("L1-E64", 3_000_000, 0.70, where="cpu profile, 8 trials, report split")
+    figures.record([member_figure("L1-E64", 3_000_000, 0.71), member_figure("L3-E64", 5_000_000, 0.75), other,
+                    figures.headline("teacher: test F1", 0.81, "F1", "python -m tuner.run --stage teacher")], path)
+    merged = figures.record([member_figure("L1-E64", 3_000_000, 0.72), member_figure("L2-E96", 4_000_000, 0.74)], path)
+    assert [(e["measure"].split(" (")[0], e["value"]) for e in merged] == [
+        ("student front member L1-E64", 0.72), ("student front member L1-E64", 0.70), ("teacher: test F1", 0.81),
+        ("student front member L2-E96", 0.74)]  # L3-E64 belonged to the replaced front; the 8-trial front stays
+
+
+def test_the_readme_gives_a_front_one_row_smallest_member_first():
+    entries = [member_figure("L3-E64", 5_000_000, 0.75), figures.headline("teacher: test F1", 0.81, "F1", "x"),
+               member_figure("L1-E64", 3_000_000, 0.71)]
+    rows = headlines.readme_rows(entries)
+    assert len(rows) == 2
+    front = next(row for row in rows if "front" in row[0])
+    assert front[0] == "student front members (cpu profile, 40 trials, report split): parameters, test F1"
+    assert front[1] == "L1-E64 3.0M 0.7100; L3-E64 5.0M 0.7500"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 from datetime import datetime, timezone
@@ -31,6 +32,8 @@ def command_line(program: str, argv: list) -> str:
     return " ".join(["python", *shlex.split(program), *map(shlex.quote, map(str, argv))])
 
 
+# one figure per front member (``tuner.run --record``): a front's members, by stage and settings, come and go together
+FRONT_MEMBER = re.compile(r"^(?P<stage>\S+) front member (?P<name>\S+) \((?P<where>.*)\): test F1$")
 CODE = ("tuner", "search_spaces", "pyproject.toml")  # what tuner's figures depend on; a benchmark's: bench/ too
 
 
@@ -120,9 +123,21 @@ def check_writable(path: Path, command: str) -> None:
     read(Path(path))
 
 
+def front_member(stage: str, name: str, where: str) -> str:
+    """The measure of a front member's test F1 figure."""
+    return f"{stage} front member {name} ({where}): test F1"
+
+
+def front_member_of(entry: dict) -> tuple[str, str] | None:
+    """(stage, settings) of a front member's figure; None for any other figure."""
+    found = FRONT_MEMBER.match(entry["measure"])
+    return (found["stage"], found["where"]) if found else None
+
+
 def record(entries: list[dict], path: Path = BENCHMARKS) -> list[dict]:
     """Write ``entries`` into ``path``: each replaces the entry of the same ``measure`` and ``peer`` where it stands,
-    new ones go at the end. Refuses an entry without its provenance, and a quick, dry or smoke run's figures in
+    new ones go at the end; a front's members replace every member of an earlier front of the same stage and
+    settings (``front_member_of``), so no member of another search stays beside them. Refuses an entry without its provenance, and a quick, dry or smoke run's figures in
     the checkout's ``results/``. Returns the file's entries."""
     for entry in entries:
         missing = [key for key in REQUIRED if entry.get(key) in (None, "", {}) and key != "value"]
@@ -130,8 +145,9 @@ def record(entries: list[dict], path: Path = BENCHMARKS) -> list[dict]:
             raise TunerError(f"{path}: the figure {entry.get('measure')!r} lacks {', '.join(missing)}")
     for entry in entries:
         check_writable(path, entry["command"])
-    current = read(path)
     new = {(e["measure"], e["peer"]): e for e in entries}
+    fronts = {front_member_of(e) for e in entries} - {None}
+    current = [e for e in read(path) if front_member_of(e) not in fronts or (e["measure"], e["peer"]) in new]
     merged = [new.pop((e["measure"], e["peer"]), e) for e in current] + list(new.values())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"headlines": merged}, indent=2) + "\n")

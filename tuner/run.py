@@ -92,8 +92,8 @@ def run_figures(record: dict, command: str, started: dict | None = None) -> list
         return [figures.headline(f"{record['stage']}: test F1 of the best trial ({where})", round(record["test_f1"], 4),
                                  "F1", command, seeds=1, inputs=(record["data"],), started=started,
                                  val_f1=round(record["val_f1"], 4), parameters=record["parameters"], **details)]
-    members = [figures.headline(f"{record['stage']} front member {member['name'].rsplit('-', 1)[0]} ({where}): "
-                                "test F1", round(member["test_f1"], 4), "F1", command, seeds=1,
+    members = [figures.headline(figures.front_member(record["stage"], member["name"].rsplit("-", 1)[0], where),
+                                round(member["test_f1"], 4), "F1", command, seeds=1,
                                 inputs=(record["data"],), started=started, val_f1=round(member["val_f1"], 4),
                                 parameters=member["parameters"], batch_1_median_ms=member.get("batch_1_median_ms"),
                                 **details) for member in record["pareto"]]
