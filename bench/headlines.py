@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -43,25 +44,40 @@ def machine_text(machine: dict) -> str:
     return f"{machine.get('cpu', '?')}, {machine.get('cpu_threads', '?')} threads{gpu}"
 
 
+SUBJECT = re.compile(r"^(?P<what>.+?) \((?P<subject>[^()]*)\)$")  # "int8 size: ... (student best, 2 threads)"
+
+
 def readme_rows(entries: list[dict]) -> list[tuple[str, str, str, str]]:
-    """(figure, value, goal, commit) per README row, newest first: a front's members (``tuner.run --record``
-    writes one figure each) share one row, each member as its name (L layers, E embedding rank), parameters and
-    test F1, smallest first; every other figure is a row of its own."""
-    rows, fronts = [], {}
+    """(figure, value, goal, commit) per README row, newest first. Figures one command wrote about one subject (the
+    last parenthesis of their measure) share a row: a front's members (``tuner.run --record`` writes one figure
+    each) as their names (L layers, E embedding rank), parameters and test F1, smallest first; any other group
+    as each figure with its goal. A figure alone keeps a row of its own."""
+    groups: dict = {}
     for e in newest_first(entries):
         member = FRONT_MEMBER.match(e["measure"])
-        if member is None:
-            rows.append((e["measure"], value_text(e), verdict(e) or "-", e["commit"]))
-            continue
-        key = (member["stage"], member["where"])
-        if key not in fronts:
-            fronts[key] = []
-            rows.append(key)
-        fronts[key].append((e.get("details", {}).get("parameters", 0), member["name"], e))
-    return [row if len(row) == 4 else
-            (f"{row[0]} front members ({row[1]}): parameters, test F1",
-             "; ".join(f"{name} {parameters / 1e6:.1f}M {e['value']:.4f}" for parameters, name, e in sorted(fronts[row])),
-             "-", fronts[row][0][2]["commit"]) for row in rows]
+        found = SUBJECT.match(e["measure"])
+        key = (("front", member["stage"], member["where"]) if member else
+               ("same run", found["subject"], e["command"], e["commit"]) if found else ("alone", e["measure"]))
+        groups.setdefault(key, []).append(e)
+    rows = []
+    for key, group in groups.items():
+        first = group[0]
+        if key[0] == "front":
+            members = sorted((e.get("details", {}).get("parameters", 0), FRONT_MEMBER.match(e["measure"])["name"],
+                              e["value"]) for e in group)
+            rows.append((f"{key[1]} front members ({key[2]}): parameters, test F1",
+                         "; ".join(f"{name} {parameters / 1e6:.1f}M {value:.4f}" for parameters, name, value in members),
+                         "-", first["commit"]))
+        elif len(group) == 1:
+            rows.append((first["measure"], value_text(first), verdict(first) or "-", first["commit"]))
+        else:
+            goals = [e for e in group if e.get("goal")]
+            met = sum(bool(e.get("met")) for e in goals)
+            rows.append((key[1], "; ".join(f"{SUBJECT.match(e['measure'])['what']}: {value_text(e)}"
+                                           + (f" (goal {e['goal']}, {'met' if e.get('met') else 'missed'})"
+                                              if e.get("goal") else "") for e in group),
+                         f"{met} of {len(goals)} met" if goals else "-", first["commit"]))
+    return rows
 
 
 def readme_block(entries: list[dict]) -> str:

@@ -158,3 +158,17 @@ def test_the_readme_gives_a_front_one_row_smallest_member_first():
     front = next(row for row in rows if "front" in row[0])
     assert front[0] == "student front members (cpu profile, 40 trials, report split): parameters, test F1"
     assert front[1] == "L1-E64 3.0M 0.7100; L3-E64 5.0M 0.7500"
+
+
+def test_figures_one_run_wrote_about_one_subject_share_a_row():
+    deploy = "python -m tuner.deploy --stage student"
+    entries = [figures.headline("int8 size (student best)", 3.9, "x", deploy, goal=">= 3.5x", met=True),
+               figures.headline("int8 test F1 minus float's (student best)", -0.55, " points", deploy,
+                                goal=">= -0.3 points", met=False),
+               figures.headline("int8 size (student best)", 3.2, "x", "python -m tuner.deploy --stage all"),
+               figures.headline("teacher: test F1", 0.81, "F1", "x")]
+    entries[2]["measure"] = "int8 size (teacher best)"
+    rows = headlines.readme_rows(entries)
+    assert rows[0] == ("student best", "int8 size: 3.9x (goal >= 3.5x, met); int8 test F1 minus float's: "
+                       "-0.55 points (goal >= -0.3 points, missed)", "1 of 2 met", entries[0]["commit"])
+    assert [row[0] for row in rows[1:]] == ["int8 size (teacher best)", "teacher: test F1"]  # alone: as measured
