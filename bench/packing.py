@@ -2,7 +2,8 @@
 
     python bench/packing.py [--output results/packing.md] [--work DIR] [--quick] -- TUNER_RUN_FLAGS...
 
-Runs ``python -m tuner.run TUNER_RUN_FLAGS --quiet`` twice, one after the other on this machine, in ``--work``:
+Runs ``python -m tuner.run TUNER_RUN_FLAGS --quiet`` twice, one after the other on this machine, in ``--work``
+(each side's earlier search there overwritten):
 first as given (no ``--cpus-per-trial``: tuner measures the stage's step and chooses the trials at once), then with
 ``--cpus-per-trial`` set to every core (one trial at a time, the default before packing). It reports each side's
 wall time, packing and result (the best trial's validation and test F1; for a front search, the front's test
@@ -33,7 +34,8 @@ SIDES = ("chosen", "one at a time")
 def search(name: str, work: Path, flags: list[str], *extra: str) -> dict:
     """One ``tuner.run`` in ``work/<name>``: its wall time, packing and best result."""
     results = work / name.replace(" ", "-")
-    argv = [sys.executable, "-m", "tuner.run", *flags, "--results-dir", str(results), "--quiet", *extra]
+    argv = [sys.executable, "-m", "tuner.run", *flags, "--results-dir", str(results), "--quiet", "--overwrite",
+            *extra]
     started = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT)
     wall = time.perf_counter() - started
@@ -93,7 +95,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(own)
     if not flags or "--stage" not in flags:
         parser.error("give the search after --, such as: -- --stage teacher --trials 4 --profile cpu --data DIR")
-    for taken in ("--cpus-per-trial", "--gpus-per-trial", "--results-dir", "--resume", "--overwrite"):
+    if flags[flags.index("--stage") + 1:][:1] == ["all"]:
+        parser.error("--stage all: time one stage at a time (its packing is chosen per stage)")
+    for taken in ("--cpus-per-trial", "--gpus-per-trial", "--results-dir", "--resume", "--overwrite", "--quiet"):
         if taken in flags:
             parser.error(f"{taken}: the benchmark sets it for each side")
     args.flags = flags

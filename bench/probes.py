@@ -36,7 +36,7 @@ from tuner.task import load_task, stage_inputs  # noqa: E402
 from tuner.training import fit  # noqa: E402
 from tuner.unpadded import attention_groups  # noqa: E402
 
-THREADS = default_threads(0)  # what a tuner trial gets with --cpus-per-trial 0 (all of the node)
+THREADS = default_threads(0)  # what a tuner trial gets with one trial on the node (--cpus-per-trial all cores)
 MATMUL_SIZE = 2048
 WARMUP_STEPS = 5
 

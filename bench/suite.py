@@ -89,7 +89,7 @@ def suite_figures(record: dict, args) -> list:
 def main(argv=None) -> int:
     parser = OneLineParser(prog="python bench/suite.py", description=__doc__.strip().splitlines()[0])
     parser.add_argument("--tier", choices=("fast", "ci"), required=True)
-    output_flags(parser, "suite.md")
+    output_flags(parser, "suite-TIER.md")
     args = parser.parse_args(argv)
     args.command = command_line("suite.py", argv if argv is not None else sys.argv[1:])
     settle_outputs(parser, args, f"suite-{args.tier}.md", args.command)

@@ -114,13 +114,18 @@ def searched(*args):
     return proc
 
 
+# One trial at a time on every core, as given flags: the pinned numbers (threads change float sums) and the
+# same-seed runs must not depend on what tuner.packing measures on a loaded machine.
+WHOLE_NODE = ("--cpus-per-trial", os.cpu_count() or 1)
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(tmp_path_factory, conll_dir):
     """The smoke pipeline (tiny random BERTs, every stage, 2 trials each): the plumbing's files and numbers. Tests
     read it; one that writes works on a copy (``copied``)."""
     results = tmp_path_factory.mktemp("pipeline") / "results"
     return results, searched("--stage", "all", "--trials", 2, "--profile", "smoke", "--data", conll_dir,
-                             "--results-dir", results)
+                             "--results-dir", results, *WHOLE_NODE)
 
 
 # The MiniLM pipeline's sizes: enough sentences that the packaged MiniLM learns entities in 2 epochs, so every
@@ -135,4 +140,4 @@ def minilm_run(tmp_path_factory, conll_dir):
     (the deploy and front tests start from it) and its golden numbers."""
     results = tmp_path_factory.mktemp("minilm") / "results"
     return results, searched("--stage", "all", "--trials", 2, *MINILM_SIZES, "--data", conll_dir,
-                             "--results-dir", results, "--quiet")
+                             "--results-dir", results, "--quiet", *WHOLE_NODE)

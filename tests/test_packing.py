@@ -12,6 +12,7 @@ import yaml
 from tests.conftest import run_main, snapshot
 from tuner import packing, pipeline, registry, run
 from tuner.config import RunSettings, resolve_profile, train_settings
+from tuner.errors import TunerError
 from tuner.search.cluster import ClusterInfo
 from tuner.spaces import Param, SearchSpace
 
@@ -31,12 +32,18 @@ def test_cpus_per_trial_follow_the_gpu_share(gpus_per_trial, cpus_per_node, gpus
     assert packing.share_of_cpus(gpus_per_trial, cpus_per_node, gpus_per_node) == expected
 
 
-def test_amdahl_prediction_meets_both_measurements():
-    assert packing.predicted_steps_per_second(1.0, 0.625, 4, 4) == pytest.approx(1 / 0.625)
-    assert packing.predicted_steps_per_second(1.0, 0.625, 4, 1) == pytest.approx(4.0)  # four trials of 1 s
-    # half of the step is serial ((0.625 - 1/4) / (1 - 1/4)): at 2 threads a step takes 0.5 + 0.5/2 s
-    assert packing.predicted_steps_per_second(1.0, 0.625, 4, 2) == pytest.approx(2 / 0.75)
-    assert packing.predicted_steps_per_second(1.0, 0.25, 4, 1) == pytest.approx(4.0)  # perfect scaling: a tie
+def test_a_step_between_the_two_measurements_follows_amdahl():
+    # 1.0 s at 1 thread, 0.625 s at 4: half of the step is serial ((0.625 - 1/4) / (1 - 1/4))
+    assert packing.step_time(1.0, 0.625, 4, 2) == pytest.approx(0.5 + 0.5 / 2)
+    assert packing.step_time(1.0, 0.4, 8, 4) == pytest.approx(17 / 35)  # serial (0.4 - 1/8) / (7/8) = 11/35
+    assert packing.step_time(1.0, 1.2, 4, 2) == pytest.approx(1.0)  # slower on every core: all serial
+    assert packing.step_time(0.0, 0.0, 2, 1) == packing.SHORTEST_STEP  # a step too fast to time divides nothing
+
+
+def test_a_search_runs_in_waves_of_the_trials_at_once():
+    # 3 trials of 1000 steps, 2 at once at 1 s a step: two waves, and one worker's start
+    assert packing.search_seconds(1.0, 0.6, 2, 1, trials=3, trial_steps=1000) == pytest.approx(2000 + 10)
+    assert packing.search_seconds(1.0, 0.6, 2, 2, trials=3, trial_steps=1000) == pytest.approx(1800)
 
 
 @pytest.mark.parametrize("one, every, cores, threads, at_once", [
@@ -47,6 +54,7 @@ def test_amdahl_prediction_meets_both_measurements():
     (1.0, 0.625, 4, 1, 4),      # 2.5x
     (1.0, 0.3, 4, 1, 4),        # 1.2x
     (1.0, 0.27, 4, 4, 1),       # 1.08x
+    (1.0, 1.3, 2, 1, 2),        # slower on every core than on one
 ])
 def test_cpu_packing_follows_the_measured_step(one, every, cores, threads, at_once):
     chosen = packing.choose_cpu(one, every, cores, trial_bytes=GiB, available_bytes=64 * GiB, trials=40,
@@ -62,22 +70,31 @@ def test_cpu_packing_is_capped_by_memory_and_trials():
     # 3.2 GiB of 4 GiB may be taken: three trials fit, so four of 2 threads (the next divisor) do not; two of 4 do
     assert packing.choose_cpu(**step, trial_bytes=GiB, available_bytes=4 * GiB, trials=40).trials_at_once == 2
     alone = packing.choose_cpu(**step, trial_bytes=GiB, available_bytes=GiB, trials=40)
-    assert alone.trials_at_once == 1 and "would not fit in memory" in alone.reason
+    assert alone.trials_at_once == 1 and "1 trial fit in memory" in alone.reason
     assert packing.choose_cpu(**step, trial_bytes=GiB, available_bytes=None, trials=3).trials_at_once == 2
 
 
-@pytest.mark.parametrize("peak, per_gpu", [(10 * GiB, 4), (20 * GiB, 3), (30 * GiB, 2), (70 * GiB, 1)])
+@pytest.mark.parametrize("peak, per_gpu", [(10 * GiB, 4), (20 * GiB, 3), (30 * GiB, 2), (63 * GiB, 1),
+                                            (70 * GiB, 1)])
 def test_gpu_share_follows_the_trial_memory(peak, per_gpu):
+    # 80% of 80 GiB shared by trials of their peak plus a CUDA context (1 GiB) each: 31 GiB fit twice, 21 three times
     chosen = packing.choose_gpu(peak, 80 * GiB, gpus_per_node=2.0, cpus_per_node=16, step=0.05, trials=40)
     assert chosen.gpus_per_trial == pytest.approx(1 / per_gpu)
     assert chosen.trials_at_once == 2 * per_gpu
     assert chosen.cpus_per_trial == max(1, int(16 * (1 / per_gpu) / 2))  # the node's CPUs shared the same way
 
 
+def test_gpu_share_spreads_few_trials_and_counts_the_cpus():
+    spread = packing.choose_gpu(GiB, 80 * GiB, gpus_per_node=8.0, cpus_per_node=64, step=0.05, trials=4)
+    assert spread.gpus_per_trial == 1.0 and spread.trials_at_once == 8  # a GPU each, not four on one
+    few_cpus = packing.choose_gpu(GiB, 80 * GiB, gpus_per_node=1.0, cpus_per_node=2, step=0.05, trials=40)
+    assert few_cpus.gpus_per_trial == 0.25 and few_cpus.cpus_per_trial == 1 and few_cpus.trials_at_once == 2
+
+
 def test_trials_shorter_than_a_worker_start_stay_one_at_a_time():
     # the smoke profile's teacher: 0.02 s steps at 1 and 2 threads, 8 steps a trial; 2 of them are 0.3 s of training
     quick = packing.choose_cpu(0.02, 0.02, 2, trial_bytes=GiB, available_bytes=64 * GiB, trials=2, trial_steps=8)
-    assert quick.trials_at_once == 1 and "would not finish" in quick.reason
+    assert quick.trials_at_once == 1 and "would not end the search" in quick.reason
     # the same step over a cpu-profile student's 1,880 steps: a second worker's 10 s start is soon paid back
     assert packing.choose_cpu(0.02, 0.02, 2, trial_bytes=GiB, available_bytes=64 * GiB, trials=2,
                               trial_steps=1880).trials_at_once == 2
@@ -89,7 +106,11 @@ def test_given_flags_win_and_say_so():
     assert packing.given(0, 0.25, cpus_per_node=16, gpus_per_node=1).trials_at_once == 4
     whole = packing.given(0, 0.0, cpus_per_node=2, gpus_per_node=0)
     assert (whole.trials_at_once, whole.threads) == (1, 2)
-    assert packing.recorded(chosen.record()).record() == chosen.record()  # search_settings.yaml's entry comes back
+    assert packing.recorded(chosen.record(), "s.yaml").record() == chosen.record()  # the recorded entry comes back
+    for damaged in ({"cpus_per_trial": 1}, {**chosen.record(), "threads": "many"}, {**chosen.record(), "threads": 0},
+                    "text"):
+        with pytest.raises(TunerError, match="^s.yaml: packing"):
+            packing.recorded(damaged, "s.yaml")
 
 
 def test_typical_config_is_the_middle_of_the_space_and_the_largest_shape():
@@ -124,10 +145,8 @@ def test_measurement_times_the_stage_and_leaves_the_driver_as_it_was(smoke_teach
                              trial, cpus_per_node=2, gpus_per_node=0, trials=4)
     assert torch.get_num_threads() == threads
     assert set(chosen.step_seconds) == {1, 2} and all(0 < s < 5 for s in chosen.step_seconds.values())
-    assert chosen.trials_at_once * chosen.threads == 2 and "measured in" in chosen.reason
-    again = packing.choose_cpu(chosen.step_seconds[1], chosen.step_seconds[2], 2, 1, None, 4,
-                               3 * -(-len(task.train) // settings.profile.batch_size))
-    assert again.record() == chosen.record()
+    # the smoke teacher's trials train for a fraction of a second: a second worker's start would outlast them
+    assert (chosen.trials_at_once, chosen.threads) == (1, 2) and "measured in" in chosen.reason
 
 
 def test_inputs_bytes_count_every_tensor_once():
@@ -140,35 +159,79 @@ def cluster(cpus=2, gpus=0.0):
     return ClusterInfo(dashboard_url="", cpus_per_node=cpus, gpus_per_node=gpus, token_file=None)
 
 
-def test_stage_packing_order_flags_then_resume_then_one_trial(smoke_teacher, tmp_path, monkeypatch):
-    stage, settings, task, inputs = smoke_teacher
-    settings = dataclasses.replace(settings, results_dir=tmp_path)
-    measured = []
-    monkeypatch.setattr(packing, "measure", lambda *a, **k: measured.append(a) or packing.given(1, 0, 2, 0))
+@pytest.fixture
+def packing_of(smoke_teacher, tmp_path, monkeypatch):
+    """``pipeline.stage_packing`` of the smoke teacher under changed settings, with ``packing.measure`` replaced
+    by a record of its calls (it returns two trials at once) unless ``fails`` says what it raises."""
     from tuner.spaces import load_space
 
-    args = (stage, load_space(stage, settings.space_file(stage.name)), inputs, None, task, None)
-    flagged = pipeline.stage_packing(stage, dataclasses.replace(settings, cpus_per_trial=2), *args[1:],
-                                     cluster(gpus=1.0), resume=False)
+    stage, settings, task, inputs = smoke_teacher
+    space = load_space(stage, settings.space_file(stage.name))
+    calls = []
+
+    def stage_packing(node=None, resume=False, fails=None, cuda=False, **changes):
+        def measure(*args, **kwargs):
+            calls.append(args)
+            if fails:
+                raise fails
+            return packing.given(1, 0, 2, 0)
+
+        monkeypatch.setattr(packing, "measure", measure)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        changed = dataclasses.replace(settings, results_dir=tmp_path, **changes)
+        return pipeline.stage_packing(stage, changed, space, inputs, None, task, None, node or cluster(), resume)
+
+    stage_packing.calls, stage_packing.folder = calls, tmp_path / stage.name
+    return stage_packing
+
+
+def test_stage_packing_measures_only_where_it_can(packing_of):
+    assert packing_of().trials_at_once == 2 and len(packing_of.calls) == 1  # measured
+    flagged = packing_of(node=cluster(gpus=1.0), cpus_per_trial=2)
     assert (flagged.cpus_per_trial, flagged.gpus_per_trial) == (2, 1.0)  # --cpus-per-trial alone: 1 GPU with CUDA
-    assert pipeline.stage_packing(stage, dataclasses.replace(settings, trials=1), *args[1:], cluster(),
-                                  resume=False).trials_at_once == 1
-    assert not measured
+    assert packing_of(node=cluster(cpus=16, gpus=1.0), gpus_per_trial=0.25).trials_at_once == 4
+    for unmeasured, reason in ((dict(trials=1), "a single trial"), (dict(node=cluster(cpus=1)), "one core"),
+                               (dict(address="auto"), "a joined cluster"),
+                               (dict(node=cluster(gpus=1.0)), "not this driver's")):
+        whole = packing_of(**unmeasured)
+        assert whole.trials_at_once == 1 and reason in whole.reason, whole
+    assert packing_of(node=cluster(gpus=1.0)).gpus_per_trial == 1.0  # GPUs it cannot time: one each
+    assert len(packing_of.calls) == 1
+    packing_of(node=cluster(gpus=1.0), cuda=True)
+    assert packing_of.calls[-1][6] == 1.0  # timed on the GPU
+    packing_of(node=cluster(gpus=1.0), gpus_per_trial=0.0)
+    assert packing_of.calls[-1][6] == 0.0  # --gpus-per-trial 0: the CPUs' packing, timed
+
+
+def test_a_failed_timing_falls_back_to_one_trial_per_node(packing_of):
+    whole = packing_of(fails=FloatingPointError("non-finite loss at epoch 1"))
+    assert whole.trials_at_once == 1 and whole.threads == 2
+    assert "timing a trial failed: non-finite loss at epoch 1" in whole.reason
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C still stops the run
+        packing_of(fails=KeyboardInterrupt())
+
+
+def test_a_resumed_search_packs_as_it_started(packing_of):
     record = packing.Packing(1.0, 0.0, 1, 2, "measured").record()
-    (tmp_path / stage.name).mkdir()
-    (tmp_path / stage.name / pipeline.SEARCH_SETTINGS).write_text(yaml.safe_dump({"packing": record}))
-    resumed = pipeline.stage_packing(stage, settings, *args[1:], cluster(), resume=True)
-    assert resumed.record() == record and "as the search started" in resumed.reason and not measured
-    (tmp_path / stage.name / pipeline.SEARCH_SETTINGS).write_text(yaml.safe_dump({"trials": 4}))
-    older = pipeline.stage_packing(stage, settings, *args[1:], cluster(), resume=True)
-    assert older.trials_at_once == 1 and not measured  # searches from before packing: one trial per node
-    assert pipeline.stage_packing(stage, settings, *args[1:], cluster(), resume=False).trials_at_once == 2
-    assert len(measured) == 1
+    packing_of.folder.mkdir()
+    (packing_of.folder / pipeline.SEARCH_SETTINGS).write_text(yaml.safe_dump({"packing": record}))
+    for flags in ({}, {"cpus_per_trial": 1}):
+        resumed = packing_of(resume=True, **flags)
+        assert resumed.record() == record and "as the search started" in resumed.reason
+    (packing_of.folder / pipeline.SEARCH_SETTINGS).write_text(yaml.safe_dump({"trials": 4}))
+    older = packing_of(resume=True)
+    assert older.trials_at_once == 1 and "before tuner chose" in older.reason  # from before packing: a node each
+    assert not packing_of.calls
 
 
-@pytest.mark.parametrize("flags, refused", [((), False), (("--cpus-per-trial", 1), False),
-                                            (("--gpus-per-trial", 0), False), (("--cpus-per-trial", 2), True)])
-def test_resume_keeps_the_packing_the_search_started_with(tmp_path, conll_dir, capsys, flags, refused):
+@pytest.mark.parametrize("flags, recorded, refused", [
+    ((), None, None), (("--cpus-per-trial", 1), None, None), (("--gpus-per-trial", 0), None, None),
+    (("--cpus-per-trial", 2), None, "has packing.cpus_per_trial 1.0, this run 2.0 (--cpus-per-trial)"),
+    ((), {"cpus_per_trial": 1.0}, "packing is damaged"),
+    ((), {"cpus_per_trial": 4096.0, "gpus_per_trial": 0.0, "threads": 1, "trials_at_once": 1},
+     "more than this machine has"),
+])
+def test_resume_refuses_flags_and_records_it_cannot_pack(tmp_path, conll_dir, capsys, flags, recorded, refused):
     from tuner.spaces import load_space
 
     results = tmp_path / "results"
@@ -178,6 +241,7 @@ def test_resume_keeps_the_packing_the_search_started_with(tmp_path, conll_dir, c
     space = load_space(stage, settings.space_file("teacher"))
     (results / "teacher" / "search").mkdir(parents=True)
     record = pipeline.search_settings(stage, settings, space, packing.Packing(1.0, 0.0, 1, 2, "measured"))
+    record["packing"] = recorded or record["packing"]
     (results / "teacher" / pipeline.SEARCH_SETTINGS).write_text(yaml.safe_dump(record, sort_keys=False))
     before = snapshot(results)
     rebuilt = run.settings_from(run.parser().parse_args(
@@ -187,5 +251,5 @@ def test_resume_keeps_the_packing_the_search_started_with(tmp_path, conll_dir, c
         return
     status, _, err = run_main(run.main, "--stage", "teacher", *common, "--resume", *flags, capsys=capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert f"has packing.{flags[0][2:].replace('-', '_')} " in err and flags[0] in err
+    assert refused in err and "search_settings.yaml" in err
     assert snapshot(results) == before

@@ -15,7 +15,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import ROOT, run_cli, write
+from tests.conftest import ROOT, WHOLE_NODE, run_cli, write
 from tuner.search import rung_epochs
 
 
@@ -146,7 +146,7 @@ def test_same_seed_same_configs_and_scores(pipeline_run, tmp_path, conll_dir):
     first, _ = pipeline_run  # seed 0, 2 trials: its teacher search is what this run repeats
     results = tmp_path / "results"
     proc = run_cli("--stage", "teacher", "--trials", 2, "--profile", "smoke", "--data", conll_dir,
-                   "--results-dir", results)
+                   "--results-dir", results, *WHOLE_NODE)
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     def trials(folder):

@@ -12,3 +12,10 @@ class Interrupted(TunerError):
     ``--resume`` continues it."""
 
     status = 130  # a shell's status for a process ended by SIGINT
+
+
+def first_line(error: BaseException) -> str:
+    """What an error says went wrong in one line: the last line of its text (a Ray trial's traceback ends with it),
+    cut short; its type's name when it says nothing."""
+    lines = str(error).strip().splitlines()
+    return lines[-1][:300] if lines else type(error).__name__

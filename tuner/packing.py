@@ -4,15 +4,21 @@ each, when ``--cpus-per-trial`` and ``--gpus-per-trial`` are not given.
 On CPUs the choice is measured: a few training steps of the stage's typical trial at 1 thread and at every
 core of the node, timed on the driver before the search. Amdahl's law through the two times predicts a step at
 any thread count; the node runs ``cores // threads`` trials of ``threads`` threads each for the thread count
-that ends the search soonest, counting a worker process's start for each trial at once beyond the first, and
-packs only where that ends it ``PACKING_GAIN`` times sooner than one trial on every core (trials that share a node
-also share its memory bandwidth, which the single measurements do not see). A small student, whose step does
-not scale across threads, then runs a trial per core; a teacher whose matmuls do keeps one trial with every core,
-and so do trials of a few seconds (the smoke profile's), which a second worker's start would outlast. The memory
-the measured trial took, with its shared inputs and a worker process's own, caps how many trials fit.
+that ends the search soonest (in waves of that many trials, each trial at once beyond the first costing a worker
+process's start), and packs only where that ends it ``PACKING_GAIN`` times sooner than one trial on every core
+(trials that share a node also share its memory bandwidth, which the single measurements do not see). A small
+student, whose step barely scales across threads, then runs a trial per core; a model whose step scales keeps one
+trial with every core, and so do trials of a few seconds (the smoke profile's), which a second worker's start
+would outlast. The memory the measured trial took, with its shared inputs and a worker process's own, caps how
+many trials fit.
 
 On a GPU the share follows the measured trial's peak memory: up to ``GPU_TRIALS`` trials per GPU, as many as fit in
-``MEMORY_SHARE`` of it.
+``MEMORY_SHARE`` of it. The pipeline measures only a machine it runs on (``tuner.pipeline.stage_packing``); on a
+cluster joined with ``--address`` the nodes are not the driver, so a trial gets a node unless the flags say
+otherwise.
+
+Timing on the driver leaves it as it was but for glibc's setting to keep freed memory (``tuner.memory``), which
+training sets once per process; the freed heap itself is handed back when the measurement ends.
 """
 
 from __future__ import annotations
@@ -22,22 +28,26 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from tuner.config import TrainSettings, default_threads
 from tuner.data import Encoded, TaskData
+from tuner.errors import TunerError
 from tuner.memory import release_memory
 from tuner.registry import Stage
 from tuner.spaces import SearchSpace
 
 MEASURED_STEPS = 6  # training steps per timed epoch; the first epoch warms up, the second is timed
 MEASURED_SENTENCES = 8  # validation sentences each measured epoch ends on (the loop evaluates every epoch)
-PACKING_GAIN = 1.15  # packing must promise this many times one all-cores trial's steps per second
+PACKING_GAIN = 1.15  # packing must end the search this many times sooner than one trial on every core
 MEMORY_SHARE = 0.8  # of the memory available (a GPU's: its total) that packed trials may take together
 WORKER_BYTES = 1 << 29  # a trial's worker process before training: Python, torch, transformers, Ray (about 0.5 GiB)
 WORKER_START_SECONDS = 10.0  # a worker process's start (Python, torch, Ray) on a loaded 2-core node
 GPU_TRIALS = 4  # the most trials per GPU (the count scripts/gpu_check.sh measures against one)
+CUDA_CONTEXT_BYTES = 1 << 30  # a trial process's CUDA context and allocator cache beyond its peak allocation
+SHORTEST_STEP = 1e-6  # seconds: a step timed faster than this is timed as this
 
 FLAGS = "--cpus-per-trial / --gpus-per-trial"
 
@@ -68,9 +78,9 @@ def given(cpus_per_trial: float, gpus_per_trial: float, cpus_per_node: int, gpus
     """The packing ``--cpus-per-trial`` / ``--gpus-per-trial`` ask for (a missing CPU count: the GPU share of the
     node's CPUs, or all of them)."""
     cpus = cpus_per_trial or share_of_cpus(gpus_per_trial, cpus_per_node, gpus_per_node)
-    at_once = math.floor(cpus_per_node / cpus) if cpus else 1
+    at_once = math.floor(cpus_per_node / cpus + 1e-9) if cpus else 1
     if gpus_per_trial and gpus_per_node:
-        at_once = min(at_once, math.floor(gpus_per_node / gpus_per_trial))
+        at_once = min(at_once, math.floor(gpus_per_node / gpus_per_trial + 1e-9))
     return Packing(cpus, gpus_per_trial, default_threads(cpus), max(1, at_once), f"given by {FLAGS}")
 
 
@@ -82,63 +92,74 @@ def share_of_cpus(gpus_per_trial: float, cpus_per_node: int, gpus_per_node: floa
     return cpus_per_node
 
 
-def recorded(record: dict) -> Packing:
-    """The packing a search started with, from its ``search_settings.yaml`` entry (``Packing.record``)."""
-    return Packing(float(record["cpus_per_trial"]), float(record["gpus_per_trial"]), int(record["threads"]),
-                   int(record["trials_at_once"]), "as the search started (search_settings.yaml)")
+def recorded(record, where: str) -> Packing:
+    """The packing a search started with, from its ``search_settings.yaml`` entry (``Packing.record``); a damaged
+    entry is a one-line error naming ``where`` (the file)."""
+    try:
+        packed = Packing(float(record["cpus_per_trial"]), float(record["gpus_per_trial"]), int(record["threads"]),
+                         int(record["trials_at_once"]), "as the search started (search_settings.yaml)")
+    except (TypeError, KeyError, ValueError) as exc:
+        raise TunerError(f"{where}: packing is damaged ({type(exc).__name__}: {exc}); pass --overwrite to start "
+                         "again") from None
+    if min(packed.cpus_per_trial, packed.gpus_per_trial) < 0 or min(packed.threads, packed.trials_at_once) < 1:
+        raise TunerError(f"{where}: packing holds a negative or zero count ({packed.record()})")
+    return packed
 
 
-def predicted_steps_per_second(one: float, every: float, cores: int, threads: int) -> float:
-    """A node's training steps per second with ``cores // threads`` trials of ``threads`` threads each, from a
-    step's measured seconds at 1 thread (``one``) and at ``cores`` threads (``every``): measured at those two, through
-    Amdahl's law between them."""
+def step_time(one: float, every: float, cores: int, threads: int) -> float:
+    """A training step's seconds at ``threads`` threads, from its measured seconds at 1 thread (``one``) and at
+    ``cores`` threads (``every``): measured at those two, through Amdahl's law between them."""
+    one, every = max(one, SHORTEST_STEP), max(every, SHORTEST_STEP)
     if threads >= cores:
-        return 1 / every
-    if threads == 1:
-        return cores / one
+        return every
+    if threads <= 1:
+        return one
     serial = min(1.0, max(0.0, (every / one - 1 / cores) / (1 - 1 / cores)))
-    return (cores // threads) / (one * (serial + (1 - serial) / threads))
+    return one * (serial + (1 - serial) / threads)
+
+
+def search_seconds(one: float, every: float, cores: int, threads: int, trials: int, trial_steps: int) -> float:
+    """A search's predicted seconds with ``cores // threads`` trials of ``threads`` threads at once: waves of that
+    many trials of ``trial_steps`` steps each, plus a worker's start for each trial at once beyond the first."""
+    at_once = max(1, cores // threads)
+    return (math.ceil(trials / at_once) * trial_steps * step_time(one, every, cores, threads)
+            + WORKER_START_SECONDS * (at_once - 1))
 
 
 def choose_cpu(one: float, every: float, cores: int, trial_bytes: int, available_bytes: int | None, trials: int,
                trial_steps: int) -> Packing:
     """The thread count per trial that finishes the search's ``trials`` of ``trial_steps`` training steps soonest
-    on a node of ``cores``, among those that leave no core idle (divisors of ``cores``) and fit in the memory
-    (``trial_bytes`` per trial, ``available_bytes`` on the node, None: unknown); each trial at once beyond the first
-    costs a worker's start (``WORKER_START_SECONDS``). One trial on every core unless packing gains
-    ``PACKING_GAIN``."""
+    on a node of ``cores`` (``search_seconds``), among those that leave no core idle (divisors of ``cores``) and
+    fit in the memory (``trial_bytes`` per trial, ``available_bytes`` on the node, None: unknown). One trial on
+    every core unless packing ends the search ``PACKING_GAIN`` times sooner."""
     fits = cores if available_bytes is None else max(1, int(MEMORY_SHARE * available_bytes // max(1, trial_bytes)))
-
-    def search_seconds(threads: int) -> float:
-        at_once = cores // threads
-        return (trials * trial_steps / predicted_steps_per_second(one, every, cores, threads)
-                + WORKER_START_SECONDS * (at_once - 1))
-
-    seconds = {threads: search_seconds(threads) for threads in range(1, cores + 1)
-               if cores % threads == 0 and cores // threads <= min(fits, trials)}
+    seconds = {threads: search_seconds(one, every, cores, threads, trials, trial_steps)
+               for threads in range(1, cores + 1) if cores % threads == 0 and cores // threads <= min(fits, trials)}
     best = min(seconds, key=seconds.get, default=cores)
-    alone = search_seconds(cores)
+    alone = search_seconds(one, every, cores, cores, trials, trial_steps)
     if best != cores and alone < PACKING_GAIN * seconds[best]:
         best = cores
     measured = f"a training step took {one:.3g} s at 1 thread, {every:.3g} s at {cores}"
     steps = {1: one, cores: every}
+    capped = f", {fits} trial{'s' * (fits != 1)} fit in memory" if fits < min(cores, trials) else ""
     if best == cores:
-        why = ("a second trial would not fit in memory" if fits < 2 <= trials else
-               f"packing would not finish {PACKING_GAIN:g}x sooner")
-        return Packing(float(cores), 0.0, cores, 1, f"{measured}: {why}", steps)
-    return Packing(float(best), 0.0, best, cores // best, f"{measured}: {alone / seconds[best]:.2f}x sooner than one "
-                   f"trial on every core", steps)
+        why = f"packing would not end the search {PACKING_GAIN:g}x sooner"
+        return Packing(float(cores), 0.0, cores, 1, f"{measured}{capped}: {why}", steps)
+    return Packing(float(best), 0.0, best, cores // best, f"{measured}{capped}: {alone / seconds[best]:.2f}x sooner "
+                   "than one trial on every core", steps)
 
 
 def choose_gpu(peak_bytes: int, gpu_bytes: int, gpus_per_node: float, cpus_per_node: int, step: float,
                trials: int) -> Packing:
-    """Trials per GPU from the measured trial's peak GPU memory: as many as fit in ``MEMORY_SHARE`` of the GPU, at
-    most ``GPU_TRIALS`` and the search's ``trials``; each gets the same share of the node's CPUs."""
-    per_gpu = max(1, min(GPU_TRIALS, trials, int(MEMORY_SHARE * gpu_bytes // max(1, peak_bytes))))
-    gpus = 1 / per_gpu
-    cpus = share_of_cpus(gpus, cpus_per_node, gpus_per_node)
-    at_once = max(1, math.floor(gpus_per_node * per_gpu))
-    return Packing(float(cpus), gpus, default_threads(cpus), at_once,
+    """Trials per GPU from the measured trial's peak GPU memory (plus ``CUDA_CONTEXT_BYTES``): as many as fit in
+    ``MEMORY_SHARE`` of the GPU, at most ``GPU_TRIALS`` and no more than the search's ``trials`` need to fill the
+    node's GPUs; each gets the same share of the node's CPUs (at least one), which may cap the trials at once."""
+    gpus = max(1.0, gpus_per_node)
+    fits = int(MEMORY_SHARE * gpu_bytes // max(1, peak_bytes + CUDA_CONTEXT_BYTES))
+    per_gpu = max(1, min(GPU_TRIALS, math.ceil(trials / gpus), fits))
+    cpus = share_of_cpus(1 / per_gpu, cpus_per_node, gpus_per_node)
+    at_once = max(1, min(math.floor(gpus * per_gpu + 1e-9), cpus_per_node // cpus))
+    return Packing(float(cpus), 1 / per_gpu, default_threads(cpus), at_once,
                    f"a training step took {step:.3g} s and {peak_bytes / 2**30:.2f} GiB of the GPU's "
                    f"{gpu_bytes / 2**30:.0f} GiB: {per_gpu} per GPU", {"gpu": step})
 
@@ -189,15 +210,21 @@ def resident_bytes() -> int:
 
 
 def available_bytes() -> int | None:
-    """The memory this machine can still give (``MemAvailable``), None where unknown."""
+    """The memory this machine can still give: ``MemAvailable``, or less where a cgroup (a container) limits this
+    process to less; None where neither is known."""
+    found = []
     try:
         with open("/proc/meminfo") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            found += [int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # cgroup v2: the limit and what the group already uses
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
     except (OSError, ValueError):
         pass
-    return None
+    return max(0, min(found)) if found else None
 
 
 def tensor_bytes(value, seen: set | None = None) -> int:

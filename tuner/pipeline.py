@@ -22,7 +22,7 @@ from tuner import export, packing, registry
 from tuner.cli import flag_hint
 from tuner.config import METRIC, RunSettings, searches_front, train_settings
 from tuner.data import TaskData
-from tuner.errors import TunerError
+from tuner.errors import TunerError, first_line
 from tuner.deploy import DEPLOY
 from tuner.front import FRONT_CSV, FRONT_DIR, front_hypervolume, save_front
 from tuner.models import base_config, count_parameters, load_model, save_model, shape_model
@@ -106,12 +106,20 @@ def check_resumable(stage: Stage, settings: RunSettings, space: SearchSpace) -> 
         if before != value:
             raise TunerError(f"--resume: {record_file} has {key} {before!r}, this run {value!r}{flag_hint(key)}: "
                              f"resume with the flags the search started with, or pass --overwrite to start again")
+    if started is None:
+        return  # a search started before the packing was recorded
+    packed = packing.recorded(started, str(record_file))
     asked = {"cpus_per_trial": settings.cpus_per_trial or None, "gpus_per_trial": settings.gpus_per_trial}
     for key, value in asked.items():
-        if isinstance(started, dict) and value is not None and started.get(key) != value:
-            raise TunerError(f"--resume: {record_file} has packing.{key} {started.get(key)!r}, this run {value!r} "
+        if value is not None and getattr(packed, key) != value:
+            raise TunerError(f"--resume: {record_file} has packing.{key} {getattr(packed, key)!r}, this run {value!r} "
                              f"(--{key.replace('_', '-')}): resume without it (the search packs as it started), "
                              "or pass --overwrite to start again")
+    if settings.address is None and (packed.cpus_per_trial > (os.cpu_count() or 1)
+                                     or packed.gpus_per_trial > torch.cuda.device_count()):
+        raise TunerError(f"--resume: {record_file} packs {packed.cpus_per_trial:g} CPUs and {packed.gpus_per_trial:g} "
+                         f"GPUs per trial, more than this machine has ({os.cpu_count()} CPUs, "
+                         f"{torch.cuda.device_count()} GPUs); trials would wait forever: resume where it started")
 
 
 def recorded_settings_of(record_file: Path) -> dict:
@@ -146,23 +154,37 @@ def check_resources(settings: RunSettings, cpus_per_node: int, gpus_per_node: fl
 
 def stage_packing(stage: Stage, settings: RunSettings, space: SearchSpace, inputs, shapes: list[dict] | None,
                   task: TaskData, trial_settings, cluster, resume: bool) -> packing.Packing:
-    """What each trial of ``stage`` gets: the flags' CPUs and GPUs when given; on --resume, what the search
-    started with; with one trial, a whole node; else measured (``tuner.packing``)."""
+    """What each trial of ``stage`` gets: on --resume, what the search started with (``check_resumable`` refused
+    flags that differ); the flags' CPUs and GPUs when given; a whole node where nothing can be timed here (one
+    trial, one core, a joined cluster, GPUs the driver cannot reach) or the timing fails; else measured
+    (``tuner.packing``)."""
+    record_file = settings.stage_dir(stage.name) / SEARCH_SETTINGS
+    started = recorded_settings_of(record_file).get("packing") if resume else None
+    if started is not None:
+        return packing.recorded(started, str(record_file))
     gpus = settings.gpus_per_trial
-    if settings.cpus_per_trial or gpus is not None:
-        gpus = gpus if gpus is not None else (1.0 if cluster.gpus_per_node else 0.0)
-        return packing.given(settings.cpus_per_trial, gpus, cluster.cpus_per_node, cluster.gpus_per_node)
-    first = recorded_settings_of(settings.stage_dir(stage.name) / SEARCH_SETTINGS) if resume else {}
-    if isinstance(first.get("packing"), dict):
-        return packing.recorded(first["packing"])
-    whole = packing.given(0, 1.0 if cluster.gpus_per_node else 0.0, cluster.cpus_per_node, cluster.gpus_per_node)
-    if resume:  # a search started before packing was recorded ran one trial per node
+    cpus, node_gpus = cluster.cpus_per_node, cluster.gpus_per_node
+    if settings.cpus_per_trial or gpus:
+        return packing.given(settings.cpus_per_trial, gpus if gpus is not None else (1.0 if node_gpus else 0.0),
+                             cpus, node_gpus)
+    on_gpu = node_gpus > 0 and gpus is None  # --gpus-per-trial 0: the CPUs' packing, measured
+    whole = packing.given(0, 1.0 if on_gpu else 0.0, cpus, node_gpus)
+    if resume:
         return dataclasses.replace(whole, reason="as searches ran before tuner chose the packing")
-    if settings.trials < 2:
-        return dataclasses.replace(whole, reason="a single trial")
+    unmeasured = ("a single trial" if settings.trials < 2 else "one core" if cpus < 2 and not on_gpu else
+                  "a joined cluster (its nodes' steps are not timed here: --cpus-per-trial packs them)"
+                  if settings.address else
+                  "the nodes' GPUs are not this driver's to time a trial on" if on_gpu and not torch.cuda.is_available()
+                  else None)
+    if unmeasured:
+        return dataclasses.replace(whole, reason=unmeasured)
     config = packing.typical_config(stage, space, inputs, shapes)
-    return packing.measure(stage, config, task, inputs, trial_settings, cluster.cpus_per_node, cluster.gpus_per_node,
-                           settings.trials)
+    try:
+        return packing.measure(stage, config, task, inputs, trial_settings, cpus, node_gpus if on_gpu else 0.0,
+                               settings.trials)
+    except Exception as exc:  # noqa: BLE001 - a trial that fails here fails in the search too, where Tune records it
+        log.warning("stage %s: timing a trial failed (%s); one trial per node", stage.name, first_line(exc))
+        return dataclasses.replace(whole, reason=f"timing a trial failed: {first_line(exc)}")
 
 
 def versions() -> dict:

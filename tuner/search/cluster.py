@@ -14,7 +14,7 @@ from pathlib import Path
 import ray
 import torch
 
-from tuner.errors import TunerError
+from tuner.errors import TunerError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,6 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
     except OSError as exc:
         raise TunerError(f"--address {address}: nothing answers there ({exc.strerror or type(exc).__name__}); "
                          "give the head node's GCS address (host:port, as `ray start --head` prints it) or auto") from None
-
-
-def first_line(error) -> str:
-    """What a Ray error says went wrong: the last line of its text (a trial's traceback ends with it), cut short."""
-    lines = str(error).strip().splitlines()
-    return lines[-1][:300] if lines else type(error).__name__
 
 
 def stop_ray() -> None:

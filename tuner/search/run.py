@@ -18,10 +18,9 @@ from ray import tune
 from ray.tune.schedulers import FIFOScheduler
 
 from tuner.config import METRIC, MODE, OBJECTIVES, RunSettings, TrainSettings, searches_front
-from tuner.errors import Interrupted, TunerError
+from tuner.errors import Interrupted, TunerError, first_line
 from tuner.registry import Stage
 from tuner.search.asha import RememberingASHA
-from tuner.search.cluster import first_line
 from tuner.search.method import DEFAULT_METHOD, SearchMethod, startup_trials
 from tuner.search.pareto_asha import ParetoASHA
 from tuner.search.searcher import EpochOptunaSearch, ShapedSpace, optuna_distributions, spanning_shapes
