@@ -161,7 +161,7 @@ def cluster(cpus=2, gpus=0.0):
 
 @pytest.fixture
 def packing_of(smoke_teacher, tmp_path, monkeypatch):
-    """``pipeline.stage_packing`` of the smoke teacher under changed settings, with ``packing.measure`` replaced
+    """``packing.for_stage`` of the smoke teacher under changed settings, with ``packing.measure`` replaced
     by a record of its calls (it returns two trials at once) unless ``fails`` says what it raises."""
     from tuner.spaces import load_space
 
@@ -179,7 +179,7 @@ def packing_of(smoke_teacher, tmp_path, monkeypatch):
         monkeypatch.setattr(packing, "measure", measure)
         monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
         changed = dataclasses.replace(settings, results_dir=tmp_path, **changes)
-        return pipeline.stage_packing(stage, changed, space, inputs, None, task, None, node or cluster(), resume)
+        return packing.for_stage(stage, changed, space, inputs, None, task, None, node or cluster(), resume)
 
     stage_packing.calls, stage_packing.folder = calls, tmp_path / stage.name
     return stage_packing

@@ -218,3 +218,8 @@ def default_threads(cpus_per_trial: float) -> int:
     if cpus_per_trial > 0:
         return max(1, int(cpus_per_trial))  # a fractional share packs trials: one thread each
     return max(1, os.cpu_count() or 1)
+
+
+def plain(fields: dict, drop: str | None = None) -> dict:
+    """Dataclass fields as YAML/JSON-ready values (paths as strings), less ``drop``."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in fields.items() if k != drop}

@@ -13,7 +13,7 @@ would outlast. The memory the measured trial took, with its shared inputs and a 
 many trials fit.
 
 On a GPU the share follows the measured trial's peak memory: up to ``GPU_TRIALS`` trials per GPU, as many as fit in
-``MEMORY_SHARE`` of it. The pipeline measures only a machine it runs on (``tuner.pipeline.stage_packing``); on a
+``MEMORY_SHARE`` of it. The pipeline measures only a machine it runs on (``for_stage``); on a
 cluster joined with ``--address`` the nodes are not the driver, so a trial gets a node unless the flags say
 otherwise.
 
@@ -24,6 +24,7 @@ training sets once per process; the freed heap itself is handed back when the me
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import time
@@ -32,12 +33,13 @@ from pathlib import Path
 
 import torch
 
-from tuner.config import TrainSettings, default_threads
+from tuner.config import RunSettings, TrainSettings, default_threads
 from tuner.data import Encoded, TaskData
-from tuner.errors import TunerError
+from tuner.errors import TunerError, first_line
 from tuner.memory import release_memory
 from tuner.registry import Stage
 from tuner.spaces import SearchSpace
+from tuner.task import SEARCH_SETTINGS, read_search_settings
 
 MEASURED_STEPS = 6  # training steps per timed epoch; the first epoch warms up, the second is timed
 MEASURED_SENTENCES = 8  # validation sentences each measured epoch ends on (the loop evaluates every epoch)
@@ -50,6 +52,8 @@ CUDA_CONTEXT_BYTES = 1 << 30  # a trial process's CUDA context and allocator cac
 SHORTEST_STEP = 1e-6  # seconds: a step timed faster than this is timed as this
 
 FLAGS = "--cpus-per-trial / --gpus-per-trial"
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -269,3 +273,47 @@ def measure(stage: Stage, config: dict, task: TaskData, inputs, settings: TrainS
     finally:
         torch.set_num_threads(threads_before)
         release_memory()
+
+
+def check_resources(settings: RunSettings, cpus_per_node: int, gpus_per_node: float) -> None:
+    """A trial asking for more than any node has would wait forever: refuse it."""
+    gpus = settings.gpus_per_trial or 0.0
+    if settings.cpus_per_trial > cpus_per_node or gpus > gpus_per_node:
+        raise TunerError(f"--cpus-per-trial {settings.cpus_per_trial:g} / --gpus-per-trial "
+                         f"{gpus:g}: no Ray node has that many ({cpus_per_node} CPUs, "
+                         f"{gpus_per_node:g} GPUs at most); trials would wait forever")
+
+
+def for_stage(stage: Stage, settings: RunSettings, space: SearchSpace, inputs, shapes: list[dict] | None,
+              task: TaskData, trial_settings: TrainSettings, cluster, resume: bool) -> Packing:
+    """What each trial of ``stage`` gets on ``cluster`` (a ``tuner.search.ClusterInfo``): on --resume, what the
+    search started with (``tuner.resume.check_resumable`` refused flags that differ); the flags' CPUs and GPUs when
+    given; a whole node where nothing can be timed here (one trial, one core, a joined cluster, GPUs the driver
+    cannot reach) or the timing fails; else measured at ``space``'s typical config."""
+    record_file = settings.stage_dir(stage.name) / SEARCH_SETTINGS
+    started = read_search_settings(record_file).get("packing") if resume else None
+    if started is not None:
+        return recorded(started, str(record_file))
+    gpus = settings.gpus_per_trial
+    cpus, node_gpus = cluster.cpus_per_node, cluster.gpus_per_node
+    if settings.cpus_per_trial or gpus:
+        return given(settings.cpus_per_trial, gpus if gpus is not None else (1.0 if node_gpus else 0.0),
+                     cpus, node_gpus)
+    on_gpu = node_gpus > 0 and gpus is None  # --gpus-per-trial 0: the CPUs' packing, measured
+    whole = given(0, 1.0 if on_gpu else 0.0, cpus, node_gpus)
+    if resume:
+        return dataclasses.replace(whole, reason="as searches ran before tuner chose the packing")
+    unmeasured = ("a single trial" if settings.trials < 2 else "one core" if cpus < 2 and not on_gpu else
+                  "a joined cluster (its nodes' steps are not timed here: --cpus-per-trial packs them)"
+                  if settings.address else
+                  "the nodes' GPUs are not this driver's to time a trial on" if on_gpu and not torch.cuda.is_available()
+                  else None)
+    if unmeasured:
+        return dataclasses.replace(whole, reason=unmeasured)
+    config = typical_config(stage, space, inputs, shapes)
+    try:
+        return measure(stage, config, task, inputs, trial_settings, cpus, node_gpus if on_gpu else 0.0,
+                       settings.trials)
+    except Exception as exc:  # noqa: BLE001 - a trial that fails here fails in the search too, where Tune records it
+        log.warning("stage %s: timing a trial failed (%s); one trial per node", stage.name, first_line(exc))
+        return dataclasses.replace(whole, reason=f"timing a trial failed: {first_line(exc)}")

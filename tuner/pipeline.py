@@ -19,17 +19,17 @@ import torch
 import yaml
 
 from tuner import export, packing, registry
-from tuner.cli import flag_hint
-from tuner.config import METRIC, RunSettings, searches_front, train_settings
+from tuner.config import METRIC, RunSettings, plain, searches_front, train_settings
 from tuner.data import TaskData
-from tuner.errors import TunerError, first_line
+from tuner.errors import TunerError
 from tuner.deploy import DEPLOY
 from tuner.front import FRONT_CSV, FRONT_DIR, front_hypervolume, save_front
 from tuner.models import base_config, count_parameters, load_model, save_model, shape_model
 from tuner.plan import check_shapes, search_plan, single_objective_space, sized_params
 from tuner.registry import Stage
 from tuner.spaces import SearchSpace, edges, load_space, shared_point, value_ranges
-from tuner.task import BEST, RESULT_FILE, SEARCH_SETTINGS, check_teacher, data_source, load_task, stage_inputs, teacher_folder
+from tuner.resume import check_resumable, search_settings
+from tuner.task import BEST, RESULT_FILE, SEARCH_SETTINGS, check_teacher, load_task, stage_inputs, teacher_folder
 from tuner.training import evaluate, select_device
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def check_inputs(settings: RunSettings):
         if config is not None:
             check_shapes(stage, spaces[stage.name], settings.objectives, config)
     if settings.address is None:  # a local Ray gets this machine's CPUs and GPUs
-        check_resources(settings, os.cpu_count() or 1, torch.cuda.device_count())
+        packing.check_resources(settings, os.cpu_count() or 1, torch.cuda.device_count())
     experiments = {stage.name: settings.stage_dir(stage.name) / "search" for stage in settings.stages}
     if settings.resume and not any(e.is_dir() for e in experiments.values()):
         raise TunerError(f"--resume: no search to resume at {next(iter(experiments.values()))}")
@@ -78,115 +78,6 @@ def check_inputs(settings: RunSettings):
     return spaces, teacher
 
 
-def search_settings(stage: Stage, settings: RunSettings, space: SearchSpace,
-                    packed: packing.Packing | None = None) -> dict:
-    """What a search's trials depend on; resuming with any of it changed would mix two different searches. The
-    packing (``packed``) is chosen once the search starts; ``check_resumable`` compares it apart."""
-    record = {"trials": settings.trials, "seed": settings.seed, "split": settings.split, "data": data_source(settings),
-              "search_space_sha256": space.sha256, "objectives": list(settings.objectives),
-              "profile": plain(asdict(settings.profile))}
-    if stage.needs_teacher:
-        record["teacher"] = str(teacher_folder(settings).resolve())
-    if packed is not None:
-        record["packing"] = packed.record()
-    return record
-
-
-def check_resumable(stage: Stage, settings: RunSettings, space: SearchSpace) -> None:
-    """--resume continues a search only under the settings it started with (Tune keeps its first trial count
-    and would silently ignore a new one; other changes would train half the trials one way, half another)."""
-    record_file = settings.stage_dir(stage.name) / SEARCH_SETTINGS
-    if not record_file.is_file():
-        return  # a search started before this record existed
-    first = recorded_settings_of(record_file)
-    started = first.pop("packing", None)
-    first = flatten(first)
-    for key, value in flatten(search_settings(stage, settings, space)).items():
-        before = first.get(key, ["f1"] if key == "objectives" else None)  # recorded since --objectives exists
-        if before != value:
-            raise TunerError(f"--resume: {record_file} has {key} {before!r}, this run {value!r}{flag_hint(key)}: "
-                             f"resume with the flags the search started with, or pass --overwrite to start again")
-    if started is None:
-        return  # a search started before the packing was recorded
-    packed = packing.recorded(started, str(record_file))
-    asked = {"cpus_per_trial": settings.cpus_per_trial or None, "gpus_per_trial": settings.gpus_per_trial}
-    for key, value in asked.items():
-        if value is not None and getattr(packed, key) != value:
-            raise TunerError(f"--resume: {record_file} has packing.{key} {getattr(packed, key)!r}, this run {value!r} "
-                             f"(--{key.replace('_', '-')}): resume without it (the search packs as it started), "
-                             "or pass --overwrite to start again")
-    if settings.address is None and (packed.cpus_per_trial > (os.cpu_count() or 1)
-                                     or packed.gpus_per_trial > torch.cuda.device_count()):
-        raise TunerError(f"--resume: {record_file} packs {packed.cpus_per_trial:g} CPUs and {packed.gpus_per_trial:g} "
-                         f"GPUs per trial, more than this machine has ({os.cpu_count()} CPUs, "
-                         f"{torch.cuda.device_count()} GPUs); trials would wait forever: resume where it started")
-
-
-def recorded_settings_of(record_file: Path) -> dict:
-    """A search's ``search_settings.yaml`` as a mapping ({} when missing)."""
-    if not record_file.is_file():
-        return {}
-    try:
-        first = yaml.safe_load(record_file.read_text())
-    except yaml.YAMLError as error:
-        raise TunerError(f"{record_file}: not readable YAML ({str(error).splitlines()[0]})") from None
-    return first if isinstance(first, dict) else {}
-
-
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def check_resources(settings: RunSettings, cpus_per_node: int, gpus_per_node: float) -> None:
-    """A trial asking for more than any node has would wait forever: refuse it."""
-    gpus = settings.gpus_per_trial or 0.0
-    if settings.cpus_per_trial > cpus_per_node or gpus > gpus_per_node:
-        raise TunerError(f"--cpus-per-trial {settings.cpus_per_trial:g} / --gpus-per-trial "
-                         f"{gpus:g}: no Ray node has that many ({cpus_per_node} CPUs, "
-                         f"{gpus_per_node:g} GPUs at most); trials would wait forever")
-
-
-def stage_packing(stage: Stage, settings: RunSettings, space: SearchSpace, inputs, shapes: list[dict] | None,
-                  task: TaskData, trial_settings, cluster, resume: bool) -> packing.Packing:
-    """What each trial of ``stage`` gets: on --resume, what the search started with (``check_resumable`` refused
-    flags that differ); the flags' CPUs and GPUs when given; a whole node where nothing can be timed here (one
-    trial, one core, a joined cluster, GPUs the driver cannot reach) or the timing fails; else measured
-    (``tuner.packing``)."""
-    record_file = settings.stage_dir(stage.name) / SEARCH_SETTINGS
-    started = recorded_settings_of(record_file).get("packing") if resume else None
-    if started is not None:
-        return packing.recorded(started, str(record_file))
-    gpus = settings.gpus_per_trial
-    cpus, node_gpus = cluster.cpus_per_node, cluster.gpus_per_node
-    if settings.cpus_per_trial or gpus:
-        return packing.given(settings.cpus_per_trial, gpus if gpus is not None else (1.0 if node_gpus else 0.0),
-                             cpus, node_gpus)
-    on_gpu = node_gpus > 0 and gpus is None  # --gpus-per-trial 0: the CPUs' packing, measured
-    whole = packing.given(0, 1.0 if on_gpu else 0.0, cpus, node_gpus)
-    if resume:
-        return dataclasses.replace(whole, reason="as searches ran before tuner chose the packing")
-    unmeasured = ("a single trial" if settings.trials < 2 else "one core" if cpus < 2 and not on_gpu else
-                  "a joined cluster (its nodes' steps are not timed here: --cpus-per-trial packs them)"
-                  if settings.address else
-                  "the nodes' GPUs are not this driver's to time a trial on" if on_gpu and not torch.cuda.is_available()
-                  else None)
-    if unmeasured:
-        return dataclasses.replace(whole, reason=unmeasured)
-    config = packing.typical_config(stage, space, inputs, shapes)
-    try:
-        return packing.measure(stage, config, task, inputs, trial_settings, cpus, node_gpus if on_gpu else 0.0,
-                               settings.trials)
-    except Exception as exc:  # noqa: BLE001 - a trial that fails here fails in the search too, where Tune records it
-        log.warning("stage %s: timing a trial failed (%s); one trial per node", stage.name, first_line(exc))
-        return dataclasses.replace(whole, reason=f"timing a trial failed: {first_line(exc)}")
-
-
 def versions() -> dict:
     found = {}
     for name in VERSIONED:
@@ -195,11 +86,6 @@ def versions() -> dict:
         except metadata.PackageNotFoundError:
             found[name] = None
     return found
-
-
-def plain(fields: dict, drop: str | None = None) -> dict:
-    """Dataclass fields as YAML/JSON-ready values (paths as strings), less ``drop``."""
-    return {k: str(v) if isinstance(v, Path) else v for k, v in fields.items() if k != drop}
 
 
 def resolved_config(settings: RunSettings) -> dict:
@@ -294,7 +180,7 @@ def run(settings: RunSettings, echo=print) -> dict:
          + (f" (log in with the token in {cluster.token_file})" if cluster.token_file else ""))
     live = None
     try:
-        check_resources(settings, cluster.cpus_per_node, cluster.gpus_per_node)  # what a joined cluster has
+        packing.check_resources(settings, cluster.cpus_per_node, cluster.gpus_per_node)  # what a joined cluster has
         if settings.optuna_dashboard:
             live = LiveDashboard(Path(settings.results_dir), settings.dashboard_host)
             echo(f"Optuna dashboard: {live.url}")
@@ -333,7 +219,7 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
         shutil.rmtree(stage_dir / "search", ignore_errors=True)
     resume = settings.resume and (stage_dir / "search").is_dir()  # else: start it
     profile_settings = train_settings(settings.profile, stage.epochs(settings.profile), settings.seed, 1)
-    packed = stage_packing(stage, settings, sampled, inputs, shapes, task, profile_settings, cluster, resume)
+    packed = packing.for_stage(stage, settings, sampled, inputs, shapes, task, profile_settings, cluster, resume)
     if not resume:
         search.reset_study(Path(settings.results_dir), stage.name)
         stage_dir.mkdir(parents=True, exist_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import yaml
 from torch import nn
 
 from tuner.config import Profile, RunSettings, default_threads
@@ -126,3 +127,14 @@ def stage_inputs(stage: Stage, settings: RunSettings, task: TaskData, teacher: n
                            teacher=teacher if stage.needs_teacher else None, vocab_size=vocab_size,
                            device=select_device(), ranges=dict(ranges or {}))
     return stage.prepare(context)
+
+
+def read_search_settings(record_file: Path) -> dict:
+    """A search's ``search_settings.yaml`` as a mapping ({} when missing)."""
+    if not record_file.is_file():
+        return {}
+    try:
+        first = yaml.safe_load(record_file.read_text())
+    except yaml.YAMLError as error:
+        raise TunerError(f"{record_file}: not readable YAML ({str(error).splitlines()[0]})") from None
+    return first if isinstance(first, dict) else {}
