@@ -107,6 +107,9 @@ def test_given_flags_win_and_say_so():
     whole = packing.given(0, 0.0, cpus_per_node=2, gpus_per_node=0)
     assert (whole.trials_at_once, whole.threads) == (1, 2)
     assert packing.recorded(chosen.record(), "s.yaml").record() == chosen.record()  # the recorded entry comes back
+    measured = packing.choose_cpu(0.1, 0.08, 2, GiB, None, 40, 1000)
+    assert packing.recorded(measured.described(), "s.yaml").record() == measured.record()
+    assert measured.described()["step_seconds"] == {"1": 0.1, "2": 0.08} and "sooner" in measured.described()["reason"]
     for damaged in ({"cpus_per_trial": 1}, {**chosen.record(), "threads": "many"}, {**chosen.record(), "threads": 0},
                     "text"):
         with pytest.raises(TunerError, match="^s.yaml: packing"):

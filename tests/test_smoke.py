@@ -33,7 +33,8 @@ def test_pipeline_writes_three_best_models(pipeline_run):
     cores = os.cpu_count() or 1  # the fixture's --cpus-per-trial: said in each stage's first line, and kept
     assert proc.stdout.count(f"1 trial at once per node, {cores} threads each (given by --cpus-per-trial") == 3
     assert yaml.safe_load((results / "student" / "search_settings.yaml").read_text())["packing"] == {
-        "cpus_per_trial": float(cores), "gpus_per_trial": 0.0, "threads": cores, "trials_at_once": 1}
+        "cpus_per_trial": float(cores), "gpus_per_trial": 0.0, "threads": cores, "trials_at_once": 1,
+        "reason": "given by --cpus-per-trial / --gpus-per-trial", "step_seconds": {}}
 
 
 def test_exported_yaml_has_three_entries_with_keys(pipeline_run):

@@ -72,6 +72,11 @@ class Packing:
         return {"cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial,
                 "threads": self.threads, "trials_at_once": self.trials_at_once}
 
+    def described(self) -> dict:
+        """``record`` with why it was chosen and the step times measured, as ``search_settings.yaml`` keeps it."""
+        return {**self.record(), "reason": self.reason,
+                "step_seconds": {str(k): round(v, 5) for k, v in self.step_seconds.items()}}
+
     def line(self) -> str:
         each = (f"{self.threads} thread{'s' * (self.threads != 1)}"
                 + (f" and {self.gpus_per_trial:g} GPU" if self.gpus_per_trial else ""))

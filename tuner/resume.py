@@ -28,7 +28,7 @@ def search_settings(stage: Stage, settings: RunSettings, space: SearchSpace,
     if stage.needs_teacher:
         record["teacher"] = str(teacher_folder(settings).resolve())
     if packed is not None:
-        record["packing"] = packed.record()
+        record["packing"] = packed.described()
     return record
 
 
