@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import sys
 from pathlib import Path
@@ -29,10 +30,14 @@ def value_text(entry: dict) -> str:
     return f"{entry['value']:g}{unit}" if unit in ("x", "%") or unit.startswith(" ") else f"{entry['value']:g} {unit}"
 
 
+def state(entry: dict) -> str:
+    return "met" if entry.get("met") else "missed" if entry.get("met") is False else "?"
+
+
 def verdict(entry: dict) -> str:
     if not entry.get("goal"):
         return ""
-    return f"{entry['goal']} ({'met' if entry.get('met') else 'missed' if entry.get('met') is False else '?'})"
+    return f"{entry['goal']} ({state(entry)})"
 
 
 def newest_first(entries: list[dict]) -> list[dict]:
@@ -49,33 +54,34 @@ SUBJECT = re.compile(r"^(?P<what>.+?) \((?P<subject>[^()]*)\)$")  # "int8 size: 
 
 def readme_rows(entries: list[dict]) -> list[tuple[str, str, str, str]]:
     """(figure, value, goal, commit) per README row, newest first. Figures one command wrote about one subject (the
-    last parenthesis of their measure) share a row: a front's members (``tuner.run --record`` writes one figure
-    each) as their names (L layers, E embedding rank), parameters and test F1, smallest first; any other group
-    as each figure with its goal. A figure alone keeps a row of its own."""
+    last parenthesis of their measure) against one peer share a row: a front's members (``tuner.run --record``
+    writes one figure each) as their names (L layers, E embedding rank), parameters and test F1, smallest first;
+    any other group as each figure with its goal. A figure alone keeps a row of its own, as measured."""
     groups: dict = {}
-    for e in newest_first(entries):
+    for index, e in enumerate(newest_first(entries)):
         member = FRONT_MEMBER.match(e["measure"])
         found = SUBJECT.match(e["measure"])
-        key = (("front", member["stage"], member["where"]) if member else
-               ("same run", found["subject"], e["command"], e["commit"]) if found else ("alone", e["measure"]))
+        key = (("front", member["stage"], member["where"], e["peer"]) if member else
+               ("same run", found["subject"], e["command"], e["commit"], e["peer"]) if found else ("alone", index))
         groups.setdefault(key, []).append(e)
     rows = []
     for key, group in groups.items():
         first = group[0]
         if key[0] == "front":
-            members = sorted((e.get("details", {}).get("parameters", 0), FRONT_MEMBER.match(e["measure"])["name"],
-                              e["value"]) for e in group)
+            members = sorted(((e.get("details") or {}).get("parameters") or math.inf,
+                              FRONT_MEMBER.match(e["measure"])["name"], e["value"]) for e in group)
             rows.append((f"{key[1]} front members ({key[2]}): parameters, test F1",
-                         "; ".join(f"{name} {parameters / 1e6:.1f}M {value:.4f}" for parameters, name, value in members),
+                         "; ".join(f"{name} {'?' if parameters == math.inf else f'{parameters / 1e6:.1f}M'} "
+                                   f"{'n/a' if value is None else f'{value:.4f}'}" for parameters, name, value in members),
                          "-", first["commit"]))
         elif len(group) == 1:
             rows.append((first["measure"], value_text(first), verdict(first) or "-", first["commit"]))
         else:
             goals = [e for e in group if e.get("goal")]
-            met = sum(bool(e.get("met")) for e in goals)
+            met = sum(e.get("met") is True for e in goals)
             rows.append((key[1], "; ".join(f"{SUBJECT.match(e['measure'])['what']}: {value_text(e)}"
-                                           + (f" (goal {e['goal']}, {'met' if e.get('met') else 'missed'})"
-                                              if e.get("goal") else "") for e in group),
+                                           + (f" (goal {e['goal']}: {state(e)})" if e.get("goal") else "")
+                                           for e in group),
                          f"{met} of {len(goals)} met" if goals else "-", first["commit"]))
     return rows
 

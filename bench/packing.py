@@ -60,7 +60,8 @@ def run(args) -> dict:
 def report(record: dict, command: str, started: str, minutes: float) -> str:
     lines = ["# Trials at once: tuner's chosen packing against one trial at a time", "",
              f"- command: `{command}`", f"- run: {started}, {minutes:.1f} minutes, {record['cores']} cores",
-             f"- each side: `python -m tuner.run {' '.join(record['flags'])} --quiet`", "",
+             f"- chosen: `python -m tuner.run {' '.join(record['flags'])} --quiet`; one at a time: the same with "
+             f"`--cpus-per-trial {record['cores']}`", "",
              "| side | trials at once | threads each | wall time, min | best val F1 | its test F1 | front hypervolume |",
              "|---|---|---|---|---|---|---|"]
     for name, side in record["sides"].items():
@@ -73,13 +74,20 @@ def report(record: dict, command: str, started: str, minutes: float) -> str:
 
 
 def packing_figures(record: dict, args) -> list:
+    """The wall-time ratio, held to no slower where tuner packed trials; where it chose one trial at a time, the two
+    sides are the same setting and the ratio is only the runs' noise (no goal)."""
     chosen, alone = (record["sides"][s] for s in SIDES)
     what = f"{chosen['stage']} search, `{' '.join(record['flags'])}`, {record['cores']} cores"
     ratio = round(chosen["wall_seconds"] / alone["wall_seconds"], 3)
+    packed = chosen["packing"]["trials_at_once"] > 1
     run = {"command": args.command, "started": args.started, "inputs": ()}
+    # the count chosen names the figure: a rerun that chooses another packing measures another setting
     return [headline(f"{what}: wall time with the chosen packing ({chosen['packing']['trials_at_once']} at once) / one "
-                     "trial at a time", ratio, "x", goal="<= 1x", met=ratio <= 1, peer="the same search one trial "
-                     "at a time (--cpus-per-trial all cores)", chosen_minutes=round(chosen["wall_seconds"] / 60, 1),
+                     "trial at a time", ratio, "x",
+                     goal="<= 1x" if packed else None, met=ratio <= 1 if packed else None,
+                     peer="the same search one trial at a time (--cpus-per-trial all cores)",
+                     threads=chosen["packing"]["threads"],
+                     chosen_minutes=round(chosen["wall_seconds"] / 60, 1),
                      alone_minutes=round(alone["wall_seconds"] / 60, 1), chosen_test_f1=round(chosen["test_f1"], 4),
                      alone_test_f1=round(alone["test_f1"], 4), chosen_hypervolume=chosen["hypervolume"],
                      alone_hypervolume=alone["hypervolume"], **run)]
@@ -93,12 +101,15 @@ def main(argv=None) -> int:
     output_flags(parser, "packing.md")
     parser.add_argument("--quick", action="store_true", help="smoke mode: writes to a temporary folder")
     args = parser.parse_args(own)
-    if not flags or "--stage" not in flags:
+    named = [flag.split("=", 1)[0] for flag in flags]
+    stage = [value for flag, value in zip(flags, flags[1:] + [""]) if flag == "--stage"] + \
+        [flag.split("=", 1)[1] for flag in flags if flag.startswith("--stage=")]
+    if not stage:
         parser.error("give the search after --, such as: -- --stage teacher --trials 4 --profile cpu --data DIR")
-    if flags[flags.index("--stage") + 1:][:1] == ["all"]:
+    if "all" in stage:
         parser.error("--stage all: time one stage at a time (its packing is chosen per stage)")
     for taken in ("--cpus-per-trial", "--gpus-per-trial", "--results-dir", "--resume", "--overwrite", "--quiet"):
-        if taken in flags:
+        if taken in named:
             parser.error(f"{taken}: the benchmark sets it for each side")
     args.flags = flags
     args.command = command_line("packing.py", argv)

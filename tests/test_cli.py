@@ -51,15 +51,16 @@ def test_flag_hint_names_the_flag_behind_a_recorded_setting(key, hint):
 
 def fake_search(results, stage, settings_args, capsys):
     """A search folder and its search_settings.yaml as ``tuner.run`` writes them, without running the search."""
-    from tuner import pipeline
+    from tuner.resume import search_settings
     from tuner.spaces import load_space
+    from tuner.task import SEARCH_SETTINGS
 
     settings = run.settings_from(run.parser().parse_args(["--stage", stage, *map(str, settings_args)]), False)
     (stage_obj,) = settings.stages
     space = load_space(stage_obj, settings.space_file(stage))
     (results / stage / "search").mkdir(parents=True)
-    (results / stage / pipeline.SEARCH_SETTINGS).write_text(
-        yaml.safe_dump(pipeline.search_settings(stage_obj, settings, space), sort_keys=False))
+    (results / stage / SEARCH_SETTINGS).write_text(
+        yaml.safe_dump(search_settings(stage_obj, settings, space), sort_keys=False))
 
 
 @pytest.mark.parametrize("flag, value, key", [("--trials", 3, "trials"), ("--epochs", 3, "profile.epochs"),

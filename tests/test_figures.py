@@ -169,6 +169,27 @@ def test_figures_one_run_wrote_about_one_subject_share_a_row():
                figures.headline("teacher: test F1", 0.81, "F1", "x")]
     entries[2]["measure"] = "int8 size (teacher best)"
     rows = headlines.readme_rows(entries)
-    assert rows[0] == ("student best", "int8 size: 3.9x (goal >= 3.5x, met); int8 test F1 minus float's: "
-                       "-0.55 points (goal >= -0.3 points, missed)", "1 of 2 met", entries[0]["commit"])
+    assert rows[0] == ("student best", "int8 size: 3.9x (goal >= 3.5x: met); int8 test F1 minus float's: "
+                       "-0.55 points (goal >= -0.3 points: missed)", "1 of 2 met", entries[0]["commit"])
     assert [row[0] for row in rows[1:]] == ["int8 size (teacher best)", "teacher: test F1"]  # alone: as measured
+
+
+def test_rows_never_group_figures_without_a_subject_or_across_peers():
+    student = [figures.headline("distillation F1 minus the peer's", v, " points", "python bench/student.py",
+                                peer=peer) for v, peer in ((0.1, "default"), (0.2, "tuned"))]
+    peers = [figures.headline("teacher search speed (real tokens/s)", v, "x", "python bench/run_benchmarks.py",
+                              peer=peer, goal=">= 2x", met=None) for v, peer in ((2.5, "default"), (1.1, "tuned"))]
+    peers.append(figures.headline("epoch speed (real tokens/s)", 1.3, "x", "python bench/run_benchmarks.py",
+                                  peer="default", goal=">= 2x", met=False))
+    rows = headlines.readme_rows(student + peers)
+    assert [row[1] for row in rows if row[0].startswith("distillation")] == ["0.1 points", "0.2 points"]
+    grouped = [row for row in rows if row[0] == "real tokens/s"]
+    assert len(grouped) == 1 and grouped[0][2] == "0 of 2 met" and "(goal >= 2x: ?)" in grouped[0][1]
+    assert any(row[1] == "1.1x" for row in rows)  # the tuned peer's figure keeps a row of its own
+
+
+def test_a_front_member_without_its_size_sorts_last():
+    sized = member_figure("L1-E64", 3_000_000, 0.71)
+    unsized = member_figure("L2-E64", 0, 0.73)
+    unsized.pop("details", None)
+    assert headlines.readme_rows([unsized, sized])[0][1] == "L1-E64 3.0M 0.7100; L2-E64 ? 0.7300"

@@ -10,9 +10,10 @@ import torch
 import yaml
 
 from tests.conftest import run_main, snapshot
-from tuner import packing, pipeline, registry, run
+from tuner import packing, registry, resume, run
 from tuner.config import RunSettings, resolve_profile, train_settings
 from tuner.errors import TunerError
+from tuner.task import SEARCH_SETTINGS
 from tuner.search.cluster import ClusterInfo
 from tuner.spaces import Param, SearchSpace
 
@@ -217,11 +218,11 @@ def test_a_failed_timing_falls_back_to_one_trial_per_node(packing_of):
 def test_a_resumed_search_packs_as_it_started(packing_of):
     record = packing.Packing(1.0, 0.0, 1, 2, "measured").record()
     packing_of.folder.mkdir()
-    (packing_of.folder / pipeline.SEARCH_SETTINGS).write_text(yaml.safe_dump({"packing": record}))
+    (packing_of.folder / SEARCH_SETTINGS).write_text(yaml.safe_dump({"packing": record}))
     for flags in ({}, {"cpus_per_trial": 1}):
         resumed = packing_of(resume=True, **flags)
         assert resumed.record() == record and "as the search started" in resumed.reason
-    (packing_of.folder / pipeline.SEARCH_SETTINGS).write_text(yaml.safe_dump({"trials": 4}))
+    (packing_of.folder / SEARCH_SETTINGS).write_text(yaml.safe_dump({"trials": 4}))
     older = packing_of(resume=True)
     assert older.trials_at_once == 1 and "before tuner chose" in older.reason  # from before packing: a node each
     assert not packing_of.calls
@@ -243,14 +244,14 @@ def test_resume_refuses_flags_and_records_it_cannot_pack(tmp_path, conll_dir, ca
     stage = registry.by_name("teacher")
     space = load_space(stage, settings.space_file("teacher"))
     (results / "teacher" / "search").mkdir(parents=True)
-    record = pipeline.search_settings(stage, settings, space, packing.Packing(1.0, 0.0, 1, 2, "measured"))
+    record = resume.search_settings(stage, settings, space, packing.Packing(1.0, 0.0, 1, 2, "measured"))
     record["packing"] = recorded or record["packing"]
-    (results / "teacher" / pipeline.SEARCH_SETTINGS).write_text(yaml.safe_dump(record, sort_keys=False))
+    (results / "teacher" / SEARCH_SETTINGS).write_text(yaml.safe_dump(record, sort_keys=False))
     before = snapshot(results)
     rebuilt = run.settings_from(run.parser().parse_args(
         ["--stage", "teacher", *map(str, common), "--resume", *map(str, flags)]), False)
     if not refused:
-        pipeline.check_resumable(stage, rebuilt, space)
+        resume.check_resumable(stage, rebuilt, space)
         return
     status, _, err = run_main(run.main, "--stage", "teacher", *common, "--resume", *flags, capsys=capsys)
     assert status == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err

@@ -306,9 +306,12 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
     with open(results / "student" / "trials.csv") as handle:
         trials = list(csv.DictReader(handle))
     assert rows and len(trials) == 6
-    # no --cpus-per-trial: the packing tuner measured, kept for --resume, within the machine
+    # no --cpus-per-trial: the packing tuner measured (not a fallback), kept for --resume, within the machine
     packed = yaml.safe_load((results / "student" / "search_settings.yaml").read_text())["packing"]
-    assert packed["trials_at_once"] * packed["threads"] <= (os.cpu_count() or 1) and packed["gpus_per_trial"] == 0
+    cores = os.cpu_count() or 1
+    assert packed["trials_at_once"] * packed["threads"] <= cores and packed["gpus_per_trial"] == 0
+    if cores > 1:
+        assert set(packed["step_seconds"]) == {"1", str(cores)} and "measured in" in packed["reason"], packed
     teacher = load_model(results / "teacher" / "best")
     for trial in trials:  # nothing over the budget was trained
         assert int(float(trial["parameters"])) <= 5_000_000

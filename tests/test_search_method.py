@@ -113,9 +113,9 @@ def test_search_settings_come_from_the_run_settings_and_say_whether_the_search_i
                            seed=3, results_dir="out", gpus_per_trial=0.5, max_failures=2, quiet=True,
                            process_per_trial=True, objectives=("f1", "params"))
     shapes, warm = [{"num_layers": 1, "factor_dim": 8}], {"learning_rate": 1e-4}
-    packed = Packing(cpus_per_trial=2, gpus_per_trial=0.5, threads=2, trials_at_once=2, reason="given")
+    packed = Packing(cpus_per_trial=2, gpus_per_trial=0.25, threads=2, trials_at_once=4, reason="measured")
     plan = SearchSettings.of(settings, packed=packed, resume=True, shapes=shapes, warm_start=warm)
-    assert plan == SearchSettings(trials=6, seed=3, results_dir=Path("out"), cpus_per_trial=2, gpus_per_trial=0.5,
+    assert plan == SearchSettings(trials=6, seed=3, results_dir=Path("out"), cpus_per_trial=2, gpus_per_trial=0.25,
                                   max_failures=2, resume=True, quiet=True, reuse_actors=False,
                                   objectives=("f1", "params"), shapes=shapes, method=DEFAULT_METHOD, warm_start=warm)
     assert plan.front

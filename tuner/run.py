@@ -38,11 +38,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=seed_int, default=0, help="seeds the split, the sampler, the heads and the data order")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--cpus-per-trial", type=float, default=0.0,
-                   help="CPUs per trial; 0: with --gpus-per-trial the same share of a node's CPUs, without it "
-                        "chosen per stage from a measured training step (trials at once, threads each)")
+                   help="CPUs per trial; 0: with --gpus-per-trial above 0 the same share of a node's CPUs, else "
+                        "chosen per stage from a measured training step (a node per trial with one trial, one core, "
+                        "--address or a failed timing); --resume keeps what the search started with")
     p.add_argument("--gpus-per-trial", type=float,
                    help="GPUs per trial, fractions allowed (default: chosen per stage from the trial's GPU memory "
-                        "with CUDA; 1 with --cpus-per-trial; else 0)")
+                        "with CUDA; 1 with --cpus-per-trial; 0 measures the CPUs' packing)")
     p.add_argument("--address", help="join an existing Ray cluster (e.g. auto or 127.0.0.1:6379)")
     p.add_argument("--dashboard-host", default="127.0.0.1", help="interface the Ray dashboard listens on")
     p.add_argument("--optuna-dashboard", action="store_true",
@@ -64,7 +65,8 @@ def parser() -> argparse.ArgumentParser:
                         "or best (the search's best checkpoint only)")
     p.add_argument("--quiet", action="store_true", help="print only the final summary")
     p.add_argument("--record", type=Path, metavar="FILE",
-                   help="append this run's figures (each stage's best F1 and size, each front member, the search's "
+                   help="add this run's figures (each stage's best F1 and size, each front member, replacing an earlier "
+                        "front's of the same settings, the search's "
                         "minutes) to FILE, such as results/benchmarks.json, with the command, commit, date and machine")
     add_profile_flags(p)
     return p

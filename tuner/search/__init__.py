@@ -22,7 +22,7 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
 from tuner.config import SHAPE  # noqa: E402
 from tuner.search.asha import RememberingASHA, RungMemory  # noqa: E402
 from tuner.search.cluster import (AUTH_TOKEN, ClusterInfo, check_reachable, dashboard_missing,  # noqa: E402
-                                  dashboard_port, first_line, start_ray, stop_ray, wait_for_interrupt)
+                                  dashboard_port, start_ray, stop_ray, wait_for_interrupt)
 from tuner.search.method import (DEFAULT_METHOD, FRONT_MARGIN, FRONT_REDUCTION_FACTOR, GRACE_SHARE,  # noqa: E402
                                  OPTUNA_STARTUP_TRIALS, REDUCTION_FACTOR, SearchMethod, grace_period, rung_epochs,
                                  startup_trials)
@@ -39,7 +39,7 @@ __all__ = [
     "AUTH_TOKEN", "DATABASE", "DEFAULT_METHOD", "EXPERIMENT", "FRONT_MARGIN", "FRONT_REDUCTION_FACTOR", "GRACE_SHARE",
     "OPTUNA_STARTUP_TRIALS", "REDUCTION_FACTOR", "RUNG_MEMORY", "SHAPE", "ClusterInfo", "EpochOptunaSearch",
     "ParetoASHA", "RememberingASHA", "RungMemory", "SearchMethod", "SearchOutcome", "SearchSettings", "ShapedSpace",
-    "best_checkpoint", "check_reachable", "check_storage", "dashboard_missing", "dashboard_port", "first_line",
+    "best_checkpoint", "check_reachable", "check_storage", "dashboard_missing", "dashboard_port",
     "grace_period", "optuna_distributions", "prune_checkpoints", "reset_study", "rung_epochs", "search",
     "search_algorithms", "shape_label", "spanning_shapes", "start_ray", "startup_trials", "stop_ray",
     "study_trials", "trial_id", "trials_table", "wait_for_interrupt",
