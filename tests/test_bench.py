@@ -333,3 +333,49 @@ def test_curves_records_continues_and_keeps_the_warm_start(pipeline_run, conll_d
     assert proc.stdout.count("student config") == 1  # only the third was trained
     grown = json.loads(out.read_text())
     assert grown["configs"][:2] == first["configs"] and grown["configs"][2]["index"] == 2
+
+
+PACKING_RECORD = {"flags": ["--stage", "teacher", "--trials", "4"], "cores": 2, "sides": {
+    "chosen": {"wall_seconds": 192.0, "stage": "teacher", "packing": {"trials_at_once": 2, "threads": 1},
+               "val_f1": 0.82, "test_f1": 0.81, "hypervolume": None},
+    "one at a time": {"wall_seconds": 300.0, "stage": "teacher", "packing": {"trials_at_once": 1, "threads": 2},
+                      "val_f1": 0.83, "test_f1": 0.82, "hypervolume": None}}}
+
+
+def test_packing_benchmark_reports_both_sides_and_holds_only_a_packed_search_to_its_goal():
+    from types import SimpleNamespace
+
+    from bench import packing
+
+    args = SimpleNamespace(command="python bench/packing.py -- --stage teacher --trials 4", started=None)
+    text = packing.report(PACKING_RECORD, args.command, "now", 8.2)
+    assert "| chosen | 2 | 1 | 3.2 | 0.8200 | 0.8100 | - |" in text and "`--cpus-per-trial 2`" in text
+    assert "0.640x" in text
+    (figure,) = packing.packing_figures(PACKING_RECORD, args)
+    assert figure["value"] == 0.64 and figure["met"] is True and "(2 at once)" in figure["measure"]
+    alone = json.loads(json.dumps(PACKING_RECORD))
+    alone["sides"]["chosen"]["packing"] = {"trials_at_once": 1, "threads": 2}
+    (figure,) = packing.packing_figures(alone, args)
+    assert figure["goal"] is None and figure["met"] is None  # the same setting twice: the ratio is noise
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], "give the search after --"), (["--", "--stage", "all"], "--stage all"),
+    (["--", "--stage=all"], "--stage all"), (["--", "--stage", "teacher", "--cpus-per-trial", "1"], "--cpus-per-trial"),
+    (["--", "--stage", "teacher", "--results-dir=x"], "--results-dir")])
+def test_packing_benchmark_refuses_what_it_sets_itself(flags, message, capsys):
+    from bench import packing
+
+    status, _, err = run_main(packing.main, "--quick", *flags, capsys=capsys)
+    assert status == 2 and err.strip().splitlines() == [err.strip()] and message in err
+
+
+def test_suite_benchmark_reads_pytest_and_the_ray_count():
+    from bench import suite
+
+    out = "....\nRay started 26 time(s) in this run (new session folders in /tmp/ray)\n278 passed in 1370.58s (0:22:50)\n"
+    assert suite.summary(out) == {"passed": 278, "pytest_seconds": 1370.58, "ray_starts": 26}
+    fast = "Ray started 0 time(s) in this run\n270 passed, 31 deselected in 53.51s\n"
+    assert suite.summary(fast)["passed"] == 270
+    with pytest.raises(suite.BenchError):
+        suite.summary("2 failed in 3.1s\n")
