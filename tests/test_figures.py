@@ -105,6 +105,19 @@ def test_a_runs_figures_are_its_best_models_or_its_front_members():
     assert hypervolume["details"]["val"] == 0.61 and hypervolume["details"]["members"] == 2
 
 
+def test_every_figure_a_run_makes_can_be_recorded(tmp_path):
+    """What ``tuner.run --record`` does after a search: all of a front's figures pass ``figures.record``'s checks
+    (a figure without a unit was refused after a 40-trial front search had finished, and nothing was written)."""
+    from tuner.run import run_figures
+
+    record = {"stage": "student", "profile": "cpu", "trials": 40, "split": "report", "test_f1": 0.85,
+              "val_f1": 0.87, "parameters": 10_000_000, "search_wall_seconds": 600.0, "seed": 0, "data": "d",
+              "pareto": [{"name": "1.20M-L1-E32-abc", "test_f1": 0.7, "val_f1": 0.72, "parameters": 1_200_000}],
+              "hypervolume": {"val": 0.61, "test": 0.58, "reference": [1.0, 0.0]}}
+    entries = run_figures(record, "python -m tuner.run --stage student --objectives f1,params")
+    assert len(figures.record(entries, tmp_path / "benchmarks.json")) == 2
+
+
 def test_deploy_figures_compare_int8_with_pytorch_float32():
     from tuner.deploy import deploy_figures
 

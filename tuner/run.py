@@ -104,7 +104,7 @@ def run_figures(record: dict, command: str, started: dict | None = None) -> list
         return members
     return members + [figures.headline(
         f"{record['stage']} front hypervolume in (parameter share of the teacher, test F1) ({where})",
-        volume["test"], "", command, seeds=1, inputs=(record["data"],), started=started, val=volume["val"],
+        volume["test"], " (share x F1)", command, seeds=1, inputs=(record["data"],), started=started, val=volume["val"],
         reference=volume["reference"], members=len(record["pareto"]), **details)]
 
 
