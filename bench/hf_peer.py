@@ -22,7 +22,6 @@ Run by bench/run_benchmarks.py; every sub-command takes --data, the sizes and --
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -40,7 +39,7 @@ from seqeval.metrics import f1_score  # noqa: E402
 from transformers import (AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer,  # noqa: E402
                           TrainerCallback, TrainingArguments)
 
-from tuner.config import IGNORE_INDEX  # noqa: E402
+from tuner.config import IGNORE_INDEX, usable_cpus  # noqa: E402
 from tuner.data import CONLL_LABELS  # noqa: E402
 from tuner.models import cut_student, load_model, load_tokenizer, packaged_minilm_path  # noqa: E402
 from tuner.spaces import load_space  # noqa: E402
@@ -164,14 +163,14 @@ def search(args) -> dict:
                           eval_dataset=hf_dataset(sentences["validation"], tokenizer, max_length),
                           data_collator=DataCollatorForTokenClassification(tokenizer),
                           processing_class=tokenizer, compute_metrics=compute_metrics)
-        ray.init(address="local", num_cpus=os.cpu_count(), _node_ip_address="127.0.0.1", include_dashboard=False,
+        ray.init(address="local", num_cpus=usable_cpus(), _node_ip_address="127.0.0.1", include_dashboard=False,
                  log_to_driver=False)
         try:
             started = time.perf_counter()
             best = trainer.hyperparameter_search(
                 hp_space=lambda _: domains, compute_objective=lambda metrics: metrics["eval_f1"],
                 n_trials=trials, direction="maximize", backend="ray", **algorithms,
-                resources_per_trial={"cpu": os.cpu_count()}, storage_path=work, name="hf_search", verbose=0)
+                resources_per_trial={"cpu": usable_cpus()}, storage_path=work, name="hf_search", verbose=0)
             wall = time.perf_counter() - started
             frames = best.run_summary.trial_dataframes
         finally:

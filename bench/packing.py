@@ -14,7 +14,6 @@ smoke mode (writes to a temporary folder; the flags still say what runs).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (ROOT, BenchError, OneLineParser, command_line, measure_and_publish,  # noqa: E402
                           output_flags, settle_outputs)
+from tuner.config import usable_cpus  # noqa: E402
 from tuner.figures import headline  # noqa: E402
 
 SIDES = ("chosen", "one at a time")
@@ -51,7 +51,7 @@ def search(name: str, work: Path, flags: list[str], *extra: str) -> dict:
 
 def run(args) -> dict:
     args.work.mkdir(parents=True, exist_ok=True)
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     sides = {SIDES[0]: search(SIDES[0], args.work, args.flags),
              SIDES[1]: search(SIDES[1], args.work, args.flags, "--cpus-per-trial", str(cores))}
     return {"flags": args.flags, "cores": cores, "sides": sides}

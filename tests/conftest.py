@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +16,32 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+# Under pytest-xdist (scripts/setup_and_test.sh runs `-n 2 --dist loadgroup`) each worker runs on a core of its own,
+# and so does all it starts: tuner sees one usable CPU (tuner.config.usable_cpus), its Ray one CPU, a trial one
+# thread, so two workers' trainings never share a core's threads. Set before torch sizes its thread pool.
+if os.environ.get("PYTEST_XDIST_WORKER") and hasattr(os, "sched_setaffinity"):
+    _cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {_cpus[int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")) % len(_cpus)]})
+
+
+def _held(port: int):
+    """A listening socket on 127.0.0.1:``port``, or None where another worker holds it."""
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        held.bind(("127.0.0.1", port))
+        held.listen()
+        return held
+    except OSError:
+        held.close()
+        return None
+
+
+# Two workers' searches starting together would both find Ray's dashboard port (8265) and optuna-dashboard's
+# (8080) free, and the second to bind fails; held here, every search takes a port the OS picks for it.
+HELD_PORTS = [_held(port) for port in (8265, 8080)] if os.environ.get("PYTEST_XDIST_WORKER") else []
+
+from tuner.config import usable_cpus  # noqa: E402 - after the worker's pinning
 
 ROOT = Path(__file__).resolve().parent.parent
 # ../shared beside the checkout (CI, a developer's machine), else shared/ inside it (a copy that carries it, as
@@ -41,6 +68,18 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 RAY_BEFORE = pytest.StashKey[set]()
+
+# The session runs the tests read. Under pytest-xdist's `--dist loadgroup` (scripts/setup_and_test.sh runs two
+# workers) every test that reads one runs in the same worker, so each run is still made once.
+SHARED_RUNS = ("minilm_run", "pipeline_run")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        shared = [name for name in SHARED_RUNS if name in item.fixturenames]
+        if shared:
+            item.add_marker(pytest.mark.xdist_group("+".join(shared)))
 
 
 def _stage_names() -> tuple:
@@ -90,10 +129,16 @@ def run_main(main, *args, capsys) -> tuple[int, str, str]:
     return status, out, err
 
 
-def run_cli(*args, module="tuner.run", timeout=600):
+def run_cli(*args, module="tuner.run", timeout=600, one_core=False):
+    """``python -m module args``; ``one_core``: on the first CPU this process may use only, so the command sees a
+    one-core machine (one trial at a time, one thread), whatever machine or worker runs the suite."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, env=env, cwd=ROOT)
+                          timeout=timeout, env=env, cwd=ROOT, preexec_fn=on_one_core if one_core else None)
+
+
+def on_one_core() -> None:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
 
 
 def snapshot(folder: Path) -> dict:
@@ -107,16 +152,16 @@ def copied(folder: Path, to: Path, *parts: str) -> Path:
     return to
 
 
-def searched(*args):
+def searched(*args, one_core=False):
     """``tuner.run`` with ``args``, which must succeed: the finished process (its output for the tests)."""
-    proc = run_cli(*args)
+    proc = run_cli(*args, one_core=one_core)
     assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
     return proc
 
 
-# One trial at a time on every core, as given flags: the pinned numbers (threads change float sums) and the
-# same-seed runs must not depend on what tuner.packing measures on a loaded machine.
-WHOLE_NODE = ("--cpus-per-trial", os.cpu_count() or 1)
+# One trial at a time on every usable core, as given flags: the same-seed runs must not depend on what
+# tuner.packing measures on a loaded machine. The pinned numbers also run on one core (threads change float sums).
+WHOLE_NODE = ("--cpus-per-trial", usable_cpus())
 
 
 @pytest.fixture(scope="session")
@@ -125,7 +170,7 @@ def pipeline_run(tmp_path_factory, conll_dir):
     read it; one that writes works on a copy (``copied``)."""
     results = tmp_path_factory.mktemp("pipeline") / "results"
     return results, searched("--stage", "all", "--trials", 2, "--profile", "smoke", "--data", conll_dir,
-                             "--results-dir", results, *WHOLE_NODE)
+                             "--results-dir", results, "--cpus-per-trial", 1, one_core=True)
 
 
 # The MiniLM pipeline's sizes: enough sentences that the packaged MiniLM learns entities in 2 epochs, so every
@@ -140,4 +185,4 @@ def minilm_run(tmp_path_factory, conll_dir):
     (the deploy and front tests start from it) and its golden numbers."""
     results = tmp_path_factory.mktemp("minilm") / "results"
     return results, searched("--stage", "all", "--trials", 2, *MINILM_SIZES, "--data", conll_dir,
-                             "--results-dir", results, "--quiet", *WHOLE_NODE)
+                             "--results-dir", results, "--quiet", "--cpus-per-trial", 1, one_core=True)

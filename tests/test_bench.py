@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.conftest import ROOT, run_main, snapshot
+from tests.conftest import ROOT, copied, run_main, snapshot
 
 
 def run_bench(*args, timeout=900):
@@ -30,11 +30,7 @@ def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     work = Path(re.search(r"work folder (\S+)", proc.stdout).group(1))
     work_files = {path.name: path.read_text() for path in work.glob("repeat-1/*.json")}
-    try:
-        student_search_table(work, conll_dir, tmp_path / "student" / "student.md")
-        student_seeds_table(work, conll_dir, tmp_path / "seeds" / "student-seeds.md")
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(work, ignore_errors=True)
     text = report.read_text()
     recorded = json.loads((tmp_path / "benchmarks.json").read_text())["headlines"]  # beside the report
     assert {e["peer"] for e in recorded} >= {"default", "tuned"}
@@ -92,8 +88,17 @@ def tuned_peer_measured(work_files: dict, text: str) -> None:
     assert re.search(r"it ran, per repeat: default: random; tuned: (random|length)\.", text)
 
 
+@pytest.mark.slow
+def test_student_benchmark_on_a_kept_work_folder(minilm_run, tmp_path, conll_dir):
+    """bench/student.py reads a kept work folder's repeats: here one whose teacher and student are the MiniLM
+    pipeline's, laid out as `python -m bench peers --keep` keeps them."""
+    work = copied(minilm_run[0], tmp_path / "work" / "repeat-1" / "tuner", "teacher/best", "student/best").parent.parent
+    student_search_table(work, conll_dir, tmp_path / "student" / "student.md")
+    student_seeds_table(work, conll_dir, tmp_path / "seeds" / "student-seeds.md")
+
+
 def student_search_table(work: Path, conll_dir, report: Path) -> None:
-    """bench/student.py on the quick benchmark's kept teacher: both sides again, one row per seed and online
+    """bench/student.py on the kept teacher: both sides again, one row per seed and online
     batching, tuner's student on length-grouped batches in a folder of its own. Its figures go beside the report."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     proc = subprocess.run([sys.executable, "-m", "bench", "student", "--quick", "--work", work, "--data", conll_dir,
@@ -121,7 +126,7 @@ def student_search_table(work: Path, conll_dir, report: Path) -> None:
 
 
 def student_seeds_table(work: Path, conll_dir, report: Path) -> None:
-    """bench/student.py --seeds on the quick benchmark's kept teacher and student config: one paired row per student
+    """bench/student.py --seeds on the kept teacher and student config: one paired row per student
     seed (the repeat's own, then +10), each side's F1 from its own process, and the mean difference's interval."""
     def run(*extra):
         proc = subprocess.run([sys.executable, "bench/student.py", "--quick", "--seeds", "2", *extra, "--work",

@@ -4,12 +4,14 @@ keeps of it."""
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 
 import pytest
 import torch
 import yaml
 
-from tests.conftest import run_main, snapshot
+from tests.conftest import ROOT, on_one_core, run_main, snapshot
 from tuner import packing, registry, resume, run
 from tuner.config import RunSettings, resolve_profile, train_settings
 from tuner.errors import TunerError
@@ -230,7 +232,7 @@ def test_a_resumed_search_packs_as_it_started(packing_of):
 
 @pytest.mark.parametrize("flags, recorded, refused", [
     ((), None, None), (("--cpus-per-trial", 1), None, None), (("--gpus-per-trial", 0), None, None),
-    (("--cpus-per-trial", 2), None, "has packing.cpus_per_trial 1.0, this run 2.0 (--cpus-per-trial)"),
+    (("--cpus-per-trial", 0.5), None, "has packing.cpus_per_trial 1.0, this run 0.5 (--cpus-per-trial)"),
     ((), {"cpus_per_trial": 1.0}, "packing is damaged"),
     ((), {"cpus_per_trial": 4096.0, "gpus_per_trial": 0.0, "threads": 1, "trials_at_once": 1},
      "more than this machine has"),
@@ -257,3 +259,13 @@ def test_resume_refuses_flags_and_records_it_cannot_pack(tmp_path, conll_dir, ca
     assert status == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert refused in err and "search_settings.yaml" in err
     assert snapshot(results) == before
+
+
+def test_tuner_counts_the_cpus_this_process_may_use():
+    """Pinned to one core (taskset, a cgroup cpuset, a test worker), tuner sees one CPU: a trial's default threads
+    and the CPUs it gives Ray, whatever the machine has."""
+    code = ("from tuner.config import default_threads, usable_cpus; from tuner.search import cluster; "
+            "print(usable_cpus(), default_threads(0), cluster.usable_cpus())")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          preexec_fn=on_one_core)
+    assert proc.stdout.split() == ["1", "1", "1"], proc.stderr[-2000:]

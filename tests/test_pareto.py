@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from types import SimpleNamespace
 
 import optuna
 import pytest
 import yaml
 
-from tests.conftest import MINILM_SIZES, ROOT, copied, run_cli, run_main, searched, snapshot, write
+from tests.conftest import MINILM_SIZES, ROOT, copied, run_cli, run_main, searched, snapshot, usable_cpus, write
 from tuner import pareto
 
 # (F1, -parameters in millions): to maximise both
@@ -308,7 +307,7 @@ def test_front_search_writes_a_non_dominated_front_that_reproduces(front_run):
     assert rows and len(trials) == 6
     # no --cpus-per-trial: the packing tuner measured (not a fallback), kept for --resume, within the machine
     packed = yaml.safe_load((results / "student" / "search_settings.yaml").read_text())["packing"]
-    cores = os.cpu_count() or 1
+    cores = usable_cpus()
     assert packed["trials_at_once"] * packed["threads"] <= cores and packed["gpus_per_trial"] == 0
     if cores > 1:
         assert set(packed["step_seconds"]) == {"1", str(cores)} and "measured in" in packed["reason"], packed

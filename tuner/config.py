@@ -213,11 +213,20 @@ def train_settings(profile: Profile, epochs: int, seed: int, threads: int, devic
                          batches=profile.batches)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask (taskset, a cgroup cpuset, a batch scheduler's
+    allocation, a pinned test worker), which ``os.cpu_count()`` ignores; the machine's count where there is none."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # no affinity call (macOS, Windows)
+        return max(1, os.cpu_count() or 1)
+
+
 def default_threads(cpus_per_trial: float) -> int:
     """Torch threads for one trial: its CPU share, at least one."""
     if cpus_per_trial > 0:
         return max(1, int(cpus_per_trial))  # a fractional share packs trials: one thread each
-    return max(1, os.cpu_count() or 1)
+    return usable_cpus()
 
 
 def plain(fields: dict, drop: str | None = None) -> dict:

@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from tuner import figures, registry
 from tuner.cli import entry_point, int_at_least, positive_int, results_parser
+from tuner.config import usable_cpus
 from tuner.errors import TunerError
 from tuner.int8 import FallbackSearch, paired_bootstrap
 from tuner.task import BEST, RESULT_FILE
@@ -306,7 +306,7 @@ def main(argv=None) -> int:
                         help="the stage whose best model to deploy; all: every searched stage")
     parser.add_argument("--max-f1-drop", type=non_negative_float, default=0.3,
                         help="F1 points int8 may lose on validation against PyTorch float32")
-    parser.add_argument("--threads", type=positive_int, default=os.cpu_count() or 1,
+    parser.add_argument("--threads", type=positive_int, default=usable_cpus(),
                         help="CPU threads of PyTorch and ONNX Runtime while scoring and timing")
     parser.add_argument("--latency-sentences", type=positive_int, default=300,
                         help="test sentences timed one at a time (and in batches of 32)")

@@ -9,7 +9,6 @@ import dataclasses
 import importlib.util
 import json
 import logging
-import os
 import shutil
 from dataclasses import asdict
 from importlib import metadata
@@ -19,7 +18,7 @@ import torch
 import yaml
 
 from tuner import export, packing, registry
-from tuner.config import METRIC, RunSettings, plain, searches_front, train_settings
+from tuner.config import METRIC, RunSettings, plain, searches_front, train_settings, usable_cpus
 from tuner.data import TaskData
 from tuner.errors import TunerError
 from tuner.deploy import DEPLOY
@@ -63,7 +62,7 @@ def check_inputs(settings: RunSettings):
         if config is not None:
             check_shapes(stage, spaces[stage.name], settings.objectives, config)
     if settings.address is None:  # a local Ray gets this machine's CPUs and GPUs
-        packing.check_resources(settings, os.cpu_count() or 1, torch.cuda.device_count())
+        packing.check_resources(settings, usable_cpus(), torch.cuda.device_count())
     experiments = {stage.name: settings.stage_dir(stage.name) / "search" for stage in settings.stages}
     if settings.resume and not any(e.is_dir() for e in experiments.values()):
         raise TunerError(f"--resume: no search to resume at {next(iter(experiments.values()))}")
@@ -190,7 +189,7 @@ def run(settings: RunSettings, echo=print) -> dict:
     except OSError as exc:  # the dashboard's port
         search.stop_ray()
         raise TunerError(f"--optuna-dashboard: cannot listen on {settings.dashboard_host} ({exc.strerror})") from None
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(usable_cpus())
     records = {}
     try:
         for stage in settings.stages:

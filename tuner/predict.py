@@ -9,11 +9,11 @@ separated by spaces (as in CoNLL).
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 from tuner.cli import OneLineParser, entry_point
+from tuner.config import usable_cpus
 from tuner.errors import TunerError
 
 
@@ -42,7 +42,7 @@ def tag_lines(model_path: Path, lines: list[str], batch_size: int = 32) -> list[
     if onnx_file:
         from tuner import onnx_io
 
-        forward = onnx_io.forward(onnx_io.session(model_path, os.cpu_count() or 1))
+        forward = onnx_io.forward(onnx_io.session(model_path, usable_cpus()))
         try:
             config = AutoConfig.from_pretrained(folder)
         except (OSError, ValueError) as exc:

@@ -4,14 +4,13 @@ before anything runs again."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict
 
 import torch
 
 from tuner import packing
 from tuner.cli import flag_hint
-from tuner.config import RunSettings, plain
+from tuner.config import RunSettings, plain, usable_cpus
 from tuner.errors import TunerError
 from tuner.registry import Stage
 from tuner.spaces import SearchSpace
@@ -55,10 +54,10 @@ def check_resumable(stage: Stage, settings: RunSettings, space: SearchSpace) -> 
             raise TunerError(f"--resume: {record_file} has packing.{key} {getattr(packed, key)!r}, this run {value!r} "
                              f"(--{key.replace('_', '-')}): resume without it (the search packs as it started), "
                              "or pass --overwrite to start again")
-    if settings.address is None and (packed.cpus_per_trial > (os.cpu_count() or 1)
+    if settings.address is None and (packed.cpus_per_trial > usable_cpus()
                                      or packed.gpus_per_trial > torch.cuda.device_count()):
         raise TunerError(f"--resume: {record_file} packs {packed.cpus_per_trial:g} CPUs and {packed.gpus_per_trial:g} "
-                         f"GPUs per trial, more than this machine has ({os.cpu_count()} CPUs, "
+                         f"GPUs per trial, more than this machine has ({usable_cpus()} CPUs, "
                          f"{torch.cuda.device_count()} GPUs); trials would wait forever: resume where it started")
 
 

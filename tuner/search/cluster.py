@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import socket
 import time
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from pathlib import Path
 import ray
 import torch
 
+from tuner.config import usable_cpus
 from tuner.errors import TunerError, first_line
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def start_ray(address: str | None, dashboard_host: str, quiet: bool) -> ClusterI
             raise TunerError(f"--address {address}: cannot join a Ray cluster ({first_line(exc)})") from None
     else:
         # "local": a new Ray of our own, even when a cluster started by `ray start` is running here
-        context = ray.init(address="local", num_cpus=os.cpu_count(), num_gpus=torch.cuda.device_count(),
+        context = ray.init(address="local", num_cpus=usable_cpus(), num_gpus=torch.cuda.device_count(),
                            _node_ip_address="127.0.0.1",
                            dashboard_port=dashboard_port(dashboard_host), **kwargs)
     nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
