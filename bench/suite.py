@@ -63,8 +63,19 @@ def ci() -> dict:
         proc = subprocess.run(["bash", ".ci/run"], cwd=clone, capture_output=True, text=True)
         wall = time.perf_counter() - started
     if proc.returncode != 0:
-        raise BenchError(f"CI failed (exit {proc.returncode}): {(proc.stdout + proc.stderr).strip().splitlines()[-1:]}")
+        raise BenchError(f"CI failed (exit {proc.returncode}): {failures(proc.stdout + proc.stderr)}")
     return dict(summary(proc.stdout + proc.stderr), wall_seconds=wall, tier="ci")
+
+
+def failures(output: str) -> str:
+    """What a failed CI run says about its failure, in one line: pytest's FAILED and ERROR lines and its last
+    summary, or the last line of the output; the whole output is kept in a file it names (not under results/)."""
+    lines = output.strip().splitlines()
+    said = [line for line in lines if line.startswith(("FAILED ", "ERROR "))] + [
+        line.strip("= ") for line in lines[-5:] if re.search(r"\d+ (failed|error)", line)]
+    with tempfile.NamedTemporaryFile("w", prefix="tuner-ci-", suffix=".log", delete=False) as log:
+        log.write(output)
+    return f"{'; '.join(said) or (lines[-1] if lines else 'no output')} (whole output: {log.name})"
 
 
 def report(record: dict, command: str, started: str, minutes: float) -> str:

@@ -384,3 +384,10 @@ def test_suite_benchmark_reads_pytest_and_the_ray_count():
     assert suite.summary(fast)["passed"] == 270
     with pytest.raises(suite.BenchError):
         suite.summary("2 failed in 3.1s\n")
+    # a failed CI names its failing tests and keeps the whole output outside results/
+    failed = "..F\nFAILED tests/test_a.py::test_b - AssertionError\n=== 1 failed, 322 passed in 700.1s ===\nWARNING: pip\n"
+    said = suite.failures(failed)
+    assert said.startswith("FAILED tests/test_a.py::test_b - AssertionError; 1 failed, 322 passed in 700.1s"), said
+    kept = Path(re.search(r"whole output: (\S+)\)", said).group(1))
+    assert kept.read_text() == failed and ROOT not in kept.parents
+    kept.unlink()
