@@ -119,17 +119,17 @@ def test_retrain_refuses_a_shape_the_teacher_cannot_give(shape, message, tmp_pat
     """Checked in one line before any work: no data read, no teacher logits (not a ValueError from cutting the
     student)."""
     import tuner.task
+    from tuner.config import PROFILE_DEFAULTS
+    from tuner.data import CONLL_LABELS
+    from tuner.models import initial_token_classifier, save_model
+    from tuner.pipeline import training_record  # imported before the patch: its own names stay the real ones
+    from tuner.retrain import main
 
     def no_work(*args, **kwargs):
         raise AssertionError("the data or the teacher's logits were computed before the refusal")
 
-    monkeypatch.setattr(tuner.task, "load_task", no_work)
+    monkeypatch.setattr(tuner.task, "load_task", no_work)  # retrain reads them from tuner.task when it runs
     monkeypatch.setattr(tuner.task, "stage_inputs", no_work)
-    from tuner.config import PROFILE_DEFAULTS
-    from tuner.data import CONLL_LABELS
-    from tuner.models import initial_token_classifier, save_model
-    from tuner.pipeline import training_record
-    from tuner.retrain import main
 
     teacher = tmp_path / "teacher" / "best"
     save_model(initial_token_classifier("tiny", list(CONLL_LABELS), seed=0, vocab_size=len(tokenizer)), teacher,
