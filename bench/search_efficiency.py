@@ -210,24 +210,18 @@ def ray_search(stage_name: str, table: dict, method, trials: int, seed: int, war
     """The same search through ``tuner.search.search`` and Tune itself (one worker process, trials one at a
     time), the stage's training replaced by ``replay_train``: what ``--verify`` holds the in-process loop to."""
     from tuner import registry, search
-    from tuner.config import TrainSettings
+    from tuner.config import TrainSettings, usable_cpus
 
     stage = dataclasses.replace(registry.by_name(stage_name), train=replay_train)
     with tempfile.TemporaryDirectory(prefix="replay-") as folder:
         log = Path(folder) / "epochs.jsonl"
         settings = TrainSettings(epochs=table["epochs"], batch_size=1, eval_batch_size=1, seed=seed, threads=1)
+        # every usable CPU for one trial: trials one at a time, as on the cpu profile
         search.search(stage, table_space(stage_name, table), None, replay_inputs(table, log), settings,
-                      trials=trials, seed=seed, results_dir=Path(folder), cpus_per_trial=search_cpus(),
+                      trials=trials, seed=seed, results_dir=Path(folder), cpus_per_trial=usable_cpus(),
                       gpus_per_trial=0, max_failures=0, resume=False, quiet=True, method=method, warm_start=warm)
         lines = [json.loads(line) for line in log.read_text().splitlines()]
     return anytime(lines, table) | {"lines": lines}
-
-
-def search_cpus() -> int:
-    """Every CPU of the local Ray for one trial: trials run one at a time, as on the ``cpu`` profile."""
-    from tuner.config import usable_cpus
-
-    return usable_cpus()
 
 
 def warm_start_of(table: dict) -> dict | None:

@@ -17,12 +17,14 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-# Under pytest-xdist (scripts/setup_and_test.sh runs `-n 2 --dist loadgroup`) each worker runs on a core of its own,
-# and so does all it starts: tuner sees one usable CPU (tuner.config.usable_cpus), its Ray one CPU, a trial one
-# thread, so two workers' trainings never share a core's threads. Set before torch sizes its thread pool.
-if os.environ.get("PYTEST_XDIST_WORKER") and hasattr(os, "sched_setaffinity"):
+# Under pytest-xdist (scripts/setup_and_test.sh runs a worker per usable core, `--dist loadgroup`) each worker runs
+# on a core of its own, and so does all it starts: tuner sees one usable CPU (tuner.config.usable_cpus), its Ray one
+# CPU, a trial one thread, so two workers' trainings never share a core's threads. Set before torch sizes its
+# thread pool.
+XDIST_WORKER = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+if XDIST_WORKER and hasattr(os, "sched_setaffinity"):
     _cpus = sorted(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {_cpus[int(os.environ["PYTEST_XDIST_WORKER"].removeprefix("gw")) % len(_cpus)]})
+    os.sched_setaffinity(0, {_cpus[int(XDIST_WORKER.removeprefix("gw")) % len(_cpus)]})
 
 
 def _held(port: int):
@@ -39,7 +41,7 @@ def _held(port: int):
 
 # Two workers' searches starting together would both find Ray's dashboard port (8265) and optuna-dashboard's
 # (8080) free, and the second to bind fails; held here, every search takes a port the OS picks for it.
-HELD_PORTS = [_held(port) for port in (8265, 8080)] if os.environ.get("PYTEST_XDIST_WORKER") else []
+HELD_PORTS = [_held(port) for port in (8265, 8080)] if XDIST_WORKER else []
 
 from tuner.config import usable_cpus  # noqa: E402 - after the worker's pinning
 
@@ -69,8 +71,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 RAY_BEFORE = pytest.StashKey[set]()
 
-# The session runs the tests read. Under pytest-xdist's `--dist loadgroup` (scripts/setup_and_test.sh runs two
-# workers) every test that reads one runs in the same worker, so each run is still made once.
+# The session runs the tests read. Under pytest-xdist's `--dist loadgroup` every test that reads one runs in the
+# same worker, so each run is still made once.
 SHARED_RUNS = ("minilm_run", "pipeline_run")
 
 
