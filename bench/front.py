@@ -70,12 +70,10 @@ def run(args) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     front = search("front", work, args.teacher, args, "--objectives", "f1,params", "--trials", args.trials,
                    "--max-params", int(args.front_max * size))
-    shares = [max(1, args.trials // len(args.budgets) + (i < args.trials % len(args.budgets)))
-              for i in range(len(args.budgets))]  # the same total as the front's, as evenly as it divides
     singles = {} if args.front_only else {
         budget: dict(search(f"single-{budget:.2f}", work, args.teacher, args, "--trials", trials,
                             "--max-params", int(budget * size)), trials=trials)
-        for budget, trials in zip(args.budgets, shares)}
+        for budget, trials in zip(args.budgets, trial_shares(args.trials, len(args.budgets)))}
     with open(front["results"] / "student" / "pareto.csv") as handle:
         members = [dict(row, parameters=int(row["parameters"]), val_f1=float(row["val_f1"]),
                         test_f1=float(row["test_f1"])) for row in csv.DictReader(handle)]
@@ -94,6 +92,12 @@ def run(args) -> dict:
             "front": {"trials": args.trials, "max_share": args.front_max, "wall_seconds": front["wall_seconds"],
                       "members": members},
             "train_sentences": args.train_sentences, "budgets": rows}
+
+
+def trial_shares(trials: int, budgets: int) -> list[int]:
+    """The budgeted searches' trials: the front's total as evenly as it divides, the remainder to the first ones,
+    at least one each."""
+    return [max(1, trials // budgets + (i < trials % budgets)) for i in range(budgets)]
 
 
 def share(value, whole) -> str:

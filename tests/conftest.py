@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-# Under pytest-xdist (scripts/setup_and_test.sh runs a worker per usable core, `--dist loadgroup`) each worker runs
+# Under pytest-xdist (pyproject's addopts: `-n auto`, a worker per usable core, `--dist loadgroup`) each worker runs
 # on a core of its own, and so does all it starts: tuner sees one usable CPU (tuner.config.usable_cpus), its Ray one
 # CPU, a trial one thread, so two workers' trainings never share a core's threads. Set before torch sizes its
 # thread pool.
@@ -70,6 +70,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 
 
 RAY_BEFORE = pytest.StashKey[set]()
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pyproject's addopts): a worker per core this process may use, at most 4 (each worker is pinned to
+    one; more would wait on the few long searches), and none on one core (the tests run in pytest's process)."""
+    cpus = usable_cpus()
+    return 0 if cpus == 1 else min(4, cpus)
 
 # The session runs the tests read. Under pytest-xdist's `--dist loadgroup` every test that reads one runs in the
 # same worker, so each run is still made once.
