@@ -198,3 +198,16 @@ def measure_and_publish(args: argparse.Namespace, measure: Callable[[], object],
     publish(args.output, report(record, started, (time.time() - clock) / 60), record)
     record_figures(entries(record), args.record)
     return 0
+
+
+def publish_from_work(parser: argparse.ArgumentParser, args: argparse.Namespace, script: str, argv: list,
+                      run: Callable, report: Callable, entries: Callable) -> int:
+    """The end of a main() whose benchmark searches in a work folder (``--work``, by default beside the report):
+    settle the outputs and provenance, then ``measure_and_publish`` ``run(args)``, ``report(record, command, started,
+    minutes)`` and ``entries(record, args)``."""
+    args.command = command_line(script, argv)
+    settle_outputs(parser, args, script.replace(".py", ".md"), args.command)
+    args.work = args.work or args.output.parent / (args.output.stem + "-work")
+    return measure_and_publish(args, lambda: run(args),
+                               lambda record, started, minutes: report(record, args.command, started, minutes),
+                               lambda record: entries(record, args))

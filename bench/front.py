@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (ROOT, BenchError, OneLineParser, command_line, measure_and_publish,  # noqa: E402
-                          output_flags, positive_int, settle_outputs, teacher_result)
+from bench.common import (ROOT, BenchError, OneLineParser, output_flags, positive_int,  # noqa: E402
+                          publish_from_work, teacher_result)
 from tuner.figures import headline  # noqa: E402
 
 PROFILE = {False: ["--profile", "cpu"], True: ["--profile", "smoke", "--model", "minilm"]}
@@ -217,12 +217,8 @@ def main(argv=None) -> int:
         parser.error(f"--space-dir {args.space_dir}: no student.yaml")
     if not all(0 < b <= 1 for b in args.budgets + [args.front_max]):
         parser.error("--budgets and --front-max are shares of the teacher's parameters, in (0, 1]")
-    args.command = command_line("front.py", argv if argv is not None else sys.argv[1:])
-    settle_outputs(parser, args, "front.md", args.command)
-    args.work = args.work or args.output.parent / (args.output.stem + "-work")
-    return measure_and_publish(args, lambda: run(args),
-                               lambda record, started, minutes: report(record, args.command, started, minutes),
-                               lambda record: front_figures(record, args))
+    return publish_from_work(parser, args, "front.py", argv if argv is not None else sys.argv[1:], run, report,
+                             front_figures)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (ROOT, BenchError, OneLineParser, command_line, measure_and_publish,  # noqa: E402
-                          output_flags, settle_outputs)
+from bench.common import ROOT, BenchError, OneLineParser, output_flags, publish_from_work  # noqa: E402
 from tuner.config import usable_cpus  # noqa: E402
 from tuner.figures import headline  # noqa: E402
 
@@ -112,12 +111,7 @@ def main(argv=None) -> int:
         if taken in named:
             parser.error(f"{taken}: the benchmark sets it for each side")
     args.flags = flags
-    args.command = command_line("packing.py", argv)
-    settle_outputs(parser, args, "packing.md", args.command)
-    args.work = args.work or args.output.parent / (args.output.stem + "-work")
-    return measure_and_publish(args, lambda: run(args),
-                               lambda record, started, minutes: report(record, args.command, started, minutes),
-                               lambda record: packing_figures(record, args))
+    return publish_from_work(parser, args, "packing.py", argv, run, report, packing_figures)
 
 
 if __name__ == "__main__":

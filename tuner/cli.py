@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from tuner.config import Profile, RunSettings, profile_overrides
@@ -102,3 +103,13 @@ def entry_point(main):
             print("error: interrupted", file=sys.stderr)
             return Interrupted.status
     return wrapped
+
+
+def results_command(prog: str, doc: str, write: Callable[[Path], str]):
+    """The ``main(argv)`` of a command that writes into a results folder: it reads ``--results-dir`` and prints what
+    ``write(results_dir)`` says it wrote."""
+    @entry_point
+    def main(argv=None) -> int:
+        print(write(results_parser(prog, doc).parse_args(argv).results_dir))
+        return 0
+    return main

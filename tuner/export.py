@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 from tuner import registry
-from tuner.cli import entry_point, results_parser
+from tuner.cli import results_command
 from tuner.errors import TunerError
 
 EXPORTED_KEYS = ("hyperparameters", "val_f1", "test_f1", "parameters", "num_layers", "factor_dim", "checkpoint",
@@ -184,12 +184,8 @@ def write_exports(results_dir: Path, skip: tuple = ()) -> dict:
     return exported
 
 
-@entry_point
-def main(argv=None) -> int:
-    args = results_parser("python -m tuner.export", __doc__).parse_args(argv)
-    exported = write_exports(args.results_dir)
-    print(f"wrote {args.results_dir / 'best_configs.yaml'} ({', '.join(exported)}) and {args.results_dir / 'summary.md'}")
-    return 0
+main = results_command("python -m tuner.export", __doc__, lambda folder: (
+    f"wrote {folder / 'best_configs.yaml'} ({', '.join(write_exports(folder))}) and {folder / 'summary.md'}"))
 
 
 if __name__ == "__main__":

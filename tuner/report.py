@@ -14,7 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from tuner.cli import entry_point, results_parser  # noqa: E402
+from tuner.cli import results_command  # noqa: E402
 from tuner.errors import TunerError  # noqa: E402
 from tuner.export import hypervolume_lines, read_deployed, read_results, summary_table  # noqa: E402
 
@@ -147,12 +147,12 @@ def write_report(results_dir: Path) -> Path:
     return report
 
 
-@entry_point
-def main(argv=None) -> int:
-    args = results_parser("python -m tuner.report", __doc__).parse_args(argv)
-    report = write_report(args.results_dir)
-    print(f"wrote {report} and its plots under {report.parent / 'plots'}")
-    return 0
+def said(results_dir: Path) -> str:
+    report = write_report(results_dir)
+    return f"wrote {report} and its plots under {report.parent / 'plots'}"
+
+
+main = results_command("python -m tuner.report", __doc__, said)
 
 
 if __name__ == "__main__":
