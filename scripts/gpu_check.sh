@@ -160,6 +160,9 @@ if [[ -n $BUNDLE ]]; then
     run_step install 45 "$PYTHON" -m pip install --quiet --no-index --no-deps --no-compile --no-cache-dir \
         --disable-pip-version-check --target "$WORK/site" --find-links "$BUNDLE/wheels" -r "$BUNDLE/requirements.txt"
     export PYTHONPATH=$WORK/site:$ROOT${PYTHONPATH:+:$PYTHONPATH}
+    # installed without bytecode (--no-compile keeps the install step short): the first process to import a
+    # module writes its .pyc, so the searches' many processes do not each compile Ray's sources again
+    unset PYTHONDONTWRITEBYTECODE
     if [[ -z ${GPU_CHECK_DATA:-} ]]; then
         DATA=$WORK/data
         mkdir -p "$DATA"

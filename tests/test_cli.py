@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -49,6 +50,28 @@ def test_flag_hint_names_the_flag_behind_a_recorded_setting(key, hint):
     assert flag_hint(key) == hint
 
 
+def test_search_seed_seeds_the_trials_and_leaves_the_split_to_seed(conll_dir):
+    """--search-seed draws another search (sampler, heads, data order) over the split --seed made, so it runs
+    against the same teacher; retrain and deploy read it back from the stage's record."""
+    from tuner import packing
+    from tuner.pipeline import training_record
+    from tuner.search.run import SearchSettings
+    from tuner.task import recorded_settings, select_sentences
+
+    flags = ["--stage", "teacher", "--profile", "smoke", "--data", str(conll_dir), "--seed", "3"]
+    alone = run.settings_from(run.parser().parse_args(flags), False)
+    drawn = run.settings_from(run.parser().parse_args(flags + ["--search-seed", "7"]), False)
+    assert (alone.trial_seed, drawn.seed, drawn.trial_seed) == (3, 3, 7)
+    assert select_sentences(alone)[1] == select_sentences(drawn)[1]  # the same split and subsets
+    given = packing.Packing(1.0, 0.0, 1, 1, "given")
+    assert SearchSettings.of(drawn, packed=given, resume=False, shapes=None, warm_start=None).seed == 7  # Optuna's
+    record = {"seed": 3, "search_seed": 7, "data": str(conll_dir), "split": "report",
+              "training": training_record(drawn.profile, 1)}
+    assert recorded_settings(record, drawn.stages[0], Path("results"), "the record")[0].trial_seed == 7
+    del record["search_seed"]  # a record from before --search-seed: its seed seeded everything
+    assert recorded_settings(record, drawn.stages[0], Path("results"), "the record")[0].trial_seed == 3
+
+
 def fake_search(results, stage, settings_args, capsys):
     """A search folder and its search_settings.yaml as ``tuner.run`` writes them, without running the search."""
     from tuner.resume import search_settings
@@ -64,7 +87,7 @@ def fake_search(results, stage, settings_args, capsys):
 
 
 @pytest.mark.parametrize("flag, value, key", [("--trials", 3, "trials"), ("--epochs", 3, "profile.epochs"),
-                                             ("--seed", 1, "seed"),
+                                             ("--seed", 1, "seed"), ("--search-seed", 5, "search_seed"),
                                              ("--label-subtokens", "all", "profile.label_subtokens")])
 def test_resume_with_other_flags_is_refused(tmp_path, conll_dir, capsys, flag, value, key):
     results = tmp_path / "results"

@@ -134,7 +134,8 @@ class RunSettings:
     profile: Profile
     data: str = "conll2003"
     split: str = "report"
-    seed: int = 0
+    seed: int = 0  # seeds the split, and the rest unless search_seed is given
+    search_seed: int | None = None  # seeds the sampler, the heads and the data order (None: seed)
     results_dir: Path = Path("results")
     cpus_per_trial: float = 0.0  # 0: not given; tuner.packing chooses (with gpus_per_trial None)
     gpus_per_trial: float | None = None  # None: not given
@@ -150,6 +151,12 @@ class RunSettings:
     process_per_trial: bool = False  # True: Ray's default, a fresh worker process per trial
     objectives: tuple[str, ...] = ("f1",)  # names in OBJECTIVES; more than one: the search returns a Pareto front
     keep_checkpoints: str = "all"  # one of KEEP_CHECKPOINTS: what a finished search keeps of its trials' checkpoints
+
+    @property
+    def trial_seed(self) -> int:
+        """What seeds the sampler, the heads and the data order: ``search_seed``, else ``seed`` (which seeds the split
+        in any case, so another search seed keeps the teacher's test sentences unseen)."""
+        return self.seed if self.search_seed is None else self.search_seed
 
     def __post_init__(self):
         problems = []

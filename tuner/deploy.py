@@ -185,12 +185,12 @@ class Tuning:
         device, profile = select_device(), self.settings.profile
         loss, rate = None, self.hyperparameters["learning_rate"]
         if self.stage.fine_tuning is not None:
-            context = StageContext(profile=profile, task=task, seed=self.settings.seed, teacher=self.teacher,
+            context = StageContext(profile=profile, task=task, seed=self.settings.trial_seed, teacher=self.teacher,
                                    vocab_size=len(tokenizer), device=device)
             loss, rate = self.stage.fine_tuning(context, model, self.hyperparameters, "length")
         tuned = copy.deepcopy(model).float()
         record = qat.fine_tune(tuned, loss, rate, self.hyperparameters, task,
-                               train_settings(profile, self.epochs, self.settings.seed, self.threads, device))
+                               train_settings(profile, self.epochs, self.settings.trial_seed, self.threads, device))
         onnx_io.export(tuned, path)
         onnx_io.prepare(path, prepared)
         return record

@@ -16,7 +16,7 @@ from tuner.cli import results_command
 from tuner.errors import TunerError
 
 EXPORTED_KEYS = ("hyperparameters", "val_f1", "test_f1", "parameters", "num_layers", "factor_dim", "checkpoint",
-                 "search_space", "search_space_sha256", "seed", "data", "split", "profile", "training", "trials",
+                 "search_space", "search_space_sha256", "seed", "search_seed", "data", "split", "profile", "training", "trials",
                  "search_wall_seconds", "versions")
 FRONT_KEYS = ("objectives", "pareto", "hypervolume")  # a multi-objective search's, exported where present
 

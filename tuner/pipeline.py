@@ -129,6 +129,7 @@ def save_best(stage: Stage, settings: RunSettings, outcome, task: TaskData, toke
         "search_space": str(space.path),
         "search_space_sha256": space.sha256,
         "seed": settings.seed,
+        "search_seed": settings.trial_seed,
         "data": task.source,
         "split": settings.split,
         "profile": settings.profile.name,
@@ -217,7 +218,7 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     if settings.overwrite:
         shutil.rmtree(stage_dir / "search", ignore_errors=True)
     resume = settings.resume and (stage_dir / "search").is_dir()  # else: start it
-    profile_settings = train_settings(settings.profile, stage.epochs(settings.profile), settings.seed, 1)
+    profile_settings = train_settings(settings.profile, stage.epochs(settings.profile), settings.trial_seed, 1)
     packed = packing.for_stage(stage, settings, sampled, inputs, shapes, task, profile_settings, cluster, resume)
     if not resume:
         search.reset_study(Path(settings.results_dir), stage.name)

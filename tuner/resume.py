@@ -24,6 +24,8 @@ def search_settings(stage: Stage, settings: RunSettings, space: SearchSpace,
     record = {"trials": settings.trials, "seed": settings.seed, "split": settings.split, "data": data_source(settings),
               "search_space_sha256": space.sha256, "objectives": list(settings.objectives),
               "profile": plain(asdict(settings.profile))}
+    if settings.search_seed is not None:  # recorded only when given: a search started without it resumes as before
+        record["search_seed"] = settings.search_seed
     if stage.needs_teacher:
         record["teacher"] = str(teacher_folder(settings).resolve())
     if packed is not None:

@@ -108,7 +108,7 @@ def retrain(stage: registry.Stage, entry: dict, results_dir: Path, output: Path,
     from tuner.models import load_model, save_model
 
     run = prepare(stage, entry, results_dir, data, teacher, where)
-    best, _ = run.best_epoch(entry["hyperparameters"], entry["seed"],
+    best, _ = run.best_epoch(entry["hyperparameters"], run.settings.trial_seed,
                              keep=lambda model: save_model(model, output, run.tokenizer),
                              last_epoch=entry.get("last_epoch"), echo=echo)
     return {"val_f1": best[METRIC], "epoch": best["epoch"], "test_f1": run.test_f1(load_model(output)),

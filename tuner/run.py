@@ -35,7 +35,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", type=Path, help="teacher folder for the stages that read one (default: RESULTS/teacher/best)")
     p.add_argument("--split", choices=SPLITS, default="report",
                    help="report: 80/10/10 of train, seeded; official: the corpus's validation and test files")
-    p.add_argument("--seed", type=seed_int, default=0, help="seeds the split, the sampler, the heads and the data order")
+    p.add_argument("--seed", type=seed_int, default=0,
+                   help="seeds the split, and unless --search-seed is given the sampler, the heads and the data order")
+    p.add_argument("--search-seed", type=seed_int, default=None,
+                   help="seeds the sampler, the heads and the data order only (default: --seed): another draw of the "
+                        "same search, against the same teacher and split")
     p.add_argument("--results-dir", type=Path, default=Path("results"))
     p.add_argument("--cpus-per-trial", type=float, default=0.0,
                    help="CPUs per trial; 0: with --gpus-per-trial above 0 the same share of a node's CPUs, else "
@@ -76,7 +80,8 @@ def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings
     profile = resolve_profile(args.profile, cuda_available, **overrides_from(args))
     stages = registry.stages() if args.stage == ALL else (registry.by_name(args.stage),)
     return RunSettings(stages=stages, trials=args.trials, profile=profile, data=args.data, split=args.split,
-                       seed=args.seed, results_dir=args.results_dir, cpus_per_trial=args.cpus_per_trial,
+                       seed=args.seed, search_seed=args.search_seed, results_dir=args.results_dir,
+                       cpus_per_trial=args.cpus_per_trial,
                        gpus_per_trial=args.gpus_per_trial, address=args.address, teacher=args.teacher, resume=args.resume,
                        overwrite=args.overwrite, quiet=args.quiet, dashboard_host=args.dashboard_host,
                        keep_dashboard=args.keep_dashboard, optuna_dashboard=args.optuna_dashboard,
@@ -89,7 +94,8 @@ def run_figures(record: dict, command: str, started: dict | None = None) -> list
     """A searched stage's figures: its best model's test F1 (validation F1, parameters and the search's minutes in
     the details), or with ``--objectives f1,params`` one per front member and the front's hypervolume."""
     where = f"{record['profile']} profile, {record['trials']} trials, {record['split']} split"
-    details = {"search_minutes": round(record["search_wall_seconds"] / 60, 1), "seed": record["seed"]}
+    details = {"search_minutes": round(record["search_wall_seconds"] / 60, 1), "seed": record["seed"],
+               "search_seed": record.get("search_seed", record["seed"])}
     if "pareto" not in record:
         return [figures.headline(f"{record['stage']}: test F1 of the best trial ({where})", round(record["test_f1"], 4),
                                  "F1", command, seeds=1, inputs=(record["data"],), started=started,

@@ -56,7 +56,8 @@ def recorded_settings(record: dict, stage: Stage, results_dir: Path, where: str,
     except (TypeError, TunerError) as exc:  # a key this version does not know, one it lacks, or a bad value
         raise TunerError(f"{where}: training: {exc}") from None
     settings = RunSettings(stages=(stage,), trials=1, profile=profile, data=data or data_argument(record["data"]),
-                           split=record["split"], seed=record["seed"], results_dir=results_dir, teacher=teacher)
+                           split=record["split"], seed=record["seed"], search_seed=record.get("search_seed"),
+                           results_dir=results_dir, teacher=teacher)
     return settings, threads
 
 
@@ -123,7 +124,7 @@ def stage_inputs(stage: Stage, settings: RunSettings, task: TaskData, teacher: n
                  vocab_size: int, ranges: dict | None = None) -> object:
     """What every trial of ``stage`` starts from, computed once on the driver; ``ranges`` (name -> (lowest,
     highest)) are the values its trials may take (``value_ranges``)."""
-    context = StageContext(profile=settings.profile, task=task, seed=settings.seed,
+    context = StageContext(profile=settings.profile, task=task, seed=settings.trial_seed,
                            teacher=teacher if stage.needs_teacher else None, vocab_size=vocab_size,
                            device=select_device(), ranges=dict(ranges or {}))
     return stage.prepare(context)

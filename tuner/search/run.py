@@ -71,7 +71,7 @@ class SearchSettings:
         """A stage's search under ``tuner.run``'s ``settings``, with what the pipeline decided for the stage: a
         trial's CPUs and GPUs (``packed``, a ``tuner.packing.Packing``), whether it resumes, its shapes and warm
         start."""
-        return cls(trials=settings.trials, seed=settings.seed, results_dir=Path(settings.results_dir),
+        return cls(trials=settings.trials, seed=settings.trial_seed, results_dir=Path(settings.results_dir),
                    cpus_per_trial=packed.cpus_per_trial, gpus_per_trial=packed.gpus_per_trial,
                    max_failures=settings.retries(), resume=resume, quiet=settings.quiet,
                    reuse_actors=not settings.process_per_trial, objectives=settings.objectives, shapes=shapes,
