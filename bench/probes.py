@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, LEVERS, THROUGHPUT_HPARAMS, TRAIN_SEED_FLAG, command_parser,  # noqa: E402
-                          non_embedding_parameters, run_settings, train_seed, write_result)
+from bench.common import (BATCH_SIZE, COMPILE_BACKENDS, LEVERS, THROUGHPUT_HPARAMS, TRAIN_SEED_FLAG,  # noqa: E402
+                          command_parser, non_embedding_parameters, run_settings, train_seed, write_result)
 from bench.step_timer import StepTimer, matmul_flops, step_batches  # noqa: E402
 
 import torch  # noqa: E402
@@ -114,12 +114,12 @@ def steps(args) -> dict:
     torch.manual_seed(args.seed)
     model = initial_token_classifier("minilm", task.labels, args.seed, len(tokenizer))
     if args.variant.startswith("compile"):
-        model = torch.compile(model, dynamic=True)
+        model = torch.compile(model, dynamic=True, backend=args.compile_backend)
     timer = StepTimer(model, task, "cpu", "bf16" if "bf16" in args.variant else "fp32", forward="padded")
     timed = timer.run(step_batches(task.train.lengths(), "length", BATCH_SIZE, args.seed, WARMUP_STEPS + args.steps),
                       WARMUP_STEPS)  # a small --train-sentences wraps around
     return {"variant": args.variant, "threads": args.threads, "tokens_per_second": timed["real_tokens_per_second"],
-            **timed}
+            **({"compile_backend": args.compile_backend} if args.variant.startswith("compile") else {}), **timed}
 
 
 COMMANDS = {"throughput": {"--precision": {"choices": PRECISIONS, "default": "auto"}},
@@ -129,7 +129,8 @@ COMMANDS = {"throughput": {"--precision": {"choices": PRECISIONS, "default": "au
                               "--train-seed": TRAIN_SEED_FLAG},
             "matmul": {},
             "steps": {"--variant": {"choices": LEVERS, "required": True},
-                      "--threads": {"type": int, "default": THREADS}, "--steps": {"type": int, "default": 60}}}
+                      "--threads": {"type": int, "default": THREADS}, "--steps": {"type": int, "default": 60},
+                      "--compile-backend": {"choices": COMPILE_BACKENDS, "default": "inductor"}}}
 
 
 def main(argv=None) -> int:

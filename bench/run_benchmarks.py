@@ -38,16 +38,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (BATCH_SIZE, BATCHINGS, DEFAULT_DATA, LEVERS, PEERS, ROOT, BenchError,  # noqa: E402
-                          OneLineParser, command_line, output_flags, positive_int, record_figures, require_conll,
-                          settle_outputs, utc_minute)
+from bench.common import (BATCH_SIZE, BATCHINGS, COMPILE_BACKENDS, DEFAULT_DATA, LEVERS, PEERS, ROOT,  # noqa: E402
+                          BenchError, OneLineParser, command_line, output_flags, positive_int, record_figures,
+                          require_conll, settle_outputs, utc_minute)
 from tuner.figures import headline  # noqa: E402
 from tuner.timing import cpu_name  # noqa: E402
 
 # The cpu profile's sizes (3,000 train and 500 validation sentences, 3 epochs, 4 trials): at these the F1s mean
 # something and ASHA has rungs to stop trials at. A repeat takes about 35 minutes on an idle 2-core machine.
-FULL = {"train_sentences": 3000, "eval_sentences": 500, "epochs": 3, "trials": 4, "repeats": 3, "lever_steps": 60}
-QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1, "lever_steps": 2}
+FULL = {"train_sentences": 3000, "eval_sentences": 500, "epochs": 3, "trials": 4, "repeats": 3, "lever_steps": 60,
+        "compile_backend": "inductor"}
+# --quick checks the plumbing: torch.compile through dynamo and AOTAutograd without inductor's code generation
+QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1, "lever_steps": 2,
+         "compile_backend": "aot_eager"}
 BENCH = Path(__file__).resolve().parent
 F1_TOLERANCE = 0.005  # "equal F1": within half a point
 
@@ -150,6 +153,7 @@ def one_repeat(index: int, args, work: Path) -> dict:
 
 def lever_measurements(args, work: Path) -> dict:
     levers = {variant: measure("probes", "steps", args, work, "--variant", variant, "--steps", args.lever_steps,
+                               *(["--compile-backend", args.compile_backend] if variant.startswith("compile") else []),
                                name=f"steps-{variant}")
               for variant in LEVERS}
     levers["fp32, 2 processes"] = measure_together("probes", "steps", args, work, 2, "--variant", "fp32",
@@ -599,12 +603,13 @@ def headline_entries(args, repeats: list, epochs: int) -> list:
 def lever_section(repeats: list) -> tuple:
     """Section 6: fit's training step under each lever."""
     n = [lever_numbers(r) for r in repeats]
+    backend = repeats[0]["levers"]["compile"].get("compile_backend", "inductor")
     rows = []
     for name, label in [("fp32", f"fp32, one process, {repeats[0]['levers']['fp32']['threads']} threads"),
                         ("fp32, 2 processes", "fp32, two processes of 1 thread at once (two trials per node), summed"),
                         ("bf16", "bf16 autocast on the CPU (fit's default where the CPU has native bf16)"),
-                        ("compile", "torch.compile (inductor, dynamic shapes)"),
-                        ("compile-bf16", "torch.compile (inductor, dynamic shapes) under bf16 autocast")]:
+                        ("compile", f"torch.compile ({backend}, dynamic shapes)"),
+                        ("compile-bf16", f"torch.compile ({backend}, dynamic shapes) under bf16 autocast")]:
         losses = f"{cell(column(n, f'{name}|first_loss'), '.4f')} to {cell(column(n, f'{name}|last_loss'), '.4f')}"
         rows.append([label, cell(column(n, f"{name}|tokens"), ".0f"), cell(column(n, f"{name}|ratio"), ".2f", "x"),
                      cell(column(n, f"{name}|warmup"), ".1f"), losses])
@@ -694,6 +699,9 @@ def parse_args(argv: list) -> argparse.Namespace:
     parser.add_argument("--tuned-batching", choices=("auto", *BATCHINGS), default="auto",
                         help="the tuned peer's batching in its search and distillation: auto (default) picks it per "
                              "repeat from section 3's two epochs (the faster at equal F1); random or length fixes it")
+    parser.add_argument("--compile-backend", choices=COMPILE_BACKENDS,
+                        help=f"torch.compile's backend in section 6 (default {FULL['compile_backend']}, quick "
+                             f"{QUICK['compile_backend']})")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of CoNLL files (train.txt)")
     output_flags(parser, "peers.md")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (searches, logs, JSON)")

@@ -61,6 +61,8 @@ def check_inputs(settings: RunSettings):
             sized_params(stage, spaces[stage.name], settings.objectives)
         if config is not None:
             check_shapes(stage, spaces[stage.name], settings.objectives, config)
+        if teacher is not None and stage.sizing and searches_front(settings.objectives):  # a budget none fits
+            search_plan(stage, spaces[stage.name], stage.sizing(teacher, settings.profile), settings.objectives)
     if settings.address is None:  # a local Ray gets this machine's CPUs and GPUs
         packing.check_resources(settings, usable_cpus(), torch.cuda.device_count())
     experiments = {stage.name: settings.stage_dir(stage.name) / "search" for stage in settings.stages}

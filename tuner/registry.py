@@ -76,6 +76,9 @@ class Stage:
     sized_by: tuple[str, ...] = ()
     size: Callable[[object, dict], int] | None = None  # (inputs, hyperparameters) -> parameters
     budget: Callable[[object], int | None] = no_budget  # inputs -> the parameter budget, None: no budget
+    # (teacher, profile) -> what ``size`` and ``budget`` read of the inputs, without ``prepare``'s work (a front's
+    # budget is checked against its space before Ray starts or the teacher's outputs are computed); None: unchecked
+    sizing: Callable[[nn.Module, Profile], object] | None = None
     # hyperparameters its space may hold that are searched only with size among the objectives (they pay off at
     # the front's small end); with F1 alone they keep the stage's default
     front_only: tuple[str, ...] = ()

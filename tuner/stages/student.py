@@ -80,6 +80,20 @@ class StudentInputs:
     teacher_hidden: list | None = None  # per training sentence, [layers, tokens, hidden]; only if beta can be > 0
 
 
+@dataclass(frozen=True)
+class StudentSizing:
+    """What ``shape_size`` and ``student_budget`` read, from the teacher alone."""
+
+    num_layers: int
+    factor_dim: int
+    max_params: int
+    size_parts: tuple
+
+
+def sizing(teacher, profile: Profile) -> StudentSizing:
+    return StudentSizing(*student_shape(teacher, profile.max_params), profile.max_params, size_parts(teacher))
+
+
 def prepare(context: StageContext) -> StudentInputs:
     """The teacher's logits on every training sentence, its embedding's SVD, and the deepest (then widest)
     student under the budget, used when the search space does not search the shape."""
@@ -219,4 +233,4 @@ STAGE = Stage(name="student", order=30,
               optional=("factor_dim", "num_layers", "beta", "lr_depth_power", "layer_reach"), prepare=prepare,
               train=train, needs_teacher=True,
               epochs=student_epochs, sized_by=("num_layers", "factor_dim"), front_only=("beta",), size=shape_size,
-              budget=student_budget, check=check_budget, limits=shape_limits, fine_tuning=fine_tuning)
+              budget=student_budget, sizing=sizing, check=check_budget, limits=shape_limits, fine_tuning=fine_tuning)
