@@ -103,6 +103,10 @@ def test_a_runs_figures_are_its_best_models_or_its_front_members():
     *_, hypervolume = run_figures(dict(record, pareto=members, hypervolume=volume), "python -m tuner.run")
     assert hypervolume["measure"].startswith("student front hypervolume") and hypervolume["value"] == 0.58
     assert hypervolume["details"]["val"] == 0.61 and hypervolume["details"]["members"] == 2
+    # another --search-seed over the same split: its figures stand beside the first draw's instead of replacing them
+    (drawn,) = run_figures(dict(record, search_seed=1), "python -m tuner.run --stage all --search-seed 1")
+    assert drawn["measure"] == "student: test F1 of the best trial (cpu profile, 4 trials, report split, search seed 1)"
+    assert run_figures(dict(record, search_seed=0), "python -m tuner.run")[0]["measure"] == best["measure"]
 
 
 def test_every_figure_a_run_makes_can_be_recorded(tmp_path):

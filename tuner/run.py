@@ -93,9 +93,12 @@ def settings_from(args: argparse.Namespace, cuda_available: bool) -> RunSettings
 def run_figures(record: dict, command: str, started: dict | None = None) -> list[dict]:
     """A searched stage's figures: its best model's test F1 (validation F1, parameters and the search's minutes in
     the details), or with ``--objectives f1,params`` one per front member and the front's hypervolume."""
+    search_seed = record.get("search_seed", record["seed"])
     where = f"{record['profile']} profile, {record['trials']} trials, {record['split']} split"
+    if search_seed != record["seed"]:  # another draw of the same search: figures of their own, beside the first's
+        where += f", search seed {search_seed}"
     details = {"search_minutes": round(record["search_wall_seconds"] / 60, 1), "seed": record["seed"],
-               "search_seed": record.get("search_seed", record["seed"])}
+               "search_seed": search_seed}
     if "pareto" not in record:
         return [figures.headline(f"{record['stage']}: test F1 of the best trial ({where})", round(record["test_f1"], 4),
                                  "F1", command, seeds=1, inputs=(record["data"],), started=started,
