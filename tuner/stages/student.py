@@ -98,13 +98,13 @@ def prepare(context: StageContext) -> StudentInputs:
     """The teacher's logits on every training sentence, its embedding's SVD, and the deepest (then widest)
     student under the budget, used when the search space does not search the shape."""
     teacher, profile, task = context.teacher, context.profile, context.task
-    num_layers, factor_dim = student_shape(teacher, profile.max_params)
+    sized = sizing(teacher, profile)  # the default shape and the size parts, as the early budget check reads them
     logits, hidden = compute_teacher_outputs(teacher, task.train, profile.eval_batch_size, task.pad_token_id,
                                              context.device,
                                              hidden=context.ranges.get("beta", (0.0, 0.0))[1] > 0)  # a trial may use it
     teacher.cpu()
     return StudentInputs(ModelState.of(teacher), embedding_svd(teacher.get_input_embeddings().weight), logits,
-                         num_layers, factor_dim, profile.max_params, size_parts(teacher), hidden)
+                         sized.num_layers, sized.factor_dim, sized.max_params, sized.size_parts, hidden)
 
 
 def padded_teacher_logits(teacher_logits: list, indices: list, width: int) -> torch.Tensor:
