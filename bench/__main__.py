@@ -15,6 +15,7 @@ BENCHMARKS = {
     "student": ("student", "the student search against online distillation at another length, or paired over "
                            "student seeds (--seeds), on a kept peers run"),
     "front": ("front", "one F1-vs-size front search against budgeted single-objective searches"),
+    "rungs": ("rungs", "a recorded front search replayed under other ParetoASHA rungs: trial time and front"),
     "packing": ("packing", "one search with tuner's chosen trials at once against the same search one trial at a "
                            "time"),
     "search_efficiency": ("search_efficiency", "how soon a search finds a good config: tuner against random and "

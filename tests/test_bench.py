@@ -393,3 +393,58 @@ def test_suite_benchmark_reads_pytest_and_the_ray_count():
     kept = Path(re.search(r"whole output: (\S+)\)", said).group(1))
     assert kept.read_text() == failed and ROOT not in kept.parents
     kept.unlink()
+
+
+def write_front_record(folder: Path, trials: dict, epochs: int = 4, slots: int = 1) -> Path:
+    """A front search's stage folder as ``bench rungs`` reads it: each trial's progress.csv (name: parameters, F1
+    per epoch, one second an epoch, started in name order), search_settings.yaml and the teacher's result.json."""
+    teacher = folder / "teacher"
+    teacher.mkdir(parents=True)
+    (teacher / "result.json").write_text(json.dumps({"parameters": 100}))
+    (folder / "student").mkdir()
+    (folder / "student" / "search_settings.yaml").write_text(
+        f"teacher: {teacher}\nprofile: {{student_epochs: {epochs}}}\npacking: {{trials_at_once: {slots}}}\n")
+    for start, (name, (parameters, f1s)) in enumerate(trials.items()):
+        trial = folder / "student" / "search" / f"_trial_{name}"
+        trial.mkdir(parents=True)
+        rows = ["epoch,val_f1,parameters,time_this_iter_s,timestamp"]
+        rows += [f"{e},{f1},{parameters},1.0,{start * 100 + e}" for e, f1 in enumerate(f1s, 1)]
+        (trial / "progress.csv").write_text("\n".join(rows) + "\n")
+    return folder / "student" / "search"
+
+
+def test_rung_replay_stops_where_its_rungs_say_and_counts_the_time(tmp_path, monkeypatch):
+    """Four trials one at a time, up to 4 epochs, through tuner's ParetoASHA under rungs 1, 2 and under rung 2
+    alone: "worse" (larger and behind "big") is dominated at every rung, and "mid", on the front between its ends,
+    is outside the top third's places, so each stops at the first rung; "big" and "small", the front's ends, train
+    all 4 epochs ("small" one past its record, its F1 held at the last)."""
+    import bench.rungs
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(bench.rungs, "CANDIDATES", (("first rung 1", {"front_grace_share": 0.25}),
+                                                    ("first rung 2", {"front_grace_share": 0.5})))
+    search = write_front_record(tmp_path, {"big": (80, [0.5, 0.6, 0.7, 0.8]), "small": (10, [0.2, 0.3, 0.3]),
+                                           "worse": (90, [0.3, 0.35, 0.4]), "mid": (40, [0.45, 0.5])})
+    record = bench.rungs.measure(SimpleNamespace(search=search))
+    assert (record["trials"], record["slots"], record["teacher_parameters"]) == (4, 1, 100)
+    early, late = record["candidates"]
+    assert (early["rungs"], late["rungs"]) == ([1, 2], [2])
+    assert (early["epochs"], early["wall_seconds"], early["beyond_record"]) == (4 + 4 + 1 + 1, 10.0, 1)
+    assert (late["epochs"], late["wall_seconds"], late["beyond_record"]) == (4 + 4 + 2 + 2, 12.0, 1)
+    # (share, F1): small (0.1, 0.3), mid (0.4, its best F1 by the rung), big (0.8, 0.8); worse adds nothing
+    assert early["hypervolume"] == pytest.approx((0.4 - 0.1) * 0.3 + (0.8 - 0.4) * 0.45 + (1 - 0.8) * 0.8)
+    assert late["hypervolume"] == pytest.approx((0.4 - 0.1) * 0.3 + (0.8 - 0.4) * 0.5 + (1 - 0.8) * 0.8)
+    text = bench.rungs.report(record, "now", 0.1, "python bench/rungs.py")
+    assert "| first rung 2 | 0.2 | 1.20x | 0.4500 | +0.0200 | 12 | 1 |" in text
+
+
+def test_rung_replay_refuses_a_damaged_record_in_one_line(tmp_path, capsys):
+    from bench.rungs import main
+
+    search = write_front_record(tmp_path, {"big": (80, [0.5, 0.6])})
+    progress = next(search.glob("*/progress.csv"))
+    progress.write_text(progress.read_text().replace("\n2,", "\n3,"))
+    assert main(["--search", str(search), "--output", str(tmp_path / "out" / "rungs.md")]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{progress}: epochs [1, 3]" in err
+    assert not (tmp_path / "out").exists()

@@ -143,7 +143,7 @@ def test_a_front_search_decides_with_its_methods_margin_and_reduction_factor(tmp
         _, scheduler, metric, _ = search_algorithms(student, rest, 10, 0, folder, ("f1", "params"), shapes, 8,
                                                     method)
         assert metric is None  # a front: no single metric for Tune
-        rung = min(method.rungs(10))
+        rung = min(method.front_rungs(10))
         return [scheduler.on_trial_result(None, SimpleNamespace(trial_id=name),
                                           {"epoch": rung, "val_f1": f1, "parameters": params})
                 for name, f1, params in results]

@@ -170,7 +170,7 @@ def search_algorithms(stage: Stage, space: SearchSpace, epochs: int, seed: int, 
                                  metric=list(metrics), mode=list(modes), sampler=sampler,
                                  study_name=stage.name, storage=open_storage(results_dir))
     scheduler = ParetoASHA(list(zip(metrics, modes)), max_t=epochs,
-                           rungs=method.rungs(epochs), reduction_factor=method.front_reduction_factor,
+                           rungs=method.front_rungs(epochs), reduction_factor=method.front_reduction_factor,
                            margin=method.front_margin, memory=memory) if method.early_stopping else FIFOScheduler()
     return searcher, scheduler, None, None
 
