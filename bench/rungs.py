@@ -137,13 +137,19 @@ def report(record: dict, started: str, minutes: float, command: str) -> str:
 
 
 def figures_of(record: dict, args) -> list:
+    """One figure: tuner's default rungs (the first row matching ``DEFAULT_METHOD``) against the recorded ones."""
+    from tuner.search import DEFAULT_METHOD
+
     base = record["candidates"][0]
-    return [headline(f"the recorded 40-trial front replayed under ParetoASHA {row['label']}: trial time / under "
-                     f"{base['label']}", round(row["wall_seconds"] / base["wall_seconds"], 3), "x", args.command,
-                     peer=f"the same trials under {base['label']}", started=args.started, inputs=(args.search,),
-                     hypervolume=row["hypervolume"], hypervolume_of_peer=base["hypervolume"],
+    chosen = [row for row in record["candidates"][1:]
+              if dataclasses.replace(DEFAULT_METHOD, **row["fields"]) == DEFAULT_METHOD][:1]
+    return [headline(f"{record['trials']}-trial front replayed under the default ParetoASHA rungs "
+                     f"({', '.join(map(str, row['rungs']))} of {record['epochs']}) against rungs "
+                     f"{', '.join(map(str, base['rungs']))}: trial time",
+                     round(row["wall_seconds"] / base["wall_seconds"], 3), "x", args.command, peer=f"the same trials under {base['label']}", started=args.started,
+                     inputs=(args.search,), hypervolume=row["hypervolume"], hypervolume_of_peer=base["hypervolume"],
                      minutes=round(row["wall_seconds"] / 60, 1), beyond_record=row["beyond_record"])
-            for row in record["candidates"][1:]]
+            for row in chosen]
 
 
 def main(argv=None) -> int:

@@ -448,3 +448,19 @@ def test_rung_replay_refuses_a_damaged_record_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{progress}: epochs [1, 3]" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_rung_replay_records_the_default_against_the_recorded_rungs(tmp_path):
+    """Its one figure is tuner's default front rungs' trial time over the first candidate's (the recorded default)."""
+    from bench.rungs import figures_of, measure
+    from types import SimpleNamespace
+
+    curves = {f"t{i}": (10 * (i + 1), [0.1 * i + 0.01 * e for e in range(10)]) for i in range(6)}
+    args = SimpleNamespace(search=write_front_record(tmp_path, curves, epochs=10, slots=2), command="python -m bench",
+                           started=None)
+    record = measure(args)
+    (entry,) = figures_of(record, args)
+    default = next(row for row in record["candidates"] if row["rungs"] == [1, 2, 4, 8] and
+                   "front_reduction_factor" not in row["fields"])
+    assert entry["value"] == round(default["wall_seconds"] / record["candidates"][0]["wall_seconds"], 3)
+    assert "(1, 2, 4, 8 of 10) against rungs 3, 6" in entry["measure"]
