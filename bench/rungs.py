@@ -1,10 +1,11 @@
 """A recorded front search replayed under other ParetoASHA rungs: the trial time each would have trained and the
 front it would have kept.
 
-    python -m bench rungs [--search results/front40/student/search] [--output results/rungs.md]
+    python -m bench rungs [--table bench/tables/front_cpu.json | --search RESULTS/student/search [--save FILE]]
 
-Reads every trial's learning curve in a front search's Tune folder (``progress.csv``: validation F1, seconds and
-parameters per epoch) and runs the same trials, in the order they started and as many at once as the search
+Reads every trial's learning curve (validation F1, seconds and parameters per epoch) from a table it saved
+(``--save``; ``bench/tables/front_cpu.json`` holds the README's 40-trial front under rungs 3 and 6 of 10) or from
+a front search's Tune folder (each trial's ``progress.csv``, with the search's ``search_settings.yaml``), and runs the same trials, in the order they started and as many at once as the search
 packed, through tuner's own ``ParetoASHA`` under each candidate ``SearchMethod``: a trial trains epoch by epoch
 on its recorded times until the scheduler stops it. It reports each candidate's trial time (the wall time its
 slots would take, without Ray's start), its front's hypervolume in (parameter share of the teacher, validation
@@ -26,11 +27,11 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import (RESULTS, BenchError, OneLineParser, command_line, measure_and_publish,  # noqa: E402
+from bench.common import (ROOT, BenchError, OneLineParser, command_line, measure_and_publish,  # noqa: E402
                           output_flags, settle_outputs)
 from tuner.figures import headline  # noqa: E402
 
-DEFAULT_SEARCH = RESULTS / "front40" / "student" / "search"
+DEFAULT_TABLE = ROOT / "bench" / "tables" / "front_cpu.json"
 # (label, SearchMethod fields): the recorded default first, each other one held against it
 CANDIDATES = (("rungs 3, 6 of 10 (first rung a quarter), a third goes on", {"front_grace_share": 0.25}),
               ("rungs 2, 4, 8 (a fifth), a third goes on", {"front_grace_share": 0.2}),
@@ -99,9 +100,15 @@ def replay(curves: list[dict], method, epochs: int, slots: int, reference: int) 
             "beyond_record": beyond}
 
 
-def measure(args) -> dict:
-    from tuner.search import DEFAULT_METHOD
-
+def read_record(args) -> dict:
+    """The curves and the settings they were searched under: from ``--search`` (a Tune folder, its stage folder's
+    search_settings.yaml and the teacher it names), or from ``--table``."""
+    if args.search is None:
+        try:
+            table = json.loads(args.table.read_text())
+            return {key: table[key] for key in ("trials", "epochs", "slots", "teacher_parameters")}
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BenchError(f"{args.table}: not a curves table saved by --save ({exc})") from None
     stage_dir = args.search.parent
     try:
         settings = yaml.safe_load((stage_dir / "search_settings.yaml").read_text())
@@ -110,12 +117,22 @@ def measure(args) -> dict:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise BenchError(f"{stage_dir}: no readable search_settings.yaml with its teacher, student_epochs and "
                          f"packing ({exc})") from None
-    curves = read_curves(args.search)
+    return {"trials": read_curves(args.search), "epochs": epochs, "slots": slots, "teacher_parameters": teacher}
+
+
+def measure(args) -> dict:
+    from tuner.search import DEFAULT_METHOD
+
+    found = read_record(args)
+    if getattr(args, "save", None):
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps(found, indent=1) + "\n")
+    curves, epochs, slots, teacher = (found[key] for key in ("trials", "epochs", "slots", "teacher_parameters"))
     rows = [{"label": label, "fields": fields,
              "rungs": sorted(dataclasses.replace(DEFAULT_METHOD, **fields).front_rungs(epochs)),
              **replay(curves, dataclasses.replace(DEFAULT_METHOD, **fields), epochs, slots, teacher)}
             for label, fields in CANDIDATES]
-    return {"search": str(args.search), "trials": len(curves), "epochs": epochs, "slots": slots,
+    return {"search": str(args.search or args.table), "trials": len(curves), "epochs": epochs, "slots": slots,
             "teacher_parameters": teacher, "recorded_trial_seconds": round(sum(sum(c["seconds"]) for c in curves)),
             "candidates": rows}
 
@@ -147,7 +164,7 @@ def figures_of(record: dict, args) -> list:
                      f"({', '.join(map(str, row['rungs']))} of {record['epochs']}) against rungs "
                      f"{', '.join(map(str, base['rungs']))}: trial time",
                      round(row["wall_seconds"] / base["wall_seconds"], 3), "x", args.command, peer=f"the same trials under {base['label']}", started=args.started,
-                     inputs=(args.search,), hypervolume=row["hypervolume"], hypervolume_of_peer=base["hypervolume"],
+                     inputs=(args.search or args.table,), hypervolume=row["hypervolume"], hypervolume_of_peer=base["hypervolume"],
                      minutes=round(row["wall_seconds"] / 60, 1), beyond_record=row["beyond_record"])
             for row in chosen]
 
@@ -155,12 +172,16 @@ def figures_of(record: dict, args) -> list:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = OneLineParser(prog="python -m bench rungs", description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--search", type=Path, default=DEFAULT_SEARCH,
-                        help="a front search's Tune folder (RESULTS/student/search)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="curves saved by --save (default: %(default)s)")
+    source.add_argument("--search", type=Path, help="a front search's Tune folder (RESULTS/student/search) instead")
+    parser.add_argument("--save", type=Path, help="with --search: also save its curves as a table for --table")
     output_flags(parser, "rungs.md")
     args = parser.parse_args(argv)
-    if not args.search.is_dir():
+    if args.search is not None and not args.search.is_dir():
         parser.error(f"--search {args.search}: no such folder")
+    if args.save is not None and args.search is None:
+        parser.error("--save: give the --search whose curves to save")
     args.command = command_line("rungs.py", argv)
     settle_outputs(parser, args, "rungs.md", args.command)
     return measure_and_publish(args, lambda: measure(args),

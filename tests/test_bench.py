@@ -425,7 +425,9 @@ def test_rung_replay_stops_where_its_rungs_say_and_counts_the_time(tmp_path, mon
                                                     ("first rung 2", {"front_grace_share": 0.5})))
     search = write_front_record(tmp_path, {"big": (80, [0.5, 0.6, 0.7, 0.8]), "small": (10, [0.2, 0.3, 0.3]),
                                            "worse": (90, [0.3, 0.35, 0.4]), "mid": (40, [0.45, 0.5])})
-    record = bench.rungs.measure(SimpleNamespace(search=search))
+    table = tmp_path / "curves.json"
+    record = bench.rungs.measure(SimpleNamespace(search=search, table=None, save=table))
+    assert bench.rungs.measure(SimpleNamespace(search=None, table=table))["candidates"] == record["candidates"]
     assert (record["trials"], record["slots"], record["teacher_parameters"]) == (4, 1, 100)
     early, late = record["candidates"]
     assert (early["rungs"], late["rungs"]) == ([1, 2], [2])
@@ -456,8 +458,8 @@ def test_rung_replay_records_the_default_against_the_recorded_rungs(tmp_path):
     from types import SimpleNamespace
 
     curves = {f"t{i}": (10 * (i + 1), [0.1 * i + 0.01 * e for e in range(10)]) for i in range(6)}
-    args = SimpleNamespace(search=write_front_record(tmp_path, curves, epochs=10, slots=2), command="python -m bench",
-                           started=None)
+    args = SimpleNamespace(search=write_front_record(tmp_path, curves, epochs=10, slots=2), table=None,
+                           command="python -m bench", started=None)
     record = measure(args)
     (entry,) = figures_of(record, args)
     default = next(row for row in record["candidates"] if row["rungs"] == [1, 2, 4, 8] and
