@@ -55,7 +55,8 @@ SUBJECT = re.compile(r"^(?P<what>.+?) \((?P<subject>[^()]*)\)$")  # "int8 size: 
 def readme_rows(entries: list[dict]) -> list[tuple[str, str, str, str]]:
     """(figure, value, goal, commit) per README row, newest first. Figures one command wrote about one subject (the
     last parenthesis of their measure) against one peer share a row: a front's members (``tuner.run --record``
-    writes one figure each) as their names (L layers, E embedding rank), parameters and test F1, smallest first;
+    writes one figure each) as their names (L layers, E embedding rank), parameters and test F1, smallest first,
+    with the search's minutes;
     any other group as each figure with its goal. A figure alone keeps a row of its own, as measured."""
     groups: dict = {}
     for index, e in enumerate(newest_first(entries)):
@@ -70,7 +71,9 @@ def readme_rows(entries: list[dict]) -> list[tuple[str, str, str, str]]:
         if key[0] == "front":
             members = sorted(((e.get("details") or {}).get("parameters") or math.inf,
                               FRONT_MEMBER.match(e["measure"])["name"], e["value"]) for e in group)
-            rows.append((f"{key[1]} front members ({key[2]}): parameters, test F1",
+            minutes = (first.get("details") or {}).get("search_minutes")  # the search's, as its run recorded it
+            rows.append((f"{key[1]} front members ({key[2]}"
+                         f"{'' if minutes is None else f', a {minutes}-minute search'}): parameters, test F1",
                          "; ".join(f"{name} {'?' if parameters == math.inf else f'{parameters / 1e6:.1f}M'} "
                                    f"{'n/a' if value is None else f'{value:.4f}'}" for parameters, name, value in members),
                          "-", first["commit"]))

@@ -174,6 +174,10 @@ def test_the_readme_gives_a_front_one_row_smallest_member_first():
     assert len(rows) == 2
     front = next(row for row in rows if "front" in row[0])
     assert front[0] == "student front members (cpu profile, 40 trials, report split): parameters, test F1"
+    for entry in entries:  # tuner.run --record gives each member the search's minutes
+        entry.setdefault("details", {})["search_minutes"] = 44.6
+    assert headlines.readme_rows(entries)[0][0] == ("student front members (cpu profile, 40 trials, report split, a "
+                                                    "44.6-minute search): parameters, test F1")
     assert front[1] == "L1-E64 3.0M 0.7100; L3-E64 5.0M 0.7500"
 
 
