@@ -30,78 +30,47 @@ def trial_results(experiment: Path) -> dict:
     return found
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill(tmp_path, conll_dir):
-    results = tmp_path / "results"
-    args = ["--stage", "teacher", "--trials", 3, "--profile", "smoke", "--epochs", 4, "--train-sentences", 200,
-            "--data", conll_dir, "--results-dir", results, "--seed", 1]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    driver = subprocess.Popen([sys.executable, "-m", "tuner.run", *map(str, args)], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    experiment = results / "teacher" / "search"
-    deadline = time.time() + 300
-    seen = {}  # trial -> when its first checkpointed epoch was seen
-    # kill once a trial has finished and the next has checkpointed an epoch but not finished, and Tune has saved
-    # the experiment's state since (at most a second later: what a resume reads a trial's checkpoint from)
-    while time.time() < deadline:
-        reports = trial_results(experiment) if experiment.is_dir() else {}
-        done = [t for t, r in reports.items() if r and r[-1].get("done")]
-        partial = [t for t, r in reports.items()
-                   if r and not r[-1].get("done") and r[-1]["epoch"] < 4 and any(x["checkpointed"] for x in r)]
-        for t in partial:
-            seen.setdefault(t, time.time())
-        saved = max((p.stat().st_mtime for p in experiment.glob("experiment_state-*.json")), default=0)
-        if done and any(saved > seen[t] for t in partial):
-            break
+def start_driver(args: list) -> subprocess.Popen:
+    """``python -m tuner.run ARGS`` in its own session (a signal reaches the driver alone), stderr piped."""
+    return subprocess.Popen([sys.executable, "-m", "tuner.run", *map(str, args)], cwd=ROOT, text=True,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+
+
+def wait_until(driver: subprocess.Popen, ready, what: str, timeout: float = 300) -> None:
+    """Poll ``ready()`` every 0.2 s until it holds; fail naming ``what`` if the driver ends or time runs out first."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and driver.poll() is None:
+        if ready():
+            return
         time.sleep(0.2)
-    else:
-        driver.kill()
-        pytest.fail("the search never reached a finished trial and a running one")
-    os.kill(driver.pid, signal.SIGKILL)
-    driver.wait()
-    time.sleep(2)
-    before = trial_results(experiment)
-    finished_before = {t: r for t, r in before.items() if r and r[-1].get("done")}
-
-    proc = run_cli(*args[:-2], "--seed", 1, "--resume")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    after = trial_results(experiment)
-    assert len(after) == 3  # the requested trial count, no more
-    for trial, reports in finished_before.items():
-        assert after[trial] == reports  # completed trials kept as they were
-    resumed = [r for t, r in after.items() if t not in finished_before and t in before and before[t]]
-    assert resumed and any(r[-1]["iterations_since_restore"] < r[-1]["training_iteration"] for r in resumed)
-    study = optuna.load_study(study_name="teacher", storage=f"sqlite:///{results / 'optuna.db'}")
-    states = [t.state for t in study.trials]
-    assert optuna.trial.TrialState.RUNNING not in states, states
-    # every trial told: finished ones COMPLETE, those ASHA stopped PRUNED
-    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 3, states
-    assert (results / "teacher" / "best" / "model.safetensors").is_file()
+    driver.kill()
+    _, err = driver.communicate()
+    pytest.fail(f"never reached {what} (driver exit {driver.returncode}): {err[-2000:]}")
 
 
 @pytest.mark.slow
-def test_ctrl_c_saves_nothing_as_the_result_and_resume_finishes(tmp_path, conll_dir):
-    """Ctrl-C ends Tune's loop as if the search had finished: tuner says it was interrupted (one line, status
-    130), saves no best model, keeps the unfinished trials' optimizer state, and --resume then finishes it."""
+def test_an_interrupted_search_resumes_after_ctrl_c_and_after_a_killed_driver(tmp_path, conll_dir):
+    """One search interrupted twice. Ctrl-C ends Tune's loop as if the search had finished: tuner says it was
+    interrupted (one line, status 130), saves no best model and keeps the unfinished trials' optimizer state.
+    Its --resume is then killed outright (SIGKILL) mid-search, and a second --resume finishes it: the trials that
+    had finished are kept as they were, one restarts from its checkpoint, and every trial is told to the study."""
     from tuner.training import OPTIMIZER_FILE
 
     results = tmp_path / "results"
     args = ["--stage", "teacher", "--trials", 3, "--profile", "smoke", "--epochs", 4, "--train-sentences", 200,
             "--data", conll_dir, "--results-dir", results, "--seed", 1, "--quiet"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    driver = subprocess.Popen([sys.executable, "-m", "tuner.run", *map(str, args)], cwd=ROOT, env=env, text=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
     experiment = results / "teacher" / "search"
-    deadline = time.time() + 300
-    while time.time() < deadline:  # interrupt once a trial has checkpointed an epoch before its last
-        reports = trial_results(experiment) if experiment.is_dir() else {}
-        if any(r and not r[-1].get("done") and r[-1]["epoch"] < 4 and any(x["checkpointed"] for x in r)
-               for r in reports.values()):
-            break
-        time.sleep(0.2)
-    else:
-        driver.kill()
-        pytest.fail("the search never reached a running trial with a checkpoint")
+
+    def reports() -> dict:
+        return trial_results(experiment) if experiment.is_dir() else {}
+
+    def partial(found: dict) -> list:  # trials that checkpointed an epoch before their last and are not done
+        return [t for t, r in found.items()
+                if r and not r[-1].get("done") and r[-1]["epoch"] < 4 and any(x["checkpointed"] for x in r)]
+
+    driver = start_driver(args)
+    wait_until(driver, lambda: partial(reports()), "a running trial with a checkpoint")
     os.kill(driver.pid, signal.SIGINT)  # the driver alone, as a terminal's Ctrl-C reaches Python
     _, err = driver.communicate(timeout=300)
     assert driver.returncode == 130, err[-3000:]
@@ -110,9 +79,41 @@ def test_ctrl_c_saves_nothing_as_the_result_and_resume_finishes(tmp_path, conll_
     assert last.startswith("error: stage teacher: search interrupted with") and "--resume" in last, last
     assert not (results / "teacher" / "best").exists()
     assert any((c / OPTIMIZER_FILE).is_file() for c in experiment.glob("*/checkpoint_*"))  # nothing pruned
+
+    # kill the resumed driver once a trial has reported since it started, one is running with a checkpoint, and
+    # Tune has saved the experiment's state since (at most a second later: what a resume reads a checkpoint from)
+    counts = {t: len(r) for t, r in reports().items()}
+    seen = {}
+
+    def progressed() -> bool:
+        found = reports()
+        for t in partial(found):
+            seen.setdefault(t, time.time())
+        saved = max((p.stat().st_mtime for p in experiment.glob("experiment_state-*.json")), default=0)
+        moved = any(len(r) > counts.get(t, 0) for t, r in found.items())
+        return moved and any(saved > seen[t] for t in partial(found))
+
+    driver = start_driver([*args, "--resume"])
+    wait_until(driver, progressed, "a resumed trial's report with a running trial checkpointed")
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.communicate()
+    time.sleep(2)
+    before = reports()
+    finished_before = {t: r for t, r in before.items() if r and r[-1].get("done")}
+
     proc = run_cli(*args, "--resume")
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert len(trial_results(experiment)) == 3
+    after = reports()
+    assert len(after) == 3  # the requested trial count, no more
+    for trial, found in finished_before.items():
+        assert after[trial] == found  # completed trials kept as they were
+    resumed = [r for t, r in after.items() if t not in finished_before and t in before and before[t]]
+    assert resumed and any(r[-1]["iterations_since_restore"] < r[-1]["training_iteration"] for r in resumed)
+    study = optuna.load_study(study_name="teacher", storage=f"sqlite:///{results / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states, states
+    # every trial told: finished ones COMPLETE, those ASHA stopped PRUNED
+    assert states.count(optuna.trial.TrialState.COMPLETE) + states.count(optuna.trial.TrialState.PRUNED) == 3, states
     assert (results / "teacher" / "best" / "model.safetensors").is_file()
 
 
