@@ -4,14 +4,15 @@ front it would have kept.
     python -m bench rungs [--table bench/tables/front_cpu.json | --search RESULTS/student/search [--save FILE]]
 
 Reads every trial's learning curve (validation F1, seconds and parameters per epoch) from a table it saved
-(``--save``; ``bench/tables/front_cpu.json`` holds the README's 40-trial front under rungs 3 and 6 of 10) or from
-a front search's Tune folder (each trial's ``progress.csv``, with the search's ``search_settings.yaml``), and runs the same trials, in the order they started and as many at once as the search
-packed, through tuner's own ``ParetoASHA`` under each candidate ``SearchMethod``: a trial trains epoch by epoch
-on its recorded times until the scheduler stops it. It reports each candidate's trial time (the wall time its
-slots would take, without Ray's start), its front's hypervolume in (parameter share of the teacher, validation
-F1), and the epochs it would have trained beyond what the record holds (their F1 is held at the last recorded
-epoch's, their time at the trial's mean epoch). The configs are the recorded search's, so this measures the
-scheduler alone: under other rungs TPE would have seen other scores and proposed other configs.
+(``--save``; ``bench/tables/front_cpu.json`` holds the README's 40-trial front under rungs 3 and 6 of 10) or from a
+front search's Tune folder (each trial's ``progress.csv``, with the search's ``search_settings.yaml``), and runs the
+same trials, in the order they started and as many at once as the search packed, through tuner's own ``ParetoASHA``
+under each candidate ``SearchMethod``: a trial trains epoch by epoch on its recorded times until the scheduler stops
+it. It reports each candidate's trial time (the wall time its slots would take, without Ray's start), its front's
+hypervolume in (parameter share of the teacher, validation F1), and the epochs it would have trained beyond what the
+record holds (their F1 is held at the last recorded epoch's, their time at the trial's mean epoch). The configs are
+the recorded search's, so this measures the scheduler alone: under other rungs TPE would have seen other scores and
+proposed other configs.
 """
 
 from __future__ import annotations
@@ -163,9 +164,11 @@ def figures_of(record: dict, args) -> list:
     return [headline(f"{record['trials']}-trial front replayed under the default ParetoASHA rungs "
                      f"({', '.join(map(str, row['rungs']))} of {record['epochs']}) against rungs "
                      f"{', '.join(map(str, base['rungs']))}: trial time",
-                     round(row["wall_seconds"] / base["wall_seconds"], 3), "x", args.command, peer=f"the same trials under {base['label']}", started=args.started,
-                     inputs=(args.search or args.table,), hypervolume=row["hypervolume"], hypervolume_of_peer=base["hypervolume"],
-                     minutes=round(row["wall_seconds"] / 60, 1), beyond_record=row["beyond_record"])
+                     round(row["wall_seconds"] / base["wall_seconds"], 3), "x", args.command,
+                     peer=f"the same trials under {base['label']}", started=args.started,
+                     inputs=(args.search or args.table,), hypervolume=row["hypervolume"],
+                     hypervolume_of_peer=base["hypervolume"], minutes=round(row["wall_seconds"] / 60, 1),
+                     beyond_record=row["beyond_record"])
             for row in chosen]
 
 
@@ -173,7 +176,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = OneLineParser(prog="python -m bench rungs", description=__doc__.strip().splitlines()[0])
     source = parser.add_mutually_exclusive_group()
-    source.add_argument("--table", type=Path, default=DEFAULT_TABLE, help="curves saved by --save (default: %(default)s)")
+    source.add_argument("--table", type=Path, default=DEFAULT_TABLE,
+                        help="curves saved by --save (default: %(default)s)")
     source.add_argument("--search", type=Path, help="a front search's Tune folder (RESULTS/student/search) instead")
     parser.add_argument("--save", type=Path, help="with --search: also save its curves as a table for --table")
     output_flags(parser, "rungs.md")
