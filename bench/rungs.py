@@ -33,12 +33,12 @@ from bench.common import (ROOT, BenchError, OneLineParser, command_line, measure
 from tuner.figures import headline  # noqa: E402
 
 DEFAULT_TABLE = ROOT / "bench" / "tables" / "front_cpu.json"
-# (label, SearchMethod fields): the recorded default first, each other one held against it
-CANDIDATES = (("rungs 3, 6 of 10 (first rung a quarter), a third goes on", {"front_grace_share": 0.25}),
-              ("rungs 2, 4, 8 (a fifth), a third goes on", {"front_grace_share": 0.2}),
-              ("rungs 1, 2, 4, 8 (a tenth), a third goes on", {"front_grace_share": 0.1}),
-              ("rungs 1, 2, 4, 8 (a tenth), a quarter goes on", {"front_grace_share": 0.1,
-                                                                  "front_reduction_factor": 4}))
+# (label, SearchMethod fields): the recorded default first, each other one held against it. The rung epochs
+# follow from the fields and the record's epochs (``SearchMethod.front_rungs``); the report gives them
+CANDIDATES = (("first rung at a quarter of the epochs, a third goes on", {"front_grace_share": 0.25}),
+              ("first rung at a fifth, a third goes on", {"front_grace_share": 0.2}),
+              ("first rung at a tenth, a third goes on", {"front_grace_share": 0.1}),
+              ("first rung at a tenth, a quarter goes on", {"front_grace_share": 0.1, "front_reduction_factor": 4}))
 
 
 def read_curves(search: Path) -> list[dict]:
@@ -129,10 +129,11 @@ def measure(args) -> dict:
         args.save.parent.mkdir(parents=True, exist_ok=True)
         args.save.write_text(json.dumps(found, indent=1) + "\n")
     curves, epochs, slots, teacher = (found[key] for key in ("trials", "epochs", "slots", "teacher_parameters"))
-    rows = [{"label": label, "fields": fields,
-             "rungs": sorted(dataclasses.replace(DEFAULT_METHOD, **fields).front_rungs(epochs)),
-             **replay(curves, dataclasses.replace(DEFAULT_METHOD, **fields), epochs, slots, teacher)}
-            for label, fields in CANDIDATES]
+    rows = []
+    for label, fields in CANDIDATES:
+        method = dataclasses.replace(DEFAULT_METHOD, **fields)
+        rows.append({"label": label, "fields": fields, "rungs": sorted(method.front_rungs(epochs)),
+                     "default": method == DEFAULT_METHOD, **replay(curves, method, epochs, slots, teacher)})
     return {"search": str(args.search or args.table), "trials": len(curves), "epochs": epochs, "slots": slots,
             "teacher_parameters": teacher, "recorded_trial_seconds": round(sum(sum(c["seconds"]) for c in curves)),
             "candidates": rows}
@@ -144,23 +145,22 @@ def report(record: dict, started: str, minutes: float, command: str) -> str:
              f"- command: `{command}`", f"- run: {started}, {minutes:.1f} minutes",
              f"- record: `{record['search']}`: {record['trials']} trials of up to {record['epochs']} epochs, "
              f"{record['slots']} at once, {record['recorded_trial_seconds']} trial-seconds recorded", "",
-             "| rungs | trial time, min | / first row's | validation hypervolume | minus first row's | "
-             "trial-epochs | past the record |", "|---|---|---|---|---|---|---|"]
+             "| setting | trial time, min | / first row's | validation hypervolume | minus first row's | "
+             "trial-epochs | past the record | rung epochs |", "|---|---|---|---|---|---|---|---|"]
     for row in record["candidates"]:
         lines.append(f"| {row['label']} | {row['wall_seconds'] / 60:.1f} | "
                      f"{row['wall_seconds'] / base['wall_seconds']:.2f}x | {row['hypervolume']:.4f} | "
-                     f"{row['hypervolume'] - base['hypervolume']:+.4f} | {row['epochs']} | {row['beyond_record']} |")
+                     f"{row['hypervolume'] - base['hypervolume']:+.4f} | {row['epochs']} | {row['beyond_record']} | "
+                     f"{', '.join(map(str, row['rungs']))} |")
     lines += ["", "The configs are the recorded search's: under other rungs TPE would have proposed others."]
     return "\n".join(lines) + "\n"
 
 
 def figures_of(record: dict, args) -> list:
-    """One figure: tuner's default rungs (the first row matching ``DEFAULT_METHOD``) against the recorded ones."""
-    from tuner.search import DEFAULT_METHOD
-
+    """One figure: tuner's default rungs (the first row after the recorded ones that is ``DEFAULT_METHOD``) against
+    the recorded ones."""
     base = record["candidates"][0]
-    chosen = [row for row in record["candidates"][1:]
-              if dataclasses.replace(DEFAULT_METHOD, **row["fields"]) == DEFAULT_METHOD][:1]
+    chosen = [row for row in record["candidates"][1:] if row["default"]][:1]
     return [headline(f"{record['trials']}-trial front replayed under the default ParetoASHA rungs "
                      f"({', '.join(map(str, row['rungs']))} of {record['epochs']}) against rungs "
                      f"{', '.join(map(str, base['rungs']))}: trial time",
