@@ -578,24 +578,29 @@ def lead_section(repeats: list, epochs: int) -> tuple:
 
 
 def headline_entries(args, repeats: list, epochs: int) -> list:
+    """The headline figures: per peer, the three ratios under one subject (the README gives them a row per peer),
+    then tuner's own bf16 step once. The goals are read against the tuned peer only."""
     n = len(repeats)
-    measures = {"teacher": f"teacher search speed, HF hyperparameter_search / tuner (cpu profile, {args.trials} "
-                           f"trials, median of {n} seeds)",
-                "student": f"student trial speed, online distillation / tuner (cpu profile, median of {n} seeds)",
-                "throughput": "training throughput, tuner fit / Trainer (real tokens/s, equal F1)",
-                "bf16_step": "training step FLOP/s against the machine's matmul of the same precision (bf16)"}
+    what = {"teacher": "teacher search, HF hyperparameter_search / tuner wall time",
+            "student": "student trial, online distillation / tuner full-length trial",
+            "throughput": "training throughput, tuner fit / Trainer real tokens/s"}
     entries = []
     for key, peer, value, f1 in headline_figures(repeats, epochs):
-        if key == "bf16_step" and peer != args.peers[-1]:
-            continue  # tuner's own figure: once
-        percent = key == "bf16_step"
+        if key == "bf16_step":
+            if peer == args.peers[-1]:  # tuner's own figure: once
+                entries.append(headline(
+                    "training step FLOP/s against the machine's matmul of the same precision (bf16)",
+                    round(100 * value, 3), "%", args.command, goal=HEADLINE_TEXT[key][1], met=met(key, value, f1),
+                    peer="the machine's bf16 matmul", peer_settings="2048^3 bf16 matmul, same threads", seeds=n,
+                    started=args.started))
+            continue
+        subject = (f"against the {peer} Hugging Face peer, cpu profile, {args.trials} trials, median of {n} "
+                   f"seed{'s' if n > 1 else ''}")
+        tuned = peer == "tuned"
         entries.append(headline(
-            measures[key], round(100 * value if percent else value, 3), "%" if percent else "x", args.command,
-            goal=HEADLINE_TEXT[key][1] + " (issue 20, against the tuned peer)",
-            met=met(key, value, f1) if peer == "tuned" or percent else None,
-            peer="the machine's bf16 matmul" if percent else peer,
-            peer_settings="2048^3 bf16 matmul, same threads" if percent else peer_settings(peer, repeats), seeds=n,
-            started=args.started,
+            f"{what[key]} ({subject})", round(value, 3), "x", args.command,
+            goal=HEADLINE_TEXT[key][1] if tuned else None, met=met(key, value, f1) if tuned else None, peer=peer,
+            peer_settings=peer_settings(peer, repeats), seeds=n, started=args.started,
             **({} if f1 is None else {"f1_points": round(f1, 2)})))
     return entries
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from bench import headlines
 from tests.conftest import ROOT, copied, run_main, snapshot
 
 
@@ -34,6 +35,8 @@ def test_quick_benchmark_writes_every_comparison(tmp_path, conll_dir):
     text = report.read_text()
     recorded = json.loads((tmp_path / "benchmarks.json").read_text())["headlines"]  # beside the report
     assert {e["peer"] for e in recorded} >= {"default", "tuned"}
+    rows = headlines.readme_rows(recorded)  # a README row per peer (its three ratios), and tuner's bf16 step
+    assert len(rows) == 3 and [r[2] for r in rows].count("-") == 1, rows
     assert all(e["command"] == f"python bench/run_benchmarks.py --quick --data {conll_dir} --output {report} --keep"
                and e["commit"] and e["machine"] for e in recorded)
     for title in ("1. Teacher search", "2. Student search vs online distillation", "3. Training throughput",

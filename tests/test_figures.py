@@ -209,6 +209,13 @@ def test_rows_never_group_figures_without_a_subject_or_across_peers():
     assert any(row[1] == "1.1x" for row in rows)  # the tuned peer's figure keeps a row of its own
 
 
+def test_a_ratio_measured_at_an_f1_difference_shows_it():
+    ratio = figures.headline("student trial (against the tuned peer)", 2.33, "x", "python -m bench peers",
+                             peer="tuned", f1_points=-0.12)
+    assert headlines.value_text(ratio) == "2.33x at -0.12 F1 points"
+    assert headlines.value_text(dict(ratio, details={})) == "2.33x"
+
+
 def test_a_front_member_without_its_size_sorts_last():
     sized = member_figure("L1-E64", 3_000_000, 0.71)
     unsized = member_figure("L2-E64", 0, 0.73)
