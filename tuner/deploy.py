@@ -239,7 +239,8 @@ def deploy_model(stage, model, tokenizer, folder: Path, target: Path, task, sett
         def quantized(how):
             candidate = staging / f"try-{len(list(staging.glob('try-*.onnx')))}.onnx"
             source, source_prepared, _ = search.sources[how.source]
-            onnx_io.quantize(source, candidate, how, prepared=source_prepared)
+            onnx_io.quantize(source, candidate, how, prepared=source_prepared,
+                             calibration=search.calibration() if how.calibration else None)
             run = onnx_io.forward(onnx_io.session(candidate, threads))
             found_tags = predictions(run, task, batch)
             found = dict(scores(found_tags, task), tags=found_tags, batch_1_median_ms=latency(

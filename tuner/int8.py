@@ -1,5 +1,5 @@
-"""What the int8 gate tries, in order: the whole-model recipes; the same on a quantization-aware fine-tuned copy
-(tuner.qat); then each quantizable node's sensitivity (the logit error of quantizing it alone) and the fewest
+"""What the int8 gate tries, in order: the whole-model recipes (dynamic, then static with each calibration); the
+dynamic ones on a quantization-aware fine-tuned copy (tuner.qat); then each quantizable node's sensitivity (the logit error of quantizing it alone) and the fewest
 most-sensitive nodes kept in float32 that pass the F1 gate. Also the paired bootstrap interval of an F1
 difference over sentences. tuner.onnx_io does the quantizing and running.
 
@@ -50,8 +50,9 @@ QUANTIZATION_AWARE = "quantization-aware fine-tuned"  # the source of the recipe
 
 
 class FallbackSearch:
-    """The F1 gate's candidates, in order: the whole-model recipes (``tuner.onnx_io.RECIPES``); where none passes
-    and ``fine_tuned`` is given, the same recipes on a quantization-aware fine-tuned copy of the model
+    """The F1 gate's candidates, in order: the whole-model recipes (``tuner.onnx_io.RECIPES``, then the static
+    ``STATIC_RECIPES``, calibrated on ``calibration()``); where none passes and ``fine_tuned`` is given, the dynamic
+    recipes on a quantization-aware fine-tuned copy of the model (whose fake quantization follows them)
     (``fine_tuned()`` makes it when first needed and returns its float file, prepared file and forward); where
     none of those passes either, the best of all by validation F1 with its k most sensitive nodes in float32, for
     growing k. Sensitivity is measured once, on training sentences, when it is needed."""
@@ -78,6 +79,7 @@ class FallbackSearch:
         from tuner import onnx_io
 
         yield from onnx_io.RECIPES
+        yield from onnx_io.STATIC_RECIPES
         if self.fine_tuned is not None:
             self.sources[QUANTIZATION_AWARE] = self.fine_tuned()
             yield from (dataclasses.replace(recipe, name=f"{recipe.name}, {QUANTIZATION_AWARE}",
@@ -96,11 +98,15 @@ class FallbackSearch:
             yield dataclasses.replace(base, name=f"{base.name}, float32: {kept}", keep_nodes=tuple(nodes[:k]))
 
     def calibration(self) -> list[dict]:
+        """The calibration sentences (the first training ones), as one padded batch, made once: static
+        quantization's activation ranges and the sensitivity ranking are measured on them. One batch, because ONNX
+        Runtime's histogram calibrators (percentile, entropy) stack every batch's activations into one array."""
         from tuner.training import collate
 
-        count = min(CALIBRATION_SENTENCES, len(self.task.train))
-        return [collate(self.task.train, list(range(start, min(start + 16, count))), self.task.pad_token_id)
-                for start in range(0, count, 16)]
+        if self.batches is None:
+            count = min(CALIBRATION_SENTENCES, len(self.task.train))
+            self.batches = [collate(self.task.train, list(range(count)), self.task.pad_token_id)]
+        return self.batches
 
     def logits(self, forward, batches: list[dict]) -> list[torch.Tensor]:
         return [forward(b["input_ids"], b["attention_mask"])[b["attention_mask"].bool()] for b in batches]
@@ -111,14 +117,13 @@ class FallbackSearch:
         from tuner import onnx_io
 
         float_path, prepared, float_forward = self.sources[base.source]
-        if self.batches is None:
-            self.batches = self.calibration()
+        batches = self.calibration()
         if base.source not in self.references:
-            self.references[base.source] = self.logits(float_forward, self.batches)
+            self.references[base.source] = self.logits(float_forward, batches)
         with tempfile.TemporaryDirectory() as work:
             probe = Path(work) / "probe.onnx"
-            onnx_io.quantize(float_path, probe, base, only=[node], prepared=prepared)
-            found = self.logits(onnx_io.forward(onnx_io.session(probe, self.threads)), self.batches)
+            onnx_io.quantize(float_path, probe, base, only=[node], prepared=prepared, calibration=batches)
+            found = self.logits(onnx_io.forward(onnx_io.session(probe, self.threads)), batches)
         return logit_error(self.references[base.source], found)
 
     def ranked_record(self) -> list[dict]:

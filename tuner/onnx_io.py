@@ -1,5 +1,5 @@
-"""ONNX for token classifiers: export with torch's exporter, int8 dynamic quantization with ONNX Runtime's own
-tools, and inference on the CPU. The only module that imports onnx and onnxruntime; it writes no kernels.
+"""ONNX for token classifiers: export with torch's exporter, int8 quantization (dynamic, or static with calibration)
+with ONNX Runtime's own tools, and inference on the CPU. The only module that imports onnx and onnxruntime; it writes no kernels.
 
 A model file has inputs ``input_ids`` and ``attention_mask`` (int64, dynamic batch and sequence axes) and output
 ``logits`` (float32, ``[batch, sequence, labels]``), so ``tuner.training.word_tags`` scores it as it scores a
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import io
 import logging
 import tempfile
 import warnings
@@ -20,7 +21,8 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                      quant_pre_process, quantize_dynamic, quantize_static)
 from torch import nn
 
 from tuner.errors import TunerError
@@ -66,17 +68,20 @@ def export(model: nn.Module, path: Path) -> None:
 
 @dataclass(frozen=True)
 class Quantization:
-    """One way to quantize: every weight matrix and embedding table to int8 (dynamic activations), with some
-    parts left in float32."""
+    """One way to quantize: every weight matrix and embedding table to int8, with some parts left in float32; the
+    activations quantized per batch at run time (dynamic), or (``calibration`` set) with fixed ranges measured on
+    calibration sentences by that method (static, QDQ)."""
 
     name: str
     per_channel: bool = False
     unsigned: bool = False  # uint8 weights instead of int8 (activations are uint8 either way)
     keep_nodes: tuple[str, ...] = field(default=())  # graph nodes left in float32 by name (tuner.int8's fallbacks)
     source: str = ""  # the float model it quantizes: "" the model as searched, else a fine-tuned copy (tuner.int8)
+    calibration: str = ""  # static quantization's calibration method (a CALIBRATIONS key); "" dynamic
 
     def record(self) -> dict:
         return {"name": self.name, "per_channel": self.per_channel, "weights": "uint8" if self.unsigned else "int8",
+                "activations": f"static, {self.calibration} calibration" if self.calibration else "dynamic",
                 "float32_nodes": list(self.keep_nodes), "source": self.source or "searched"}
 
 
@@ -88,6 +93,14 @@ RECIPES = (
     Quantization("int8, per-channel weights", per_channel=True),
     Quantization("int8, per-channel uint8 weights", per_channel=True, unsigned=True),
 )
+# Static quantization (QDQ: the activations' int8 ranges fixed from calibration sentences, uint8 activations and
+# int8 per-channel weights, as ONNX Runtime advises for x86), tried after the dynamic recipes with each calibration
+# method: the calibration range of the whole observed values, a percentile of them, or the range minimising the
+# KL divergence of the quantized histogram.
+CALIBRATIONS = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+                "entropy": CalibrationMethod.Entropy}
+STATIC_RECIPES = tuple(Quantization(f"int8 static ({method} calibration), per-channel weights", per_channel=True,
+                                    calibration=method) for method in CALIBRATIONS)
 QUANTIZED_OPS = ("MatMul", "Gemm", "Gather")  # what dynamic quantization turns to int8 in a BERT graph
 
 
@@ -117,18 +130,40 @@ def quantizable_nodes(prepared_path: Path, float_path: Path) -> dict[str, str]:
     return found
 
 
+class Feeds(CalibrationDataReader):
+    """Calibration batches (``input_ids`` and ``attention_mask`` tensors) as ONNX Runtime's calibrator reads them."""
+
+    def __init__(self, batches: list[dict]):
+        self.batches = iter(batches)
+
+    def get_next(self) -> dict | None:
+        batch = next(self.batches, None)
+        return None if batch is None else {name: batch[name].cpu().numpy().astype(np.int64) for name in INPUTS}
+
+
 def quantize(float_path: Path, out_path: Path, how: Quantization, *, only: list[str] | None = None,
-             prepared: Path | None = None) -> None:
-    """Dynamic quantization to int8 weights, after ONNX Runtime's pre-processing (``prepared``: done already);
-    ``only``: quantize these nodes and no other (a sensitivity probe)."""
+             prepared: Path | None = None, calibration: list[dict] | None = None) -> None:
+    """Quantization to int8 weights, after ONNX Runtime's pre-processing (``prepared``: done already): dynamic, or
+    static with activation ranges calibrated on ``calibration`` (batches, required then); ``only``: quantize these
+    nodes and no other (a sensitivity probe)."""
+    if how.calibration and not calibration:
+        raise ValueError(f"{how.name}: static quantization needs calibration batches")
     with tempfile.TemporaryDirectory() as work:
         if prepared is None:
             prepared = Path(work) / "prepared.onnx"
             prepare(float_path, prepared)
-        with errors_only():  # quantize_dynamic writes its notes to the root logger
-            quantize_dynamic(str(prepared), str(out_path), per_channel=how.per_channel,
-                             weight_type=QuantType.QUInt8 if how.unsigned else QuantType.QInt8,
-                             nodes_to_quantize=only, nodes_to_exclude=list(how.keep_nodes))
+        weights = QuantType.QUInt8 if how.unsigned else QuantType.QInt8
+        # ONNX Runtime's quantizers write their notes to the root logger, its histogram calibrators to stdout
+        with errors_only(), contextlib.redirect_stdout(io.StringIO()):
+            if how.calibration:
+                quantize_static(str(prepared), str(out_path), Feeds(calibration), quant_format=QuantFormat.QDQ,
+                                op_types_to_quantize=list(QUANTIZED_OPS), per_channel=how.per_channel,
+                                activation_type=QuantType.QUInt8, weight_type=weights, nodes_to_quantize=only,
+                                nodes_to_exclude=list(how.keep_nodes),
+                                calibrate_method=CALIBRATIONS[how.calibration])
+            else:
+                quantize_dynamic(str(prepared), str(out_path), per_channel=how.per_channel, weight_type=weights,
+                                 nodes_to_quantize=only, nodes_to_exclude=list(how.keep_nodes))
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
