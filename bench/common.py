@@ -32,7 +32,8 @@ from tuner.errors import TunerError  # noqa: E402
 BATCH_SIZE = 16
 PEERS = ("default", "tuned")  # the Hugging Face peers' two set-ups (bench/hf_peer.py)
 LEVERS = ("fp32", "bf16", "compile", "compile-bf16")  # fit's training step under each (bench/probes.py steps)
-COMPILE_BACKENDS = ("inductor", "aot_eager")  # aot_eager: dynamo and AOTAutograd, no code generation
+COMPILE_BACKENDS = ("inductor", "aot_eager", "eager")  # aot_eager: dynamo and AOTAutograd, no code generation;
+# eager: dynamo's graph capture alone (--quick's plumbing check)
 BATCHINGS = ("random", "length")  # the peers' batchings: random padded batches, or group_by_length
 SEED = 0  # of the first repeat; repeat r runs with seed r on both sides (split, head, data order, dropout)
 SPLIT = "report"
