@@ -60,7 +60,7 @@ def readme_rows(entries: list[dict]) -> list[tuple[str, str, str, str]]:
     last parenthesis of their measure) against one peer share a row: a front's members (``tuner.run --record``
     writes one figure each) as their names (L layers, E embedding rank), parameters and test F1, smallest first,
     with the search's minutes;
-    any other group as each figure with its goal. A figure alone keeps a row of its own, as measured."""
+    any other group as each figure with its goal (and, where each recorded its search's minutes, their sum). A figure alone keeps a row of its own, as measured."""
     groups: dict = {}
     for index, e in enumerate(newest_first(entries)):
         member = FRONT_MEMBER.match(e["measure"])
@@ -85,7 +85,9 @@ def readme_rows(entries: list[dict]) -> list[tuple[str, str, str, str]]:
         else:
             goals = [e for e in group if e.get("goal")]
             met = sum(e.get("met") is True for e in goals)
-            rows.append((key[1], "; ".join(f"{SUBJECT.match(e['measure'])['what']}: {value_text(e)}"
+            minutes = [(e.get("details") or {}).get("search_minutes") for e in group]
+            searched = "" if None in minutes else f", {sum(minutes):.0f} minutes of search"  # a pipeline's stages
+            rows.append((key[1] + searched, "; ".join(f"{SUBJECT.match(e['measure'])['what']}: {value_text(e)}"
                                            + (f" (goal {e['goal']}: {state(e)})" if e.get("goal") else "")
                                            for e in group),
                          f"{met} of {len(goals)} met" if goals else "-", first["commit"]))

@@ -195,6 +195,15 @@ def test_figures_one_run_wrote_about_one_subject_share_a_row():
     assert [row[0] for row in rows[1:]] == ["int8 size (teacher best)", "teacher: test F1"]  # alone: as measured
 
 
+def test_a_pipelines_row_gives_its_stages_search_minutes_summed():
+    run = "python -m tuner.run --stage all --trials 4"
+    entries = [figures.headline(f"{stage}: test F1 (cpu profile, 4 trials)", f1, "F1", run, search_minutes=minutes)
+               for stage, f1, minutes in (("teacher", 0.81, 14.1), ("student", 0.8, 9.1))]
+    assert headlines.readme_rows(entries)[0][0] == "cpu profile, 4 trials, 23 minutes of search"
+    entries[1]["details"] = {}  # a stage without its minutes: no sum
+    assert headlines.readme_rows(entries)[0][0] == "cpu profile, 4 trials"
+
+
 def test_rows_never_group_figures_without_a_subject_or_across_peers():
     student = [figures.headline("distillation F1 minus the peer's", v, " points", "python bench/student.py",
                                 peer=peer) for v, peer in ((0.1, "default"), (0.2, "tuned"))]
