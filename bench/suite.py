@@ -28,16 +28,20 @@ from tuner.figures import headline  # noqa: E402
 GOALS = {"fast": ("< 60 s", 60, "s"), "ci": ("< 12 minutes", 12, " minutes")}
 PASSED = re.compile(r"(\d+) passed(?:, (\d+) deselected)?.* in ([\d.]+)s")
 RAY = re.compile(r"Ray started (\d+) time")
+SLOW = re.compile(r"^([\d.]+)s (setup|call|teardown) +(\S+)$", re.MULTILINE)  # pytest --durations lines
 
 
 def summary(output: str) -> dict:
-    """pytest's last summary line (tests passed, seconds) and the conftest's count of Ray starts."""
+    """pytest's last summary line (tests passed, seconds), the conftest's count of Ray starts and the slowest
+    tests' phases that ``--durations`` listed (CI's 25), slowest first."""
     found = PASSED.findall(output)
     if not found:
         raise BenchError("no pytest summary line with passed tests in the output")
     passed, _, seconds = found[-1]
     ray = RAY.findall(output)
-    return {"passed": int(passed), "pytest_seconds": float(seconds), "ray_starts": int(ray[-1]) if ray else None}
+    slowest = [{"seconds": float(s), "phase": phase, "test": test} for s, phase, test in SLOW.findall(output)]
+    return {"passed": int(passed), "pytest_seconds": float(seconds), "ray_starts": int(ray[-1]) if ray else None,
+            "slowest": slowest}
 
 
 def fast() -> dict:
@@ -83,7 +87,10 @@ def report(record: dict, command: str, started: str, minutes: float) -> str:
     return "\n".join([f"# Test suite: {what}", "", f"- command: `{command}`", f"- run: {started}",
                       f"- wall time: {record['wall_seconds'] / 60:.1f} minutes ({record['wall_seconds']:.0f} s)",
                       f"- tests passed: {record['passed']}, in {record['pytest_seconds']:.0f} s of pytest",
-                      f"- Ray starts: {record['ray_starts']}", ""])
+                      f"- Ray starts: {record['ray_starts']}", "",
+                      *(["## Slowest tests", "", "| seconds | phase | test |", "|---|---|---|",
+                         *(f"| {t['seconds']:.1f} | {t['phase']} | `{t['test']}` |" for t in record["slowest"]), ""]
+                        if record.get("slowest") else [])])
 
 
 def suite_figures(record: dict, args) -> list:

@@ -383,8 +383,15 @@ def test_packing_benchmark_refuses_what_it_sets_itself(flags, message, capsys):
 def test_suite_benchmark_reads_pytest_and_the_ray_count():
     from bench import suite
 
-    out = "....\nRay started 26 time(s) in this run (new session folders in /tmp/ray)\n278 passed in 1370.58s (0:22:50)\n"
-    assert suite.summary(out) == {"passed": 278, "pytest_seconds": 1370.58, "ray_starts": 26}
+    out = ("....\nRay started 26 time(s) in this run (new session folders in /tmp/ray)\n"
+           "=== slowest 2 durations ===\n402.67s call     tests/test_bench.py::test_quick\n"
+           "121.17s setup    tests/test_bench.py::test_student@minilm_run\n278 passed in 1370.58s (0:22:50)\n")
+    found = suite.summary(out)
+    assert found == {"passed": 278, "pytest_seconds": 1370.58, "ray_starts": 26, "slowest": [
+        {"seconds": 402.67, "phase": "call", "test": "tests/test_bench.py::test_quick"},
+        {"seconds": 121.17, "phase": "setup", "test": "tests/test_bench.py::test_student@minilm_run"}]}
+    page = suite.report(dict(found, wall_seconds=1400.0, tier="ci"), "python bench/suite.py --tier ci", "now", 23.3)
+    assert "| 402.7 | call | `tests/test_bench.py::test_quick` |" in page
     fast = "Ray started 0 time(s) in this run\n270 passed, 31 deselected in 53.51s\n"
     assert suite.summary(fast)["passed"] == 270
     with pytest.raises(suite.BenchError):
