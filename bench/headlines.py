@@ -60,7 +60,8 @@ def readme_rows(entries: list[dict]) -> list[tuple[str, str, str, str]]:
     last parenthesis of their measure) against one peer share a row: a front's members (``tuner.run --record``
     writes one figure each) as their names (L layers, E embedding rank), parameters and test F1, smallest first,
     with the search's minutes;
-    any other group as each figure with its goal (and, where each recorded its search's minutes, their sum). A figure alone keeps a row of its own, as measured."""
+    any other group as each figure with its goal (and, where each recorded its search's minutes, their sum). A
+    figure alone keeps a row of its own, as measured."""
     groups: dict = {}
     for index, e in enumerate(newest_first(entries)):
         member = FRONT_MEMBER.match(e["measure"])

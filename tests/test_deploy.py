@@ -247,9 +247,9 @@ def test_the_fallback_search_keeps_exactly_the_planted_sensitive_layer(tiny_mode
         return candidate, {"validation": 1 - error, "test": 1 - error}
 
     tries, chosen = deploy.gate(1.0, search.candidates(), search.remembering(quantized), max_f1_drop=1.0)
-    whole = len(onnx_io.RECIPES) + len(onnx_io.STATIC_RECIPES) + len(onnx_io.RECIPES)  # then QAT's copy
-    assert [t["source"] for t in tries[:whole]] == (["searched"] * (whole - len(onnx_io.RECIPES))
-                                                    + [QUANTIZATION_AWARE] * len(onnx_io.RECIPES))
+    searched, aware = len(onnx_io.RECIPES) + len(onnx_io.STATIC_RECIPES), len(onnx_io.RECIPES)  # then QAT's copy
+    whole = searched + aware
+    assert [t["source"] for t in tries[:whole]] == ["searched"] * searched + [QUANTIZATION_AWARE] * aware
     assert [t["passed"] for t in tries[:whole]] == [False] * whole and len(made) == 1
     assert search.ranked[0][1] == planted, search.ranked[:3]
     assert chosen is not None and chosen[2].keep_nodes == (search.ranked[0][0],), [t["name"] for t in tries]

@@ -1,7 +1,8 @@
 """What the int8 gate tries, in order: the whole-model recipes (dynamic, then static with each calibration); the
-dynamic ones on a quantization-aware fine-tuned copy (tuner.qat); then each quantizable node's sensitivity (the logit error of quantizing it alone) and the fewest
-most-sensitive nodes kept in float32 that pass the F1 gate. Also the paired bootstrap interval of an F1
-difference over sentences. tuner.onnx_io does the quantizing and running.
+dynamic ones on a quantization-aware fine-tuned copy (tuner.qat); then each quantizable node's sensitivity (the
+logit error of quantizing it alone) and the fewest most-sensitive nodes kept in float32 that pass the F1 gate.
+Also the paired bootstrap interval of an F1 difference over sentences. tuner.onnx_io does the quantizing and
+running.
 
 Intel Neural Compressor's accuracy-driven tuning works the same way (rank operators by sensitivity, fall back the
 fewest to float32); ONNX Runtime's ``qdq_loss_debug`` compares float and int8 activations tensor by tensor.

@@ -1,5 +1,6 @@
-"""ONNX for token classifiers: export with torch's exporter, int8 quantization (dynamic, or static with calibration)
-with ONNX Runtime's own tools, and inference on the CPU. The only module that imports onnx and onnxruntime; it writes no kernels.
+"""ONNX for token classifiers: export with torch's exporter, int8 quantization (dynamic, or static with
+calibration) with ONNX Runtime's own tools, and inference on the CPU. The only module that imports onnx and
+onnxruntime; it writes no kernels.
 
 A model file has inputs ``input_ids`` and ``attention_mask`` (int64, dynamic batch and sequence axes) and output
 ``logits`` (float32, ``[batch, sequence, labels]``), so ``tuner.training.word_tags`` scores it as it scores a
