@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import onnx
 import pytest
 import torch
 
@@ -58,6 +59,39 @@ def test_int8_is_smaller_and_close(tiny_model, tmp_path):
         # static int8 also rounds every MatMul's activations to calibrated ranges: coarser on this random model
         tolerance = 0.15 if how.calibration else 0.05
         assert (got - reference).abs().max() < tolerance * reference.abs().max() + 0.01, how.name
+
+
+def test_kept_nodes_with_int8_weights_compute_in_float32_from_a_quarter_of_the_bytes(tiny_model, tmp_path):
+    """A fallback that keeps every encoder MatMul out of quantization, its weights still int8: the kept nodes
+    read their weight through a DequantizeLinear of an int8 initializer (their activations are not quantized), the
+    file is smaller than the float32 fallback's by nearly 3 bytes per kept weight, and its logits stay as close
+    to the float model's as the float32 fallback's do."""
+    onnx_io.export(tiny_model.eval(), tmp_path / "model.onnx")
+    onnx_io.prepare(tmp_path / "model.onnx", tmp_path / "prepared.onnx")
+    modules = onnx_io.quantizable_nodes(tmp_path / "prepared.onnx", tmp_path / "model.onnx")
+    kept = tuple(node for node, module in modules.items() if module.startswith("bert.encoder."))
+    assert len(kept) == 12  # 2 layers x (query, key, value, attention output, intermediate, output)
+    ids, mask = ragged_batch([9, 4, 6])
+    reference = onnx_io.forward(onnx_io.session(tmp_path / "model.onnx", 1))(ids, mask)
+    files, logits = {}, {}
+    for int8_weights in (False, True):
+        how = dataclasses.replace(onnx_io.RECIPES[1], name="kept", keep_nodes=kept, int8_weights=int8_weights)
+        files[int8_weights] = tmp_path / f"int8-{int8_weights}.onnx"
+        onnx_io.quantize(tmp_path / "model.onnx", files[int8_weights], how, prepared=tmp_path / "prepared.onnx")
+        logits[int8_weights] = onnx_io.forward(onnx_io.session(files[int8_weights], 1))(ids, mask)
+        assert how.record()["float32_node_weights"] == ("int8" if int8_weights else "float32")
+    graph = onnx.load(str(files[True])).graph
+    int8_initializers = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.INT8}
+    by_name = {node.name: node for node in graph.node}
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"
+                   and node.input[0] in int8_initializers}
+    assert all(by_name[node].op_type == "MatMul" and by_name[node].input[1] in dequantized for node in kept)
+    weights = sum(p.numel() for name, p in tiny_model.named_parameters() if name.startswith("bert.encoder.")
+                  and name.endswith(("dense.weight", "query.weight", "key.weight", "value.weight")))
+    saved = files[False].stat().st_size - files[True].stat().st_size
+    assert 2.5 * weights < saved < 3 * weights, (saved, weights)  # less the scales, zero points and names
+    errors = {k: float((v - reference).abs().max()) for k, v in logits.items()}
+    assert errors[True] < 2 * errors[False] + 0.01 * float(reference.abs().max()), errors
 
 
 def test_gate_tries_in_order_until_one_keeps_f1():
@@ -200,11 +234,11 @@ def test_the_fallback_search_keeps_exactly_the_planted_sensitive_layer(tiny_mode
     """The classifier given an outlier weight on a feature the last LayerNorm zeroes (so float32 logits do not
     change, while per-tensor and per-channel int8 scales are blown in every output row and its other weights round
     to 0): every whole-model recipe fails the gate, the sensitivity ranking puts the classifier first, and the
-    search passes by keeping exactly it in float32. Between the two, the recipes are tried on the copy that
-    quantization-aware fine-tuning makes (once, when first needed), which keeps the outlier (its feature stays
-    zero) and fails too. The gate here scores a candidate by its relative logit error on the calibration
-    sentences (1 point = 1%). Planted in an inner layer, the same outlier moves a random tiny model's logits too
-    little to fail any gate."""
+    search passes by keeping exactly it in float32, after every fallback that keeps the kept nodes' weights in int8
+    failed. Between the recipes and the fallbacks, the recipes are tried on the copy that quantization-aware
+    fine-tuning makes (once, when first needed), which keeps the outlier (its feature stays zero) and fails too.
+    The gate here scores a candidate by its relative logit error on the calibration sentences (1 point = 1%).
+    Planted in an inner layer, the same outlier moves a random tiny model's logits too little to fail any gate."""
     import copy
 
     from tuner import qat
@@ -254,6 +288,10 @@ def test_the_fallback_search_keeps_exactly_the_planted_sensitive_layer(tiny_mode
     assert search.ranked[0][1] == planted, search.ranked[:3]
     assert chosen is not None and chosen[2].keep_nodes == (search.ranked[0][0],), [t["name"] for t in tries]
     assert tries[-1]["float32_nodes"] == [search.ranked[0][0]] and planted in tries[-1]["name"]
+    # before it, the same fallbacks with their weights still int8 (the outlier is a weight here): each failed
+    fallbacks = tries[whole:]
+    assert [t["float32_node_weights"] for t in fallbacks] == ["int8"] * (len(fallbacks) - 1) + ["float32"]
+    assert len(fallbacks) > 2 and not any(t["passed"] for t in fallbacks[:-1])
 
 
 def test_paired_bootstrap_matches_seqeval_and_brackets_the_difference():

@@ -1,6 +1,7 @@
 """What the int8 gate tries, in order: the whole-model recipes (dynamic, then static with each calibration); the
 dynamic ones on a quantization-aware fine-tuned copy (tuner.qat); then each quantizable node's sensitivity (the
-logit error of quantizing it alone) and the fewest most-sensitive nodes kept in float32 that pass the F1 gate.
+logit error of quantizing it alone) and the fewest most-sensitive nodes kept in float32 that pass the F1 gate:
+first with their weights still stored in int8 (only their activations unquantized), then wholly in float32.
 Also the paired bootstrap interval of an F1 difference over sentences. tuner.onnx_io does the quantizing and
 running.
 
@@ -55,8 +56,9 @@ class FallbackSearch:
     ``STATIC_RECIPES``, calibrated on ``calibration()``); where none passes and ``fine_tuned`` is given, the dynamic
     recipes on a quantization-aware fine-tuned copy of the model (whose fake quantization follows them)
     (``fine_tuned()`` makes it when first needed and returns its float file, prepared file and forward); where
-    none of those passes either, the best of all by validation F1 with its k most sensitive nodes in float32, for
-    growing k. Sensitivity is measured once, on training sentences, when it is needed."""
+    none of those passes either, the best of all by validation F1 with its k most sensitive nodes computed in float32,
+    for growing k: their weights stored in int8, then (where that fails at every k) in float32. Sensitivity is
+    measured once, on training sentences, when it is needed."""
 
     def __init__(self, float_path: Path, prepared: Path, float_forward, task, threads: int,
                  fine_tuned: Callable[[], tuple] | None = None):
@@ -94,9 +96,12 @@ class FallbackSearch:
         self.ranked = [(node, modules[node], error) for node, error in
                        rank_by_sensitivity(list(modules), lambda node: self.node_error(base, node))]
         nodes = [node for node, _, _ in self.ranked]
-        for k in sizes:
-            kept = ", ".join(modules[node] for node in nodes[:k]) if k <= 3 else f"the {k} most sensitive nodes"
-            yield dataclasses.replace(base, name=f"{base.name}, float32: {kept}", keep_nodes=tuple(nodes[:k]))
+        for int8_weights in (True, False):  # the smaller files first: the kept nodes' weights int8, then float32
+            for k in sizes:
+                kept = ", ".join(modules[node] for node in nodes[:k]) if k <= 3 else f"the {k} most sensitive nodes"
+                what = "float32 activations, int8 weights" if int8_weights else "float32"
+                yield dataclasses.replace(base, name=f"{base.name}, {what}: {kept}", keep_nodes=tuple(nodes[:k]),
+                                          int8_weights=int8_weights)
 
     def calibration(self) -> list[dict]:
         """The calibration sentences (the first training ones), as one padded batch, made once: static

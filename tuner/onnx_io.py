@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+from onnx import numpy_helper
 import torch
 from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
                                       quant_pre_process, quantize_dynamic, quantize_static)
@@ -77,13 +78,18 @@ class Quantization:
     per_channel: bool = False
     unsigned: bool = False  # uint8 weights instead of int8 (activations are uint8 either way)
     keep_nodes: tuple[str, ...] = field(default=())  # graph nodes left in float32 by name (tuner.int8's fallbacks)
+    # the kept MatMul/Gemm nodes' weights stored as per-channel int8 all the same (dequantized at load, computed in
+    # float32): the file stays int8-sized while those nodes' activations are not quantized
+    int8_weights: bool = False
     source: str = ""  # the float model it quantizes: "" the model as searched, else a fine-tuned copy (tuner.int8)
     calibration: str = ""  # static quantization's calibration method (a CALIBRATIONS key); "" dynamic
 
     def record(self) -> dict:
         return {"name": self.name, "per_channel": self.per_channel, "weights": "uint8" if self.unsigned else "int8",
                 "activations": f"static, {self.calibration} calibration" if self.calibration else "dynamic",
-                "float32_nodes": list(self.keep_nodes), "source": self.source or "searched"}
+                "float32_nodes": list(self.keep_nodes),
+                "float32_node_weights": "int8" if self.int8_weights and self.keep_nodes else "float32",
+                "source": self.source or "searched"}
 
 
 # The whole-model recipes, tried in this order until one keeps F1 within the gate: the smallest files first
@@ -165,6 +171,48 @@ def quantize(float_path: Path, out_path: Path, how: Quantization, *, only: list[
             else:
                 quantize_dynamic(str(prepared), str(out_path), per_channel=how.per_channel, weight_type=weights,
                                  nodes_to_quantize=only, nodes_to_exclude=list(how.keep_nodes))
+    if how.int8_weights and how.keep_nodes:
+        int8_weights_only(out_path, how.keep_nodes)
+
+
+def int8_weights_only(path: Path, nodes: tuple[str, ...]) -> None:
+    """Rewrite ``path`` in place so that the named MatMul/Gemm nodes read their weight through a DequantizeLinear
+    of a per-output-channel symmetric int8 copy: stored at a quarter of float32's bytes, computed in float32 (their
+    activations are never quantized, which is what makes a sensitive node sensitive). Gather nodes (embedding
+    tables) and weights read by any other node stay as they are."""
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {initializer.name: initializer for initializer in graph.initializer}
+    readers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers[name] = readers.get(name, 0) + 1
+    dequantized = []
+    for node in graph.node:
+        if node.name not in nodes or node.op_type not in ("MatMul", "Gemm"):
+            continue
+        name = next((n for n in node.input[1:2] if n in initializers and readers[n] == 1), None)
+        if name is None:
+            continue
+        weight = numpy_helper.to_array(initializers[name]).astype(np.float32)
+        transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute)
+        axis = 0 if transposed else weight.ndim - 1  # the output features' axis: [N, K] under transB, else [.., K, N]
+        reduce = tuple(i for i in range(weight.ndim) if i != axis)
+        scale = np.maximum(np.abs(weight).max(axis=reduce), 1e-12) / 127.0
+        shape = [-1 if i == axis else 1 for i in range(weight.ndim)]
+        quantized = np.clip(np.rint(weight / scale.reshape(shape)), -127, 127).astype(np.int8)
+        graph.initializer.remove(initializers[name])
+        graph.initializer.extend([numpy_helper.from_array(quantized, f"{name}_int8"),
+                                  numpy_helper.from_array(scale.astype(np.float32), f"{name}_int8_scale"),
+                                  numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8),
+                                                               f"{name}_int8_zero_point")])
+        dequantized.append(onnx.helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_int8_scale",
+                                                                      f"{name}_int8_zero_point"], [name],
+                                                 name=f"{name}_DequantizeLinear", axis=axis))
+    if dequantized:
+        for index, node in enumerate(dequantized):  # a node must come before its readers: at the top
+            graph.node.insert(index, node)
+        onnx.save(model, str(path))
 
 
 def session(path: Path, threads: int) -> ort.InferenceSession:
