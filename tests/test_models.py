@@ -272,6 +272,35 @@ def test_keep_freed_memory_serves_the_embedding_gradient_from_the_heap(setting):
         assert kept == "True" and all(int(m) == 0 for m in mapped)
 
 
+def test_pretrained_loading_names_only_missing_encoder_weights(tmp_path, capfd, caplog):
+    """Loading a pretrained encoder says nothing of the new classifier head or an unused pooler (transformers'
+    load report lists both on every load, beside a progress bar), and names in one line what the checkpoint lacks
+    beyond the head."""
+    from safetensors.torch import load_file, save_file
+    from transformers import BertConfig, BertModel
+
+    from tuner.data import CONLL_LABELS
+    from tuner.models import initial_token_classifier
+
+    config = BertConfig(vocab_size=200, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64)
+    BertModel(config).save_pretrained(tmp_path)  # an encoder with a pooler, no classifier
+    capfd.readouterr()
+    with caplog.at_level("WARNING"):
+        model = initial_token_classifier(str(tmp_path), list(CONLL_LABELS), seed=0, vocab_size=200)
+    assert model.num_labels == len(CONLL_LABELS) and not caplog.records
+    assert not any(word in "".join(capfd.readouterr()) for word in ("LOAD REPORT", "Loading weights"))
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if "layer.1.output.dense" not in k},
+              str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with caplog.at_level("WARNING"):
+        initial_token_classifier(str(tmp_path), list(CONLL_LABELS), seed=0, vocab_size=200)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"--model {tmp_path}: 2 weight(s) not in the checkpoint, initialised at random: "
+        "bert.encoder.layer.1.output.dense.bias, bert.encoder.layer.1.output.dense.weight"]
+    assert "LOAD REPORT" not in "".join(capfd.readouterr())
+
+
 def test_random_model_takes_the_folders_architecture_and_tokenizer(tmp_path, tokenizer):
     """``--model random:DIR``: DIR's config.json with random weights (the same weights as ``tiny`` at the same seed
     when DIR holds the tiny config), DIR's tokenizer; a folder without config.json is refused naming the file."""

@@ -1,4 +1,8 @@
-"""The error types the command-line tools turn into a one-line message and a non-zero exit."""
+"""The error types the command-line tools turn into a one-line message and a non-zero exit, and what keeps other
+libraries' and tuner's own internal notes off a user's screen."""
+
+import contextlib
+import logging
 
 
 class TunerError(Exception):
@@ -19,3 +23,15 @@ def first_line(error: BaseException) -> str:
     cut short; its type's name when it says nothing."""
     lines = str(error).strip().splitlines()
     return lines[-1][:300] if lines else type(error).__name__
+
+
+@contextlib.contextmanager
+def quieted(logger_name: str | None = None, level: int = logging.ERROR):
+    """A logger (the root one by default) at ``level`` or above for the duration, then back at its own level."""
+    logger = logging.getLogger(logger_name)
+    before = logger.level
+    logger.setLevel(max(before, level))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)

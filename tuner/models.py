@@ -5,6 +5,7 @@ Weights are written and read as safetensors only; nothing from ``results/`` is u
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ try:
 except ImportError:
     from transformers.modeling_utils import no_init_weights  # transformers 4
 
-from tuner.errors import TunerError
+from tuner.errors import TunerError, quieted
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +31,7 @@ TINY = "tiny"  # a 2-layer, hidden-32 BERT, randomly initialised from a config, 
 # can travel (an offline GPU machine: scripts/gpu_check.sh trains bert-base's shape this way) or for a baseline.
 RANDOM_PREFIX = "random:"
 WEIGHTS_FILE = "model.safetensors"
+HEAD_PREFIX = "classifier."  # the token-classification head's weights: new on every pretrained encoder
 
 
 def packaged_minilm_path() -> str:
@@ -79,6 +81,20 @@ def label_maps(labels: list[str]) -> dict:
             "label2id": {label: i for i, label in enumerate(labels)}}
 
 
+@contextlib.contextmanager
+def no_progress_bar():
+    """transformers' progress bars off for the duration, then as they were."""
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
+
+
 def initial_token_classifier(name: str, labels: list[str], seed: int, vocab_size: int) -> nn.Module:
     """The teacher before fine-tuning: the pretrained encoder plus a classifier head seeded by ``seed``."""
     torch.manual_seed(seed)
@@ -89,9 +105,19 @@ def initial_token_classifier(name: str, labels: list[str], seed: int, vocab_size
         config.update(label_maps(labels))
         return AutoModelForTokenClassification.from_config(config)
     try:
-        return AutoModelForTokenClassification.from_pretrained(model_source(name), **label_maps(labels))
+        # transformers' load report lists the new classifier head and the unused pooler as a table of warnings on
+        # every load, beside a progress bar; tuner reports only what a user must know: encoder weights the
+        # checkpoint lacked
+        with quieted("transformers"), no_progress_bar():
+            model, loading = AutoModelForTokenClassification.from_pretrained(
+                model_source(name), output_loading_info=True, **label_maps(labels))
     except (OSError, ValueError) as exc:
         raise TunerError(f"--model {name}: cannot load the model ({str(exc).splitlines()[0][:160]})") from None
+    missing = sorted(key for key in loading["missing_keys"] if not key.startswith(HEAD_PREFIX))
+    if missing:
+        log.warning("--model %s: %d weight(s) not in the checkpoint, initialised at random: %s", name,
+                    len(missing), ", ".join(missing[:4]) + (", ..." if len(missing) > 4 else ""))
+    return model
 
 
 class FactorizedEmbedding(nn.Module):

@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import contextlib
 import io
-import logging
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, 
                                       quant_pre_process, quantize_dynamic, quantize_static)
 from torch import nn
 
-from tuner.errors import TunerError
+from tuner.errors import TunerError, quieted
 
 INPUTS = ("input_ids", "attention_mask")
 OUTPUT = "logits"
@@ -35,21 +34,9 @@ OPSET = 18  # the exporter's native opset: no version conversion
 
 
 @contextlib.contextmanager
-def errors_only(logger_name: str | None = None):
-    """A logger (the root one by default) at ERROR for the duration, then back at its level."""
-    logger = logging.getLogger(logger_name)
-    level = logger.level
-    logger.setLevel(max(level, logging.ERROR))
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
-@contextlib.contextmanager
 def quiet_exporter():
     """The exporter's progress lines, its 'torchvision is not installed' notices and its harmless warnings off."""
-    with errors_only("torch.onnx"), warnings.catch_warnings():
+    with quieted("torch.onnx"), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", FutureWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -161,7 +148,7 @@ def quantize(float_path: Path, out_path: Path, how: Quantization, *, only: list[
             prepare(float_path, prepared)
         weights = QuantType.QUInt8 if how.unsigned else QuantType.QInt8
         # ONNX Runtime's quantizers write their notes to the root logger, its histogram calibrators to stdout
-        with errors_only(), contextlib.redirect_stdout(io.StringIO()):
+        with quieted(), contextlib.redirect_stdout(io.StringIO()):
             if how.calibration:
                 quantize_static(str(prepared), str(out_path), Feeds(calibration), quant_format=QuantFormat.QDQ,
                                 op_types_to_quantize=list(QUANTIZED_OPS), per_channel=how.per_channel,
