@@ -24,11 +24,14 @@ BEGIN, END = "<!-- results:begin (python bench/headlines.py writes this block) -
 
 
 def value_text(entry: dict) -> str:
-    """The value with its unit, and the F1 difference a speed ratio was measured at (``details.f1_points``)."""
+    """The value with its unit (a difference in points signed), and the F1 difference a speed ratio was measured
+    at (``details.f1_points``)."""
     if entry["value"] is None:
         return "n/a"
     unit = entry["unit"]
     text = f"{entry['value']:g}{unit}" if unit in ("x", "%") or unit.startswith(" ") else f"{entry['value']:g} {unit}"
+    if unit.strip() == "points":  # a difference: signed either way
+        text = f"{entry['value']:+g} points"
     f1_points = (entry.get("details") or {}).get("f1_points")
     return text if f1_points is None else f"{text} at {f1_points:+.2f} F1 points"
 

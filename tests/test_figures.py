@@ -212,7 +212,7 @@ def test_rows_never_group_figures_without_a_subject_or_across_peers():
     peers.append(figures.headline("epoch speed (real tokens/s)", 1.3, "x", "python bench/run_benchmarks.py",
                                   peer="default", goal=">= 2x", met=False))
     rows = headlines.readme_rows(student + peers)
-    assert [row[1] for row in rows if row[0].startswith("distillation")] == ["0.1 points", "0.2 points"]
+    assert [row[1] for row in rows if row[0].startswith("distillation")] == ["+0.1 points", "+0.2 points"]
     grouped = [row for row in rows if row[0] == "real tokens/s"]
     assert len(grouped) == 1 and grouped[0][2] == "0 of 2 met" and "(goal >= 2x: ?)" in grouped[0][1]
     assert any(row[1] == "1.1x" for row in rows)  # the tuned peer's figure keeps a row of its own
@@ -223,6 +223,8 @@ def test_a_ratio_measured_at_an_f1_difference_shows_it():
                              peer="tuned", f1_points=-0.12)
     assert headlines.value_text(ratio) == "2.33x at -0.12 F1 points"
     assert headlines.value_text(dict(ratio, details={})) == "2.33x"
+    for value, shown in ((0.24, "+0.24 points"), (-0.09, "-0.09 points")):  # an int8 F1 difference, signed
+        assert headlines.value_text(figures.headline("int8 test F1 minus float32's", value, "points", "c")) == shown
 
 
 def test_a_front_member_without_its_size_sorts_last():
