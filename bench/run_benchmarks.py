@@ -51,6 +51,7 @@ FULL = {"train_sentences": 3000, "eval_sentences": 500, "epochs": 3, "trials": 4
 # --quick checks the plumbing: torch.compile through dynamo's graph capture, without AOTAutograd or inductor
 QUICK = {"train_sentences": 64, "eval_sentences": 32, "epochs": 1, "trials": 2, "repeats": 1, "lever_steps": 2,
          "compile_backend": "eager"}
+QUICK_TEST_SENTENCES = 32
 BENCH = Path(__file__).resolve().parent
 F1_TOLERANCE = 0.005  # "equal F1": within half a point
 
@@ -81,6 +82,8 @@ def tuner_search(stage: str, args, results: Path, logs: Path, teacher: Path | No
     argv = [sys.executable, "-m", "tuner.run", "--stage", stage, "--profile", "cpu", "--model", "minilm",
             "--batch-size", BATCH_SIZE, "--trials", args.trials, "--results-dir", results, "--quiet", *sizes(args),
             "--student-epochs", args.epochs]  # the cpu profile's student runs longer; here both sides run --epochs
+    if args.quick:  # the best model's test score is no figure here: --quick scores a few sentences, not 1,404
+        argv += ["--test-sentences", QUICK_TEST_SENTENCES]
     if teacher is not None:
         argv += ["--teacher", teacher]
     return run_step(f"tuner-{stage}", argv + list(extra), logs)
