@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import pytest
 import yaml
@@ -29,6 +30,11 @@ def test_pipeline_writes_three_best_models(pipeline_run):
         assert (results / stage / "search").is_dir()
     assert "Ray dashboard: http://127.0.0.1:" in proc.stdout
     assert "best student: validation F1" in proc.stdout
+    # each stage's result as it ends, in order, before the command's closing summary
+    lines = proc.stdout.splitlines()
+    ends = [i for i, line in enumerate(lines) if re.match(r"stage \w+: done in [0-9.]+ minutes; best \w+: valid", line)]
+    assert [lines[i].split(":")[0] for i in ends] == [f"stage {stage}" for stage in STAGES], proc.stdout
+    assert ends[-1] < lines.index(next(line for line in lines if line.startswith("best teacher: validation F1")))
     # the fixture's --cpus-per-trial 1 on one core: said in each stage's first line, and kept
     assert proc.stdout.count("1 trial at once per node, 1 thread each (given by --cpus-per-trial") == 3
     assert yaml.safe_load((results / "student" / "search_settings.yaml").read_text())["packing"] == {

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import logging
 import shutil
+import time
 from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
@@ -213,6 +214,7 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     """Search one stage (or resume its search), save its best model and refresh the exports."""
     from tuner import search
 
+    started = time.perf_counter()
     searched = space if searches_front(settings.objectives) else single_objective_space(stage, space)
     inputs = stage_inputs(stage, settings, task, teacher_model, len(tokenizer), value_ranges(searched))
     stage_dir = settings.stage_dir(stage.name)
@@ -246,6 +248,9 @@ def run_stage(stage: Stage, settings: RunSettings, space: SearchSpace, task: Tas
     record = save_best(stage, settings, outcome, task, tokenizer, space, front, pruned)
     later = tuple(s.name for s in settings.stages[settings.stages.index(stage) + 1:])  # to be searched again
     export.write_exports(Path(settings.results_dir), skip=later)
+    # said as each stage ends, so a long run shows its results as they come (the command repeats them at its end)
+    echo(f"stage {stage.name}: done in {(time.perf_counter() - started) / 60:.1f} minutes; "
+         f"{summary_line(record).splitlines()[0]}")
     return record
 
 
