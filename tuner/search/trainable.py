@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import math
 import tempfile
 import time
@@ -43,6 +44,9 @@ def _trial(config: dict, stage: Stage, task, inputs, settings: TrainSettings, us
     previous report, which hands any checkpoint to Tune's storage), and whether it carries a checkpoint
     (``checkpointed``)."""
     entered = time.perf_counter()
+    # Ray's note of every checkpoint a trial hands it ("Checkpoint successfully created at: ...") is no news: the
+    # trial's reports say which epochs carry one
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
     release_memory()  # a reused process: the previous trial's freed heap slowed this one's training
     settings = dataclasses.replace(settings, device=select_device(use_gpu))
     checkpoint = tune.get_checkpoint()
