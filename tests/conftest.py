@@ -89,6 +89,10 @@ def pytest_collection_modifyitems(config, items):
         shared = [name for name in SHARED_RUNS if name in item.fixturenames]
         if shared:
             item.add_marker(pytest.mark.xdist_group("+".join(shared)))
+    # The slow tests first (each module's in its own order, so a module's fixtures are made once): the workers
+    # take the long searches while the others run, and the suite ends on tests of a second, not on one worker's
+    # last search while the other waits (longest first, as a scheduler of unequal jobs does).
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def _stage_names() -> tuple:
