@@ -143,12 +143,14 @@ def smoke_teacher(conll_dir):
     return stage, settings, task, stage_inputs(stage, settings, task, None, len(tokenizer))
 
 
-def test_measurement_times_the_stage_and_leaves_the_driver_as_it_was(smoke_teacher):
+def test_measurement_times_the_stage_and_leaves_the_driver_as_it_was(smoke_teacher, caplog):
     stage, settings, task, inputs = smoke_teacher
     trial = train_settings(settings.profile, 3, 0, 1)
     threads = torch.get_num_threads()
-    chosen = packing.measure(stage, {"learning_rate": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.0}, task, inputs,
-                             trial, cpus_per_node=2, gpus_per_node=0, trials=4)
+    with caplog.at_level("INFO"):  # as a search without --quiet logs
+        chosen = packing.measure(stage, {"learning_rate": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.0}, task,
+                                 inputs, trial, cpus_per_node=2, gpus_per_node=0, trials=4)
+    assert not [r.getMessage() for r in caplog.records if r.name == "tuner.training"]  # no timed epoch's line
     assert torch.get_num_threads() == threads
     assert set(chosen.step_seconds) == {1, 2} and all(0 < s < 5 for s in chosen.step_seconds.values())
     # the smoke teacher's trials train for a fraction of a second: a second worker's start would outlast them

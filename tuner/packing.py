@@ -205,7 +205,8 @@ def step_seconds(stage: Stage, config: dict, task: TaskData, inputs, settings: T
                                 validation=first(task.validation, MEASURED_SENTENCES))
     trial = dataclasses.replace(settings, epochs=2, threads=threads, device=device)
     steps = math.ceil(len(small.train) / settings.batch_size)
-    *_, last = stage.train(config, small, inputs, trial)
+    with quieted("tuner.training", logging.WARNING):  # the timed epochs' lines are no trial's
+        *_, last = stage.train(config, small, inputs, trial)
     return last.metrics["train_seconds"] / steps
 
 
@@ -259,23 +260,22 @@ def measure(stage: Stage, config: dict, task: TaskData, inputs, settings: TrainS
     """Time ``stage``'s trial at ``config`` here (on a GPU when the node has one) and choose the packing."""
     threads_before = torch.get_num_threads()
     try:
-        with quieted("tuner.training", logging.WARNING):  # the timed steps' epoch lines are no trial's
-            if gpus_per_node > 0 and torch.cuda.is_available():
-                torch.cuda.reset_peak_memory_stats()
-                step = step_seconds(stage, config, task, inputs, settings, default_threads(cpus_per_node), "cuda")
-                peak = torch.cuda.max_memory_allocated()
-                total = torch.cuda.get_device_properties(0).total_memory
-                return choose_gpu(peak, total, gpus_per_node, cpus_per_node, step, trials)
-            before = resident_bytes()
-            started = time.perf_counter()
-            one = step_seconds(stage, config, task, inputs, settings, 1)
-            every = step_seconds(stage, config, task, inputs, settings, cpus_per_node) if cpus_per_node > 1 else one
-            trained = max(0, resident_bytes() - before)  # glibc keeps a trial's freed heap (tuner.memory): its peak
-            trial_steps = settings.epochs * math.ceil(len(task.train) / settings.batch_size)
-            packing = choose_cpu(one, every, cpus_per_node, WORKER_BYTES + tensor_bytes(inputs) + trained,
-                                 available_bytes(), trials, trial_steps)
-            return dataclasses.replace(packing, reason=f"{packing.reason}; measured in "
-                                                       f"{time.perf_counter() - started:.0f} s")
+        if gpus_per_node > 0 and torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+            step = step_seconds(stage, config, task, inputs, settings, default_threads(cpus_per_node), "cuda")
+            peak = torch.cuda.max_memory_allocated()
+            total = torch.cuda.get_device_properties(0).total_memory
+            return choose_gpu(peak, total, gpus_per_node, cpus_per_node, step, trials)
+        before = resident_bytes()
+        started = time.perf_counter()
+        one = step_seconds(stage, config, task, inputs, settings, 1)
+        every = step_seconds(stage, config, task, inputs, settings, cpus_per_node) if cpus_per_node > 1 else one
+        trained = max(0, resident_bytes() - before)  # glibc keeps a trial's freed heap (tuner.memory): its peak
+        trial_steps = settings.epochs * math.ceil(len(task.train) / settings.batch_size)
+        packing = choose_cpu(one, every, cpus_per_node, WORKER_BYTES + tensor_bytes(inputs) + trained,
+                             available_bytes(), trials, trial_steps)
+        return dataclasses.replace(packing, reason=f"{packing.reason}; measured in "
+                                                   f"{time.perf_counter() - started:.0f} s")
     finally:
         torch.set_num_threads(threads_before)
         release_memory()
