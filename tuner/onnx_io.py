@@ -10,6 +10,7 @@ PyTorch model.
 from __future__ import annotations
 
 import ast
+import collections
 import contextlib
 import io
 import tempfile
@@ -170,16 +171,13 @@ def int8_weights_only(path: Path, nodes: tuple[str, ...]) -> None:
     model = onnx.load(str(path))
     graph = model.graph
     initializers = {initializer.name: initializer for initializer in graph.initializer}
-    readers: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers[name] = readers.get(name, 0) + 1
+    readers = collections.Counter(name for node in graph.node for name in node.input)
     dequantized = []
     for node in graph.node:
         if node.name not in nodes or node.op_type not in ("MatMul", "Gemm"):
             continue
-        name = next((n for n in node.input[1:2] if n in initializers and readers[n] == 1), None)
-        if name is None:
+        name = node.input[1]  # B, the weight: an initializer no other node reads
+        if name not in initializers or readers[name] != 1:
             continue
         weight = numpy_helper.to_array(initializers[name]).astype(np.float32)
         transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute)
@@ -192,7 +190,7 @@ def int8_weights_only(path: Path, nodes: tuple[str, ...]) -> None:
         graph.initializer.extend([numpy_helper.from_array(quantized, f"{name}_int8"),
                                   numpy_helper.from_array(scale.astype(np.float32), f"{name}_int8_scale"),
                                   numpy_helper.from_array(np.zeros_like(scale, dtype=np.int8),
-                                                               f"{name}_int8_zero_point")])
+                                                          f"{name}_int8_zero_point")])
         dequantized.append(onnx.helper.make_node("DequantizeLinear", [f"{name}_int8", f"{name}_int8_scale",
                                                                       f"{name}_int8_zero_point"], [name],
                                                  name=f"{name}_DequantizeLinear", axis=axis))
